@@ -1,0 +1,56 @@
+"""Django integration: ``OnceTaskAppConfig`` and the ``CELERY_ONCE_*`` settings.
+
+Add ``"celery_once_task.django.OnceTaskAppConfig"`` to ``INSTALLED_APPS``.
+``ready()`` validates the settings (``ImproperlyConfigured`` names the bad
+one) and connects the signal receivers, once. The settings are read again
+whenever a lock is needed, never at import, so the order in which settings
+and modules are loaded cannot trap anyone. The core package never imports
+Django; only this module does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.apps import AppConfig
+from django.core.exceptions import ImproperlyConfigured
+
+from .settings import set_integration_source, validate
+from .signals import setup_once_task_signals
+
+#: Django setting -> library setting.
+DJANGO_SETTINGS = {
+    "CELERY_ONCE_REDIS_URL": "redis_url",
+    "CELERY_ONCE_QUEUE_LOCK_TIMEOUT": "queue_lock_timeout",
+    "CELERY_ONCE_RUNNING_LOCK_TIMEOUT": "running_lock_timeout",
+    "CELERY_ONCE_FAIL_OPEN": "fail_open",
+}
+
+
+def django_settings() -> Mapping[str, Any]:
+    """The ``CELERY_ONCE_*`` settings that are set, validated, by library name."""
+    from django.conf import settings
+
+    values: dict[str, Any] = {}
+    for django_name, name in DJANGO_SETTINGS.items():
+        value = getattr(settings, django_name, None)
+        if value is None:
+            continue
+        try:
+            values[name] = validate(name, value, label=django_name)
+        except ValueError as exc:
+            raise ImproperlyConfigured(str(exc)) from None
+    return values
+
+
+class OnceTaskAppConfig(AppConfig):
+    name = "celery_once_task"
+    label = "celery_once_task"
+    verbose_name = "Celery once task"
+    default_auto_field = "django.db.models.AutoField"
+
+    def ready(self) -> None:
+        django_settings()  # fail at start-up, not at the first task
+        set_integration_source(django_settings)
+        setup_once_task_signals()  # idempotent: dispatch_uid

@@ -1,0 +1,41 @@
+"""The library's exceptions: one root, and every class pickles.
+
+Exceptions raised in a prefork pool child are pickled to the worker's main
+process, and the result backend rebuilds them from ``exc.args``; so every
+class here keeps all of its state in ``args``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.exceptions import Reject
+
+
+class OnceTaskError(Exception):
+    """Root of every exception this library raises."""
+
+
+class LockStoreUnavailable(OnceTaskError):
+    """The Redis server that holds the locks could not be reached.
+
+    Raised by ``apply_async()``/``delay()`` instead of publishing a task whose
+    de-duplication cannot be guaranteed (unless ``fail_open`` is set).
+    """
+
+
+class OnceTaskLocked(Reject, OnceTaskError):
+    """An execution was rejected because its running lock is held elsewhere.
+
+    Keeps Celery's ``Reject(reason, requeue)`` signature so that Celery, the
+    prefork pool and the result backend can rebuild it from its arguments.
+    """
+
+    def __init__(self, reason: Any = None, requeue: bool = False) -> None:
+        super().__init__(reason, requeue)
+
+    def __str__(self) -> str:
+        return str(self.reason)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason, self.requeue))

@@ -1,0 +1,154 @@
+"""Lock keys: the canonical form of a call, its digest, and the key format.
+
+A call's digest must be the same at publish time and on the worker, after the
+arguments went through a serializer. So the digest is taken over a canonical
+form of the call rather than over the raw arguments:
+
+* arguments are bound to the task's signature, so ``f(1, b=2)``, ``f(a=1,
+  b=2)`` and ``f(1)`` (with ``b=2`` the default) are one call, and ``self`` of
+  ``bind=True`` tasks is not part of it;
+* tuples and lists are the same sequence (JSON turns one into the other);
+* dict key order does not matter; keys that JSON would turn into strings are
+  turned into strings here too;
+* datetime, date, time, Decimal, UUID and bytes are tagged with their type,
+  as kombu's JSON serializer keeps them typed.
+
+Anything else cannot be put in canonical form and is refused with a
+``TypeError`` that names the task and the argument.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import hashlib
+import inspect
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable
+
+KEY_PREFIX = "once_task"
+QUEUE = "queue"
+RUNNING = "running"
+DIGEST_LENGTH = 16
+
+#: The message header that carries the digest from the publisher to the worker.
+DIGEST_HEADER = "once_task_digest"
+
+
+def lock_key(task_name: str, digest: str, lock_type: str) -> str:
+    """``once_task:{task_name}:{digest}:{lock_type}``."""
+    return f"{KEY_PREFIX}:{task_name}:{digest}:{lock_type}"
+
+
+def signature_of(run: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature the arguments are bound to; None where there is none."""
+    try:
+        return inspect.signature(run)
+    except (TypeError, ValueError):  # builtins and C callables have none
+        return None
+
+
+def call_digest(
+    task_name: str,
+    signature: inspect.Signature | None,
+    args: Sequence[Any] | None,
+    kwargs: Mapping[str, Any] | None,
+    *,
+    strict_signature: bool = True,
+) -> str:
+    """First 16 hex characters of the SHA-256 of the call's canonical form."""
+    payload = canonical_call(task_name, signature, args, kwargs, strict_signature=strict_signature)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
+
+
+def canonical_call(
+    task_name: str,
+    signature: inspect.Signature | None,
+    args: Sequence[Any] | None,
+    kwargs: Mapping[str, Any] | None,
+    *,
+    strict_signature: bool = True,
+) -> str:
+    """The call as canonical JSON: bound arguments by name, in signature order."""
+    args = tuple(args or ())
+    kwargs = dict(kwargs or {})
+    bound = _bind(task_name, signature, args, kwargs, strict_signature)
+    canonical = {name: _canonical(task_name, name, value) for name, value in bound.items()}
+    return json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _bind(
+    task_name: str,
+    signature: inspect.Signature | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    strict_signature: bool,
+) -> dict[str, Any]:
+    if signature is None:
+        return {"*args": list(args), "**kwargs": kwargs}
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        if strict_signature:
+            raise TypeError(f"{task_name}: the arguments do not match the task's signature: {exc}") from None
+        # Celery lets tasks with typing=False take arguments their signature
+        # does not declare; they are still one call per exact spelling.
+        return {"*args": list(args), "**kwargs": kwargs}
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _canonical(task_name: str, path: str, value: Any) -> Any:
+    # bool before int: bool is an int subclass and JSON keeps them apart.
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_canonical(task_name, f"{path}[{index}]", item) for index, item in enumerate(value)]
+    if isinstance(value, Mapping):
+        return {
+            _canonical_key(task_name, path, key): _canonical(task_name, f"{path}[{key!r}]", item)
+            for key, item in value.items()
+        }
+    tagged = _tagged(value)
+    if tagged is not None:
+        return tagged
+    raise TypeError(
+        f"{task_name}: argument {path!r} of type {type(value).__name__} has no canonical form "
+        "for the lock key; pass JSON types, datetime, date, time, Decimal, UUID or bytes"
+    )
+
+
+def _canonical_key(task_name: str, path: str, key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    # JSON turns these keys into strings the way json.dumps spells them.
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)
+    raise TypeError(
+        f"{task_name}: argument {path!r} has a dict key of type {type(key).__name__}; "
+        "only str, int, float, bool and None keys survive serialization"
+    )
+
+
+def _tagged(value: Any) -> dict[str, str] | None:
+    # datetime before date: datetime is a date subclass.
+    if isinstance(value, datetime.datetime):
+        return {"__datetime__": value.isoformat()}
+    if isinstance(value, datetime.date):
+        return {"__date__": value.isoformat()}
+    if isinstance(value, datetime.time):
+        return {"__time__": value.isoformat()}
+    if isinstance(value, decimal.Decimal):
+        return {"__decimal__": str(value)}
+    if isinstance(value, uuid.UUID):
+        return {"__uuid__": str(value)}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"__bytes__": base64.b64encode(bytes(value)).decode("ascii")}
+    return None

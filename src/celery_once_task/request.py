@@ -1,0 +1,65 @@
+"""``OnceTaskRequest``: cleanup in the worker's main process, for executions that cannot clean up.
+
+A pool child that is killed (hard time limit, SIGKILL, out of memory,
+``revoke(terminate=True)``, cold shutdown) runs none of its own ``finally``
+blocks, so its running lock would stay until its TTL. The worker's main process
+learns of each of these through this request object and releases the lock
+the child held; the owner token is rebuilt from the message (task id, attempt)
+and this worker's identity, which the child shares.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from billiard.einfo import ExceptionWithTraceback
+from celery.exceptions import Terminated, TimeLimitExceeded, WorkerLostError
+from celery.worker.request import Request
+
+from .cleanup import release_locks
+
+# Exceptions the main process sees when the child never finished the body.
+_CHILD_GONE = (WorkerLostError, TimeLimitExceeded, Terminated, SystemExit, KeyboardInterrupt)
+
+
+class OnceTaskRequest(Request):  # type: ignore[misc]  # celery ships no type hints
+    """The worker's request for a ``OnceTask`` message."""
+
+    def release_running_lock(self, reason: str) -> None:
+        """Release the running lock this message's execution holds in this worker."""
+        release_locks(
+            self.task,
+            task_id=self.id,
+            retries=self.request_dict.get("retries"),
+            worker=self.hostname,
+            args=self.args,
+            kwargs=self.kwargs,
+            headers=self.request_dict,
+            queue=False,
+            running=True,
+            reason=reason,
+        )
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        exc = exc_info.exception
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if isinstance(exc, _CHILD_GONE):
+            self.release_running_lock(type(exc).__name__)
+        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        try:
+            super().on_timeout(soft, timeout)
+        finally:
+            if not soft:
+                self.release_running_lock("hard time limit")
+
+    def cancel(self, *args: Any, **kwargs: Any) -> Any:
+        # Celery >= 5.5 cancels running tasks at cold shutdown before the boot
+        # steps are stopped; the pool child is killed right after.
+        try:
+            return super().cancel(*args, **kwargs)
+        finally:
+            if self.time_start:
+                self.release_running_lock("cancelled")

@@ -1,0 +1,79 @@
+"""Signal receivers that release locks when Celery revokes a task or fails internally.
+
+``task_revoked`` is sent in the worker's main process for a revoked message
+(queued, prefetched, expired, or terminated while running); the message never
+runs (again), so its queue lock and its running lock are released.
+``task_internal_error`` is sent in the process that ran the task when Celery's
+own tracing failed around it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import signals
+
+from .cleanup import release_locks
+from .keys import DIGEST_HEADER
+
+_REVOKED_UID = "celery_once_task.revoked"
+_INTERNAL_ERROR_UID = "celery_once_task.internal_error"
+
+
+def on_task_revoked(sender: Any = None, request: Any = None, terminated: bool = False, **_: Any) -> None:
+    if request is None:
+        return
+    release_locks(
+        sender,
+        task_id=request.id,
+        retries=getattr(request, "retries", 0),
+        worker=getattr(request, "hostname", None),
+        args=request.args,
+        kwargs=request.kwargs,
+        headers=_headers(request),
+        queue=True,
+        running=bool(terminated),
+        reason="terminated" if terminated else "revoked",
+    )
+
+
+def on_task_internal_error(
+    sender: Any = None, task_id: Any = None, args: Any = None, kwargs: Any = None, request: Any = None, **_: Any
+) -> None:
+    release_locks(
+        sender,
+        task_id=task_id,
+        retries=getattr(request, "retries", 0),
+        worker=getattr(request, "hostname", None),
+        args=args,
+        kwargs=kwargs,
+        headers=_headers(request),
+        queue=True,
+        running=True,
+        reason="internal error",
+    )
+
+
+def _headers(request: Any) -> dict[str, Any]:
+    headers = dict(getattr(request, "headers", None) or {})
+    value = getattr(request, DIGEST_HEADER, None)
+    if value is not None:
+        headers.setdefault(DIGEST_HEADER, value)
+    return headers
+
+
+def setup_once_task_signals() -> None:
+    """Connect the receivers; calling it again changes nothing."""
+    signals.task_revoked.connect(on_task_revoked, weak=False, dispatch_uid=_REVOKED_UID)
+    signals.task_internal_error.connect(on_task_internal_error, weak=False, dispatch_uid=_INTERNAL_ERROR_UID)
+
+
+def teardown_once_task_signals() -> None:
+    """Disconnect the receivers."""
+    signals.task_revoked.disconnect(on_task_revoked, dispatch_uid=_REVOKED_UID)
+    signals.task_internal_error.disconnect(on_task_internal_error, dispatch_uid=_INTERNAL_ERROR_UID)
+
+
+def signals_connected() -> bool:
+    """Whether the receivers are connected (for diagnostics and tests)."""
+    return any(_REVOKED_UID in str(key) for key, _ in signals.task_revoked.receivers)

@@ -1,0 +1,66 @@
+"""Session set-up: a private redis-server, and a prefork worker shared by most tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from tests.support import RedisServer, Worker
+
+_server: RedisServer | None = None
+
+
+def pytest_configure(config: Any) -> None:
+    global _server
+    _server = RedisServer()
+    # Read by tests.worker_app at import, here and in worker subprocesses.
+    os.environ["ONCE_TEST_REDIS_PORT"] = str(_server.port)
+
+
+def pytest_unconfigure(config: Any) -> None:
+    if _server is not None:
+        _server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> RedisServer:
+    assert _server is not None
+    return _server
+
+
+@pytest.fixture(scope="session")
+def locks(redis_server: RedisServer) -> redis.Redis:
+    """The lock store's database."""
+    return redis_server.client(2)
+
+
+@pytest.fixture(scope="session")
+def recs(redis_server: RedisServer) -> redis.Redis:
+    """The database the tasks record their executions in."""
+    return redis_server.client(4)
+
+
+@pytest.fixture(scope="session")
+def broker(redis_server: RedisServer) -> redis.Redis:
+    return redis_server.client(0)
+
+
+@pytest.fixture(scope="session")
+def app() -> Any:
+    from tests.worker_app import app
+
+    return app
+
+
+@pytest.fixture(scope="session")
+def worker(redis_server: RedisServer) -> Iterator[Worker]:
+    """A prefork worker with two processes, shared by the tests that do not stop workers."""
+    worker = Worker(redis_server.port, "shared", pool="prefork", concurrency=2)
+    try:
+        yield worker.wait_ready()
+    finally:
+        worker.stop()

@@ -1,0 +1,149 @@
+"""Test support: a private redis-server, worker subprocesses, and waiting for conditions."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll ``condition`` until it returns a true value; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A redis-server of the test session's own, on a free port in a temp dir."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is not installed: run `bash scripts/test.sh` (it installs it) "
+                "or `apt-get install -y redis-server`"
+            )
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="once-task-redis-")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir, "--databases", "16"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        self.url = f"redis://127.0.0.1:{self.port}"
+        client = redis.Redis(port=self.port)
+        wait_until(lambda: _pings(client), timeout=10, what="redis-server to answer PING")
+
+    def client(self, db: int) -> redis.Redis:
+        return redis.Redis(port=self.port, db=db)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+class Worker:
+    """A ``celery worker`` subprocess running ``tests.worker_app``."""
+
+    def __init__(
+        self,
+        port: int,
+        name: str,
+        pool: str = "prefork",
+        concurrency: int = 2,
+        queues: str = "celery",
+        extra_args: tuple[str, ...] = (),
+        env: Optional[dict[str, str]] = None,
+        app: str = "tests.worker_app",
+    ) -> None:
+        self.name = f"{name}@{socket.gethostname()}"
+        self.log_path = Path(tempfile.mkstemp(prefix=f"worker-{name}-", suffix=".log")[1])
+        environment = {**os.environ, "ONCE_TEST_REDIS_PORT": str(port), **(env or {})}
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", app, "worker", "-P", pool, "-c", str(concurrency),
+             "-n", self.name, "-Q", queues, "-l", "info", "--without-mingle", "--without-gossip",
+             "--without-heartbeat", *extra_args],
+            cwd=ROOT, env=environment, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 40.0) -> Worker:
+        wait_until(lambda: self.alive() and "ready." in self.read_log(), timeout=timeout,
+                   what=f"worker {self.name} to be ready; log:\n{self.read_log()[-3000:]}")
+        return self
+
+    def alive(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker {self.name} exited; log:\n{self.read_log()[-3000:]}")
+        return True
+
+    def read_log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def child_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.log.close()
+
+
+@contextlib.contextmanager
+def running_worker(port: int, name: str, **kwargs: Any) -> Iterator[Worker]:
+    worker = Worker(port, name, **kwargs)
+    try:
+        yield worker.wait_ready()
+    finally:
+        worker.stop()
+
+
+def records(client: redis.Redis, tag: str) -> list[dict[str, Any]]:
+    return [json.loads(item) for item in client.lrange(f"records:{tag}", 0, -1)]
+
+
+def events(client: redis.Redis, tag: str, event: str) -> list[dict[str, Any]]:
+    return [item for item in records(client, tag) if item["event"] == event]

@@ -1,0 +1,115 @@
+"""The Celery app the tests' workers run: a user's ``celery.py`` and ``tasks.py`` in one.
+
+It is configured from the environment the test session sets up (the private
+Redis server's port), the way the README tells users to set up theirs.
+Tasks record what they do in a separate Redis database, so that tests can
+count executions without touching the locks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+
+from celery_once_task import OnceTask, OnceTaskUnlockBootStep, configure, setup_once_task_signals
+
+PORT = int(os.environ.get("ONCE_TEST_REDIS_PORT", "6399"))
+BROKER_URL = f"redis://127.0.0.1:{PORT}/0"
+BACKEND_URL = f"redis://127.0.0.1:{PORT}/1"
+LOCKS_URL = f"redis://127.0.0.1:{PORT}/2"
+RECORDS_URL = f"redis://127.0.0.1:{PORT}/4"
+
+app = Celery("tests", broker=BROKER_URL, backend=BACKEND_URL)
+app.conf.update(
+    task_routes={"tests.worker_app.parked": {"queue": "parked"}},
+    broker_transport_options={"visibility_timeout": int(os.environ.get("ONCE_TEST_VISIBILITY", "3600"))},
+    worker_prefetch_multiplier=1,
+    result_expires=600,
+)
+
+configure(redis_url=LOCKS_URL)
+setup_once_task_signals()
+app.steps["worker"].add(OnceTaskUnlockBootStep)
+
+_records = redis.Redis.from_url(RECORDS_URL)
+
+
+def record(tag: str, event: str, **fields: Any) -> None:
+    """Append an event to the tag's record list."""
+    _records.rpush(f"records:{tag}", json.dumps({"event": event, "pid": os.getpid(), "t": time.time(), **fields}))
+
+
+def wait_gate(tag: str, timeout: float = 60) -> bool:
+    """Block until the test opens the tag's gate (or the timeout passes)."""
+    return _records.blpop([f"gate:{tag}"], timeout=timeout) is not None
+
+
+@app.task(base=OnceTask)
+def add(x: int, y: int = 10) -> int:
+    return x + y
+
+
+@app.task(base=OnceTask)
+def echo(tag: str, value: Any = None) -> Any:
+    record(tag, "run", value=value)
+    return value
+
+
+@app.task(base=OnceTask)
+def gated(tag: str) -> str:
+    """Runs until the test opens its gate."""
+    record(tag, "start")
+    wait_gate(tag)
+    record(tag, "end")
+    return tag
+
+
+@app.task(base=OnceTask, bind=True)
+def bound(self: Any, tag: str, n: int = 1) -> str:
+    record(tag, "run", id=self.request.id)
+    return str(self.request.id)
+
+
+@app.task(base=OnceTask, queue_lock=False)
+def without_queue_lock(tag: str) -> str:
+    record(tag, "start")
+    wait_gate(tag)
+    return tag
+
+
+@app.task(base=OnceTask, running_lock=False)
+def without_running_lock(tag: str) -> str:
+    record(tag, "start")
+    wait_gate(tag)
+    return tag
+
+
+@app.task(base=OnceTask, queue_lock_timeout=70, running_lock_timeout=110)
+def own_timeouts(tag: str) -> str:
+    record(tag, "start")
+    wait_gate(tag)
+    return tag
+
+
+@app.task(base=OnceTask)
+def failing(tag: str) -> None:
+    record(tag, "run")
+    raise ValueError(f"failing {tag}")
+
+
+@app.task(base=OnceTask)
+def parked(tag: str) -> str:
+    """Routed to a queue no worker consumes: its messages stay in the broker."""
+    return tag
+
+
+@app.task(base=OnceTask)
+def recursive(tag: str, depth: int) -> int:
+    """Calls itself as a plain function: no lock for the inner calls."""
+    record(tag, "run", depth=depth)
+    return depth if depth == 0 else recursive(tag, depth - 1)
