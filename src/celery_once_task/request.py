@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from billiard.einfo import ExceptionWithTraceback
 from celery.exceptions import Terminated, TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
 
@@ -42,7 +41,8 @@ class OnceTaskRequest(Request):  # type: ignore[misc]  # celery ships no type hi
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
         exc = exc_info.exception
-        if isinstance(exc, ExceptionWithTraceback):
+        # billiard >= 4.2 wraps the child's exception; older releases do not.
+        if type(exc).__name__ == "ExceptionWithTraceback":
             exc = exc.exc
         if isinstance(exc, _CHILD_GONE):
             self.release_running_lock(type(exc).__name__)
