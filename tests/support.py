@@ -42,14 +42,14 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: fl
 class RedisServer:
     """A redis-server of the test session's own, on a free port in a temp dir."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: Optional[int] = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
                 "redis-server is not installed: run `bash scripts/test.sh` (it installs it) "
                 "or `apt-get install -y redis-server`"
             )
-        self.port = free_port()
+        self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="once-task-redis-")
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

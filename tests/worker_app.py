@@ -21,7 +21,8 @@ from celery_once_task import OnceTask, OnceTaskUnlockBootStep, configure, setup_
 PORT = int(os.environ.get("ONCE_TEST_REDIS_PORT", "6399"))
 BROKER_URL = f"redis://127.0.0.1:{PORT}/0"
 BACKEND_URL = f"redis://127.0.0.1:{PORT}/1"
-LOCKS_URL = f"redis://127.0.0.1:{PORT}/2"
+# A test may point a worker's locks at a server it stops and starts.
+LOCKS_URL = os.environ.get("ONCE_TEST_LOCKS_URL", f"redis://127.0.0.1:{PORT}/2")
 RECORDS_URL = f"redis://127.0.0.1:{PORT}/4"
 
 app = Celery("tests", broker=BROKER_URL, backend=BACKEND_URL)
@@ -41,7 +42,7 @@ _records = redis.Redis.from_url(RECORDS_URL)
 
 def record(tag: str, event: str, **fields: Any) -> None:
     """Append an event to the tag's record list."""
-    _records.rpush(f"records:{tag}", json.dumps({"event": event, "pid": os.getpid(), "t": time.time(), **fields}))
+    _records.rpush(f"records:{tag}", json.dumps({"event": event, "pid": os.getpid(), "t": time.time(), **fields}, default=str))
 
 
 def wait_gate(tag: str, timeout: float = 60) -> bool:
@@ -61,9 +62,9 @@ def echo(tag: str, value: Any = None) -> Any:
 
 
 @app.task(base=OnceTask)
-def gated(tag: str) -> str:
+def gated(tag: str, value: Any = None) -> str:
     """Runs until the test opens its gate."""
-    record(tag, "start")
+    record(tag, "start", value=value)
     wait_gate(tag)
     record(tag, "end")
     return tag

@@ -1,0 +1,154 @@
+"""Lock keys: the format, and one canonical form per call however it is spelled or serialized."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import hashlib
+import json
+import re
+import uuid
+from typing import Any
+
+import pytest
+from kombu import serialization
+
+from celery_once_task import OnceTaskLocked
+from celery_once_task.keys import DIGEST_HEADER, canonical_call
+from tests import worker_app as tasks
+from tests.support import events, wait_until
+
+
+def json_round_trip(value: Any) -> Any:
+    """What a worker receives for ``value`` after Celery's default serializer."""
+    content_type, encoding, data = serialization.dumps(value, "json")
+    return serialization.loads(data, content_type, encoding)
+
+
+def test_key_is_name_digest_and_lock_type() -> None:
+    key = tasks.add.once_key((1, 2), {}, "queue")
+    assert re.fullmatch(r"once_task:tests\.worker_app\.add:[0-9a-f]{16}:queue", key)
+    assert tasks.add.once_key((1, 2), {}, "running") == key[: -len("queue")] + "running"
+
+
+def test_digest_is_the_first_16_hex_of_a_sha256_of_the_canonical_call() -> None:
+    canonical = canonical_call("tests.worker_app.add", tasks.add._once_signature or None, (1, 2), {})
+    assert tasks.add.once_digest((1, 2), {}) == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def test_different_arguments_get_different_keys() -> None:
+    assert tasks.add.once_key((1, 2), {}, "queue") != tasks.add.once_key((2, 1), {}, "queue")
+
+
+def test_positional_keyword_and_default_spellings_are_one_call() -> None:
+    spellings = [((1, 10), {}), ((1,), {}), ((), {"x": 1}), ((), {"y": 10, "x": 1}), ((1,), {"y": 10})]
+    assert len({tasks.add.once_digest(args, kwargs) for args, kwargs in spellings}) == 1
+
+
+def test_self_of_a_bound_task_is_not_part_of_the_call() -> None:
+    assert tasks.bound.once_digest(("t",), {}) == tasks.bound.once_digest((), {"tag": "t", "n": 1})
+
+
+def test_tuples_and_lists_are_the_same_sequence() -> None:
+    assert tasks.echo.once_digest(("t", (1, (2, 3))), {}) == tasks.echo.once_digest(("t", [1, [2, 3]]), {})
+
+
+def test_dict_key_order_does_not_matter() -> None:
+    assert tasks.echo.once_digest(("t", {"a": 1, "b": 2}), {}) == tasks.echo.once_digest(("t", {"b": 2, "a": 1}), {})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"nested": [(1, 2), {"z": None, "a": [True, 1.5]}], 3: "int key"},
+        datetime.datetime(2026, 11, 23, 12, 30, tzinfo=datetime.timezone.utc),
+        datetime.date(2026, 11, 23),
+        decimal.Decimal("12.3400"),
+        uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        b"\x00\xffbytes",
+    ],
+    ids=["nested", "datetime", "date", "decimal", "uuid", "bytes"],
+)
+def test_digest_survives_json_serialization(value: Any) -> None:
+    received = json_round_trip({"args": ["t", value]})["args"]
+    assert tasks.echo.once_digest(received, {}) == tasks.echo.once_digest(("t", value), {})
+
+
+def test_types_are_kept_apart() -> None:
+    digests = {tasks.echo.once_digest(("t", value), {}) for value in (1, 1.0, True, "1", None, [1], {"1": 1})}
+    assert len(digests) == 7
+
+
+def test_argument_without_canonical_form_is_refused_naming_task_and_argument(locks: Any) -> None:
+    before = set(locks.keys("once_task:*"))
+    with pytest.raises(TypeError, match=r"tests\.worker_app\.echo: argument 'value' of type object"):
+        tasks.echo.delay("t", object())
+    assert set(locks.keys("once_task:*")) == before
+
+
+def test_nested_argument_without_canonical_form_is_named_by_its_path() -> None:
+    with pytest.raises(TypeError, match=r"argument \"value\[0\]\['k'\]\" of type set"):
+        tasks.echo.delay("t", [{"k": {1, 2}}])
+
+
+def test_arguments_not_matching_the_signature_are_refused_naming_the_task() -> None:
+    with pytest.raises(TypeError, match=r"tests\.worker_app\.add: the arguments do not match"):
+        tasks.add.delay(1, 2, 3)
+
+
+def parked_message(broker: Any, tag: str) -> dict[str, Any]:
+    """The message of the ``parked`` call with ``tag``, as it sits in the broker."""
+    for raw in broker.lrange("parked", 0, -1):
+        message = json.loads(raw)
+        if tag in message["headers"]["argsrepr"]:
+            return dict(message)
+    raise AssertionError(f"no parked message for {tag}")
+
+
+def test_digest_travels_to_the_worker_in_a_namespaced_header(broker: Any) -> None:
+    tag = uuid.uuid4().hex
+    tasks.parked.delay(tag)
+    message = parked_message(broker, tag)
+    assert message["headers"][DIGEST_HEADER] == tasks.parked.once_digest((tag,), {})
+
+
+def test_caller_headers_are_kept_beside_the_digest(broker: Any) -> None:
+    tag = uuid.uuid4().hex
+    tasks.parked.apply_async((tag,), headers={"tenant": "acme"})
+    headers = parked_message(broker, tag)["headers"]
+    assert headers["tenant"] == "acme"
+    assert DIGEST_HEADER in headers
+
+
+def test_worker_uses_the_digest_from_the_header(worker: Any, recs: Any) -> None:
+    tag, other = uuid.uuid4().hex, uuid.uuid4().hex
+    running = tasks.gated.delay(tag)
+    wait_until(lambda: events(recs, tag, "start"), what="the first execution to start")
+    # Different arguments, but the header names the running call's digest.
+    impostor = tasks.app.send_task(
+        "tests.worker_app.gated", args=[other], headers={DIGEST_HEADER: tasks.gated.once_digest((tag,), {})}
+    )
+    try:
+        with pytest.raises(OnceTaskLocked):
+            impostor.get(timeout=20)
+    finally:
+        recs.rpush(f"gate:{tag}", 1)
+    assert running.get(timeout=20) == tag
+
+
+def test_worker_derives_the_publishers_key_for_a_message_without_the_header(worker: Any, recs: Any) -> None:
+    """``send_task`` carries no digest: the worker derives it from the serialized call."""
+    tag = uuid.uuid4().hex
+    value = {"b": (1, (2, 3)), "a": [datetime.date(2026, 1, 2), decimal.Decimal("1.50"), {3: None}]}
+    running = tasks.gated.delay(tag, value)
+    wait_until(lambda: events(recs, tag, "start"), what="the first execution to start")
+    # The same call spelled by keyword, its value already through JSON, no header.
+    duplicate = tasks.app.send_task(
+        "tests.worker_app.gated", kwargs={"value": json_round_trip(value), "tag": tag}
+    )
+    try:
+        with pytest.raises(OnceTaskLocked):
+            duplicate.get(timeout=20)
+    finally:
+        recs.rpush(f"gate:{tag}", 1)
+    assert running.get(timeout=20) == tag

@@ -1,0 +1,98 @@
+"""The lock store failing: nothing silently dropped, nothing left locked, no error inside Celery's hooks."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from celery_once_task import LockStoreUnavailable, OnceTaskError, configure
+from celery_once_task.settings import reset_configuration
+from tests import worker_app as tasks
+from tests.support import RedisServer, events, free_port, running_worker, wait_until
+
+UNREACHABLE = "redis://127.0.0.1:1/0"
+
+
+@pytest.fixture
+def unreachable_lock_store() -> Iterator[None]:
+    configure(redis_url=UNREACHABLE)
+    yield
+    reset_configuration()
+    configure(redis_url=tasks.LOCKS_URL)
+
+
+def parked_count(broker: Any, tag: str) -> int:
+    return sum(tag.encode() in raw for raw in broker.lrange("parked", 0, -1))
+
+
+def test_unreachable_lock_store_raises_naming_the_task(unreachable_lock_store: None, broker: Any) -> None:
+    tag = uuid.uuid4().hex
+    with pytest.raises(LockStoreUnavailable, match=r"tests\.worker_app\.parked: the lock store is unreachable"):
+        tasks.parked.delay(tag)
+    assert parked_count(broker, tag) == 0
+
+
+def test_lock_store_unavailable_is_a_library_error() -> None:
+    assert issubclass(LockStoreUnavailable, OnceTaskError)
+
+
+def test_fail_open_publishes_without_the_lock_and_warns(
+    unreachable_lock_store: None, broker: Any, caplog: Any
+) -> None:
+    configure(fail_open=True)
+    tag = uuid.uuid4().hex
+    with caplog.at_level(logging.WARNING, logger="celery_once_task"):
+        assert tasks.parked.delay(tag) is not None
+    assert parked_count(broker, tag) == 1
+    assert "publishing without queue lock" in caplog.text
+
+
+def test_scripts_are_reloaded_after_script_flush(worker: Any, locks: Any) -> None:
+    locks.script_flush()
+    tag = uuid.uuid4().hex
+    assert tasks.echo.delay(tag, 1).get(timeout=20) == 1
+    assert locks.exists(tasks.echo.once_key((tag,), {}, "running")) == 0
+    assert tasks.echo.delay(tag, 1) is not None
+
+
+@pytest.fixture
+def lock_server() -> Iterator[RedisServer]:
+    """A lock store of its own, that a test may stop and start again on the same port."""
+    server = RedisServer(free_port())
+    yield server
+    server.stop()
+
+
+def test_worker_defers_a_task_while_the_lock_store_is_down(lock_server: RedisServer, recs: Any) -> None:
+    tag = uuid.uuid4().hex
+    port = lock_server.port
+    with running_worker(tasks.PORT, "deferring", pool="solo", queues="deferring",
+                        env={"ONCE_TEST_LOCKS_URL": f"{lock_server.url}/2"}) as worker:
+        lock_server.stop()
+        result = tasks.app.send_task("tests.worker_app.echo", args=[tag, 7], queue="deferring")
+        wait_until(lambda: f"{result.id}]: the lock store is unreachable; deferred" in worker.read_log(),
+                   what="the deferral in the worker log")
+        assert events(recs, tag, "run") == []
+        restarted = RedisServer(port)
+        try:
+            assert result.get(timeout=30) == 7
+        finally:
+            restarted.stop()
+        assert len(events(recs, tag, "run")) == 1
+
+
+def test_release_failure_does_not_fail_the_task(lock_server: RedisServer, recs: Any) -> None:
+    tag = uuid.uuid4().hex
+    with running_worker(tasks.PORT, "releasing", pool="solo", queues="releasing",
+                        env={"ONCE_TEST_LOCKS_URL": f"{lock_server.url}/2"}) as worker:
+        result = tasks.app.send_task("tests.worker_app.gated", args=[tag], queue="releasing")
+        wait_until(lambda: events(recs, tag, "start"), what="the task to start")
+        lock_server.process.kill()
+        lock_server.process.wait(10)
+        recs.rpush(f"gate:{tag}", 1)
+        assert result.get(timeout=20) == tag
+        assert f"{result.id}]: could not release lock once_task:tests.worker_app.gated:" in worker.read_log()
