@@ -42,7 +42,8 @@ _records = redis.Redis.from_url(RECORDS_URL)
 
 def record(tag: str, event: str, **fields: Any) -> None:
     """Append an event to the tag's record list."""
-    _records.rpush(f"records:{tag}", json.dumps({"event": event, "pid": os.getpid(), "t": time.time(), **fields}, default=str))
+    entry = {"event": event, "pid": os.getpid(), "t": time.time(), **fields}
+    _records.rpush(f"records:{tag}", json.dumps(entry, default=str))
 
 
 def wait_gate(tag: str, timeout: float = 60) -> bool:

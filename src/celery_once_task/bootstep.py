@@ -42,7 +42,7 @@ class _HeartbeatThread(threading.Thread):
             self.stopped.wait(HEARTBEAT_INTERVAL)
 
 
-class OnceTaskUnlockBootStep(bootsteps.StartStopStep):  # type: ignore[misc]
+class OnceTaskUnlockBootStep(bootsteps.StartStopStep):
     """Worker boot step: ``app.steps["worker"].add(OnceTaskUnlockBootStep)``."""
 
     requires = {"celery.worker.components:Pool"}

@@ -21,7 +21,7 @@ from .cleanup import release_locks
 _CHILD_GONE = (WorkerLostError, TimeLimitExceeded, Terminated, SystemExit, KeyboardInterrupt)
 
 
-class OnceTaskRequest(Request):  # type: ignore[misc]  # celery ships no type hints
+class OnceTaskRequest(Request):
     """The worker's request for a ``OnceTask`` message."""
 
     def release_running_lock(self, reason: str) -> None:

@@ -114,7 +114,7 @@ def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
         return [_run_one(client, calls[0])]
     pipe = client.pipeline(transaction=False)
     for call in calls:
-        pipe.execute_command("EVALSHA", call.script.sha, 1, call.key, *call.args)
+        pipe.execute_command("EVALSHA", call.script.sha, 1, call.key, *call.args)  # type: ignore[no-untyped-call]
     replies: list[Any] = pipe.execute(raise_on_error=False)
     missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     for index in missing:
@@ -127,11 +127,15 @@ def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
 
 def _run_one(client: redis.Redis, call: Call) -> Any:
     try:
-        return client.execute_command("EVALSHA", call.script.sha, 1, call.key, *call.args)
+        return client.execute_command(  # type: ignore[no-untyped-call]
+            "EVALSHA", call.script.sha, 1, call.key, *call.args
+        )
     except NoScriptError:
         return _load_and_run(client, call)
 
 
 def _load_and_run(client: redis.Redis, call: Call) -> Any:
     client.script_load(call.script.source)
-    return client.execute_command("EVALSHA", call.script.sha, 1, call.key, *call.args)
+    return client.execute_command(  # type: ignore[no-untyped-call]
+        "EVALSHA", call.script.sha, 1, call.key, *call.args
+    )

@@ -63,7 +63,7 @@ _ENTERED = "once_task_entered"
 class _Running:
     """The running lock this execution holds, released when the body ends."""
 
-    __slots__ = ("store", "key", "token")
+    __slots__ = ("key", "store", "token")
 
     def __init__(self, store: LockStore, key: str, token: str) -> None:
         self.store = store
@@ -71,7 +71,7 @@ class _Running:
         self.token = token
 
 
-class OnceTask(Task):  # type: ignore[misc]  # celery ships no type hints
+class OnceTask(Task):
     """A Celery task that is queued at most once and runs at most once at a time per arguments."""
 
     #: Take the queue lock in ``apply_async()``/``delay()``.
@@ -232,6 +232,41 @@ class OnceTask(Task):  # type: ignore[misc]  # celery ships no type hints
             return self.AsyncResult(task_id)
         return None
 
+    # -- Django transactions --------------------------------------------------
+
+    def delay_on_commit(self, *args: Any, **kwargs: Any) -> None:
+        """``delay(*args, **kwargs)`` once the current Django transaction commits.
+
+        Celery's ``DjangoTask`` method (Celery 5.4+), here for every Celery
+        version. The queue lock is taken when the message is published, at
+        commit: a transaction that rolls back publishes nothing and leaves no
+        lock. Outside a transaction the call is published at once. Returns
+        ``None``, as Celery's does: whether the call is a duplicate is known
+        only at commit.
+        """
+        self._publish_on_commit(args, kwargs, {})
+
+    def apply_async_on_commit(
+        self, args: Optional[Sequence[Any]] = None, kwargs: Optional[Mapping[str, Any]] = None, **options: Any
+    ) -> None:
+        """``apply_async(args, kwargs, **options)`` once the current Django transaction commits.
+
+        See ``delay_on_commit``.
+        """
+        self._publish_on_commit(args, kwargs, options)
+
+    def _publish_on_commit(
+        self, args: Optional[Sequence[Any]], kwargs: Optional[Mapping[str, Any]], options: dict[str, Any]
+    ) -> None:
+        # Imported here: the core package must work, and import, without Django.
+        from django.db import transaction
+
+        if self.queue_lock or self.running_lock:
+            # A call without a canonical form fails now, inside the caller's
+            # transaction, rather than after the commit.
+            self.once_digest(args, kwargs)
+        transaction.on_commit(lambda: self.apply_async(args, kwargs, **options))
+
     # -- execute ------------------------------------------------------------
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -285,15 +320,20 @@ class OnceTask(Task):  # type: ignore[misc]  # celery ships no type hints
             if store.replace(key, holder_token, owner.token, ttl):
                 logger.info("%s[%s]: retry %d took over running lock %s", self.name, owner.task_id, owner.retries, key)
                 return _Running(store, key, owner.token)
-        elif holder.retries == owner.retries and holder.instance != owner.instance and holder.heartbeat:
+        elif (
             # The same message delivered twice. It may run only if the worker
             # running the first delivery is shown to be gone.
-            if self._instance_gone(store, holder.instance) and store.replace(key, holder_token, owner.token, ttl):
-                logger.warning(
-                    "%s[%s]: took over running lock %s from gone worker %s",
-                    self.name, owner.task_id, key, holder.worker,
-                )
-                return _Running(store, key, owner.token)
+            holder.retries == owner.retries
+            and holder.instance != owner.instance
+            and holder.heartbeat
+            and self._instance_gone(store, holder.instance)
+            and store.replace(key, holder_token, owner.token, ttl)
+        ):
+            logger.warning(
+                "%s[%s]: took over running lock %s from gone worker %s",
+                self.name, owner.task_id, key, holder.worker,
+            )
+            return _Running(store, key, owner.token)
         logger.warning(
             "%s[%s]: not run: another delivery of this task holds running lock %s (%s)",
             self.name, owner.task_id, key, holder_token,
@@ -334,7 +374,7 @@ class OnceTask(Task):  # type: ignore[misc]  # celery ships no type hints
         settings: Settings,
         running_key: Optional[str],
         exc: Exception,
-    ) -> None:
+    ) -> Optional[_Running]:
         if settings.fail_open or request.is_eager:
             logger.warning(
                 "%s[%s]: the lock store is unreachable; running without running lock %s: %s",
@@ -357,7 +397,8 @@ class OnceTask(Task):  # type: ignore[misc]  # celery ships no type hints
             store.release(key, token)
         except Exception as exc:
             logger.warning(
-                "%s[%s]: could not release lock %s (%s); it expires at its TTL: %s", self.name, task_id, key, reason, exc
+                "%s[%s]: could not release lock %s (%s); it expires at its TTL: %s",
+                self.name, task_id, key, reason, exc,
             )
 
 

@@ -1,0 +1,31 @@
+# Shared by scripts/test.sh, scripts/demo.sh and scripts/bench.sh: install what
+# they need on a fresh machine. Source it; it defines functions only.
+
+# redis-server must be on PATH: the tests, the demo and the benchmarks start
+# their own on a free port. Install it from Debian's packages where we can.
+ensure_redis_server() {
+    command -v redis-server >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "redis-server not found: installing it with apt-get" >&2
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+        # The package starts a system service on 6379; we never use it.
+    fi
+    command -v redis-server >/dev/null 2>&1 && return 0
+    echo "redis-server is required: install it (Debian/Ubuntu: sudo apt-get install -y redis-server; macOS: brew install redis) and run this again" >&2
+    exit 1
+}
+
+# make_venv DIR PYTHON PIP_ARGS...: a virtualenv at DIR with the project and PIP_ARGS installed.
+make_venv() {
+    local dir=$1 python=$2
+    shift 2
+    if ! command -v "$python" >/dev/null 2>&1; then
+        echo "$python not found: install Python 3.9 or newer, or set PYTHON=/path/to/python" >&2
+        exit 1
+    fi
+    if [ ! -x "$dir/bin/python" ]; then
+        "$python" -m venv "$dir"
+    fi
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+    "$dir/bin/python" -m pip install -q --disable-pip-version-check "$@"
+}
