@@ -115,3 +115,95 @@ def recursive(tag: str, depth: int) -> int:
     """Calls itself as a plain function: no lock for the inner calls."""
     record(tag, "run", depth=depth)
     return depth if depth == 0 else recursive(tag, depth - 1)
+
+
+# -- lifecycle ------------------------------------------------------------------
+
+
+def attempts(tag: str) -> int:
+    return int(_records.incr(f"attempts:{tag}"))
+
+
+@app.task(base=OnceTask, bind=True, max_retries=5)
+def retrying(self: Any, tag: str, fail_times: int = 1, countdown: float = 0) -> int:
+    """Retries itself ``fail_times`` times, then returns its attempt number."""
+    attempt = attempts(tag)
+    record(tag, "run", attempt=attempt, retries=self.request.retries)
+    if attempt <= fail_times:
+        raise self.retry(countdown=countdown)
+    return attempt
+
+
+@app.task(base=OnceTask, autoretry_for=(ValueError,), max_retries=5, default_retry_delay=0)
+def autoretrying(tag: str, fail_times: int = 1) -> int:
+    attempt = attempts(tag)
+    record(tag, "run", attempt=attempt)
+    if attempt <= fail_times:
+        raise ValueError(f"attempt {attempt}")
+    return attempt
+
+
+class SlowRetryHook(OnceTask):
+    def on_retry(self, exc: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        # The first attempt's hook is still running while its retry starts.
+        record(args[0], "hook-start")
+        wait_gate(f"{args[0]}:hook")
+        record(args[0], "hook-end")
+
+
+@app.task(base=SlowRetryHook, bind=True, max_retries=2)
+def retry_with_slow_hook(self: Any, tag: str) -> int:
+    attempt = attempts(tag)
+    record(tag, "run", attempt=attempt)
+    if attempt == 1:
+        raise self.retry(countdown=0)
+    return attempt
+
+
+@app.task(base=OnceTask, time_limit=2)
+def hard_limited(tag: str) -> str:
+    record(tag, "start")
+    wait_gate(tag)
+    return tag
+
+
+@app.task(base=OnceTask, soft_time_limit=1)
+def soft_limited(tag: str) -> str:
+    record(tag, "start")
+    wait_gate(tag)
+    return tag
+
+
+@app.task(base=OnceTask, acks_late=True)
+def gated_late(tag: str) -> str:
+    """``gated`` with the message acknowledged only when the task ends."""
+    record(tag, "start")
+    wait_gate(tag)
+    record(tag, "end")
+    return tag
+
+
+class FailingAfterReturn(OnceTask):
+    def after_return(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("after_return failed")
+
+
+@app.task(base=FailingAfterReturn)
+def internal_error(tag: str) -> str:
+    record(tag, "run")
+    return tag
+
+
+@app.task(base=OnceTask)
+def tick(tag: str, seconds: float = 2.5) -> None:
+    """A periodic job that takes longer than its period."""
+    record(tag, "start")
+    time.sleep(seconds)  # the work it stands for
+    record(tag, "end")
+
+
+@app.task(base=OnceTask)
+def total(values: list[int], tag: str = "") -> int:
+    """A chord body."""
+    record(tag, "run", values=values)
+    return sum(values)
