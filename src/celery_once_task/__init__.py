@@ -12,7 +12,7 @@ See README.md for the user guide. The modules, each with one concern:
 ``cleanup``    releasing another execution's locks, never raising
 ``signals``    revocation and internal-error receivers
 ``bootstep``   worker heartbeat, release at cold shutdown
-``django``     the Django ``AppConfig``
+``django``     the Django ``AppConfig``, and ``apps`` for a bare ``"celery_once_task"`` entry
 """
 
 from .bootstep import OnceTaskUnlockBootStep

@@ -1,11 +1,14 @@
 """Django integration: ``OnceTaskAppConfig`` and the ``CELERY_ONCE_*`` settings.
 
-Add ``"celery_once_task.django.OnceTaskAppConfig"`` to ``INSTALLED_APPS``.
+Add ``"celery_once_task.django.OnceTaskAppConfig"`` (or just
+``"celery_once_task"``, which ``apps.py`` points here) to ``INSTALLED_APPS``.
 ``ready()`` validates the settings (``ImproperlyConfigured`` names the bad
 one) and connects the signal receivers, once. The settings are read again
 whenever a lock is needed, never at import, so the order in which settings
-and modules are loaded cannot trap anyone. The core package never imports
-Django; only this module does.
+and modules are loaded cannot trap anyone. These values rank below the
+Celery app's configuration and ``configure()`` (see ``settings``). The core
+package never imports Django; only this module, ``apps`` and
+``OnceTask``'s on-commit methods (inside the call) do.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ def django_settings() -> Mapping[str, Any]:
 
 
 class OnceTaskAppConfig(AppConfig):
+    """Validates ``CELERY_ONCE_*`` at start-up, serves them to every lock, connects the signals."""
+
     name = "celery_once_task"
     label = "celery_once_task"
     verbose_name = "Celery once task"
