@@ -26,6 +26,7 @@ make_venv() {
     if [ ! -x "$dir/bin/python" ]; then
         "$python" -m venv "$dir"
     fi
-    "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+    # The venv's own pip, not the newest: pip >= 24.1 refuses the metadata of
+    # Celery 5.0.x (its "pytz>dev" requirement), which the package supports.
     "$dir/bin/python" -m pip install -q --disable-pip-version-check "$@"
 }

@@ -44,6 +44,21 @@ def recs(redis_server: RedisServer) -> redis.Redis:
     return redis_server.client(4)
 
 
+@pytest.fixture(autouse=True)
+def open_gates_after_test(recs: redis.Redis) -> Iterator[None]:
+    """Let every task a test held at a gate finish, even when the test failed.
+
+    A task left waiting would hold a pool process of the shared worker, and
+    the tests after it would fail for want of one.
+    """
+    yield
+    for key in recs.scan_iter("records:*", count=1000):
+        tag = key.decode()[len("records:"):]
+        recs.rpush(f"gate:{tag}", *[1] * 4)
+        recs.rpush(f"gate:{tag}:hook", 1)
+        recs.delete(key)
+
+
 @pytest.fixture(scope="session")
 def broker(redis_server: RedisServer) -> redis.Redis:
     return redis_server.client(0)

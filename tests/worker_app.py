@@ -37,7 +37,8 @@ configure(redis_url=LOCKS_URL)
 setup_once_task_signals()
 app.steps["worker"].add(OnceTaskUnlockBootStep)
 
-_records = redis.Redis.from_url(RECORDS_URL)
+# Longer than any gate a task waits at: redis-py 8 times sockets out after 5s by default.
+_records = redis.Redis.from_url(RECORDS_URL, socket_timeout=120)
 
 
 def record(tag: str, event: str, **fields: Any) -> None:
@@ -207,3 +208,18 @@ def total(values: list[int], tag: str = "") -> int:
     """A chord body."""
     record(tag, "run", values=values)
     return sum(values)
+
+
+# -- canvas ---------------------------------------------------------------------
+
+
+@app.task
+def errback(*args: Any, tag: str = "") -> None:
+    """A ``link_error`` callback; records the id of the task that failed and the error.
+
+    Celery calls it as ``(request, exc, traceback)``, or, for a chord body on
+    older releases, publishes it as a task with the failed task's id.
+    """
+    failed = args[0] if isinstance(args[0], str) else args[0].id
+    error = type(args[1]).__name__ if len(args) > 1 else None
+    record(tag, "errback", task_id=failed, error=error)

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from celery import bootsteps
 from celery.worker import state as worker_state
 
-from .ownership import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, INSTANCE, enable_heartbeat
+from .ownership import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, INSTANCE, register_worker
 from .settings import resolve
 from .store import LockStore, client_for
 
@@ -50,8 +50,8 @@ class OnceTaskUnlockBootStep(bootsteps.StartStopStep):
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
-        # Before the pool forks: children write the flag into their tokens.
-        enable_heartbeat()
+        # Before the pool forks: children write these into their tokens.
+        register_worker(worker.hostname)
         self._heartbeat: Optional[_HeartbeatThread] = None
 
     def start(self, worker: Any) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from .keys import DIGEST_HEADER, QUEUE, RUNNING, lock_key
-from .ownership import RunningOwner, heartbeat_enabled
+from .ownership import RunningOwner
 from .settings import resolve
 from .store import LockStore
 
@@ -42,7 +42,6 @@ def release_locks(
     *,
     task_id: Optional[str],
     retries: Optional[int],
-    worker: Optional[str],
     args: Optional[Sequence[Any]],
     kwargs: Optional[Mapping[str, Any]],
     headers: Optional[Mapping[str, Any]],
@@ -67,7 +66,7 @@ def release_locks(
                 logger.info("%s[%s]: released queue lock %s (%s)", task.name, task_id, key, reason)
         if running:
             key = lock_key(task.name, digest, RUNNING)
-            owner = RunningOwner.for_execution(task_id, retries, worker, heartbeat_enabled())
+            owner = RunningOwner.for_execution(task_id, retries)
             if store.release(key, owner.token):
                 logger.info("%s[%s]: released running lock %s (%s)", task.name, task_id, key, reason)
     except Exception:

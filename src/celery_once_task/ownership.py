@@ -31,19 +31,30 @@ HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_TTL = 6.0
 
 
-class _Heartbeat:
+class _Worker:
     # Set once, by the worker boot step, before the pool forks: children then
-    # write it into their tokens, and the main process rebuilds the same tokens.
-    enabled = False
+    # write the same values into their tokens as the main process rebuilds.
+    nodename: Optional[str] = None
+    heartbeat = False
 
 
-def enable_heartbeat() -> None:
-    """Declare that this process tree keeps a heartbeat (see ``bootstep``)."""
-    _Heartbeat.enabled = True
+def register_worker(nodename: str) -> None:
+    """Declare this process tree a worker with a node name and a heartbeat (see ``bootstep``)."""
+    _Worker.nodename = nodename
+    _Worker.heartbeat = True
 
 
 def heartbeat_enabled() -> bool:
-    return _Heartbeat.enabled
+    return _Worker.heartbeat
+
+
+def worker_name() -> str:
+    """The worker's node name where the boot step gave it, else the host name.
+
+    Not the request's ``hostname``: pool children of Celery < 5.1 see the bare
+    host name there while the main process sees the node name.
+    """
+    return _Worker.nodename or socket.gethostname()
 
 
 def heartbeat_key(instance: str) -> str:
@@ -63,15 +74,14 @@ class RunningOwner:
     heartbeat: bool
 
     @classmethod
-    def for_execution(
-        cls, task_id: str, retries: Optional[int], worker: Optional[str], heartbeat: bool
-    ) -> RunningOwner:
+    def for_execution(cls, task_id: str, retries: Optional[int]) -> RunningOwner:
+        """The owner an attempt of a task run by this process tree is."""
         return cls(
             task_id=task_id,
             retries=int(retries or 0),
-            worker=worker or socket.gethostname(),
+            worker=worker_name(),
             instance=INSTANCE,
-            heartbeat=heartbeat,
+            heartbeat=heartbeat_enabled(),
         )
 
     @property

@@ -30,7 +30,6 @@ class OnceTaskRequest(Request):
             self.task,
             task_id=self.id,
             retries=self.request_dict.get("retries"),
-            worker=self.hostname,
             args=self.args,
             kwargs=self.kwargs,
             headers=self.request_dict,

@@ -42,7 +42,7 @@ from redis.exceptions import RedisError
 from .cleanup import digest_from
 from .errors import LockStoreUnavailable, OnceTaskLocked
 from .keys import DIGEST_HEADER, QUEUE, RUNNING, call_digest, lock_key, signature_of
-from .ownership import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, RunningOwner, heartbeat_enabled
+from .ownership import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, RunningOwner
 from .settings import Settings, resolve
 from .store import LockStore
 
@@ -295,7 +295,7 @@ class OnceTask(Task):
         # Eager calls never took a queue lock.
         queue_key = lock_key(self.name, digest, QUEUE) if self.queue_lock and not request.is_eager else None
         running_key = lock_key(self.name, digest, RUNNING) if self.running_lock else None
-        owner = RunningOwner.for_execution(request.id, request.retries, request.hostname, heartbeat_enabled())
+        owner = RunningOwner.for_execution(request.id, request.retries)
         store = LockStore.for_url(settings.redis_url)
         try:
             pickup = store.pickup(queue_key, request.id, running_key, owner.token, settings.running_lock_timeout)
