@@ -72,6 +72,26 @@ def test_retry_runs_while_the_first_attempts_hooks_are_still_running(worker: Any
     assert result.get(timeout=30) == 2
 
 
+def test_retry_whose_earlier_attempt_released_in_between_takes_the_lock(locks: Any) -> None:
+    """The race a retry with countdown=0 can meet: the takeover finds the lock already free."""
+    from celery.app.task import Context
+
+    from celery_once_task.ownership import RunningOwner
+    from celery_once_task.store import LockStore
+
+    task_id = str(uuid.uuid4())
+    running = key(tasks.retrying, "running", task_id)
+    earlier = RunningOwner.for_execution(task_id, 0)
+    retry = RunningOwner.for_execution(task_id, 1)
+    store = LockStore(locks)
+    # The retry saw the earlier attempt's token; the earlier attempt has since released it.
+    held = tasks.retrying._conflict(Context(id=task_id, retries=1), store, running, retry, earlier.token,
+                                    tasks.retrying.once_settings())
+    assert held.token == retry.token
+    assert locks.get(running) == retry.token.encode()
+    locks.delete(running)
+
+
 # -- revocation -----------------------------------------------------------------
 
 

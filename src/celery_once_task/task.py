@@ -316,11 +316,18 @@ class OnceTask(Task):
         ttl = settings.running_lock_timeout
         if holder.retries < owner.retries:
             # A retry that started before the attempt that published it had
-            # finished its hooks: that attempt's body is over, take over.
+            # finished: that attempt's body is over, take over.
             if store.replace(key, holder_token, owner.token, ttl):
                 logger.info("%s[%s]: retry %d took over running lock %s", self.name, owner.task_id, owner.retries, key)
                 return _Running(store, key, owner.token)
-        elif (
+            # The earlier attempt released the lock in between: take it as any
+            # execution would. Whoever holds it now is a newer holder, so this
+            # ends after one more look.
+            pickup = store.pickup(None, owner.task_id, key, owner.token, ttl)
+            if pickup.acquired:
+                return _Running(store, key, owner.token)
+            return self._conflict(request, store, key, owner, pickup.holder or "", settings)
+        if (
             # The same message delivered twice. It may run only if the worker
             # running the first delivery is shown to be gone.
             holder.retries == owner.retries
