@@ -13,6 +13,7 @@ See README.md for the user guide. The modules, each with one concern:
 ``signals``    revocation and internal-error receivers
 ``bootstep``   worker heartbeat, release at cold shutdown
 ``django``     the Django ``AppConfig``, and ``apps`` for a bare ``"celery_once_task"`` entry
+``cli``        the operators' command line
 """
 
 from .bootstep import OnceTaskUnlockBootStep
