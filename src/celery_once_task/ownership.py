@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import socket
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import Optional
 
 #: This process tree's id. Created at import, before a prefork pool forks, so
@@ -84,9 +85,12 @@ class RunningOwner:
             heartbeat=heartbeat_enabled(),
         )
 
-    @property
+    @cached_property
     def token(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        # Once per owner: a pickup passes it to Redis and keeps it for the
+        # release. The fields as asdict() gives them, without its deep copy of
+        # every value (they are str, int and bool).
+        return json.dumps({name: getattr(self, name) for name in _FIELDS}, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def parse(cls, token: str | bytes) -> Optional[RunningOwner]:
@@ -102,3 +106,7 @@ class RunningOwner:
             )
         except (ValueError, TypeError, KeyError):
             return None
+
+
+#: The fields a token holds: all of them.
+_FIELDS = tuple(field.name for field in fields(RunningOwner))

@@ -139,6 +139,11 @@ def resolve(app: Any = None, task: Any = None) -> Settings:
     conf = getattr(app, "conf", None)
     if conf is not None:
         for name, conf_name in APP_CONF_NAMES.items():
+            # ``in`` first: these settings are usually absent, and Celery's
+            # conf answers ``in`` for an absent key without raising and
+            # catching a KeyError for every map and spelling of the key.
+            if conf_name not in conf:
+                continue
             value = conf.get(conf_name)
             if value is not None:
                 values[name] = validate(name, value, label=f"app.conf.{conf_name}")
