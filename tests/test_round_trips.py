@@ -54,7 +54,7 @@ class CountingConnection(redis.Connection):
         # redis-py >= 6 connects through this method, not always through connect().
         self._handshakes += 1
         try:
-            return super().connect_check_health(*args, **kwargs)  # type: ignore[misc]
+            return super().connect_check_health(*args, **kwargs)
         finally:
             self._handshakes -= 1
 

@@ -1,0 +1,120 @@
+"""``python -m benchmarks``: measure everything in one run and print (or write) the figures.
+
+Run it through ``bash scripts/bench.sh``, which installs what it needs. The
+parts run in this order: publishing (no worker running), worker throughput,
+lock latency and memory (servers of their own), round trips (last: the
+in-process worker reconfigures this process's logging).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .servers import RedisServer, machine
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+@dataclass(frozen=True)
+class Config:
+    publish_rounds: int
+    publish_calls: int
+    throughput_rounds: int
+    throughput_n: int
+    latency_levels: tuple[int, ...]
+    latency_rounds: int
+    latency_per_round: int
+    memory_locks: int
+
+
+FULL = Config(
+    publish_rounds=15, publish_calls=400,
+    throughput_rounds=7, throughput_n=3000,
+    latency_levels=(1_000, 100_000, 1_000_000), latency_rounds=12, latency_per_round=250,
+    memory_locks=1_000_000,
+)
+QUICK = Config(
+    publish_rounds=4, publish_calls=200,
+    throughput_rounds=2, throughput_n=1000,
+    latency_levels=(1_000, 100_000), latency_rounds=3, latency_per_round=100,
+    memory_locks=100_000,
+)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def measure(config: Config) -> dict[str, Any]:
+    started = time.monotonic()
+    server = RedisServer()
+    # Before importing the app: it reads the port at import, as the workers do.
+    os.environ["BENCH_REDIS_PORT"] = str(server.port)
+    from . import locks, publish, round_trips, throughput
+
+    results: dict[str, Any] = {"config": asdict(config)}
+    try:
+        results["machine"] = machine(server)
+        broker, lock_db, records = server.client(0), server.client(2), server.client(4)
+
+        log(f"(a, b) publishing: {config.publish_rounds} rounds x {config.publish_calls} calls per variant ...")
+        results["publish"] = publish.run(config.publish_rounds, config.publish_calls, broker, lock_db).summary()
+
+        pools = {"solo": 1, "prefork": os.cpu_count() or 1}
+        log(f"(c) worker throughput: {config.throughput_rounds} drains x {config.throughput_n} tasks "
+            f"per variant, pools {pools} ...")
+        results["throughput"] = throughput.run(
+            config.throughput_rounds, config.throughput_n, pools, server.port, broker, lock_db, records
+        ).summary()
+
+        log(f"(e) lock latency with {', '.join(f'{n:,}' for n in config.latency_levels)} locks held ...")
+        results["latency"] = locks.latency(
+            list(config.latency_levels), config.latency_rounds, config.latency_per_round
+        ).summary()
+
+        log(f"(f) memory with {config.memory_locks:,} locks held ...")
+        results["memory"] = locks.memory(config.memory_locks)
+
+        log("(d) round trips ...")
+        results["round_trips"] = round_trips.run(broker)
+    finally:
+        server.stop()
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    results["duration_s"] = time.monotonic() - started
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short run with rougher figures")
+    parser.add_argument("--docs", action="store_true",
+                        help="write docs/benchmarks.md, docs/benchmarks.png and docs/benchmarks.json")
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument("--from-json", type=Path, help="measure nothing: report the figures of an earlier run")
+    args = parser.parse_args(argv)
+
+    from . import report
+
+    results = json.loads(args.from_json.read_text()) if args.from_json else measure(QUICK if args.quick else FULL)
+    print(report.table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    if args.docs:
+        DOCS.mkdir(exist_ok=True)
+        (DOCS / "benchmarks.json").write_text(json.dumps(results, indent=1) + "\n")
+        report.chart(results, DOCS / "benchmarks.png")
+        (DOCS / "benchmarks.md").write_text(report.document(results, "benchmarks.png"))
+        log(f"wrote {DOCS / 'benchmarks.md'}, benchmarks.png and benchmarks.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,494 @@
+"""The targets, and the figures as a printed table, docs/benchmarks.md and its chart.
+
+Every target is judged here, from the summaries the other modules return, so
+the printed table, the document and the chart cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+#: The issue's targets (ratios are OnceTask / plain Celery, medians, same run).
+PUBLISH_MAX = 1.25
+DUPLICATE_MAX = 0.35
+SOLO_MIN = 0.80
+ROUND_TRIPS = {"publish": 1, "duplicate": 1, "pickup": 1, "end": 1}
+#: Median latency with the most locks held / with the fewest; above this it is not flat.
+FLAT_MAX = 1.10
+MEMORY_MAX = 200.0
+
+COMMAND = "bash scripts/bench.sh --docs"
+
+
+@dataclass
+class Target:
+    name: str
+    measured: str
+    value: float
+    target: str
+    met: Optional[bool]  # None: reported, no target
+
+    @property
+    def verdict(self) -> str:
+        return "-" if self.met is None else ("met" if self.met else "MISSED")
+
+
+def _level(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
+
+
+def targets(results: dict[str, Any]) -> list[Target]:
+    pub, thr, rt = results["publish"], results["throughput"], results["round_trips"]
+    lat, mem = results["latency"], results["memory"]
+    out = [
+        Target("publish a unique call (median latency)",
+               f"{pub['once']['median_us']:.0f} us vs {pub['plain']['median_us']:.0f} us plain",
+               pub["once_ratio"], f"<= {PUBLISH_MAX:.2f}x plain", pub["once_ratio"] <= PUBLISH_MAX),
+        Target("drop a duplicate call (median latency)",
+               f"{pub['duplicate']['median_us']:.0f} us vs {pub['plain']['median_us']:.0f} us plain publish",
+               pub["duplicate_ratio"], f"<= {DUPLICATE_MAX:.2f}x plain publish",
+               pub["duplicate_ratio"] <= DUPLICATE_MAX),
+    ]
+    for pool, minimum in (("solo", SOLO_MIN), ("prefork", None)):
+        if pool in thr:
+            t = thr[pool]
+            out.append(Target(
+                f"{pool} worker throughput (c={t['concurrency']})",
+                f"{t['once_per_s']:.0f}/s vs {t['plain_per_s']:.0f}/s plain",
+                t["ratio"], f">= {minimum:.2f}x plain" if minimum else "reported",
+                t["ratio"] >= minimum if minimum else None,
+            ))
+    for path, expected in ROUND_TRIPS.items():
+        got = rt[path]["locks"]
+        out.append(Target(f"round trips: {path}", f"{got}", float(got), f"== {expected}", got == expected))
+    levels = sorted(int(k) for k in lat if k != "flatness")
+    low, high = str(levels[0]), str(levels[-1])
+    for op, flat in lat["flatness"].items():
+        out.append(Target(
+            f"{op} latency, {_level(int(low))} -> {_level(int(high))} locks (median)",
+            f"{lat[low][op]['median_us']:.0f} -> {lat[high][op]['median_us']:.0f} us "
+            f"(p99 {lat[low][op]['p99_us']:.0f} -> {lat[high][op]['p99_us']:.0f})",
+            flat["median_ratio"], f"flat: <= {FLAT_MAX:.2f}x", flat["median_ratio"] <= FLAT_MAX,
+        ))
+    for kind in ("queue", "running"):
+        b = mem[kind]["bytes_per_lock"]
+        out.append(Target(
+            f"memory per held {kind} lock",
+            f"{b:.0f} B (key {mem[kind]['key_length']} B, value {mem[kind]['value_length']} B)",
+            b, f"<= {MEMORY_MAX:.0f} B", b <= MEMORY_MAX,
+        ))
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = [("target", "measured", "ratio/value", "wanted", "")]
+    for t in targets(results):
+        value = f"{t.value:.2f}" if t.value < 100 else f"{t.value:.0f}"
+        rows.append((t.name, t.measured, value, t.target, t.verdict))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+# -- chart ----------------------------------------------------------------------
+
+_GREEN, _RED, _GREY, _INK = "#2e8b57", "#c0392b", "#8c8c8c", "#222222"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pub, thr, rt = results["publish"], results["throughput"], results["round_trips"]
+    lat, mem = results["latency"], results["memory"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [1.5, 1.1, 0.8]})
+
+    # 1. Ratios to plain Celery, each with its target.
+    ax = axes[0]
+    levels = sorted(int(k) for k in lat if k != "flatness")
+    trips = lat[str(levels[0])]["pickup"]["median_us"] + lat[str(levels[0])]["release"]["median_us"]
+    plain_task = 1e6 / thr["solo"]["plain_per_s"] if "solo" in thr else 0.0
+    # (label, ratio, target, kind of target, ratio were the round trips all OnceTask added)
+    bars: list[tuple[str, float, Optional[float], str, Optional[float]]] = [
+        ("publish a unique call\n(time, lower is better)", pub["once_ratio"], PUBLISH_MAX, "max",
+         pub["floor_ratio"]),
+        ("drop a duplicate call\n(time vs a plain publish)", pub["duplicate_ratio"], DUPLICATE_MAX, "max",
+         pub["set"]["median_us"] / pub["plain"]["median_us"]),
+    ]
+    if "solo" in thr:
+        bars.append(("solo worker\n(throughput, higher is better)", thr["solo"]["ratio"], SOLO_MIN, "min",
+                     plain_task / (plain_task + trips)))
+    if "prefork" in thr:
+        bars.append((f"prefork worker, c={thr['prefork']['concurrency']}\n(throughput, no target)",
+                     thr["prefork"]["ratio"], None, "min", None))
+    bars.reverse()
+    for y, (_label, value, target, kind, floor) in enumerate(bars):
+        met = None if target is None else (value <= target if kind == "max" else value >= target)
+        color = _GREY if met is None else (_GREEN if met else _RED)
+        ax.barh(y, value, height=0.55, color=color)
+        # At the bar's base: the target marks and the diamonds, near its end, stay clear of it.
+        ax.text(0.02, y, f"{value:.2f}x", va="center", ha="left", fontsize=11, color="white", fontweight="bold")
+        if floor is not None:
+            ax.plot([floor], [y], marker="D", color="white", markeredgecolor=_INK, markersize=7, zorder=3,
+                    linestyle="none", label="if OnceTask added nothing but its round trips" if y == len(bars) - 1
+                    else None)
+        if target is not None:
+            ax.plot([target, target], [y - 0.4, y + 0.4], color=_INK, linewidth=2)
+            sign = "<=" if kind == "max" else ">="
+            ax.text(target, y + 0.45, f"target {sign} {target:.2f}", ha="center", fontsize=8, color=_INK)
+    ax.axvline(1.0, color=_GREY, linestyle=":", linewidth=1)
+    ax.set_yticks(range(len(bars)), [b[0] for b in bars], fontsize=9)
+    ax.set_xlim(0, max(1.6, max(max(b[1], b[4] or 0.0) for b in bars) + 0.35))
+    ax.set_ylim(-0.6, len(bars) - 0.2)
+    ax.set_xlabel("OnceTask / plain Celery Task (medians, same run; 1.0 = plain)")
+    ax.set_title("Cost relative to plain Celery", fontsize=11)
+    ax.legend(fontsize=8, loc="lower right")
+
+    # 2. Lock-operation latency against locks held.
+    ax = axes[1]
+    for op, color in (("acquire", "#1f77b4"), ("pickup", "#ff7f0e"), ("release", "#9467bd")):
+        ax.plot(levels, [lat[str(n)][op]["median_us"] for n in levels], marker="o", color=color,
+                label=f"{op} median")
+        ax.plot(levels, [lat[str(n)][op]["p99_us"] for n in levels], marker=".", linestyle="--", color=color,
+                alpha=0.5, label=f"{op} p99")
+    ax.set_xscale("log")
+    ax.set_xticks(levels, [_level(n) for n in levels])
+    ax.set_ylim(0, None)
+    ax.set_xlabel("locks held in Redis")
+    ax.set_ylabel("microseconds per operation")
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.set_title("Lock-operation latency (flat = good)", fontsize=11)
+
+    # 3. Memory per held lock.
+    ax = axes[2]
+    kinds = ["queue", "running"]
+    values = [mem[k]["bytes_per_lock"] for k in kinds]
+    ax.bar(kinds, values, color=[_GREEN if v <= MEMORY_MAX else _RED for v in values], width=0.55)
+    for x, v in enumerate(values):
+        ax.text(x, v + 5, f"{v:.0f} B", ha="center", fontsize=10, fontweight="bold")
+    ax.axhline(MEMORY_MAX, color=_INK, linewidth=2, label=f"target <= {MEMORY_MAX:.0f} B")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_ylim(0, max([*values, MEMORY_MAX]) * 1.3)
+    ax.set_ylabel(f"bytes of used_memory per lock ({_level(mem['locks'])} held)")
+    ax.set_title("Redis memory per held lock", fontsize=11)
+
+    round_trips = ", ".join(f"{p} {rt[p]['locks']}" for p in ROUND_TRIPS)
+    m = results["machine"]
+    fig.suptitle(
+        f"celery-once-task against plain Celery.  Lock-store round trips: {round_trips}.\n"
+        f"{m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, Celery {m['celery']}, redis-py {m['redis_py']}, "
+        f"Redis {m['redis_server']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -- document -------------------------------------------------------------------
+
+
+def _us(value: float) -> str:
+    return f"{value:.0f} µs"
+
+
+def _p(*sentences: str) -> str:
+    """A paragraph: one line, so that its figures never break across lines."""
+    return " ".join(sentences)
+
+
+def _value(t: Target) -> str:
+    return f"{t.value:.2f}" if t.value < 100 else f"{t.value:.0f}"
+
+
+def document(results: dict[str, Any], chart_name: str) -> str:
+    m, cfg = results["machine"], results["config"]
+    pub, thr, rt = results["publish"], results["throughput"], results["round_trips"]
+    lat, mem = results["latency"], results["memory"]
+    levels = sorted(int(k) for k in lat if k != "flatness")
+    low, high = str(levels[0]), str(levels[-1])
+    all_targets = targets(results)
+    missed = [t for t in all_targets if t.met is False]
+    plain_us, set_us = pub["plain"]["median_us"], pub["set"]["median_us"]
+    added = pub["once"]["median_us"] - plain_us
+    trips_us = lat[low]["pickup"]["median_us"] + lat[low]["release"]["median_us"]
+
+    out = [
+        "# Benchmarks",
+        "",
+        _p("What `OnceTask` costs next to a plain Celery `Task`, measured in one run on one machine: publishing,",
+           "dropping a duplicate, worker throughput, Redis round trips, lock-operation latency with up to",
+           f"{_level(levels[-1])} locks held, and Redis memory per held lock."),
+        "",
+        f"![Ratios to plain Celery, lock latency against locks held, memory per lock]({chart_name})",
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        COMMAND,
+        "```",
+        "",
+        _p("It installs `redis-server` if it is missing (with apt-get, as root; otherwise it says how), builds",
+           "`.venv-bench`, starts redis-servers of its own on free ports (never the one on 6379) and Celery workers",
+           "of its own, and prints the table below; `--docs` also rewrites this page, its chart and",
+           "`benchmarks.json` (every figure of the run), and `--quick` makes a short, rougher run.",
+           f"This run took {results['duration_s'] / 60:.1f} minutes."),
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| CPUs (nproc) | {m['nproc']} |",
+        f"| CPU model | {m['cpu']} |",
+        f"| OS | {m['os']} (a virtual machine) |",
+        f"| Python | {m['python']} |",
+        f"| Celery / kombu | {m['celery']} / {m['kombu']} |",
+        f"| redis-py | {m['redis_py']} (no hiredis) |",
+        f"| Redis server | {m['redis_server']} |",
+        f"| load average at start / end | {m['loadavg_start'][0]:.2f} / {m['loadavg_end'][0]:.2f} |",
+        "",
+        _p("The machine is shared: other processes ran during the measurement. That is why the variants take",
+           "turns (A B A B ..., the order rotating) and every figure is a median."),
+        "",
+        "## Targets",
+        "",
+        "Ratios are OnceTask / plain Celery, from medians of the same run.",
+        "",
+        "| target | measured | ratio / value | wanted | |",
+        "|---|---|---|---|---|",
+    ]
+    for t in all_targets:
+        out.append(f"| {t.name} | {t.measured.replace(' us', ' µs')} | {_value(t)} | {t.target} | {t.verdict} |")
+    out += ["", f"{len(all_targets) - len(missed)} of {len(all_targets)} met."]
+    if missed:
+        out[-1] += " Why the others are missed, and what it would take: [Misses](#misses)."
+
+    out += [
+        "",
+        "## (a) Publishing and (b) dropped duplicates",
+        "",
+        _p(f"{cfg['publish_rounds']} rounds of {cfg['publish_calls']} calls per variant, nothing consuming the queue.",
+           "The variants take turns at every call, each call timed on its own; the latencies are over all rounds,",
+           "calls per second the median of the rounds'."),
+        "",
+        "| variant | median | p99 | calls/s |",
+        "|---|---|---|---|",
+    ]
+    for variant, label in (("plain", "plain `Task.delay()`, new arguments"),
+                           ("once", "`OnceTask.delay()`, new arguments (published)"),
+                           ("duplicate", "`OnceTask.delay()`, arguments already queued (dropped)"),
+                           ("set", "the lock client's bare `SET NX PX` (the round trip OnceTask adds)")):
+        v = pub[variant]
+        out.append(f"| {label} | {_us(v['median_us'])} | {_us(v['p99_us'])} | {v['calls_per_s']:.0f} |")
+    out += [
+        "",
+        _p("Ratios from each round's calls per second, paired within the round: publish",
+           f"{pub['once_ratio_paired']:.2f}x, duplicate {pub['duplicate_ratio_paired']:.2f}x."),
+        "",
+        _p(f"A publish costs OnceTask {_us(added)} more than plain Celery. The SET NX it adds is one round trip,",
+           f"which alone takes {_us(set_us)} here: were that all it added, a publish would cost",
+           f"{pub['floor_ratio']:.2f}x plain and a dropped duplicate {set_us / plain_us:.2f}x a plain publish.",
+           f"The rest, about {_us(added - set_us)} on a publish and {_us(pub['duplicate']['median_us'] - set_us)}",
+           "on a duplicate, is the library's own work (see [Where the time goes](#where-the-time-goes))."),
+        "",
+        "## (c) Worker throughput",
+        "",
+        _p(f"No-op tasks (results ignored, worker log level WARNING, prefetch multiplier 4), {cfg['throughput_n']}",
+           f"per drain, {cfg['throughput_rounds']} drains per variant and pool, the variants taking turns. Each",
+           "drain is published to a staging queue first and then renamed into the worker's queue in one command,",
+           "so that the worker starts on a full queue with no publisher beside it. Throughput is (N - 1) / (time",
+           "the last task was done - time the first task was done), from times the tasks wrote themselves. One",
+           "worker process per pool runs both variants."),
+        "",
+        "| pool | plain tasks/s | OnceTask tasks/s | ratio | ratio, paired by round |",
+        "|---|---|---|---|---|",
+    ]
+    for pool, v in thr.items():
+        out.append(f"| {pool} (concurrency {v['concurrency']}) | {v['plain_per_s']:.0f} | {v['once_per_s']:.0f} "
+                   f"| {v['ratio']:.2f} | {v['ratio_paired']:.2f} |")
+    if "solo" in thr:
+        plain_task = 1e6 / thr["solo"]["plain_per_s"]
+        once_cost = 1e6 / thr["solo"]["once_per_s"] - plain_task
+        out += [
+            "",
+            _p(f"On the solo pool a plain task takes {_us(plain_task)} and an OnceTask task {_us(once_cost)} more.",
+               f"Its two lock round trips alone take {_us(trips_us)} (`pickup` + `release` in (e)): were that all",
+               f"it added, the solo throughput would be {plain_task / (plain_task + trips_us):.2f}x plain."),
+        ]
+    out += [
+        "",
+        "## (d) Round trips",
+        "",
+        _p("Counted by a `redis.Connection` subclass that counts `send_packed_command` calls (a pipeline is one),",
+           "installed on the lock client's connection pool; connection handshakes are not counted. The worker",
+           "paths run in an in-process solo worker (`celery.contrib.testing.worker.start_worker`): the pickup is",
+           "what the worker thread sends between `task_prerun` and the task body, the end what it sends between",
+           "the body and `task_postrun`. The broker's round trips on the publishing paths are there for",
+           "comparison. `tests/test_round_trips.py` asserts the lock-client counts."),
+        "",
+        "| path | lock client | broker |",
+        "|---|---|---|",
+    ]
+    for path, label in (("plain_publish", "plain `Task.delay()`"), ("publish", "OnceTask publish"),
+                        ("duplicate", "OnceTask duplicate, dropped"), ("pickup", "OnceTask pickup (worker)"),
+                        ("end", "OnceTask end (worker)")):
+        out.append(f"| {label} | {rt[path]['locks']} | {rt[path].get('broker', '-')} |")
+    out += [
+        "",
+        "## (e) Lock-operation latency with many locks held",
+        "",
+        _p("One redis-server, one database per level, each filled with locks as the library writes them (half",
+           "queue locks, half running locks, all with a TTL), written by a Lua loop on the server. The levels",
+           "take turns at every lock lifecycle, run through the library's `LockStore`: `acquire` (SET NX PX, the",
+           "publish), `pickup` (release the queue lock and take the running lock, one pipeline) and `release`",
+           f"(compare-and-delete), each timed on its own; {cfg['latency_rounds']} rounds of",
+           f"{cfg['latency_per_round']} lifecycles per level. The server's own time per command is Redis's",
+           "`usec_per_call` (`INFO commandstats`), from shorter batches of one level at a time. (Separate",
+           "redis-server processes per level were tried first: identical servers differed from one another by up",
+           "to 30% on this machine, more than any effect of the number of keys.)"),
+        "",
+        "| locks held | acquire median / p99 | pickup median / p99 | release median / p99 | in Redis: SET / EVALSHA |",
+        "|---|---|---|---|---|",
+    ]
+    for n in levels:
+        v = lat[str(n)]
+        server = v["server_usec_per_call"]
+        out.append(
+            f"| {v['keys']:,} | {_us(v['acquire']['median_us'])} / {_us(v['acquire']['p99_us'])} "
+            f"| {_us(v['pickup']['median_us'])} / {_us(v['pickup']['p99_us'])} "
+            f"| {_us(v['release']['median_us'])} / {_us(v['release']['p99_us'])} "
+            f"| {server.get('set', 0):.1f} / {server.get('evalsha', 0):.1f} µs |"
+        )
+    flat = lat["flatness"]
+    out += [
+        "",
+        _p(f"From {_level(int(low))} to {_level(int(high))} locks the medians change by",
+           ", ".join(f"{op} {100 * (f['median_ratio'] - 1):+.0f}%" for op, f in flat.items()) + ".",
+           "Every operation reads or writes one key of Redis's hash table, O(1) whatever the number of keys;",
+           "inside Redis a command takes a few microseconds (a cache miss more with more keys), the rest is",
+           "the round trip and the client."),
+    ]
+    q, r = mem["queue"], mem["running"]
+    out += [
+        "",
+        "## (f) Redis memory per held lock",
+        "",
+        f"`used_memory` before and after writing {mem['locks']:,} locks of one kind into an empty server.",
+        "",
+        "| lock | bytes per lock | key | value |",
+        "|---|---|---|---|",
+        f"| queue | {q['bytes_per_lock']:.0f} | `{q['sample_key']}` ({q['key_length']} B) "
+        f"| a task id ({q['value_length']} B) |",
+        f"| running | {r['bytes_per_lock']:.0f} | `{r['sample_key']}` ({r['key_length']} B) "
+        f"| `{r['sample_value']}` ({r['value_length']} B) |",
+        "",
+        MEMORY_NOTE,
+        "",
+        "## Where the time goes",
+        "",
+        PROFILE_NOTE,
+    ]
+    if missed:
+        out += ["", "## Misses", ""]
+        if pub["once_ratio"] > PUBLISH_MAX:
+            out.append(_p(
+                f"* **Publishing ({pub['once_ratio']:.2f}x, wanted <= {PUBLISH_MAX:.2f}x).** The SET NX round trip",
+                f"alone is {_us(set_us)}, {100 * set_us / plain_us:.0f}% of a plain publish",
+                f"({_us(plain_us)}) on this machine, so even a lock library that did nothing else would publish at",
+                f"{pub['floor_ratio']:.2f}x. The round trip is already the only one (the floor); what is left is",
+                "the library's own work and redis-py's, which profiling puts at a few tens of microseconds (see",
+                "above). On a machine where a loopback round trip is cheaper relative to Celery's own publish",
+                "the same code comes closer to 1.0x.",
+            ))
+        if pub["duplicate_ratio"] > DUPLICATE_MAX:
+            out.append(_p(
+                f"* **Dropped duplicate ({pub['duplicate_ratio']:.2f}x, wanted <= {DUPLICATE_MAX:.2f}x).** It is",
+                f"the SET NX round trip ({set_us / plain_us:.2f}x of a plain publish by itself) plus the call's",
+                "digest and the settings lookup; the first cannot go, the others are already trimmed (see above).",
+            ))
+        if "solo" in thr and thr["solo"]["ratio"] < SOLO_MIN:
+            out.append(_p(
+                f"* **Solo worker ({thr['solo']['ratio']:.2f}x, wanted >= {SOLO_MIN:.2f}x).** A task costs two",
+                "round trips more than in plain Celery, which does about three of its own per task (fetch, add",
+                "to the unacked set, ack). Profiling the worker shows the extra time spent blocked on the replies,",
+                "not in the library's Python; with the round trips measured in (e) the ratio could not pass",
+                f"{1e6 / thr['solo']['plain_per_s'] / (1e6 / thr['solo']['plain_per_s'] + trips_us):.2f}x here.",
+                "Under prefork the round trips of one process overlap the work of the other:",
+                f"{thr.get('prefork', {}).get('ratio', float('nan')):.2f}x.",
+            ))
+        if any(mem[k]["bytes_per_lock"] > MEMORY_MAX for k in ("queue", "running")):
+            out.append(_p(
+                f"* **Memory ({q['bytes_per_lock']:.0f} B per queue lock, {r['bytes_per_lock']:.0f} B per running",
+                f"lock, wanted <= {MEMORY_MAX:.0f} B).** See the breakdown in (f): about 115 B is what Redis spends on",
+                "any key with a TTL, the key takes 64-80 B, and the running lock's value, readable JSON, 176 B. The",
+                "format was left as it is; (f) lists what would bring each lock under 200 B.",
+            ))
+        flat_missed = [op for op, f in flat.items() if f["median_ratio"] > FLAT_MAX]
+        if flat_missed:
+            out.append(_p(
+                f"* **Latency with many locks ({', '.join(flat_missed)}).** Redis's own time per command is in the",
+                "table of (e); a difference beyond it is the machine's other load during the run.",
+            ))
+    out.append("")
+    return "\n".join(out)
+
+
+#: Why memory per lock is what it is (Redis 7, jemalloc, 64-bit).
+MEMORY_NOTE = """\
+Where the bytes go, for a string key with a TTL in Redis 7 (jemalloc rounds every allocation up to
+its size class: 24 -> 32, 57..64 -> 64, 65..80 -> 80, 134 -> 160):
+
+| | queue lock | running lock |
+|---|---|---|
+| hash-table entry (24 B) | 32 | 32 |
+| key string (sds header + key + NUL) | 64 | 80 |
+| value object (robj 16 B) + string | 64 (one allocation: values up to 44 B are embedded) | 16 + 160 |
+| expiry entry (24 B) | 32 | 32 |
+| bucket pointers, keys and expires tables (1M keys in 2^20 buckets) | ~17 | ~17 |
+| **total** | **~209** | **~337** |
+
+About 115 bytes of that is what Redis spends on any key with a TTL; the rest is the key and the value.
+The running lock's value holds the worker's node name, `celery@` and the host name by default: a
+longer host name makes it longer.
+What would bring a lock under 200 bytes, without changing Redis:
+
+* **running lock:** a value of at most 44 bytes, which Redis embeds in the value object (saves 112 B):
+  for instance `<task id>:<retries>:<instance>:<heartbeat>` with the task id as 22 base64 characters and
+  without the worker's node name (about 43 B), instead of the 130-byte JSON that operators can read with
+  `GET`. With the 61-byte key that gives about 225 B; a key of at most 60 bytes (a `:run` suffix instead of
+  `:running`, or a shorter task name) about 209 B.
+* **queue lock:** it is 9 B over: a key of at most 44 bytes (jemalloc class 48) or a task id stored in
+  at most 28 bytes (22 base64 characters: class 48 for the embedded value) brings it to about 193 B.
+* Both changes alter what is stored in Redis (the running-lock format, or key names), which deployed
+  workers and operators rely on; they are left as options, not made here."""
+
+#: What profiling found (cProfile and py-spy, on the machine the figures come from).
+PROFILE_NOTE = """\
+Profiled with cProfile and py-spy (installed from PyPI into the bench venv) on the publish path, the
+duplicate path, and a solo worker draining 3,000 tasks of each kind, on the machine above.
+
+* **Round trips dominate.** A loopback round trip costs 75-90 µs here through a raw socket and 120-145 µs
+  through redis-py 8.1, which makes two `recv` calls per command (one checks that the pooled connection
+  has no stale data) and packs, parses and records metrics in Python. A solo worker running OnceTask
+  tasks spends about 420 µs more per task blocked in `recv` than one running plain tasks: its two round
+  trips, that is waiting for Redis and for the virtual machine to wake the worker up again.
+* **The library's own Python** on a dropped duplicate, with the lock store stubbed out, is about 41 µs:
+  resolving the settings 15 µs (four lookups in Celery's `app.conf`, which tries every spelling of a key
+  in every map), the call's digest 12 µs (binding the arguments to the signature, canonical JSON,
+  SHA-256), the task id and the rest about 14 µs. At pickup: the settings, the owner token (6.5 µs) and
+  the keys, about 25 µs.
+* **Changed after profiling** (same behaviour, same bytes in Redis): a running-owner token is built once
+  per execution instead of twice, without `dataclasses.asdict` and its deep copy (10 -> 5 µs per build);
+  resolving the settings asks `app.conf` whether a `once_*` setting is there before reading it, which
+  for an absent key (the usual case) avoids a raised and caught `KeyError` per map and key spelling
+  (20 -> 15 µs). Together about 20 µs less per task in the worker and 6 µs less per publish.
+* **Left as it is:** the settings are resolved at every lock operation, by design (a later `configure()`,
+  `app.conf` change or Django setting takes effect at once); a cache could not see an `app.conf` or Django
+  settings change without those lookups. The round trips are one per path, the floor.
+* **For scale, plain Celery:** a publish is one broker round trip plus roughly half a millisecond of Celery and kombu
+  work (building the message, and a new redis-py client object for every broker operation, which
+  kombu's Redis transport creates per call); a task in a solo worker costs about 1.1 ms, three broker
+  round trips among it."""
