@@ -28,14 +28,17 @@ from __future__ import annotations
 
 import datetime
 import logging
+import sys
 import time
 from collections.abc import Mapping, Sequence
+from types import FrameType
 from typing import Any, Optional
 
 import celery
-from celery import Task
+from celery import Task, states
 from celery.app.task import Context
 from celery.exceptions import Ignore
+from celery.result import EagerResult
 from celery.utils import uuid
 from redis.exceptions import RedisError
 
@@ -191,7 +194,8 @@ class OnceTask(Task):
         options: Mapping[str, Any],
     ) -> Any:
         logger.info("%s: duplicate call not published; queue lock %s is held", self.name, key)
-        if not fixed_id:
+        beat = not fixed_id and _called_by_beat()
+        if not (fixed_id or beat):
             return None
         # The caller fixed the id in advance (a canvas member, or
         # apply_async(task_id=...)): something may wait on that id, so it
@@ -200,6 +204,10 @@ class OnceTask(Task):
             holder = store.holder(key)
         except RedisError:
             holder = None
+        if beat:
+            # Celery beat up to 5.3.1 reads ``.id`` of what apply_async returns
+            # and stops on None; it gets the queued call's result instead.
+            return self.AsyncResult(holder or task_id)
         if holder == task_id:  # the same message was published before
             return None
         exc = OnceTaskLocked(
@@ -268,6 +276,44 @@ class OnceTask(Task):
         transaction.on_commit(lambda: self.apply_async(args, kwargs, **options))
 
     # -- execute ------------------------------------------------------------
+
+    def apply(
+        self,
+        args: Optional[Sequence[Any]] = None,
+        kwargs: Optional[Mapping[str, Any]] = None,
+        link: Any = None,
+        link_error: Any = None,
+        task_id: Optional[str] = None,
+        retries: Optional[int] = None,
+        throw: Optional[bool] = None,
+        logfile: Any = None,
+        loglevel: Any = None,
+        headers: Optional[Mapping[str, Any]] = None,
+        **options: Any,
+    ) -> Any:
+        """Run the task in this process (``apply()``, eager mode); a duplicate fails with ``OnceTaskLocked``."""
+        result = super().apply(
+            args, kwargs, link, link_error, task_id, retries, throw, logfile, loglevel, headers, **options
+        )
+        exc = result.result
+        if result.state != states.REJECTED or not isinstance(exc, OnceTaskLocked):
+            return result
+        # Celery's tracer turns the rejection into a REJECTED result whose
+        # get() returns None, so the call would pass for one that ran (and an
+        # eager chain would go on with None). Report it as a worker does: a
+        # failure, with its errbacks, raised at once if eager calls propagate.
+        if link_error:
+            request = Context({"id": result.id, "errbacks": _as_list(link_error), "delivery_info": {"is_eager": True}})
+            try:
+                self.backend.mark_as_failure(result.id, exc, traceback=None, request=request, store_result=False)
+            except Exception:
+                logger.exception("%s[%s]: an errback of the duplicate failed", self.name, result.id)
+        if self._get_app().conf.task_eager_propagates if throw is None else throw:
+            raise exc
+        # The same result in state FAILURE, rebuilt from its own constructor
+        # arguments (traceback, and the task name on newer Celery releases).
+        _, _, _, *rest = result.__reduce_args__()
+        return EagerResult(result.id, exc, states.FAILURE, *rest)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
@@ -407,6 +453,19 @@ class OnceTask(Task):
                 "%s[%s]: could not release lock %s (%s); it expires at its TTL: %s",
                 self.name, task_id, key, reason, exc,
             )
+
+
+def _called_by_beat() -> bool:
+    """Whether celery beat's scheduler (or one derived from it) made the ``apply_async`` call."""
+    frame: Optional[FrameType] = sys._getframe(2)  # the caller of _duplicate_publish
+    # A few frames up: task classes derived from OnceTask may wrap apply_async.
+    for _ in range(8):
+        if frame is None:
+            return False
+        if frame.f_globals.get("__name__") == "celery.beat":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _as_list(value: Any) -> Optional[list[Any]]:
