@@ -235,7 +235,8 @@ def test_prefetched_message_keeps_its_queue_lock_at_shutdown(redis_server: Any, 
     worker = Worker(redis_server.port, "prefetch", queues="prefetch").wait_ready()
     try:
         waiting = tasks.echo.apply_async((tag,), queue="prefetch", countdown=60)
-        wait_until(lambda: f"tests.worker_app.echo[{waiting.id}]" in worker.read_log(), what="the worker to prefetch it")
+        wait_until(lambda: f"tests.worker_app.echo[{waiting.id}]" in worker.read_log(),
+                   what="the worker to prefetch it")
         worker.stop()
         assert locks.get(key(tasks.echo, "queue", tag)) == waiting.id.encode()
         assert any(waiting.id.encode() in raw for raw in broker.lrange("prefetch", 0, -1))

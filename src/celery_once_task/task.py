@@ -51,8 +51,11 @@ from .store import LockStore
 
 logger = logging.getLogger("celery_once_task")
 
+_CELERY = tuple(celery.VERSION[:3])
 #: Celery 5.7 stores FAILURE itself when a task rejects its message for good.
-_CELERY_STORES_REJECTIONS = tuple(int(part) for part in celery.__version__.split(".")[:2]) >= (5, 7)
+_CELERY_STORES_REJECTIONS = _CELERY >= (5, 7, 0)
+#: Celery beat before 5.3.4 reads ``.id`` of what apply_async returns, and stops on None.
+_BEAT_NEEDS_A_RESULT = _CELERY < (5, 3, 4)
 
 #: Canvas options: a member published with them has a result id someone waits on.
 _CANVAS_OPTIONS = ("chain", "group_id", "chord")
@@ -194,7 +197,7 @@ class OnceTask(Task):
         options: Mapping[str, Any],
     ) -> Any:
         logger.info("%s: duplicate call not published; queue lock %s is held", self.name, key)
-        beat = not fixed_id and _called_by_beat()
+        beat = _BEAT_NEEDS_A_RESULT and not fixed_id and _called_by_beat()
         if not (fixed_id or beat):
             return None
         # The caller fixed the id in advance (a canvas member, or
@@ -205,8 +208,7 @@ class OnceTask(Task):
         except RedisError:
             holder = None
         if beat:
-            # Celery beat up to 5.3.1 reads ``.id`` of what apply_async returns
-            # and stops on None; it gets the queued call's result instead.
+            # Old beat would stop on None: it gets the queued call's result.
             return self.AsyncResult(holder or task_id)
         if holder == task_id:  # the same message was published before
             return None
