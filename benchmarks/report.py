@@ -243,10 +243,10 @@ def document(results: dict[str, Any], chart_name: str) -> str:
         "|---|---|",
         f"| CPUs (nproc) | {m['nproc']} |",
         f"| CPU model | {m['cpu']} |",
-        f"| OS | {m['os']} (a virtual machine) |",
+        f"| OS | {m['os']}{' (a virtual machine)' if m.get('virtual') else ''} |",
         f"| Python | {m['python']} |",
         f"| Celery / kombu | {m['celery']} / {m['kombu']} |",
-        f"| redis-py | {m['redis_py']} (no hiredis) |",
+        f"| redis-py | {m['redis_py']} ({'hiredis ' + m['hiredis'] if m.get('hiredis') else 'no hiredis'}) |",
         f"| Redis server | {m['redis_server']} |",
         f"| load average at start / end | {m['loadavg_start'][0]:.2f} / {m['loadavg_end'][0]:.2f} |",
         "",
@@ -292,7 +292,10 @@ def document(results: dict[str, Any], chart_name: str) -> str:
            f"which alone takes {_us(set_us)} here: were that all it added, a publish would cost",
            f"{pub['floor_ratio']:.2f}x plain and a dropped duplicate {set_us / plain_us:.2f}x a plain publish.",
            f"The rest, about {_us(added - set_us)} on a publish and {_us(pub['duplicate']['median_us'] - set_us)}",
-           "on a duplicate, is the library's own work (see [Where the time goes](#where-the-time-goes))."),
+           "on a duplicate, is the library's own Python: the call's digest, the settings, the task id. In a hot",
+           "loop that takes 35-40 µs; here every call starts cold, after the previous call's network wait, and",
+           "Python code runs two to three times slower, Celery's own as much as the library's (see",
+           "[Where the time goes](#where-the-time-goes))."),
         "",
         "## (c) Worker throughput",
         "",
@@ -399,15 +402,16 @@ def document(results: dict[str, Any], chart_name: str) -> str:
                 f"alone is {_us(set_us)}, {100 * set_us / plain_us:.0f}% of a plain publish",
                 f"({_us(plain_us)}) on this machine, so even a lock library that did nothing else would publish at",
                 f"{pub['floor_ratio']:.2f}x. The round trip is already the only one (the floor); what is left is",
-                "the library's own work and redis-py's, which profiling puts at a few tens of microseconds (see",
-                "above). On a machine where a loopback round trip is cheaper relative to Celery's own publish",
-                "the same code comes closer to 1.0x.",
+                "the library's own Python, 35-40 µs in a hot loop and two to three times that when cold, partly",
+                "trimmed (see above). On a machine where a loopback round trip is cheaper relative to Celery's own",
+                "publish the same code comes closer to 1.0x.",
             ))
         if pub["duplicate_ratio"] > DUPLICATE_MAX:
             out.append(_p(
                 f"* **Dropped duplicate ({pub['duplicate_ratio']:.2f}x, wanted <= {DUPLICATE_MAX:.2f}x).** It is",
-                f"the SET NX round trip ({set_us / plain_us:.2f}x of a plain publish by itself) plus the call's",
-                "digest and the settings lookup; the first cannot go, the others are already trimmed (see above).",
+                f"the SET NX round trip ({set_us / plain_us:.2f}x of a plain publish by itself) plus the library's",
+                "own Python (the call's digest, the settings, the task id). The round trip cannot go; of the Python,",
+                "the settings lookup was cut from 20 to 15 µs, and the rest is the digest the lock key needs.",
             ))
         if "solo" in thr and thr["solo"]["ratio"] < SOLO_MIN:
             out.append(_p(
@@ -470,12 +474,14 @@ PROFILE_NOTE = """\
 Profiled with cProfile and py-spy (installed from PyPI into the bench venv) on the publish path, the
 duplicate path, and a solo worker draining 3,000 tasks of each kind, on the machine above.
 
-* **Round trips dominate.** A loopback round trip costs 75-90 µs here through a raw socket and 120-145 µs
-  through redis-py 8.1, which makes two `recv` calls per command (one checks that the pooled connection
+* **Round trips dominate.** Measured alone on a quiet moment, a loopback round trip costs 75-90 µs here
+  through a raw socket and 120-145 µs through redis-py 8.1 (more under load, as in the run above), which
+  makes two `recv` calls per command (one checks that the pooled connection
   has no stale data) and packs, parses and records metrics in Python. A solo worker running OnceTask
   tasks spends about 420 µs more per task blocked in `recv` than one running plain tasks: its two round
   trips, that is waiting for Redis and for the virtual machine to wake the worker up again.
-* **The library's own Python** on a dropped duplicate, with the lock store stubbed out, is about 41 µs:
+* **The library's own Python** on a dropped duplicate, with the lock store stubbed out, is 35-40 µs in a
+  hot loop (two to three times that when it runs cold after a network wait, as between real calls):
   resolving the settings 15 µs (four lookups in Celery's `app.conf`, which tries every spelling of a key
   in every map), the call's digest 12 µs (binding the arguments to the signature, canonical JSON,
   SHA-256), the task id and the rest about 14 µs. At pickup: the settings, the owner token (6.5 µs) and

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import redis
@@ -62,26 +62,37 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _installed(distribution: str) -> str | None:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
 def machine(server: RedisServer) -> dict[str, Any]:
     """What the figures depend on: CPUs, load, and the versions of everything measured."""
-    model = "unknown"
+    model, virtual = "unknown", False
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
+                if line.startswith("model name") and model == "unknown":
                     model = line.split(":", 1)[1].strip()
-                    break
+                elif line.startswith("flags"):
+                    # The CPU flag a hypervisor sets for its guests.
+                    virtual = virtual or "hypervisor" in line.split(":", 1)[1].split()
     except OSError:
         pass
     info = server.client(0).info("server")
     return {
         "nproc": os.cpu_count(),
         "cpu": model,
+        "virtual": virtual,
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "celery": version("celery"),
         "kombu": version("kombu"),
         "redis_py": version("redis"),
+        "hiredis": _installed("hiredis"),
         "redis_server": info["redis_version"],
         "celery_once_task": version("celery-once-task"),
         "loadavg_start": os.getloadavg(),
