@@ -45,6 +45,16 @@ def collect_results() -> Iterator[None]:
     gc.collect()
 
 
+@pytest.fixture(autouse=True)
+def worker_app_is_current() -> None:
+    """Celery 5.0's Redis backend completes a chord through the *current* app.
+
+    The publisher completes a chord whose header it marked failed; other test
+    modules create apps of their own, and the last one created is current.
+    """
+    tasks.app.set_current()
+
+
 @pytest.fixture(params=["queued", "running"])
 def held(request: Any, worker: Any, recs: Any) -> Iterator[str]:
     """A tag whose call ``gated(tag)`` is already queued or running; a member ``gated.si(tag)`` is a duplicate.
