@@ -60,6 +60,13 @@ def install(pool: redis.ConnectionPool, counter: str) -> None:
     pool.reset()
 
 
+def uninstall(pool: redis.ConnectionPool) -> None:
+    """Give ``pool`` plain connections again."""
+    pool.connection_class = redis.Connection
+    pool.disconnect()
+    pool.reset()
+
+
 def count(counter: str, thread: Optional[int] = None) -> int:
     """Round trips made so far under ``counter`` by ``thread`` (this thread by default)."""
     return _counts[counter, threading.get_ident() if thread is None else thread]

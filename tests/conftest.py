@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,10 @@ def pytest_configure(config: Any) -> None:
 
 
 def pytest_unconfigure(config: Any) -> None:
+    # Results left in reference cycles (raised exceptions hold them)
+    # unsubscribe from the result backend when collected: let that happen
+    # while the server is still up, not at interpreter exit.
+    gc.collect()
     if _server is not None:
         _server.stop()
 

@@ -9,7 +9,6 @@ never waits for ever, and never carries on as if the member had run.
 
 from __future__ import annotations
 
-import gc
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -32,17 +31,6 @@ def lock_keys(task: Any, *args: Any, **kwargs: Any) -> list[str]:
 
 def values(recs: Any, tag: str) -> list[Any]:
     return [event["value"] for event in events(recs, tag, "run")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def collect_results() -> Iterator[None]:
-    """Collect the results left in reference cycles (raised exceptions hold them) while Redis is up.
-
-    A result unsubscribes from the result backend when it is collected; after
-    the session has stopped its Redis server, that fails with an unraisable error.
-    """
-    yield
-    gc.collect()
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ lock around the body; a plain call ``task(...)`` runs the body as a function.
 
 from __future__ import annotations
 
-import gc
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,17 +22,6 @@ from tests.support import events, wait_until
 
 def lock_keys(task: Any, *args: Any) -> list[str]:
     return [str(task.once_key(args, {}, lock_type)) for lock_type in ("queue", "running")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def collect_results() -> Iterator[None]:
-    """Collect the results left in reference cycles (raised exceptions hold them) while Redis is up.
-
-    A result unsubscribes from the result backend when it is collected; after
-    the session has stopped its Redis server, that fails with an unraisable error.
-    """
-    yield
-    gc.collect()
 
 
 @pytest.fixture

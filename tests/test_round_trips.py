@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from celery import Celery, signals
 from celery.contrib.testing.worker import start_worker
 
+from benchmarks.counting import count, install, uninstall
 from celery_once_task import OnceTask
 from celery_once_task.store import client_for
 from tests import worker_app
@@ -33,39 +31,11 @@ from tests.support import wait_until
 
 QUEUE = "round_trips"
 
-_sent: Counter[int] = Counter()
-
-
-class CountingConnection(redis.Connection):
-    """Counts, per thread, the commands and pipelines it sends outside its handshake."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._handshakes = 0
-
-    def connect(self, *args: Any, **kwargs: Any) -> Any:
-        self._handshakes += 1
-        try:
-            return super().connect(*args, **kwargs)
-        finally:
-            self._handshakes -= 1
-
-    def connect_check_health(self, *args: Any, **kwargs: Any) -> Any:
-        # redis-py >= 6 connects through this method, not always through connect().
-        self._handshakes += 1
-        try:
-            return super().connect_check_health(*args, **kwargs)
-        finally:
-            self._handshakes -= 1
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        if not self._handshakes:
-            _sent[threading.get_ident()] += 1
-        super().send_packed_command(command, check_health)
+COUNTER = "locks"
 
 
 def sent(thread: int | None = None) -> int:
-    return _sent[threading.get_ident() if thread is None else thread]
+    return count(COUNTER, thread)
 
 
 # An app of this module's own (same broker, same lock store as worker_app,
@@ -97,16 +67,11 @@ def on_postrun(task: Any = None, **_: Any) -> None:
 def counting_lock_client(redis_server: Any) -> Iterator[None]:
     """Count the round trips of the lock client of this process while this module runs."""
     pool = client_for(worker_app.LOCKS_URL).connection_pool
-    original = pool.connection_class
-    pool.connection_class = CountingConnection
-    pool.disconnect()
-    pool.reset()  # connections made before are of the plain class
+    install(pool, COUNTER)
     try:
         yield
     finally:
-        pool.connection_class = original
-        pool.disconnect()
-        pool.reset()
+        uninstall(pool)
 
 
 @pytest.fixture(scope="module")
