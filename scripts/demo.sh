@@ -8,5 +8,6 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 ensure_redis_server
-make_venv "$VENV" "$PYTHON" -e .
+# The demo uses Redis as its broker too: Celery's redis extra brings what kombu needs for it.
+make_venv "$VENV" "$PYTHON" -e . "celery[redis]"
 exec "$VENV/bin/python" -m examples.demo
