@@ -141,6 +141,19 @@ def running_worker(port: int, name: str, **kwargs: Any) -> Iterator[Worker]:
         worker.stop()
 
 
+@contextlib.contextmanager
+def gated_run(task: Any, recs: redis.Redis, tag: str, timeout: float = 30) -> Iterator[Any]:
+    """``task(tag)`` running on a worker, held at its gate, while the block runs; then let it finish."""
+    result = task.delay(tag)
+    wait_until(lambda: events(recs, tag, "start"), what=f"{task.name}({tag}) to start on the worker")
+    try:
+        yield result
+    finally:
+        recs.rpush(f"gate:{tag}", 1)
+        result.get(timeout=timeout)
+        recs.delete(f"gate:{tag}")  # in case the test opened the gate too
+
+
 def records(client: redis.Redis, tag: str) -> list[dict[str, Any]]:
     return [json.loads(item) for item in client.lrange(f"records:{tag}", 0, -1)]
 

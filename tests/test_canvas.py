@@ -19,7 +19,7 @@ from celery.exceptions import ChordError
 
 from celery_once_task import OnceTaskLocked
 from tests import worker_app as tasks
-from tests.support import events, wait_until
+from tests.support import events, gated_run, wait_until
 
 #: Long enough for a loaded machine; a canvas that hangs fails here instead of never.
 TIMEOUT = 20
@@ -57,13 +57,8 @@ def held(request: Any, worker: Any, recs: Any) -> Iterator[str]:
         assert tasks.gated.apply_async((tag,), queue="parked") is not None
         yield tag
         return
-    result = tasks.gated.delay(tag)
-    wait_until(lambda: events(recs, tag, "start"), what="gated to start on the worker")
-    try:
+    with gated_run(tasks.gated, recs, tag, TIMEOUT):
         yield tag
-    finally:
-        recs.rpush(f"gate:{tag}", 1)
-        result.get(timeout=TIMEOUT)
 
 
 # -- canvases without duplicates ------------------------------------------------------

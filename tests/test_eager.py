@@ -17,7 +17,7 @@ from celery import chain
 
 from celery_once_task import OnceTaskLocked
 from tests import worker_app as tasks
-from tests.support import events, wait_until
+from tests.support import events, gated_run, wait_until
 
 
 def lock_keys(task: Any, *args: Any) -> list[str]:
@@ -48,14 +48,8 @@ def running_on_worker(worker: Any, recs: Any) -> Iterator[str]:
     Request it before ``eager``: in eager mode its own ``delay()`` would run in the test.
     """
     tag = uuid.uuid4().hex
-    result = tasks.gated.delay(tag)
-    wait_until(lambda: events(recs, tag, "start"), what="gated to start on the worker")
-    try:
+    with gated_run(tasks.gated, recs, tag):
         yield tag
-    finally:
-        recs.rpush(f"gate:{tag}", 1)
-        result.get(timeout=30)
-        recs.delete(f"gate:{tag}")  # a gate a test opened for a call of its own
 
 
 # -- eager mode -------------------------------------------------------------------
