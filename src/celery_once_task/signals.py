@@ -1,4 +1,16 @@
-"""Signal receivers that release locks when Celery revokes a task or fails internally.
+"""The library's own signals, and the receivers that release locks when Celery revokes a task.
+
+Signals the library sends (Celery's ``Signal`` class, like ``celery.signals``);
+a receiver that raises is logged and never breaks the call or the worker:
+
+``duplicate_call(sender=task, key, holder_id, policy)``
+    in the publishing process, when a call meets a held queue lock;
+``duplicate_execution(sender=task, task_id, key, holder_id, policy)``
+    in the process that meets a held running lock;
+``lock_recovered(sender=task, key, holder, reason)``
+    when the lock of a gone or finished owner is taken over or released late.
+
+Receivers the library connects (``setup_once_task_signals``):
 
 ``task_revoked`` is sent in the worker's main process for a revoked message
 (queued, prefetched, expired, or terminated while running); the message never
@@ -12,9 +24,16 @@ from __future__ import annotations
 from typing import Any
 
 from celery import signals
+from celery.utils.dispatch import Signal
 
 from .cleanup import release_locks
 from .keys import DIGEST_HEADER
+
+duplicate_call = Signal(name="duplicate_call", providing_args={"key", "holder_id", "policy"})
+duplicate_execution = Signal(
+    name="duplicate_execution", providing_args={"task_id", "key", "holder_id", "policy"}
+)
+lock_recovered = Signal(name="lock_recovered", providing_args={"key", "holder", "reason"})
 
 _REVOKED_UID = "celery_once_task.revoked"
 _INTERNAL_ERROR_UID = "celery_once_task.internal_error"
