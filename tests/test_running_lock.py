@@ -77,7 +77,7 @@ def test_rejection_is_logged_with_task_name_id_and_key(worker: Any, recs: Any) -
     duplicate = tasks.app.send_task("tests.worker_app.gated", args=[tag])
     with pytest.raises(OnceTaskLocked):
         duplicate.get(timeout=20)
-    line = f"tests.worker_app.gated[{duplicate.id}]: rejected: running lock {running_key(tasks.gated, tag)}"
+    line = f"tests.worker_app.gated[{duplicate.id}]: execution rejected: running lock {running_key(tasks.gated, tag)}"
     wait_until(lambda: line in worker.read_log(), what="the rejection in the worker log")
     recs.rpush(f"gate:{tag}", 1)
     first.get(timeout=20)

@@ -33,7 +33,9 @@ app.conf.update(
     result_expires=600,
 )
 
-configure(redis_url=LOCKS_URL)
+# Short, so that tests of a gone worker wait seconds, not the default half minute.
+HEARTBEAT_TIMEOUT = int(os.environ.get("ONCE_TEST_HEARTBEAT_TIMEOUT", "4"))
+configure(redis_url=LOCKS_URL, heartbeat_timeout=HEARTBEAT_TIMEOUT)
 setup_once_task_signals()
 app.steps["worker"].add(OnceTaskUnlockBootStep)
 

@@ -5,13 +5,17 @@ See README.md for the user guide. The modules, each with one concern:
 ``settings``   defaults, validation, ``configure()``, precedence
 ``keys``       canonical arguments, digest, key format
 ``scripts``    every Lua script, and running them in one round trip
-``store``      the Redis client and every lock operation
-``ownership``  the owner tokens stored as lock values
-``task``       ``OnceTask``: queue lock at publish, running lock around the body
+``store``      the Redis client, every lock operation, retries of transient errors
+``ownership``  the owner tokens stored as lock values, and the lease timing
+``task``       ``OnceTask``: a thin class over the two paths below
+``publish``    the queue lock at publish, and what a duplicate call gets
+``execute``    pickup, the running lock around the body, what a duplicate execution gets
+``janitor``    owner-checked deletes that wait for the store or for a process to exit
 ``request``    cleanup in the worker's main process for children that died
 ``cleanup``    releasing another execution's locks, never raising
-``signals``    revocation and internal-error receivers
-``bootstep``   worker heartbeat, release at cold shutdown
+``renewal``    the worker's lease renewal and heartbeat
+``signals``    the library's signals; revocation and internal-error receivers
+``bootstep``   leases, heartbeat, release at cold shutdown
 ``django``     the Django ``AppConfig``, and ``apps`` for a bare ``"celery_once_task"`` entry
 ``cli``        the operators' command line
 """

@@ -1,45 +1,51 @@
-"""``OnceTaskUnlockBootStep``: the worker's heartbeat, and lock release at cold shutdown.
+"""``OnceTaskUnlockBootStep``: the worker's leases and heartbeat, and lock release at cold shutdown.
 
+While the worker runs, the step's ``LeaseKeeper`` (``renewal``) keeps the
+running locks of its executions and a heartbeat key for this worker instance.
 Warm shutdown (SIGTERM) lets running tasks finish, and each releases its own
-running lock; this step releases nothing then, so no lock is ever released
-under a task that still runs. Cold shutdown (SIGQUIT) kills running tasks:
-this step releases their running locks. Messages that were prefetched but
-never started go back to the broker with their queue locks, as they never ran.
+running lock; the leases are kept until then. Cold shutdown (SIGQUIT) kills
+running tasks: this step releases their running locks once the processes
+that ran them are gone -- never while an execution can still run. Messages
+that were prefetched but never started go back to the broker with their
+queue locks, as they never ran.
 
-While the worker runs, the step keeps a heartbeat key for this worker
-instance. A running lock whose instance has no heartbeat left belongs to a
-worker that is gone, and a redelivery of its message may take it over.
+Pool children are made to die with the worker's main process (Linux's
+parent-death signal, which Celery itself sets from 5.3 on): a child that
+outlived a killed worker would run on after its leases ended.
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
+import ctypes.util
 import logging
-import threading
+import os
+import signal
+import sys
 from typing import Any, Optional
 
 from celery import bootsteps
+from celery import signals as celery_signals
 from celery.worker import state as worker_state
 
-from .ownership import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, INSTANCE, register_worker
-from .settings import resolve
-from .store import LockStore, client_for
+from .ownership import register_worker
+from .renewal import LeaseKeeper
 
 logger = logging.getLogger("celery_once_task")
 
+_PR_SET_PDEATHSIG = 1
 
-class _HeartbeatThread(threading.Thread):
-    def __init__(self, store: LockStore) -> None:
-        super().__init__(name="celery-once-task-heartbeat", daemon=True)
-        self.store = store
-        self.stopped = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                self.store.beat(INSTANCE, HEARTBEAT_TTL)
-            except Exception as exc:
-                logger.warning("heartbeat of worker instance %s not written: %s", INSTANCE, exc)
-            self.stopped.wait(HEARTBEAT_INTERVAL)
+def _die_with_parent(**_: Any) -> None:
+    """In a pool child: be killed when the worker's main process dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError) as exc:
+        logger.warning("pool child %s will not die with its worker: %s", os.getpid(), exc)
 
 
 class OnceTaskUnlockBootStep(bootsteps.StartStopStep):
@@ -52,31 +58,33 @@ class OnceTaskUnlockBootStep(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
         # Before the pool forks: children write these into their tokens.
         register_worker(worker.hostname)
-        self._heartbeat: Optional[_HeartbeatThread] = None
+        celery_signals.worker_process_init.connect(_die_with_parent, weak=False, dispatch_uid="celery_once_task.pdeath")
+        self._keeper: Optional[LeaseKeeper] = None
 
     def start(self, worker: Any) -> None:
-        # A client of its own: the pool may fork while this thread holds a
-        # connection of the shared client, and the children must not inherit it.
-        url = resolve(worker.app).redis_url
-        store = LockStore(type(client_for(url)).from_url(url))
-        self._heartbeat = _HeartbeatThread(store)
-        self._heartbeat.start()
+        keeper = self._keeper = LeaseKeeper(worker.app, worker.hostname)
+        keeper.start()
+        main = os.getpid()
+
+        def at_exit() -> None:
+            if os.getpid() == main:  # not in a pool child that inherited the handler
+                keeper.stop()
+                keeper.forget()
+
+        atexit.register(at_exit)
 
     def stop(self, worker: Any) -> None:
         # Warm shutdown: tasks still run and release their own locks; the
-        # heartbeat goes on until the process exits.
+        # leases are kept until the process exits.
         pass
 
     def terminate(self, worker: Any) -> None:
-        """Cold shutdown: release the running locks of the tasks being killed."""
+        """Cold shutdown: release the running locks of the tasks being killed, once their processes are gone."""
         for request in list(worker_state.active_requests):
             release = getattr(request, "release_running_lock", None)
             if release is not None:
                 release("cold shutdown")
-        heartbeat = self._heartbeat
-        if heartbeat is not None:
-            heartbeat.stopped.set()
-            try:
-                heartbeat.store.forget_instance(INSTANCE)
-            except Exception as exc:
-                logger.warning("heartbeat of worker instance %s not removed: %s", INSTANCE, exc)
+        # The pool kills its children after this step; the janitor's last
+        # pass at exit releases the locks of those that are gone by then.
+        if self._keeper is not None:
+            self._keeper.stop()

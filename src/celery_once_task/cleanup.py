@@ -2,9 +2,11 @@
 
 Every path that cleans up after a task that could not clean up after itself
 (revoked, killed, timed out, internal error, cold shutdown) comes through
-``release_locks``. It rebuilds the owner tokens the execution used, deletes
-only locks that still hold those tokens, and never raises: it runs inside
-Celery's hooks, where an exception would turn into a worker error.
+``release_locks``. It rebuilds the owner tokens the execution used and deletes
+only locks that still hold those tokens. A running lock is released only once
+the process that ran the execution can no longer run it (``pid``): a child
+being killed may still be running for a moment. Nothing here raises: it runs
+inside Celery's hooks, where an exception would turn into a worker error.
 """
 
 from __future__ import annotations
@@ -13,28 +15,22 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from .keys import DIGEST_HEADER, QUEUE, RUNNING, lock_key
+from .janitor import Cleanup, janitor
+from .keys import DIGEST_HEADER, QUEUE, RUNNING, lock_key, well_formed_digest
 from .ownership import RunningOwner
 from .settings import resolve
-from .store import LockStore
 
 logger = logging.getLogger("celery_once_task")
 
 
 def is_once_task(task: Any) -> bool:
-    from .task import OnceTask  # the task module imports this one
-
-    return isinstance(task, OnceTask)
+    return bool(getattr(task, "__once_task__", False))
 
 
 def digest_from(headers: Optional[Mapping[str, Any]]) -> Optional[str]:
     """The digest a message carries, if it carries a well-formed one."""
-    if not headers:
-        return None
-    digest = headers.get(DIGEST_HEADER)
-    if isinstance(digest, str) and len(digest) == 16 and all(c in "0123456789abcdef" for c in digest):
-        return digest
-    return None
+    digest = headers.get(DIGEST_HEADER) if headers else None
+    return digest if well_formed_digest(digest) else None
 
 
 def release_locks(
@@ -48,28 +44,26 @@ def release_locks(
     queue: bool,
     running: bool,
     reason: str,
+    pid: Optional[int] = None,
 ) -> None:
-    """Release the queue lock held by ``task_id`` and/or the running lock held by this attempt."""
+    """Release the queue lock held by ``task_id`` and/or the running lock held by this attempt.
+
+    ``pid``: the process that ran the execution; its running lock is released
+    once that process is gone.
+    """
     if not task_id or not is_once_task(task):
         return
     queue = queue and task.queue_lock
     running = running and task.running_lock
     if not (queue or running):
         return
-    key = None
     try:
         digest = digest_from(headers) or task.once_digest(args, kwargs)
-        store = LockStore.for_url(resolve(task._get_app(), task).redis_url)
+        url = resolve(task._get_app(), task).redis_url
         if queue:
-            key = lock_key(task.name, digest, QUEUE)
-            if store.release(key, task_id):
-                logger.info("%s[%s]: released queue lock %s (%s)", task.name, task_id, key, reason)
+            janitor.add(Cleanup(url, lock_key(task.name, digest, QUEUE), task_id, False, task, task_id, reason))
         if running:
-            key = lock_key(task.name, digest, RUNNING)
-            owner = RunningOwner.for_execution(task_id, retries)
-            if store.release(key, owner.token):
-                logger.info("%s[%s]: released running lock %s (%s)", task.name, task_id, key, reason)
+            token = RunningOwner.for_execution(task_id, retries).token
+            janitor.add(Cleanup(url, lock_key(task.name, digest, RUNNING), token, True, task, task_id, reason, pid))
     except Exception:
-        logger.exception(
-            "%s[%s]: could not release lock %s (%s); it expires at its TTL", task.name, task_id, key, reason
-        )
+        logger.exception("%s[%s]: lock operation failed: could not release its locks (%s)", task.name, task_id, reason)

@@ -38,6 +38,11 @@ DIGEST_LENGTH = 16
 DIGEST_HEADER = "once_task_digest"
 
 
+def well_formed_digest(value: Any) -> bool:
+    """Whether ``value`` is a digest as this module makes them (a header may carry anything)."""
+    return isinstance(value, str) and len(value) == DIGEST_LENGTH and all(c in "0123456789abcdef" for c in value)
+
+
 def lock_key(task_name: str, digest: str, lock_type: str) -> str:
     """``once_task:{task_name}:{digest}:{lock_type}``."""
     return f"{KEY_PREFIX}:{task_name}:{digest}:{lock_type}"

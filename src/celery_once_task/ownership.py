@@ -1,23 +1,34 @@
-"""Who holds a lock: the owner tokens stored as lock values.
+"""Who holds a lock, and for how long a worker's hold lasts without word from it.
 
 * A queue lock's value is the id of the task message that holds it.
 * A running lock's value names the execution that holds it: the task id, the
-  attempt (Celery's ``retries`` count), the worker's node name and the
-  *instance*, a random id of the worker process tree (pool children inherit
-  their parent's, so the main process can release a lock on behalf of a child
-  that died). It is JSON so that operators can read it with ``GET``, written
-  with sorted keys so that the main process can rebuild it byte for byte.
+  attempt (Celery's ``retries`` count), the worker's node name, the
+  *instance* (a random id of the worker process tree: pool children inherit
+  their parent's, so the main process can renew and release a child's lock),
+  whether the instance keeps leases, and when the lock was taken::
 
-Ownership is decided by the whole token: no process deletes or replaces a lock
-whose value is not the token it computed for itself.
+      {"task_id":"…","retries":0,"worker":"celery@host","instance":"…","heartbeat":true,"since":1733000000.1}
+
+  Everything before ``"since"`` is the *owner token*. The main process can
+  rebuild it byte for byte from the message, so ownership is decided by the
+  token as a prefix of the value; the time only informs operators.
+
+No process deletes, extends or replaces a lock that its own token does not match.
+
+Leases: a worker with the boot step writes running locks with a TTL of
+``Lease.ttl`` and extends them every ``Lease.interval`` while their
+executions live, together with its heartbeat key. A worker that stops
+(killed, or its main process stalled for ``heartbeat_timeout``) stops
+extending them; they expire, and the key is free for the next execution.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 import uuid
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Optional
 
@@ -26,10 +37,28 @@ from typing import Optional
 INSTANCE = uuid.uuid4().hex[:16]
 
 HEARTBEAT_PREFIX = "once_task_worker"
-#: A worker instance writes its heartbeat this often ...
-HEARTBEAT_INTERVAL = 2.0
-#: ... and is taken for gone once its heartbeat is this old.
-HEARTBEAT_TTL = 6.0
+
+
+@dataclass(frozen=True)
+class Lease:
+    """How a worker keeps its running locks: renewed every ``interval``, expiring after ``ttl``.
+
+    ``ttl`` is ``heartbeat_timeout`` plus one interval: a main process that
+    stalls for less than ``heartbeat_timeout`` (SIGSTOP, CPU starvation, a
+    lock store that stalls) resumes renewing before any of its locks expires,
+    and a worker that is gone frees its keys at most ``ttl`` after its last
+    renewal.
+    """
+
+    heartbeat_timeout: float
+
+    @property
+    def interval(self) -> float:
+        return max(0.25, self.heartbeat_timeout / 6)
+
+    @property
+    def ttl(self) -> float:
+        return self.heartbeat_timeout + self.interval
 
 
 class _Worker:
@@ -87,16 +116,26 @@ class RunningOwner:
 
     @cached_property
     def token(self) -> str:
-        # Once per owner: a pickup passes it to Redis and keeps it for the
-        # release. The fields as asdict() gives them, without its deep copy of
-        # every value (they are str, int and bool).
-        return json.dumps({name: getattr(self, name) for name in _FIELDS}, sort_keys=True, separators=(",", ":"))
+        """The value's prefix that names this owner, ending with the comma before ``"since"``."""
+        dumps = json.dumps
+        return (
+            f'{{"task_id":{dumps(self.task_id)},"retries":{self.retries},"worker":{dumps(self.worker)},'
+            f'"instance":{dumps(self.instance)},"heartbeat":{dumps(self.heartbeat)},'
+        )
+
+    def value(self, since: Optional[float] = None) -> str:
+        """The lock's value: the token and when the lock was taken."""
+        return f'{self.token}"since":{round(time.time() if since is None else since, 3)}}}'
+
+    def holds(self, value: Optional[str]) -> bool:
+        """Whether a lock's value is this owner's."""
+        return value is not None and value.startswith(self.token)
 
     @classmethod
-    def parse(cls, token: str | bytes) -> Optional[RunningOwner]:
-        """The owner a token names, or None if the token is not one of ours."""
+    def parse(cls, value: str | bytes) -> Optional[RunningOwner]:
+        """The owner a running lock's value names, or None if the value is not one of ours."""
         try:
-            data = json.loads(token)
+            data = json.loads(value)
             return cls(
                 task_id=str(data["task_id"]),
                 retries=int(data["retries"]),
@@ -108,5 +147,10 @@ class RunningOwner:
             return None
 
 
-#: The fields a token holds: all of them.
-_FIELDS = tuple(field.name for field in fields(RunningOwner))
+def taken_at(value: str | bytes) -> Optional[float]:
+    """When the running lock with this value was taken (epoch seconds), if it says."""
+    try:
+        since = json.loads(value).get("since")
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return float(since) if isinstance(since, (int, float)) else None

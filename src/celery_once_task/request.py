@@ -4,8 +4,9 @@ A pool child that is killed (hard time limit, SIGKILL, out of memory,
 ``revoke(terminate=True)``, cold shutdown) runs none of its own ``finally``
 blocks, so its running lock would stay until its TTL. The worker's main process
 learns of each of these through this request object and releases the lock
-the child held; the owner token is rebuilt from the message (task id, attempt)
-and this worker's identity, which the child shares.
+the child held once the child is gone (a child that was sent a signal may run
+on for a moment); the owner token is rebuilt from the message (task id,
+attempt) and this worker's identity, which the child shares.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class OnceTaskRequest(Request):
     """The worker's request for a ``OnceTask`` message."""
 
     def release_running_lock(self, reason: str) -> None:
-        """Release the running lock this message's execution holds in this worker."""
+        """Release the running lock this message's execution holds in this worker, once its process is gone."""
         release_locks(
             self.task,
             task_id=self.id,
@@ -36,6 +37,7 @@ class OnceTaskRequest(Request):
             queue=False,
             running=True,
             reason=reason,
+            pid=self.worker_pid,
         )
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
@@ -53,6 +55,14 @@ class OnceTaskRequest(Request):
         finally:
             if not soft:
                 self.release_running_lock("hard time limit")
+
+    def terminate(self, *args: Any, **kwargs: Any) -> Any:
+        # revoke(terminate=True): the child is sent a signal; its lock goes once it is gone.
+        try:
+            return super().terminate(*args, **kwargs)
+        finally:
+            if self.time_start:
+                self.release_running_lock("terminated")
 
     def cancel(self, *args: Any, **kwargs: Any) -> Any:
         # Celery >= 5.5 cancels running tasks at cold shutdown before the boot

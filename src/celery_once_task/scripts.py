@@ -42,13 +42,27 @@ class Call:
     args: Sequence[Arg] = ()
 
 
+#: Lua shared by the scripts below: whether a lock value belongs to an owner.
+#: Queue locks are matched whole (the value is the task id). A running lock's
+#: value is its owner token followed by the time it was taken, so it is
+#: matched by the token as a prefix (``mode`` "prefix").
+_HOLDS = """
+local function holds(value, token, mode)
+    if not value then return false end
+    if mode == 'prefix' then return string.sub(value, 1, string.len(token)) == token end
+    return value == token
+end
+"""
+
 # KEYS[1] lock key
 # ARGV[1] owner token
-# return  1 if the key held the token and was deleted, else 0
+# ARGV[2] "exact" or "prefix": how the token is matched against the lock's value
+# return  1 if the lock was the token's and is now deleted, else 0
 COMPARE_AND_DELETE = Script(
     "compare_and_delete",
-    """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+    _HOLDS
+    + """
+if holds(redis.call('GET', KEYS[1]), ARGV[1], ARGV[2]) then
     return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -56,45 +70,54 @@ return 0
 )
 
 # KEYS[1] lock key
-# ARGV[1] owner token
+# ARGV[1] value to write: the new owner's token (plus, for running locks, when it was taken)
 # ARGV[2] time to live in milliseconds
-# return  1 if the key was free or already held by the token (it is now the
-#         token's, with a fresh TTL), else 0
-ACQUIRE_OR_RENEW = Script(
-    "acquire_or_renew",
-    """
+# ARGV[3] a token whose lock this owner may take over, or "" for none
+#         (a retry renewing its own queue lock, a deferred copy taking over
+#         the lock its earlier pickup may have taken)
+# ARGV[4] "exact" or "prefix": how ARGV[3] is matched
+# return  1 if the lock was free or taken over and now holds ARGV[1], else the holder's value
+ACQUIRE = Script(
+    "acquire",
+    _HOLDS
+    + """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return 1
+end
 local holder = redis.call('GET', KEYS[1])
-if holder == false or holder == ARGV[1] then
+if ARGV[3] ~= '' and holds(holder, ARGV[3], ARGV[4]) then
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
     return 1
+end
+return holder
+""",
+)
+
+# KEYS[1] running lock key
+# ARGV[1] owner token (matched as a prefix of the lock's value)
+# ARGV[2] time to live in milliseconds
+# return  1 if the token holds the lock and its lease was extended, else 0
+RENEW = Script(
+    "renew",
+    _HOLDS
+    + """
+if holds(redis.call('GET', KEYS[1]), ARGV[1], 'prefix') then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """,
 )
 
 # KEYS[1] lock key
-# ARGV[1] owner token
-# ARGV[2] time to live in milliseconds
-# return  1 if the lock was free and is now the token's, else the holder's token
-ACQUIRE_OR_HOLDER = Script(
-    "acquire_or_holder",
-    """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return 1
-end
-return redis.call('GET', KEYS[1])
-""",
-)
-
-# KEYS[1] lock key
-# ARGV[1] token expected to hold the lock
-# ARGV[2] new owner token
+# ARGV[1] token expected to hold the lock (matched as a prefix)
+# ARGV[2] value to write
 # ARGV[3] time to live in milliseconds
-# return  1 if the lock held the expected token and now holds the new one, else 0
+# return  1 if the lock held the expected token and now holds the new value, else 0
 COMPARE_AND_SWAP = Script(
     "compare_and_swap",
-    """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+    _HOLDS
+    + """
+if holds(redis.call('GET', KEYS[1]), ARGV[1], 'prefix') then
     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
     return 1
 end
@@ -102,7 +125,7 @@ return 0
 """,
 )
 
-SCRIPTS = (COMPARE_AND_DELETE, ACQUIRE_OR_RENEW, ACQUIRE_OR_HOLDER, COMPARE_AND_SWAP)
+SCRIPTS = (COMPARE_AND_DELETE, ACQUIRE, RENEW, COMPARE_AND_SWAP)
 
 
 def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
@@ -112,10 +135,22 @@ def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
     """
     if len(calls) == 1:
         return [_run_one(client, calls[0])]
-    pipe = client.pipeline(transaction=False)
+    return run_in(client.pipeline(transaction=False), client, calls)
+
+
+def run_in(pipe: Any, client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
+    """Run the calls after the commands already queued in ``pipe``, in one round trip.
+
+    Returns the calls' replies; an error reply to any command raises it.
+    """
+    queued = len(pipe)
     for call in calls:
-        pipe.execute_command("EVALSHA", call.script.sha, 1, call.key, *call.args)  # type: ignore[no-untyped-call]
+        pipe.execute_command("EVALSHA", call.script.sha, 1, call.key, *call.args)
     replies: list[Any] = pipe.execute(raise_on_error=False)
+    for reply in replies[:queued]:
+        if isinstance(reply, Exception):
+            raise reply
+    replies = replies[queued:]
     missing = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     for index in missing:
         replies[index] = _load_and_run(client, calls[index])

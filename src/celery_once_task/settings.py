@@ -28,6 +28,7 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/3"
 DEFAULT_QUEUE_LOCK_TIMEOUT = 3600
 DEFAULT_RUNNING_LOCK_TIMEOUT = 3600
 DEFAULT_FAIL_OPEN = False
+DEFAULT_HEARTBEAT_TIMEOUT = 30
 
 #: Setting name -> name in the Celery app's configuration.
 APP_CONF_NAMES = {
@@ -35,6 +36,7 @@ APP_CONF_NAMES = {
     "queue_lock_timeout": "once_queue_lock_timeout",
     "running_lock_timeout": "once_running_lock_timeout",
     "fail_open": "once_fail_open",
+    "heartbeat_timeout": "once_heartbeat_timeout",
 }
 
 _URL_SCHEMES = ("redis", "rediss", "unix")
@@ -49,6 +51,8 @@ class Settings:
     running_lock_timeout: int = DEFAULT_RUNNING_LOCK_TIMEOUT
     #: Publish and run without a lock (with a warning) when Redis is unreachable.
     fail_open: bool = DEFAULT_FAIL_OPEN
+    #: Seconds without a heartbeat after which a worker is gone and its running locks are free.
+    heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
 
 
 def validate(name: str, value: Any, *, label: str | None = None) -> Any:
@@ -62,7 +66,7 @@ def validate(name: str, value: Any, *, label: str | None = None) -> Any:
         if not isinstance(value, str) or urlsplit(value).scheme not in _URL_SCHEMES:
             raise ValueError(f"{label} must be a redis://, rediss:// or unix:// URL, got {value!r}")
         return value
-    if name in ("queue_lock_timeout", "running_lock_timeout"):
+    if name in ("queue_lock_timeout", "running_lock_timeout", "heartbeat_timeout"):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{label} must be a positive integer number of seconds, got {value!r}")
         return value
@@ -103,6 +107,7 @@ def configure(
     running_lock_timeout: int | None = None,
     *,
     fail_open: bool | None = None,
+    heartbeat_timeout: int | None = None,
 ) -> None:
     """Set the process-wide configuration; only the arguments given change.
 
@@ -115,6 +120,7 @@ def configure(
         "queue_lock_timeout": queue_lock_timeout,
         "running_lock_timeout": running_lock_timeout,
         "fail_open": fail_open,
+        "heartbeat_timeout": heartbeat_timeout,
     }
     _configured.update({name: validate(name, value) for name, value in given.items() if value is not None})
 

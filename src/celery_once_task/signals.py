@@ -50,7 +50,9 @@ def on_task_revoked(sender: Any = None, request: Any = None, terminated: bool = 
         kwargs=request.kwargs,
         headers=_headers(request),
         queue=True,
-        running=bool(terminated),
+        # A terminated execution's running lock is released by its request
+        # (OnceTaskRequest.terminate), once the process running it is gone.
+        running=False,
         reason="terminated" if terminated else "revoked",
     )
 

@@ -1,24 +1,58 @@
 """The lock store: one Redis client per process and URL, and every lock operation.
 
-Each operation here is one network round trip. Callers decide what an error
-means (raise at publish, log in worker hooks); this module only talks to Redis.
+Each operation is one network round trip, tried again on a transient error
+(a connection refused or reset, a timeout, a server loading its data or
+demoted to a replica) by a ``RetryPolicy`` -- Celery's own publish retry
+policy where a call is published. redis-py's own retries are off for these
+clients: after a lost reply only this module knows whether an earlier try may
+have run, and every operation is written so that running it again is safe
+(see ``scripts``): a try that finds its own token already in place counts as
+taken. An operation whose tries are used up raises ``StoreUnavailable``,
+which says whether any try may have reached the server.
+
+Callers decide what an error means (raise at publish, defer at pickup, leave
+to the janitor at release); this module only talks to Redis.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import redis
+from redis import exceptions
 
 from . import scripts
-from .ownership import heartbeat_key
+from .ownership import RunningOwner, heartbeat_key
 from .scripts import Call
+
+_T = TypeVar("_T")
 
 _clients: dict[str, redis.Redis] = {}
 _clients_lock = threading.Lock()
+
+#: Errors after which the same operation may succeed a moment later.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    exceptions.ConnectionError,  # refused, reset, killed (CLIENT KILL), BusyLoadingError
+    exceptions.TimeoutError,
+    exceptions.ReadOnlyError,  # a failover demoted the server we talk to
+    *(getattr(exceptions, name) for name in ("TryAgainError", "ClusterDownError", "MasterDownError")
+      if hasattr(exceptions, name)),
+)
+#: Errors after which the command may have run on the server: the reply, not the request, was lost.
+_MAYBE_APPLIED: tuple[type[Exception], ...] = (exceptions.ConnectionError, exceptions.TimeoutError)
+_NEVER_APPLIED: tuple[type[Exception], ...] = (exceptions.BusyLoadingError,)
+
+
+def _no_retries() -> Any:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return Retry(NoBackoff(), 0)
 
 
 def client_for(url: str) -> redis.Redis:
@@ -33,56 +67,124 @@ def client_for(url: str) -> redis.Redis:
         with _clients_lock:
             client = _clients.get(url)
             if client is None:
-                client = redis.Redis.from_url(url)
+                client = new_client(url)
                 _clients[url] = client
     return client
+
+
+def new_client(url: str, **overrides: Any) -> redis.Redis:
+    """A client of its own for ``url``, without redis-py's command retries."""
+    return redis.Redis.from_url(url, retry=_no_retries(), **overrides)
 
 
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
-@dataclass(frozen=True)
-class Pickup:
-    """What happened when a worker picked a task up."""
+def _text(value: Any) -> Optional[str]:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
-    #: The running lock is now this execution's (True also when none was asked for).
+
+class StoreUnavailable(exceptions.ConnectionError):
+    """A lock operation failed on every try; ``maybe_applied`` if one may have run anyway."""
+
+    def __init__(self, message: str, maybe_applied: bool) -> None:
+        super().__init__(message)
+        self.maybe_applied = maybe_applied
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Celery's ``task_publish_retry_policy``, applied to lock operations."""
+
+    max_retries: int = 3
+    interval_start: float = 0.0
+    interval_step: float = 0.2
+    interval_max: float = 0.2
+
+    @classmethod
+    def of_app(cls, app: Any) -> RetryPolicy:
+        """The app's publish retry policy; no retries where ``task_publish_retry`` is off."""
+        conf = getattr(app, "conf", None)
+        if conf is None:
+            return cls()
+        if not conf.get("task_publish_retry", True):
+            return NO_RETRY
+        policy: Mapping[str, Any] = conf.get("task_publish_retry_policy") or {}
+        return cls(**{name: policy[name] for name in cls.__dataclass_fields__ if policy.get(name) is not None})
+
+    def pause(self, retry: int) -> float:
+        return min(self.interval_max, self.interval_start + self.interval_step * retry)
+
+
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """What a lock acquisition found."""
+
+    #: The lock is now the caller's.
     acquired: bool
-    #: The token of the running lock's holder when it was not acquired.
+    #: The holder's value when it was not acquired.
     holder: Optional[str] = None
 
 
 class LockStore:
     """Lock operations against one Redis server."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, policy: RetryPolicy = NO_RETRY) -> None:
         self.client = client
+        self.policy = policy
 
     @classmethod
-    def for_url(cls, url: str) -> LockStore:
-        return cls(client_for(url))
+    def for_url(cls, url: str, policy: RetryPolicy = NO_RETRY) -> LockStore:
+        return cls(client_for(url), policy)
+
+    def _tries(self, operation: Callable[[], _T]) -> tuple[_T, bool]:
+        """Run ``operation`` by the retry policy; return its result and whether an earlier try may have run."""
+        maybe_applied = False
+        retry = 0
+        while True:
+            try:
+                return operation(), maybe_applied
+            except TRANSIENT_ERRORS as exc:
+                if isinstance(exc, _MAYBE_APPLIED) and not isinstance(exc, _NEVER_APPLIED):
+                    maybe_applied = True
+                if retry >= self.policy.max_retries:
+                    raise StoreUnavailable(
+                        f"{type(exc).__name__}: {exc} (after {retry + 1} tries)", maybe_applied
+                    ) from exc
+                time.sleep(self.policy.pause(retry))
+                retry += 1
+
+    def _run(self, calls: Sequence[Call]) -> tuple[list[Any], bool]:
+        return self._tries(lambda: scripts.run(self.client, calls))
 
     # -- queue lock ---------------------------------------------------------
 
-    def acquire_queue(self, key: str, task_id: str, ttl: float) -> bool:
-        """Take the queue lock for ``task_id`` if it is free."""
-        return bool(self.client.set(key, task_id, nx=True, px=_ms(ttl)))
-
-    def acquire_or_renew_queue(self, key: str, task_id: str, ttl: float) -> bool:
-        """Take the queue lock if it is free or already ``task_id``'s (a retry)."""
-        (reply,) = scripts.run(self.client, [Call(scripts.ACQUIRE_OR_RENEW, key, (task_id, _ms(ttl)))])
-        return bool(reply)
+    def acquire_queue(self, key: str, task_id: str, ttl: float, *, renew: bool = False) -> Acquired:
+        """Take the queue lock for ``task_id`` if it is free (or, with ``renew``, already ``task_id``'s)."""
+        call = Call(scripts.ACQUIRE, key, (task_id, _ms(ttl), task_id if renew else "", "exact"))
+        (reply,), maybe_applied = self._run([call])
+        if reply == 1:
+            return Acquired(True)
+        holder = _text(reply)
+        # Our own earlier try took it and its reply was lost.
+        if maybe_applied and holder == task_id:
+            return Acquired(True)
+        return Acquired(False, holder)
 
     def holder(self, key: str) -> Optional[str]:
-        """The token that holds ``key``, if any."""
-        value = self.client.get(key)
-        return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        """The value of ``key``, if any."""
+        value, _ = self._tries(lambda: self.client.get(key))
+        return _text(value)
 
     # -- both ---------------------------------------------------------------
 
-    def release(self, key: str, token: str) -> bool:
-        """Delete ``key`` if ``token`` holds it."""
-        (reply,) = scripts.run(self.client, [Call(scripts.COMPARE_AND_DELETE, key, (token,))])
+    def release(self, key: str, token: str, *, prefix: bool = False) -> bool:
+        """Delete ``key`` if ``token`` holds it (the whole value, or with ``prefix`` its owner token)."""
+        (reply,), _ = self._run([Call(scripts.COMPARE_AND_DELETE, key, (token, "prefix" if prefix else "exact"))])
         return bool(reply)
 
     def pickup(
@@ -90,39 +192,53 @@ class LockStore:
         queue_key: Optional[str],
         task_id: str,
         running_key: Optional[str],
-        running_token: str,
+        owner: RunningOwner,
         running_ttl: float,
-    ) -> Pickup:
-        """Release the task's queue lock and take its running lock, in one round trip."""
+        takeover: str = "",
+    ) -> Acquired:
+        """Release the task's queue lock and take its running lock, in one round trip.
+
+        ``takeover`` is an owner token whose running lock this execution may
+        take over: one its own earlier pickup may have taken.
+        """
         calls = []
         if queue_key is not None:
-            calls.append(Call(scripts.COMPARE_AND_DELETE, queue_key, (task_id,)))
+            calls.append(Call(scripts.COMPARE_AND_DELETE, queue_key, (task_id, "exact")))
         if running_key is not None:
-            calls.append(Call(scripts.ACQUIRE_OR_HOLDER, running_key, (running_token, _ms(running_ttl))))
+            args = (owner.value(), _ms(running_ttl), takeover, "prefix")
+            calls.append(Call(scripts.ACQUIRE, running_key, args))
         if not calls:
-            return Pickup(acquired=True)
-        replies = scripts.run(self.client, calls)
-        if running_key is None:
-            return Pickup(acquired=True)
-        reply = replies[-1]
-        if reply == 1:
-            return Pickup(acquired=True)
-        holder = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-        return Pickup(acquired=False, holder=holder)
+            return Acquired(True)
+        replies, maybe_applied = self._run(calls)
+        if running_key is None or replies[-1] == 1:
+            return Acquired(True)
+        holder = _text(replies[-1])
+        if maybe_applied and owner.holds(holder):
+            return Acquired(True)
+        return Acquired(False, holder)
 
-    def replace(self, key: str, expected: str, token: str, ttl: float) -> bool:
-        """Hand ``key`` from the holder ``expected`` to ``token``; False if someone else holds it."""
-        call = Call(scripts.COMPARE_AND_SWAP, key, (expected, token, _ms(ttl)))
-        (reply,) = scripts.run(self.client, [call])
+    def replace(self, key: str, expected: str, value: str, ttl: float) -> bool:
+        """Hand ``key`` from the owner token ``expected`` to ``value``; False if someone else holds it."""
+        (reply,), _ = self._run([Call(scripts.COMPARE_AND_SWAP, key, (expected, value, _ms(ttl)))])
         return bool(reply)
 
     # -- worker liveness ----------------------------------------------------
 
-    def beat(self, instance: str, ttl: float) -> None:
-        self.client.set(heartbeat_key(instance), "1", px=_ms(ttl))
+    def renew(self, locks: Iterable[tuple[str, str]], ttl: float, instance: str, heartbeat: str) -> list[bool]:
+        """Extend each ``(key, token)`` lock the token still holds, and write the heartbeat: one round trip.
+
+        Returns, per lock, whether it was extended.
+        """
+        locks = list(locks)
+        calls = [Call(scripts.RENEW, key, (token, _ms(ttl))) for key, token in locks]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(heartbeat_key(instance), heartbeat, px=_ms(ttl))
+        replies = scripts.run_in(pipe, self.client, calls)
+        return [bool(reply) for reply in replies]
 
     def forget_instance(self, instance: str) -> None:
         self.client.delete(heartbeat_key(instance))
 
     def instance_alive(self, instance: str) -> bool:
-        return bool(self.client.exists(heartbeat_key(instance)))
+        alive, _ = self._tries(lambda: self.client.exists(heartbeat_key(instance)))
+        return bool(alive)

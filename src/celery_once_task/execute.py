@@ -1,0 +1,210 @@
+"""Executing a task: pickup, what a duplicate execution gets, and the release at the end.
+
+Celery's tracer calls the task object (``OnceTask.__call__``) after
+``task_prerun`` and before it stores the result or sends the next step of a
+chain. There the worker, in one round trip, releases the queue lock (if this
+message holds it) and takes the running lock; runs the body; and releases the
+running lock in a ``finally`` -- before the result is visible, so a caller
+that saw the result can call again at once.
+
+With the worker boot step, the running lock is a lease of ``Lease.ttl``
+seconds that the worker's main process extends while the execution lives
+(``renewal``); without it, its TTL is ``running_lock_timeout``.
+
+Conflicts on the running lock (rare, so they may take more round trips):
+
+* another task id holds it: this execution is a duplicate and is rejected
+  with ``OnceTaskLocked``; its result is stored as a failure;
+* an earlier attempt of the same task id holds it: a retry that overtook the
+  attempt that published it takes the lock over;
+* the same attempt holds it (the message was delivered twice): the copy never
+  runs beside the original; it takes over only from a worker that is gone.
+
+Unknown outcomes: a pickup whose every try failed is published again, same
+id and attempt, to run once the store answers, carrying its owner token: the
+copy may take over the lock that a lost reply may have taken in its name,
+and the janitor deletes that lock by token as soon as the store answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import celery
+from celery.exceptions import Ignore
+from redis.exceptions import RedisError
+
+from .errors import OnceTaskLocked
+from .janitor import Cleanup, janitor
+from .keys import DIGEST_HEADER, QUEUE, RUNNING, lock_key
+from .ownership import Lease, RunningOwner
+from .publish import release_or_leave_to_janitor
+from .settings import Settings
+from .signals import duplicate_execution, lock_recovered
+from .store import LockStore, RetryPolicy
+
+logger = logging.getLogger("celery_once_task")
+
+#: Celery 5.7 stores FAILURE itself when a task rejects its message for good.
+_CELERY_STORES_REJECTIONS = tuple(celery.VERSION[:3]) >= (5, 7, 0)
+
+#: How long a message waits before it is tried again when the lock store is unreachable at pickup.
+DEFER_SECONDS = 5.0
+
+#: The header of a deferred copy: the owner token its earlier pickup may have taken the lock with.
+TAKEOVER_HEADER = "once_task_takeover"
+
+
+@dataclass(frozen=True)
+class Held:
+    """The running lock an execution holds, released when the body ends."""
+
+    store: LockStore
+    url: str
+    key: str
+    token: str
+
+
+def header(request: Any, name: str) -> Any:
+    """A message header: in ``request.headers`` on a worker, or flattened onto the request."""
+    headers = getattr(request, "headers", None)
+    value = headers.get(name) if headers else None
+    return value if value is not None else getattr(request, name, None)
+
+
+def running_ttl(settings: Settings, owner: RunningOwner) -> float:
+    """A lease where a worker renews it; else the configured TTL."""
+    return Lease(settings.heartbeat_timeout).ttl if owner.heartbeat else settings.running_lock_timeout
+
+
+def pick_up(task: Any, settings: Settings, digest: str, request: Any, args: Sequence[Any],
+            kwargs: Mapping[str, Any]) -> Optional[Held]:
+    """Release the queue lock and take the running lock; return the lock to release at the end."""
+    # Eager calls never took a queue lock.
+    queue_key = lock_key(task.name, digest, QUEUE) if task.queue_lock and not request.is_eager else None
+    running_key = lock_key(task.name, digest, RUNNING) if task.running_lock else None
+    owner = RunningOwner.for_execution(request.id, request.retries)
+    store = LockStore.for_url(settings.redis_url, RetryPolicy.of_app(task._get_app()))
+    takeover = header(request, TAKEOVER_HEADER)
+    takeover = takeover if isinstance(takeover, str) else ""
+    ttl = running_ttl(settings, owner)
+    try:
+        pickup = store.pickup(queue_key, request.id, running_key, owner, ttl, takeover)
+    except RedisError as exc:
+        return _store_down(task, settings, digest, request, args, kwargs, running_key, owner, exc)
+    if running_key is None:
+        return None
+    if pickup.acquired:
+        if takeover:
+            logger.info("%s[%s]: deferred copy picked up; running lock %s taken", task.name, request.id, running_key)
+        return Held(store, settings.redis_url, running_key, owner.token)
+    return _conflict(task, settings, request, store, running_key, owner, pickup.holder or "")
+
+
+def release(task: Any, held: Held, task_id: Optional[str], reason: str = "task ended") -> None:
+    """Release the running lock by its owner token, now or as soon as the store answers."""
+    release_or_leave_to_janitor(held.store, held.url, task, task_id, held.key, held.token, reason, prefix=True)
+
+
+def _conflict(task: Any, settings: Settings, request: Any, store: LockStore, key: str, owner: RunningOwner,
+              holder_value: str) -> Held:
+    holder = RunningOwner.parse(holder_value)
+    if holder is None or holder.task_id != owner.task_id:
+        raise reject_duplicate(task, request, key, holder_value)
+    ttl = running_ttl(settings, owner)
+    held = Held(store, settings.redis_url, key, owner.token)
+    if holder.retries < owner.retries:
+        # A retry that started before the attempt that published it had
+        # finished: that attempt's body is over, take over.
+        if store.replace(key, holder.token, owner.value(), ttl):
+            logger.info("%s[%s]: retry %d took over running lock %s", task.name, owner.task_id, owner.retries, key)
+            return held
+        # The earlier attempt released the lock in between: take it as any
+        # execution would. Whoever holds it now is a newer holder, so this
+        # ends after one more look.
+        pickup = store.pickup(None, owner.task_id, key, owner, ttl)
+        if pickup.acquired:
+            return held
+        return _conflict(task, settings, request, store, key, owner, pickup.holder or "")
+    if (
+        # The same message delivered twice. It may run only if the worker
+        # running the first delivery is gone: its heartbeat has expired.
+        holder.retries == owner.retries
+        and holder.instance != owner.instance
+        and holder.heartbeat
+        and not store.instance_alive(holder.instance)
+        and store.replace(key, holder.token, owner.value(), ttl)
+    ):
+        logger.warning(
+            "%s[%s]: lock recovered: took over running lock %s from gone worker %s",
+            task.name, owner.task_id, key, holder.worker,
+        )
+        lock_recovered.send(sender=task, key=key, holder=holder_value, reason="worker gone")
+        return held
+    logger.warning(
+        "%s[%s]: execution ignored: another delivery of this task holds running lock %s (holder %s)",
+        task.name, owner.task_id, key, holder_value,
+    )
+    # The original delivery owns the task id and its result: store nothing.
+    raise Ignore()
+
+
+def reject_duplicate(task: Any, request: Any, key: str, holder_value: str) -> OnceTaskLocked:
+    """The rejection of a duplicate execution (stored as a failure on Celery < 5.7)."""
+    holder = RunningOwner.parse(holder_value)
+    holder_id = holder.task_id if holder else holder_value
+    exc = OnceTaskLocked(f"{task.name}[{request.id}]: rejected, task {holder_id} is running (lock {key})")
+    logger.warning(
+        "%s[%s]: execution rejected: running lock %s is held by %s", task.name, request.id, key, holder_value
+    )
+    duplicate_execution.send(sender=task, task_id=request.id, key=key, holder_id=holder_id, policy="reject")
+    if not _CELERY_STORES_REJECTIONS and not request.is_eager:
+        # Older Celery stores nothing for a rejected task: its result
+        # would stay PENDING and .get() would hang.
+        store_errors = not task.ignore_result or task.store_errors_even_if_ignored
+        try:
+            task.backend.mark_as_failure(request.id, exc, request=request, store_result=store_errors)
+        except Exception:
+            logger.exception("%s[%s]: could not store the rejection", task.name, request.id)
+    return exc
+
+
+def _store_down(
+    task: Any,
+    settings: Settings,
+    digest: str,
+    request: Any,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    running_key: Optional[str],
+    owner: RunningOwner,
+    exc: RedisError,
+) -> Optional[Held]:
+    maybe_applied = getattr(exc, "maybe_applied", True)
+    if running_key is not None and maybe_applied:
+        # A lost reply may have taken the lock in this execution's name.
+        janitor.add(Cleanup(settings.redis_url, running_key, owner.token, True, task, request.id, "pickup refused"))
+    if settings.fail_open or request.is_eager:
+        logger.warning(
+            "%s[%s]: lock operation failed: the lock store is unreachable; running without running lock %s: %s",
+            task.name, request.id, running_key, exc,
+        )
+        return None
+    # Neither run unguarded nor drop the message: publish it again, same id
+    # and attempt, to run when the lock store is back. If publishing fails
+    # too, the error propagates and the task fails visibly.
+    logger.warning(
+        "%s[%s]: lock operation failed: the lock store is unreachable; deferred by %ss (running lock %s): %s",
+        task.name, request.id, DEFER_SECONDS, running_key, exc,
+    )
+    headers = {**(getattr(request, "headers", None) or {}), DIGEST_HEADER: digest}
+    if maybe_applied:
+        headers[TAKEOVER_HEADER] = owner.token
+    signature = task.signature_from_request(
+        request, args, kwargs, countdown=DEFER_SECONDS, retries=request.retries, headers=headers
+    )
+    signature.apply_async()
+    raise Ignore()

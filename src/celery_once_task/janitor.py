@@ -1,0 +1,190 @@
+"""The janitor: owner-checked deletes that could not be done when they were due.
+
+A release that met the lock store unreachable, an acquisition whose reply
+was lost, the running lock of an execution that is being killed: each leaves
+a lock that must go, but only by its owner token, only once the store
+answers again, and -- for an execution being killed -- only once its process
+can no longer run. The janitor keeps these deletes for the process and a
+daemon thread retries them until each is done; at exit it makes a last try.
+
+Nothing here raises: it runs after the fact, where no caller could act on an
+error. Each delete is logged with the task name, task id and key.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from redis.exceptions import RedisError
+
+from .store import LockStore, client_for
+
+logger = logging.getLogger("celery_once_task")
+
+#: How often a waiting delete is tried again: soon while a killed process is
+#: expected to exit, more slowly while the store is away.
+_PROCESS_POLL = 0.05
+_STORE_BACKOFF = (0.2, 0.5, 1.0, 2.0)
+#: A process sent a signal that has not exited after this long ignores it: it
+#: runs on, and its execution will release its own lock (or its lease ends).
+_PROCESS_WAIT = 30.0
+
+
+@dataclass(eq=False)
+class Cleanup:
+    """One owner-checked delete still to do."""
+
+    url: str
+    key: str
+    token: str
+    #: Match ``token`` as the owner-token prefix of a running lock's value.
+    prefix: bool
+    task: Any
+    task_id: Optional[str]
+    reason: str
+    #: Delete only once this process is gone (the pool child that ran the execution).
+    pid: Optional[int] = None
+    failures: int = field(default=0)
+    #: When to stop waiting for ``pid`` to exit (monotonic seconds).
+    wait_until: float = field(default_factory=lambda: time.monotonic() + _PROCESS_WAIT)
+
+    @property
+    def ident(self) -> tuple[str, str, str]:
+        return (self.url, self.key, self.token)
+
+
+def process_gone(pid: int, *, exiting: bool = False) -> bool:
+    """Whether process ``pid`` can no longer run code (gone, or a zombie)."""
+    if pid == os.getpid():
+        return exiting
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in (b"Z", b"X")
+
+
+class Janitor:
+    """The deletes this process still owes, and the thread that does them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str, str], Cleanup] = {}
+        self._thread: Optional[threading.Thread] = None
+        self._wake = threading.Event()
+
+    def add(self, cleanup: Cleanup) -> None:
+        with self._lock:
+            self._pending[cleanup.ident] = cleanup
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="celery-once-task-janitor", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def owes(self, key: str, token: str) -> bool:
+        """Whether a delete of ``key`` by ``token`` is pending (its execution is over)."""
+        return any(c.key == key and c.token == token for c in list(self._pending.values()))
+
+    def pending(self) -> list[Cleanup]:
+        with self._lock:
+            return list(self._pending.values())
+
+    def sweep(self, *, exiting: bool = False) -> float:
+        """Try every pending delete once; return how long to wait before the next try (0: none left)."""
+        wait = 0.0
+        for cleanup in self.pending():
+            if cleanup.pid is not None and not process_gone(cleanup.pid, exiting=exiting):
+                if time.monotonic() < cleanup.wait_until:
+                    wait = min(wait or _PROCESS_POLL, _PROCESS_POLL)
+                    continue
+                with self._lock:
+                    self._pending.pop(cleanup.ident, None)
+                logger.info(
+                    "%s[%s]: lock %s not released (%s): process %s still runs the execution",
+                    _name(cleanup.task), cleanup.task_id, cleanup.key, cleanup.reason, cleanup.pid,
+                )
+                continue
+            try:
+                released = LockStore(client_for(cleanup.url)).release(cleanup.key, cleanup.token, prefix=cleanup.prefix)
+            except RedisError as exc:
+                cleanup.failures += 1
+                backoff = _STORE_BACKOFF[min(cleanup.failures, len(_STORE_BACKOFF)) - 1]
+                wait = min(wait or backoff, backoff)
+                if cleanup.failures == 1:
+                    logger.warning(
+                        "%s[%s]: lock operation failed: could not release lock %s (%s); retrying until the "
+                        "lock store answers: %s",
+                        _name(cleanup.task), cleanup.task_id, cleanup.key, cleanup.reason, exc,
+                    )
+                continue
+            with self._lock:
+                self._pending.pop(cleanup.ident, None)
+            if released:
+                logger.info(
+                    "%s[%s]: released lock %s (%s)", _name(cleanup.task), cleanup.task_id, cleanup.key, cleanup.reason
+                )
+                if cleanup.failures:
+                    _recovered(cleanup)
+        return wait
+
+    def flush(self, timeout: float) -> None:
+        """At exit: try the pending deletes until they are done or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            wait = self.sweep(exiting=True)
+            if not wait:
+                return
+            time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+
+    def _work(self) -> None:
+        while True:
+            wait = self.sweep()
+            with self._lock:
+                if not self._pending:
+                    self._thread = None
+                    return
+            self._wake.wait(wait or _PROCESS_POLL)
+            self._wake.clear()
+
+    def _forget_after_fork(self) -> None:
+        # A forked child owes nothing: its parent's deletes stay with the parent.
+        self._lock = threading.Lock()
+        self._pending = {}
+        self._thread = None
+        self._wake = threading.Event()
+
+
+def _name(task: Any) -> str:
+    return str(getattr(task, "name", task))
+
+
+def _recovered(cleanup: Cleanup) -> None:
+    from .signals import lock_recovered
+
+    if cleanup.task is not None and not isinstance(cleanup.task, str):
+        lock_recovered.send(
+            sender=cleanup.task, key=cleanup.key, holder=cleanup.token, reason=f"released late ({cleanup.reason})"
+        )
+
+
+janitor = Janitor()
+os.register_at_fork(after_in_child=janitor._forget_after_fork)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    if janitor.pending():
+        janitor.flush(timeout=3.0)

@@ -1,0 +1,243 @@
+"""Publishing a call: its lock key, the queue lock, and what a duplicate call gets.
+
+One round trip on every path: a Lua ``SET NX PX`` that returns the holder's
+task id when the lock is taken, so that a duplicate learns who holds it
+without asking again. Taken: the message is published with the call's digest
+in a header, for the worker. Not taken: the call is a duplicate.
+
+No lock is left without a message behind it:
+
+* publishing fails after the lock was taken: the lock is released (by the
+  janitor, if the store is away at that moment), and the error propagates;
+* the store fails on every try (Celery's publish retry policy): the call is
+  refused with ``LockStoreUnavailable``; if a try may have reached the server
+  (its reply was lost), the lock it may have taken is deleted by owner token
+  as soon as the store answers. A lost reply followed by a successful try is
+  recognised by the task id the lock holds: the call's own.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from types import FrameType
+from typing import Any, Callable, Optional
+
+import celery
+from celery.app.task import Context
+from celery.utils import uuid
+from redis.exceptions import RedisError
+
+from .errors import LockStoreUnavailable, OnceTaskLocked
+from .janitor import Cleanup, janitor
+from .keys import DIGEST_HEADER, QUEUE, lock_key
+from .settings import Settings
+from .signals import duplicate_call
+from .store import Acquired, LockStore, RetryPolicy, StoreUnavailable
+
+logger = logging.getLogger("celery_once_task")
+
+#: Celery beat before 5.3.4 reads ``.id`` of what apply_async returns, and stops on None.
+_BEAT_NEEDS_A_RESULT = tuple(celery.VERSION[:3]) < (5, 3, 4)
+
+#: Canvas options: a member published with them has a result id someone waits on.
+_CANVAS_OPTIONS = ("chain", "group_id", "chord")
+
+Publish = Callable[[Optional[str]], Any]
+
+
+def current_request(task: Any) -> Any:
+    """The request the task is executing, or None.
+
+    Not ``task.request``: Celery binds a task class (``__bound__``) before it
+    gives it a request stack, so threads making their first call at once can
+    meet a bound task without one.
+    """
+    stack = getattr(task, "request_stack", None)
+    return stack.top if stack is not None else None
+
+
+def publish_once(
+    task: Any,
+    settings: Settings,
+    digest: str,
+    args: Optional[Sequence[Any]],
+    kwargs: Optional[Mapping[str, Any]],
+    task_id: Optional[str],
+    link: Any,
+    link_error: Any,
+    options: dict[str, Any],
+    publish: Publish,
+) -> Any:
+    """Publish the call under its queue lock; what a duplicate gets otherwise."""
+    key = lock_key(task.name, digest, QUEUE)
+    fixed_id = task_id is not None
+    task_id = task_id or uuid()
+    request = current_request(task)
+    # Celery's retry publishes the same task id from inside the execution.
+    retry = request is not None and not request.called_directly and request.id == task_id
+    ttl = settings.queue_lock_timeout + seconds_until_start(options)
+    store = LockStore.for_url(settings.redis_url, RetryPolicy.of_app(task._get_app()))
+    try:
+        # A retry is never dropped; it takes the queue lock, or renews its own,
+        # so that new calls are de-duplicated against it while it waits.
+        outcome = store.acquire_queue(key, task_id, ttl, renew=retry)
+    except RedisError as exc:
+        return _store_down(task, settings, key, task_id, retry, exc, publish)
+
+    if not outcome.acquired:
+        if retry:
+            logger.info("%s[%s]: retry published; queue lock %s is held by %s", task.name, task_id, key, outcome.holder)
+            return publish(task_id)
+        return _duplicate(task, key, task_id, fixed_id, outcome, args, kwargs, link, link_error, options)
+
+    try:
+        return publish(task_id)
+    except BaseException:
+        # No message behind the lock: let the next call through.
+        release_or_leave_to_janitor(store, settings.redis_url, task, task_id, key, task_id, "publish failed")
+        raise
+
+
+def _store_down(
+    task: Any, settings: Settings, key: str, task_id: str, retry: bool, exc: RedisError, publish: Publish
+) -> Any:
+    if settings.fail_open or retry:
+        # Published under this task id: if a lost reply did take the lock, a
+        # message is behind it, and the worker releases it at pickup.
+        logger.warning(
+            "%s[%s]: lock operation failed: the lock store is unreachable; publishing without queue lock %s: %s",
+            task.name, task_id, key, exc,
+        )
+        return publish(task_id)
+    if getattr(exc, "maybe_applied", True):
+        janitor.add(Cleanup(settings.redis_url, key, task_id, False, task, task_id, "call refused"))
+    logger.warning(
+        "%s[%s]: lock operation failed: call refused, the lock store is unreachable (queue lock %s): %s",
+        task.name, task_id, key, exc,
+    )
+    raise LockStoreUnavailable(
+        f"{task.name}: the lock store is unreachable, so the call was not published (queue lock {key}): {exc}"
+    ) from exc
+
+
+def release_or_leave_to_janitor(
+    store: LockStore, url: str, task: Any, task_id: Optional[str], key: str, token: str, reason: str,
+    *, prefix: bool = False,
+) -> None:
+    """Release ``key`` by ``token`` now, or as soon as the store answers."""
+    try:
+        store.release(key, token, prefix=prefix)
+    except RedisError as exc:
+        if isinstance(exc, StoreUnavailable) or getattr(exc, "maybe_applied", True):
+            janitor.add(Cleanup(url, key, token, prefix, task, task_id, reason))
+        else:  # an error reply: the store answered and will answer the same again
+            logger.warning(
+                "%s[%s]: lock operation failed: could not release lock %s (%s): %s",
+                task.name, task_id, key, reason, exc,
+            )
+
+
+def _duplicate(
+    task: Any,
+    key: str,
+    task_id: str,
+    fixed_id: bool,
+    outcome: Acquired,
+    args: Optional[Sequence[Any]],
+    kwargs: Optional[Mapping[str, Any]],
+    link: Any,
+    link_error: Any,
+    options: Mapping[str, Any],
+) -> Any:
+    holder = outcome.holder
+    logger.info("%s[%s]: duplicate call dropped: queue lock %s is held by %s", task.name, task_id, key, holder)
+    duplicate_call.send(sender=task, key=key, holder_id=holder, policy="drop")
+    beat = _BEAT_NEEDS_A_RESULT and not fixed_id and _called_by_beat()
+    if beat:
+        # Old beat would stop on None: it gets the queued call's result.
+        return task.AsyncResult(holder or task_id)
+    if not fixed_id or holder == task_id:  # no id to answer for, or the same message published again
+        return None
+    # The caller fixed the id in advance (a canvas member, or
+    # apply_async(task_id=...)): something may wait on that id, so it gets a
+    # terminal state instead of staying PENDING for ever.
+    exc = OnceTaskLocked(f"{task.name}[{task_id}]: not published, a duplicate of queued task {holder} (lock {key})")
+    request = Context(
+        {
+            "id": task_id,
+            "task": task.name,
+            "args": list(args or ()),
+            "kwargs": dict(kwargs or {}),
+            "group": options.get("group_id"),
+            "group_index": options.get("group_index"),
+            "chord": options.get("chord"),
+            "chain": options.get("chain"),
+            "callbacks": as_list(link),
+            "errbacks": as_list(link_error),
+            "root_id": options.get("root_id"),
+            "parent_id": options.get("parent_id"),
+            "reply_to": options.get("reply_to"),
+            "delivery_info": {},
+            "called_directly": False,
+        }
+    )
+    try:
+        task.backend.mark_as_failure(task_id, exc, traceback=None, request=request)
+    except Exception:
+        logger.exception("%s[%s]: could not store the duplicate's failure", task.name, task_id)
+    if any(options.get(name) is not None for name in _CANVAS_OPTIONS):
+        return task.AsyncResult(task_id)
+    return None
+
+
+def with_digest(options: dict[str, Any], digest: str) -> None:
+    """Put the digest in the message headers, on a copy: canvas members share one dict."""
+    headers = dict(options.get("headers") or {})
+    headers[DIGEST_HEADER] = digest
+    options["headers"] = headers
+
+
+def _called_by_beat() -> bool:
+    """Whether celery beat's scheduler (or one derived from it) made the ``apply_async`` call."""
+    frame: Optional[FrameType] = sys._getframe(3)  # the caller of publish_once
+    # A few frames up: task classes derived from OnceTask may wrap apply_async.
+    for _ in range(8):
+        if frame is None:
+            return False
+        if frame.f_globals.get("__name__") == "celery.beat":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def as_list(value: Any) -> Optional[list[Any]]:
+    if value is None:
+        return None
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def seconds_until_start(options: Mapping[str, Any]) -> float:
+    """How long a message waits for its countdown or ETA; the queue lock lives that much longer."""
+    countdown = options.get("countdown")
+    if countdown:
+        return max(0.0, float(countdown))
+    eta = options.get("eta")
+    if eta is None:
+        return 0.0
+    if isinstance(eta, str):
+        try:
+            eta = datetime.datetime.fromisoformat(eta)
+        except ValueError:
+            return 0.0
+    if not isinstance(eta, datetime.datetime):
+        return 0.0
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if eta.tzinfo is None:
+        # A naive ETA is read in the app's time zone, which may be ahead of
+        # UTC: count from the earlier of the two readings of "now".
+        local = datetime.datetime.now()
+        return max(0.0, (eta - min(local, now.replace(tzinfo=None))).total_seconds())
+    return max(0.0, (eta - now).total_seconds())

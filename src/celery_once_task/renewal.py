@@ -1,0 +1,122 @@
+"""Leases: the worker's main process keeps its live executions' running locks, and its heartbeat.
+
+Every ``Lease.interval`` the ``LeaseKeeper`` thread sends one pipeline per
+lock store: the worker instance's heartbeat key and an owner-checked
+``PEXPIRE`` of the running lock of each execution the worker is running --
+one round trip per worker per interval, whatever the number of tasks. The
+owner tokens are rebuilt from the messages (task id, attempt) and this
+worker's identity, which its pool children share, so a lock that changed
+hands, or that its execution already released, is never touched.
+
+A live execution keeps its lock however long it runs. A worker that stops
+renewing -- killed, or its main process stalled for ``heartbeat_timeout`` --
+loses its locks when their lease ends, and the keys are free again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from typing import Any, Optional
+
+from celery.worker import state as worker_state
+from redis.exceptions import RedisError
+
+from .cleanup import digest_from, is_once_task
+from .janitor import janitor
+from .keys import RUNNING, lock_key
+from .ownership import INSTANCE, Lease, RunningOwner
+from .settings import resolve
+from .store import LockStore, new_client
+
+logger = logging.getLogger("celery_once_task")
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews the running locks of the worker's active requests, and its heartbeat."""
+
+    def __init__(self, app: Any, nodename: str) -> None:
+        super().__init__(name="celery-once-task-leases", daemon=True)
+        self.app = app
+        settings = resolve(app)
+        self.lease = Lease(settings.heartbeat_timeout)
+        self.heartbeat = json.dumps(
+            {"worker": nodename, "pid": os.getpid(), "heartbeat_timeout": settings.heartbeat_timeout}
+        )
+        self.stopped = threading.Event()
+        self._stores: dict[str, LockStore] = {}
+        self._locks: dict[str, Optional[tuple[str, str, str]]] = {}
+        self._failing = False
+        self.url = settings.redis_url
+
+    def store(self, url: str) -> LockStore:
+        store = self._stores.get(url)
+        if store is None:
+            # A client of its own, whose calls give up before the next
+            # renewal is due: a renewal stuck on a dead connection would let
+            # every lease run out. Its own, too, so that the pool never
+            # forks while this thread holds a connection of the shared one.
+            timeout = max(1.0, self.lease.interval)
+            store = LockStore(new_client(url, socket_timeout=timeout, socket_connect_timeout=timeout))
+            self._stores[url] = store
+        return store
+
+    def run(self) -> None:
+        while True:
+            self.renew()
+            if self.stopped.wait(self.lease.interval):
+                return
+
+    def renew(self) -> None:
+        """One renewal: one round trip per lock store."""
+        by_url: dict[str, list[tuple[str, str]]] = {self.url: []}
+        active = {}
+        for request in list(worker_state.active_requests):
+            lock = self._lock_of(request)
+            active[request.id] = lock
+            if lock is not None and not janitor.owes(lock[1], lock[2]):
+                by_url.setdefault(lock[0], []).append((lock[1], lock[2]))
+        self._locks = active  # forget the requests that ended
+        try:
+            for url, locks in by_url.items():
+                self.store(url).renew(locks, self.lease.ttl, INSTANCE, self.heartbeat)
+        except RedisError as exc:
+            if not self._failing:
+                logger.warning(
+                    "lock operation failed: leases of worker instance %s not renewed; retrying every %.1fs: %s",
+                    INSTANCE, self.lease.interval, exc,
+                )
+            self._failing = True
+            return
+        if self._failing:
+            logger.info("leases of worker instance %s renewed again", INSTANCE)
+        self._failing = False
+
+    def _lock_of(self, request: Any) -> Optional[tuple[str, str, str]]:
+        """(url, key, owner token) of the running lock a request's execution takes, if it takes one."""
+        if request.id in self._locks:
+            return self._locks[request.id]
+        lock = None
+        task: Any = getattr(request, "task", None)
+        if is_once_task(task) and task.running_lock:
+            try:
+                request_dict = getattr(request, "request_dict", None) or {}
+                digest = digest_from(request_dict) or task.once_digest(request.args, request.kwargs)
+                token = RunningOwner.for_execution(request.id, request_dict.get("retries")).token
+                lock = (resolve(task._get_app(), task).redis_url, lock_key(task.name, digest, RUNNING), token)
+            except Exception:
+                logger.exception("%s[%s]: running lock cannot be renewed", task.name, request.id)
+        self._locks[request.id] = lock
+        return lock
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def forget(self) -> None:
+        """Remove the heartbeat: this worker instance is gone."""
+        try:
+            self.store(self.url).forget_instance(INSTANCE)
+        except RedisError as exc:
+            logger.warning("heartbeat of worker instance %s not removed: %s", INSTANCE, exc)
