@@ -34,7 +34,8 @@ SETTINGS = "tests.django_project.settings"
 TASKS = "tests.django_project.shop.tasks"
 LOCKS_DB = 11
 QUEUE_TTL_MS = 1234_000
-RUNNING_TTL_MS = 2345_000
+#: The lease a worker with the boot step keeps: CELERY_ONCE_HEARTBEAT_TIMEOUT (12 s) plus one renewal interval.
+LEASE_MS = 14_000
 
 
 @dataclass
@@ -165,7 +166,7 @@ def test_app_config_sets_the_queue_lock_redis_and_ttl(dlocks: redis.Redis) -> No
     assert QUEUE_TTL_MS - 10_000 < dlocks.pttl(queue_key) <= QUEUE_TTL_MS
 
 
-def test_app_config_sets_the_running_lock_redis_and_ttl(
+def test_app_config_sets_the_running_lock_redis_and_lease(
     project: Project, shop: SimpleNamespace, redis_server: RedisServer, dlocks: redis.Redis, drecs: redis.Redis
 ) -> None:
     tag = new_tag()
@@ -176,7 +177,7 @@ def test_app_config_sets_the_running_lock_redis_and_ttl(
         ttl = dlocks.pttl(key(shop.gated, "running", tag))
         drecs.rpush(f"gate:{tag}", 1)
         assert result.get(timeout=30) == tag
-    assert RUNNING_TTL_MS - 10_000 < ttl <= RUNNING_TTL_MS
+    assert LEASE_MS - 5_000 < ttl <= LEASE_MS
 
 
 def test_project_worker_takes_the_running_lock_with_the_project_settings(
@@ -188,7 +189,7 @@ def test_project_worker_takes_the_running_lock_with_the_project_settings(
     ttl = dlocks.pttl(key(shop.gated, "running", tag))
     drecs.rpush(f"gate:{tag}", 1)
     assert result.get(timeout=30) == tag
-    assert RUNNING_TTL_MS - 10_000 < ttl <= RUNNING_TTL_MS
+    assert LEASE_MS - 5_000 < ttl <= LEASE_MS
 
 
 def test_app_config_connects_the_signals_that_release_a_revoked_tasks_queue_lock(
@@ -264,13 +265,14 @@ def test_unset_settings_take_the_documented_defaults() -> None:
         print(json.dumps(dataclasses.asdict(resolve(app))))
         """,
         overrides={name: None for name in ("CELERY_ONCE_REDIS_URL", "CELERY_ONCE_QUEUE_LOCK_TIMEOUT",
-                                           "CELERY_ONCE_RUNNING_LOCK_TIMEOUT")},
+                                           "CELERY_ONCE_RUNNING_LOCK_TIMEOUT", "CELERY_ONCE_HEARTBEAT_TIMEOUT")},
     )
     assert json.loads(last_line(result)) == {
         "redis_url": "redis://localhost:6379/3",
         "queue_lock_timeout": 3600,
         "running_lock_timeout": 3600,
         "fail_open": False,
+        "heartbeat_timeout": 30,
     }
 
 
@@ -351,7 +353,7 @@ def test_celery_namespace_settings_apply_in_a_worker_without_the_app_config(
     project: Project, shop: SimpleNamespace, redis_server: RedisServer, dlocks: redis.Redis, drecs: redis.Redis
 ) -> None:
     tag = new_tag()
-    overrides = {"INSTALLED_APPS": ["tests.django_project.shop"], "CELERY_ONCE_RUNNING_LOCK_TIMEOUT": 3456}
+    overrides = {"INSTALLED_APPS": ["tests.django_project.shop"], "CELERY_ONCE_HEARTBEAT_TIMEOUT": 18}
     with running_worker(redis_server.port, "django-bare", app="tests.django_project", queues="bare",
                         env=project.worker_env(overrides)):
         result = shop.gated.apply_async((tag,), queue="bare")
@@ -359,7 +361,7 @@ def test_celery_namespace_settings_apply_in_a_worker_without_the_app_config(
         ttl = dlocks.pttl(key(shop.gated, "running", tag))
         drecs.rpush(f"gate:{tag}", 1)
         assert result.get(timeout=30) == tag
-    assert 3446_000 < ttl <= 3456_000
+    assert 16_000 < ttl <= 21_000  # the lease: 18 s and one renewal interval of 3 s
 
 
 def test_task_option_wins_over_the_django_setting(shop: SimpleNamespace, dlocks: redis.Redis) -> None:

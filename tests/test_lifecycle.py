@@ -76,6 +76,7 @@ def test_retry_whose_earlier_attempt_released_in_between_takes_the_lock(locks: A
     """The race a retry with countdown=0 can meet: the takeover finds the lock already free."""
     from celery.app.task import Context
 
+    from celery_once_task import execute
     from celery_once_task.ownership import RunningOwner
     from celery_once_task.store import LockStore
 
@@ -85,10 +86,10 @@ def test_retry_whose_earlier_attempt_released_in_between_takes_the_lock(locks: A
     retry = RunningOwner.for_execution(task_id, 1)
     store = LockStore(locks)
     # The retry saw the earlier attempt's token; the earlier attempt has since released it.
-    held = tasks.retrying._conflict(Context(id=task_id, retries=1), store, running, retry, earlier.token,
-                                    tasks.retrying.once_settings())
+    held = execute._conflict(tasks.retrying, tasks.retrying.once_settings(), Context(id=task_id, retries=1), store,
+                             running, retry, earlier.value())
     assert held.token == retry.token
-    assert locks.get(running) == retry.token.encode()
+    assert retry.holds(locks.get(running).decode())
     locks.delete(running)
 
 
@@ -295,7 +296,7 @@ def test_message_of_a_dead_worker_runs_once_its_heartbeat_expires(redis_server: 
     finally:
         doomed.stop()
     wait_out_visibility_timeout()
-    with running_worker(redis_server.port, f"heir-{tag[:6]}", queues=queue, env=VISIBILITY) as heir:
+    with running_worker(redis_server.port, f"heir-{tag[:6]}", queues=queue, env=VISIBILITY):
         started(recs, tag, count=2)
         assert json.loads(locks.get(key(tasks.gated_late, "running", tag)))["instance"] != holder["instance"]
         recs.rpush(f"gate:{tag}", 1)

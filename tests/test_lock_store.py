@@ -74,7 +74,8 @@ def test_worker_defers_a_task_while_the_lock_store_is_down(lock_server: RedisSer
                         env={"ONCE_TEST_LOCKS_URL": f"{lock_server.url}/2"}) as worker:
         lock_server.stop()
         result = tasks.app.send_task("tests.worker_app.echo", args=[tag, 7], queue="deferring")
-        wait_until(lambda: f"{result.id}]: lock operation failed: the lock store is unreachable; deferred" in worker.read_log(),
+        deferred = f"{result.id}]: lock operation failed: the lock store is unreachable; deferred"
+        wait_until(lambda: deferred in worker.read_log(),
                    what="the deferral in the worker log")
         assert events(recs, tag, "run") == []
         restarted = RedisServer(port)
@@ -95,4 +96,5 @@ def test_release_failure_does_not_fail_the_task(lock_server: RedisServer, recs: 
         lock_server.process.wait(10)
         recs.rpush(f"gate:{tag}", 1)
         assert result.get(timeout=20) == tag
-        assert f"{result.id}]: lock operation failed: could not release lock once_task:tests.worker_app.gated:" in worker.read_log()
+        failed = f"{result.id}]: lock operation failed: could not release lock once_task:tests.worker_app.gated:"
+        assert failed in worker.read_log()

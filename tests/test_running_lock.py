@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 import uuid
 from typing import Any
 
@@ -11,8 +12,9 @@ import pytest
 from celery.exceptions import Reject
 
 from celery_once_task import OnceTaskError, OnceTaskLocked
+from celery_once_task.ownership import Lease
 from tests import worker_app as tasks
-from tests.support import events, wait_until
+from tests.support import events, running_worker, wait_until
 
 
 def running_key(task: Any, *args: Any) -> str:
@@ -44,17 +46,60 @@ def test_running_lock_value_names_worker_and_attempt(worker: Any, locks: Any, re
     result.get(timeout=20)
 
 
-def test_running_lock_has_the_configured_ttl(worker: Any, locks: Any, recs: Any) -> None:
+def test_running_lock_is_a_lease_of_the_heartbeat_timeout(worker: Any, locks: Any, recs: Any) -> None:
     tag = uuid.uuid4().hex
     result = start(tasks.gated, recs, tag)
+    lease = Lease(tasks.HEARTBEAT_TIMEOUT)
+    assert 0 < locks.pttl(running_key(tasks.gated, tag)) <= lease.ttl * 1000
+    recs.rpush(f"gate:{tag}", 1)
+    result.get(timeout=20)
+
+
+def test_live_execution_keeps_its_running_lock_past_lease_and_running_lock_timeout(
+    worker: Any, locks: Any, recs: Any
+) -> None:
+    tag = uuid.uuid4().hex
+    result = start(tasks.short_running_lock, recs, tag)
+    key = running_key(tasks.short_running_lock, tag)
+    value = locks.get(key)
+    deadline = time.monotonic() + max(Lease(tasks.HEARTBEAT_TIMEOUT).ttl, 2) * 1.5
+    # Sampled for longer than both the lease and running_lock_timeout=2: the
+    # value never changes and never disappears.
+    while time.monotonic() < deadline:
+        assert locks.get(key) == value
+        time.sleep(0.2)
+    duplicate = tasks.app.send_task(tasks.short_running_lock.name, args=[tag])
+    with pytest.raises(OnceTaskLocked):
+        duplicate.get(timeout=20)
+    recs.rpush(f"gate:{tag}", 1)
+    assert result.get(timeout=20) == tag
+    assert locks.exists(key) == 0
+
+
+@pytest.fixture(scope="module")
+def worker_without_boot_step(redis_server: Any) -> Any:
+    with running_worker(redis_server.port, "no-bootstep", pool="solo", queues="no-bootstep",
+                        env={"ONCE_TEST_WITHOUT_BOOTSTEP": "1"}) as worker:
+        yield worker
+
+
+def test_without_the_boot_step_running_lock_timeout_is_the_ttl(
+    worker_without_boot_step: Any, locks: Any, recs: Any
+) -> None:
+    tag = uuid.uuid4().hex
+    result = tasks.gated.apply_async((tag,), queue="no-bootstep")
+    wait_until(lambda: events(recs, tag, "start"), what="the task to start")
     assert 3590_000 < locks.pttl(running_key(tasks.gated, tag)) <= 3600_000
     recs.rpush(f"gate:{tag}", 1)
     result.get(timeout=20)
 
 
-def test_per_task_running_lock_timeout_is_the_ttl(worker: Any, locks: Any, recs: Any) -> None:
+def test_without_the_boot_step_per_task_running_lock_timeout_is_the_ttl(
+    worker_without_boot_step: Any, locks: Any, recs: Any
+) -> None:
     tag = uuid.uuid4().hex
-    result = start(tasks.own_timeouts, recs, tag)
+    result = tasks.own_timeouts.apply_async((tag,), queue="no-bootstep")
+    wait_until(lambda: events(recs, tag, "start"), what="the task to start")
     assert 100_000 < locks.pttl(running_key(tasks.own_timeouts, tag)) <= 110_000
     recs.rpush(f"gate:{tag}", 1)
     result.get(timeout=20)

@@ -37,7 +37,8 @@ app.conf.update(
 HEARTBEAT_TIMEOUT = int(os.environ.get("ONCE_TEST_HEARTBEAT_TIMEOUT", "4"))
 configure(redis_url=LOCKS_URL, heartbeat_timeout=HEARTBEAT_TIMEOUT)
 setup_once_task_signals()
-app.steps["worker"].add(OnceTaskUnlockBootStep)
+if not os.environ.get("ONCE_TEST_WITHOUT_BOOTSTEP"):
+    app.steps["worker"].add(OnceTaskUnlockBootStep)
 
 # Longer than any gate a task waits at: redis-py 8 times sockets out after 5s by default.
 _records = redis.Redis.from_url(RECORDS_URL, socket_timeout=120)
@@ -96,6 +97,14 @@ def without_running_lock(tag: str) -> str:
 
 @app.task(base=OnceTask, queue_lock_timeout=70, running_lock_timeout=110)
 def own_timeouts(tag: str) -> str:
+    record(tag, "start")
+    wait_gate(tag)
+    return tag
+
+
+@app.task(base=OnceTask, running_lock_timeout=2)
+def short_running_lock(tag: str) -> str:
+    """``gated`` with a running_lock_timeout shorter than it runs."""
     record(tag, "start")
     wait_gate(tag)
     return tag

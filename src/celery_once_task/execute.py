@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import celery
+from celery import states
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
@@ -56,6 +57,8 @@ DEFER_SECONDS = 5.0
 
 #: The header of a deferred copy: the owner token its earlier pickup may have taken the lock with.
 TAKEOVER_HEADER = "once_task_takeover"
+#: The header of a redelivered copy that waited: the owner token of the delivery it waited on.
+AFTER_HEADER = "once_task_after"
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,18 @@ def pick_up(task: Any, settings: Settings, digest: str, request: Any, args: Sequ
     if running_key is None:
         return None
     if pickup.acquired:
-        if takeover:
-            logger.info("%s[%s]: deferred copy picked up; running lock %s taken", task.name, request.id, running_key)
-        return Held(store, settings.redis_url, running_key, owner.token)
+        held = Held(store, settings.redis_url, running_key, owner.token)
+        after = header(request, AFTER_HEADER)
+        if isinstance(after, str) and _first_delivery_finished(task, store, request, after):
+            release(task, held, request.id, "first delivery finished")
+            logger.info("%s[%s]: execution ignored: its first delivery finished", task.name, request.id)
+            raise Ignore()
+        if after or takeover:
+            logger.warning(
+                "%s[%s]: lock recovered: running lock %s taken by a deferred copy", task.name, request.id, running_key
+            )
+            lock_recovered.send(sender=task, key=running_key, holder=after or takeover, reason="deferred copy")
+        return held
     return _conflict(task, settings, request, store, running_key, owner, pickup.holder or "")
 
 
@@ -129,27 +141,42 @@ def _conflict(task: Any, settings: Settings, request: Any, store: LockStore, key
         if pickup.acquired:
             return held
         return _conflict(task, settings, request, store, key, owner, pickup.holder or "")
-    if (
-        # The same message delivered twice. It may run only if the worker
-        # running the first delivery is gone: its heartbeat has expired.
-        holder.retries == owner.retries
-        and holder.instance != owner.instance
-        and holder.heartbeat
-        and not store.instance_alive(holder.instance)
-        and store.replace(key, holder.token, owner.value(), ttl)
-    ):
-        logger.warning(
-            "%s[%s]: lock recovered: took over running lock %s from gone worker %s",
-            task.name, owner.task_id, key, holder.worker,
-        )
-        lock_recovered.send(sender=task, key=key, holder=holder_value, reason="worker gone")
-        return held
-    logger.warning(
-        "%s[%s]: execution ignored: another delivery of this task holds running lock %s (holder %s)",
-        task.name, owner.task_id, key, holder_value,
+    # The same message delivered twice (a broker's redelivery). The copy
+    # never runs beside the original: it runs only if the original's worker
+    # is gone (its heartbeat expired), and else waits to see which it is.
+    if holder.heartbeat and not store.instance_alive(holder.instance):
+        if store.replace(key, holder.token, owner.value(), ttl):
+            logger.warning(
+                "%s[%s]: lock recovered: took over running lock %s from gone worker %s",
+                task.name, owner.task_id, key, holder.worker,
+            )
+            lock_recovered.send(sender=task, key=key, holder=holder_value, reason="worker gone")
+            return held
+        pickup = store.pickup(None, owner.task_id, key, owner, ttl)
+        if pickup.acquired:
+            return held
+        return _conflict(task, settings, request, store, key, owner, pickup.holder or "")
+    logger.info(
+        "%s[%s]: execution waiting: another delivery of this task holds running lock %s (holder %s); "
+        "deferred by %.1fs",
+        task.name, owner.task_id, key, holder_value, running_ttl(settings, holder),
     )
-    # The original delivery owns the task id and its result: store nothing.
+    _defer(task, request, {AFTER_HEADER: holder.token}, running_ttl(settings, holder))
     raise Ignore()
+
+
+def _first_delivery_finished(task: Any, store: LockStore, request: Any, after: str) -> bool:
+    """Whether the delivery this copy waited on ended by itself (so the copy must not run)."""
+    holder = RunningOwner.parse(after + '"since":0}')
+    if holder is None:
+        return False
+    if holder.heartbeat and store.instance_alive(holder.instance):
+        return True  # its worker lives on: it released the lock when the task ended
+    try:
+        state = task.AsyncResult(request.id).state
+    except Exception:
+        return False
+    return state in states.READY_STATES
 
 
 def reject_duplicate(task: Any, request: Any, key: str, holder_value: str) -> OnceTaskLocked:
@@ -200,11 +227,23 @@ def _store_down(
         "%s[%s]: lock operation failed: the lock store is unreachable; deferred by %ss (running lock %s): %s",
         task.name, request.id, DEFER_SECONDS, running_key, exc,
     )
-    headers = {**(getattr(request, "headers", None) or {}), DIGEST_HEADER: digest}
-    if maybe_applied:
-        headers[TAKEOVER_HEADER] = owner.token
+    _defer(task, request, {DIGEST_HEADER: digest, **({TAKEOVER_HEADER: owner.token} if maybe_applied else {})},
+           DEFER_SECONDS)
+    raise Ignore()
+
+
+def _defer(task: Any, request: Any, headers: Mapping[str, Any], countdown: float) -> None:
+    """Publish this message again, same id and attempt, to run ``countdown`` seconds from now.
+
+    If publishing fails the error propagates: the task fails visibly rather
+    than vanish.
+    """
+    headers = {**(getattr(request, "headers", None) or {}), **headers}
+    for name in (DIGEST_HEADER,):
+        value = header(request, name)
+        if value is not None:
+            headers.setdefault(name, value)
     signature = task.signature_from_request(
-        request, args, kwargs, countdown=DEFER_SECONDS, retries=request.retries, headers=headers
+        request, request.args, request.kwargs, countdown=countdown, retries=request.retries, headers=headers
     )
     signature.apply_async()
-    raise Ignore()
