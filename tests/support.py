@@ -42,28 +42,48 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: fl
 class RedisServer:
     """A redis-server of the test session's own, on a free port in a temp dir."""
 
-    def __init__(self, port: Optional[int] = None) -> None:
+    def __init__(self, port: Optional[int] = None, *, appendonly: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
                 "redis-server is not installed: run `bash scripts/test.sh` (it installs it) "
                 "or `apt-get install -y redis-server`"
             )
+        self.binary = binary
         self.port = port or free_port()
+        self.appendonly = appendonly
         self.dir = tempfile.mkdtemp(prefix="once-task-redis-")
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again), on the same port, with the data it kept (with ``appendonly``)."""
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *persistence,
              "--dir", self.dir, "--databases", "16"],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
-        self.url = f"redis://127.0.0.1:{self.port}"
         client = redis.Redis(port=self.port)
         wait_until(lambda: _pings(client), timeout=10, what="redis-server to answer PING")
 
-    def client(self, db: int) -> redis.Redis:
-        return redis.Redis(port=self.port, db=db)
+    def client(self, db: int, **options: Any) -> redis.Redis:
+        return redis.Redis(port=self.port, db=db, **options)
+
+    def kill(self) -> None:
+        """SIGKILL: the server is gone at once, with what it wrote to its append-only file."""
+        self.process.kill()
+        self.process.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open, commands sent meanwhile run after ``resume``."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
+        self.resume()
         self.process.terminate()
         self.process.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -213,7 +213,9 @@ def _store_down(
     maybe_applied = getattr(exc, "maybe_applied", True)
     if running_key is not None and maybe_applied:
         # A lost reply may have taken the lock in this execution's name.
-        janitor.add(Cleanup(settings.redis_url, running_key, owner.token, True, task, request.id, "pickup refused"))
+        cleanup = Cleanup(settings.redis_url, running_key, owner.token, True, task, request.id, "pickup refused")
+        cleanup.uncertain = True
+        janitor.add(cleanup)
     if settings.fail_open or request.is_eager:
         logger.warning(
             "%s[%s]: lock operation failed: the lock store is unreachable; running without running lock %s: %s",

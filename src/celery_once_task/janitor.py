@@ -31,6 +31,8 @@ logger = logging.getLogger("celery_once_task")
 #: expected to exit, more slowly while the store is away.
 _PROCESS_POLL = 0.05
 _STORE_BACKOFF = (0.2, 0.5, 1.0, 2.0)
+#: How long after the store answers again an uncertain delete is made once more.
+_SECOND_PASS = 0.5
 #: A process sent a signal that has not exited after this long ignores it: it
 #: runs on, and its execution will release its own lock (or its lease ends).
 _PROCESS_WAIT = 30.0
@@ -50,7 +52,13 @@ class Cleanup:
     reason: str
     #: Delete only once this process is gone (the pool child that ran the execution).
     pid: Optional[int] = None
+    #: A lock that a command with a lost reply may still write: once the
+    #: store answers, commands it held from before run within moments, in any
+    #: order with ours, so the delete is made twice, a moment apart.
+    uncertain: bool = False
     failures: int = field(default=0)
+    passes: int = field(default=0)
+    released: bool = field(default=False)
     #: When to stop waiting for ``pid`` to exit (monotonic seconds).
     wait_until: float = field(default_factory=lambda: time.monotonic() + _PROCESS_WAIT)
 
@@ -130,9 +138,14 @@ class Janitor:
                         _name(cleanup.task), cleanup.task_id, cleanup.key, cleanup.reason, exc,
                     )
                 continue
+            cleanup.passes += 1
+            cleanup.released = cleanup.released or released
+            if cleanup.uncertain and cleanup.passes < 2:
+                wait = min(wait or _SECOND_PASS, _SECOND_PASS)
+                continue
             with self._lock:
                 self._pending.pop(cleanup.ident, None)
-            if released:
+            if cleanup.released:
                 logger.info(
                     "%s[%s]: released lock %s (%s)", _name(cleanup.task), cleanup.task_id, cleanup.key, cleanup.reason
                 )

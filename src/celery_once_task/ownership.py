@@ -54,7 +54,9 @@ class Lease:
 
     @property
     def interval(self) -> float:
-        return max(0.25, self.heartbeat_timeout / 6)
+        # Often enough that a gone worker frees its keys soon after
+        # heartbeat_timeout; a renewal is one small pipeline per worker.
+        return max(0.25, min(3.0, self.heartbeat_timeout / 10))
 
     @property
     def ttl(self) -> float:

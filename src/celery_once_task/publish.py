@@ -113,7 +113,7 @@ def _store_down(
         )
         return publish(task_id)
     if getattr(exc, "maybe_applied", True):
-        janitor.add(Cleanup(settings.redis_url, key, task_id, False, task, task_id, "call refused"))
+        janitor.add(Cleanup(settings.redis_url, key, task_id, False, task, task_id, "call refused", uncertain=True))
     logger.warning(
         "%s[%s]: lock operation failed: call refused, the lock store is unreachable (queue lock %s): %s",
         task.name, task_id, key, exc,
