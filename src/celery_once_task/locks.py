@@ -179,20 +179,31 @@ def read_locks(client: Any, keys: Sequence[bytes], *, now: Optional[float] = Non
     return _with_liveness(client, locks)
 
 
+DELETED = "deleted"
+CHANGED_HANDS = "changed hands"
+GONE = "gone"
+
+
+def clear_value(client: Any, key: str, value: str) -> str:
+    """Delete the lock at ``key`` if it still holds exactly ``value``.
+
+    Returns ``DELETED``, ``CHANGED_HANDS`` (another value holds it now: left
+    alone) or ``GONE`` (released or expired meanwhile). Only lock keys are
+    ever deleted: anything else raises ``ValueError``.
+    """
+    if parse_key(key) is None:
+        raise ValueError(f"{key!r} is not a celery-once-task lock key")
+    if LockStore(client).release(key, value):
+        return DELETED
+    return CHANGED_HANDS if client.exists(key) else GONE
+
+
 def clear(client: Any, locks: Iterable[Lock]) -> Cleared:
     """Delete each lock if it still holds the value listed; leave it alone otherwise."""
-    store = LockStore(client)
-    deleted: list[Lock] = []
-    changed: list[Lock] = []
-    gone: list[Lock] = []
+    outcomes: dict[str, list[Lock]] = {DELETED: [], CHANGED_HANDS: [], GONE: []}
     for lock in locks:
-        if store.release(lock.key, lock.value):
-            deleted.append(lock)
-        elif client.exists(lock.key):
-            changed.append(lock)
-        else:
-            gone.append(lock)
-    return Cleared(tuple(deleted), tuple(changed), tuple(gone))
+        outcomes[clear_value(client, lock.key, lock.value)].append(lock)
+    return Cleared(tuple(outcomes[DELETED]), tuple(outcomes[CHANGED_HANDS]), tuple(outcomes[GONE]))
 
 
 def iter_workers(client: Any, locks: Optional[Iterable[Lock]] = None) -> Iterator[WorkerInstance]:
