@@ -181,6 +181,28 @@ def test_unreachable_lock_store_gives_the_redacted_url_and_address_and_exit_code
     assert "s3cr3t-pw" not in done.stdout + done.stderr
 
 
+def test_a_django_projects_lock_store_comes_from_its_celery_once_settings(redis_server: Any) -> None:
+    # The project's second app reads no Django settings itself: CELERY_ONCE_REDIS_URL
+    # (database 11) reaches it only through OnceTaskAppConfig, once Django is set up.
+    key = f"once_task:tests.django_project.shop.tasks.parked:{uuid.uuid4().hex[:16]}:queue"
+    redis_server.client(11).set(key, "django-task-id", px=60_000)
+    done = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tests.django_project.plain_celery", "once", "show", key, "--json"],
+        cwd=ROOT, env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.django_project.settings"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert json.loads(done.stdout)["task_id"] == "django-task-id", done.stderr
+    redis_server.client(11).delete(key)
+
+
+def test_standalone_program_never_prints_the_password_of_a_url_it_refuses() -> None:
+    done = subprocess.run([sys.executable, "-m", "celery_once_task", "--url", "http://user:s3cr3t-pw@host/", "locks"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "http://user:***@host/ is not a redis://" in done.stderr
+    assert "s3cr3t-pw" not in done.stdout + done.stderr
+
+
 def test_standalone_program_runs_the_same_commands_against_a_url() -> None:
     key, task_id = parked_lock()
     done = subprocess.run([sys.executable, "-m", "celery_once_task", "--url", tasks.LOCKS_URL, "show", key, "--json"],

@@ -109,10 +109,13 @@ def main(ctx: click.Context, url: Optional[str], app_name: Optional[str]) -> Non
 
         ctx.obj = LockStoreTarget.for_app(find_app(app_name))
         return
+    url = url or DEFAULT_REDIS_URL
     try:
-        ctx.obj = LockStoreTarget(validate("redis_url", url or DEFAULT_REDIS_URL, label="--url"))
-    except ValueError as exc:
-        raise click.BadParameter(lockinfo.redact_url(str(exc)), param_hint="--url") from None
+        ctx.obj = LockStoreTarget(validate("redis_url", url, label="--url"))
+    except ValueError:
+        # Not the validation message: it quotes the URL as given, password and all.
+        raise click.BadParameter(f"{lockinfo.redact_url(url)} is not a redis://, rediss:// or unix:// URL",
+                                 param_hint="--url") from None
 
 
 _type_option = click.option("--type", "lock_type", type=click.Choice(lockinfo.LOCK_TYPES),
