@@ -286,9 +286,16 @@ def _duration(seconds: Optional[float]) -> str:
 
 def _echo_json_list(items: Iterable[dict[str, Any]]) -> None:
     # Streamed: a store with a million locks is never held in memory at once.
-    click.echo("[", nl=False)
-    for index, item in enumerate(items):
-        click.echo(("," if index else "") + "\n  " + json.dumps(item), nl=False)
+    # The first item is read before anything is printed, so that an
+    # unreachable store leaves no half list on stdout.
+    remaining = iter(items)
+    first = next(remaining, None)
+    if first is None:
+        click.echo("[]")
+        return
+    click.echo("[\n  " + json.dumps(first), nl=False)
+    for item in remaining:
+        click.echo(",\n  " + json.dumps(item), nl=False)
     click.echo("\n]")
 
 
