@@ -209,3 +209,10 @@ def test_standalone_program_runs_the_same_commands_against_a_url() -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert json.loads(done.stdout)["task_id"] == task_id
 
+
+
+def test_standalone_program_takes_the_lock_store_of_an_app() -> None:
+    key, task_id = parked_lock()
+    done = subprocess.run([sys.executable, "-m", "celery_once_task", "-A", "tests.worker_app", "show", key, "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert json.loads(done.stdout)["task_id"] == task_id, done.stderr
