@@ -15,6 +15,19 @@ ensure_redis_server() {
     exit 1
 }
 
+# The locks page is tested in headless Chromium, driven by Selenium through
+# Debian's chromedriver (Selenium is never left to download a driver).
+ensure_chromium() {
+    command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "chromium or chromedriver not found: installing them with apt-get" >&2
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    fi
+    command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return 0
+    echo "chromium and chromedriver are required by the locks page's tests (Debian/Ubuntu: sudo apt-get install -y chromium chromium-driver)" >&2
+    exit 1
+}
+
 # make_venv DIR PYTHON PIP_ARGS...: a virtualenv at DIR with the project and PIP_ARGS installed.
 make_venv() {
     local dir=$1 python=$2

@@ -1,6 +1,6 @@
-"""``python -m celery_once_task``: the operators' command line (see ``cli``)."""
+"""``python -m celery_once_task``: the standalone operators' command (see ``cli``)."""
 
 from .cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main(prog_name="celery-once-task")

@@ -23,7 +23,8 @@ from .models import Order
 
 @functools.cache
 def _records() -> redis.Redis:
-    return redis.Redis.from_url(settings.ONCE_TEST_RECORDS_URL)
+    # Longer than any gate a task waits at: redis-py 8 times sockets out after 5s by default.
+    return redis.Redis.from_url(settings.ONCE_TEST_RECORDS_URL, socket_timeout=120)
 
 
 def record(tag: str, event: str, **fields: Any) -> None:

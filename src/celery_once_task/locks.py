@@ -1,0 +1,373 @@
+"""Reading and clearing locks for operators: what the ``once`` command and the Django page show and do.
+
+Listing walks the keys with ``SCAN`` in batches (never ``KEYS``) and reads each
+batch's values and TTLs in one pipeline, then the heartbeats of the worker
+instances that batch names in a second one. Clearing is owner-checked: a lock
+is deleted only if it still holds the exact value that was listed (the
+library's compare-and-delete), so a lock that changed hands between listing
+and clearing is left alone and reported as such.
+
+Nothing here prints; it returns plain data for the command line and the page.
+Nothing here ever returns a password either: URLs go through ``redact_url``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+from .keys import KEY_PREFIX, QUEUE, RUNNING
+from .ownership import HEARTBEAT_PREFIX, heartbeat_key
+from .store import LockStore
+
+#: Keys asked of each SCAN call, and keys read per pipeline.
+BATCH = 500
+
+LOCK_TYPES = (QUEUE, RUNNING)
+
+
+def iter_keys(client: Any, match: str, count: int) -> Iterator[bytes]:
+    """Every key matching ``match``, by ``SCAN`` with ``count`` per call.
+
+    The one place that scans: on a Redis Cluster it must walk every primary
+    (redis-py's ``RedisCluster.scan_iter`` does).
+    """
+    yield from client.scan_iter(match=match, count=count)
+
+
+@dataclass(frozen=True)
+class Lock:
+    """One lock as it was read: its key, its exact value, and what the value says."""
+
+    key: str
+    task: str
+    digest: str
+    type: str
+    #: The exact value read; clearing deletes the lock only if it still holds it.
+    value: str
+    #: Seconds to live; None if the key has no expiry.
+    ttl: Optional[float]
+    task_id: str
+    #: For running locks: Celery's attempt number, the worker's node name, its instance.
+    attempt: Optional[int] = None
+    worker: Optional[str] = None
+    instance: Optional[str] = None
+    #: Whether the holder's worker instance has a live heartbeat; None when unknown
+    #: (a queue lock, or a worker without the boot step, which keeps no heartbeat).
+    alive: Optional[bool] = None
+    #: Seconds since the execution took the lock; None if the value does not say.
+    age: Optional[float] = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "task": self.task,
+            "type": self.type,
+            "task_id": self.task_id,
+            "ttl": self.ttl,
+            "worker": self.worker,
+            "attempt": self.attempt,
+            "alive": self.alive,
+            "age": self.age,
+            "instance": self.instance,
+            "digest": self.digest,
+            "value": self.value,
+        }
+
+    def describe_owner(self) -> str:
+        if self.type != RUNNING:
+            return f"task {self.task_id}"
+        attempt = "?" if self.attempt is None else str(self.attempt)
+        return f"task {self.task_id}, attempt {attempt}, worker {self.worker or '?'}"
+
+
+@dataclass(frozen=True)
+class WorkerInstance:
+    """A worker instance that keeps a heartbeat, and the running locks it holds."""
+
+    instance: str
+    #: The worker's node name, when its heartbeat says it.
+    worker: Optional[str]
+    pid: Optional[int]
+    #: Seconds until the heartbeat expires.
+    ttl: Optional[float]
+    heartbeat_timeout: Optional[float]
+    locks: tuple[Lock, ...] = field(default=())
+
+    @property
+    def beat_age(self) -> Optional[float]:
+        """Seconds since the last heartbeat, where the heartbeat says its lease."""
+        if self.heartbeat_timeout is None or self.ttl is None:
+            return None
+        return round(max(0.0, self.heartbeat_timeout - self.ttl), 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "instance": self.instance,
+            "worker": self.worker,
+            "pid": self.pid,
+            "alive": True,
+            "ttl": self.ttl,
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "beat_age": self.beat_age,
+            "locks": [lock.key for lock in self.locks],
+        }
+
+
+@dataclass(frozen=True)
+class Cleared:
+    """What ``clear`` did with each lock it was given."""
+
+    deleted: tuple[Lock, ...]
+    #: Held by another value now: the lock changed hands and was left alone.
+    changed_hands: tuple[Lock, ...]
+    #: Gone before the delete (released or expired meanwhile).
+    gone: tuple[Lock, ...]
+
+
+def lock_pattern(task: Optional[str] = None, lock_type: Optional[str] = None) -> str:
+    """The SCAN pattern of the locks of ``task`` (every task if None) of ``lock_type``."""
+    name = _glob_escape(task) if task else "*"
+    return f"{KEY_PREFIX}:{name}:*:{lock_type or '*'}"
+
+
+def iter_locks(
+    client: Any, task: Optional[str] = None, lock_type: Optional[str] = None, *, now: Optional[float] = None
+) -> Iterator[Lock]:
+    """Every lock (of ``task``, of ``lock_type``) on the server."""
+    batch: list[bytes] = []
+    for key in iter_keys(client, lock_pattern(task, lock_type), BATCH):
+        batch.append(key)
+        if len(batch) >= BATCH:
+            yield from read_locks(client, batch, now=now)
+            batch = []
+    yield from read_locks(client, batch, now=now)
+
+
+def get_lock(client: Any, key: str) -> Optional[Lock]:
+    """The lock at ``key``, or None if there is none (or ``key`` is not a lock key)."""
+    if parse_key(key) is None:
+        return None
+    found = read_locks(client, [key.encode("utf-8")])
+    return found[0] if found else None
+
+
+def read_locks(client: Any, keys: Sequence[bytes], *, now: Optional[float] = None) -> list[Lock]:
+    """The locks at ``keys``: values and TTLs in one pipeline, heartbeats in another."""
+    if not keys:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+        pipe.pttl(key)
+    replies = pipe.execute()
+    now = time.time() if now is None else now
+    locks: list[Lock] = []
+    for index, raw_key in enumerate(keys):
+        value, pttl = replies[2 * index], replies[2 * index + 1]
+        if value is None:  # released or expired since the scan
+            continue
+        lock = _make_lock(_text(raw_key), _text(value), pttl, now)
+        if lock is not None:
+            locks.append(lock)
+    return _with_liveness(client, locks)
+
+
+DELETED = "deleted"
+CHANGED_HANDS = "changed hands"
+GONE = "gone"
+
+
+def clear_value(client: Any, key: str, value: str) -> str:
+    """Delete the lock at ``key`` if it still holds exactly ``value``.
+
+    Returns ``DELETED``, ``CHANGED_HANDS`` (another value holds it now: left
+    alone) or ``GONE`` (released or expired meanwhile). Only lock keys are
+    ever deleted: anything else raises ``ValueError``.
+    """
+    if parse_key(key) is None:
+        raise ValueError(f"{key!r} is not a celery-once-task lock key")
+    if LockStore(client).release(key, value):
+        return DELETED
+    return CHANGED_HANDS if client.exists(key) else GONE
+
+
+def clear(client: Any, locks: Iterable[Lock]) -> Cleared:
+    """Delete each lock if it still holds the value listed; leave it alone otherwise."""
+    outcomes: dict[str, list[Lock]] = {DELETED: [], CHANGED_HANDS: [], GONE: []}
+    for lock in locks:
+        outcomes[clear_value(client, lock.key, lock.value)].append(lock)
+    return Cleared(tuple(outcomes[DELETED]), tuple(outcomes[CHANGED_HANDS]), tuple(outcomes[GONE]))
+
+
+def iter_workers(client: Any, locks: Optional[Iterable[Lock]] = None) -> Iterator[WorkerInstance]:
+    """The worker instances whose heartbeat is alive, each with the running locks it holds.
+
+    ``locks`` are the running locks to share out (read from the server if None).
+    """
+    held: dict[str, list[Lock]] = {}
+    for lock in iter_locks(client, lock_type=RUNNING) if locks is None else locks:
+        if lock.instance is not None:
+            held.setdefault(lock.instance, []).append(lock)
+    batch: list[bytes] = []
+    for key in iter_keys(client, f"{_glob_escape(HEARTBEAT_PREFIX)}:*", BATCH):
+        batch.append(key)
+        if len(batch) >= BATCH:
+            yield from _read_workers(client, batch, held)
+            batch = []
+    yield from _read_workers(client, batch, held)
+
+
+def _read_workers(client: Any, keys: Sequence[bytes], held: dict[str, list[Lock]]) -> Iterator[WorkerInstance]:
+    if not keys:
+        return
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+        pipe.pttl(key)
+    replies = pipe.execute()
+    for index, raw_key in enumerate(keys):
+        value, pttl = replies[2 * index], replies[2 * index + 1]
+        if value is None:
+            continue
+        instance = _text(raw_key)[len(HEARTBEAT_PREFIX) + 1:]
+        data = _json_object(_text(value))
+        holds = held.get(instance, [])
+        # Heartbeats that do not name the worker: its running locks do.
+        named = _optional_str(data.get("worker")) or next((lock.worker for lock in holds if lock.worker), None)
+        yield WorkerInstance(
+            instance=instance,
+            worker=named,
+            pid=_optional_int(data.get("pid")),
+            ttl=_seconds(pttl),
+            heartbeat_timeout=_optional_float(data.get("heartbeat_timeout")),
+            locks=tuple(holds),
+        )
+
+
+# -- keys and values ---------------------------------------------------------------
+
+
+def parse_key(key: str) -> Optional[tuple[str, str, str]]:
+    """``(task, digest, type)`` of a lock key, or None if ``key`` is not one."""
+    if not key.startswith(f"{KEY_PREFIX}:"):
+        return None
+    # The task name may itself contain ':', the digest and the type never do.
+    parts = key[len(KEY_PREFIX) + 1:].rsplit(":", 2)
+    if len(parts) != 3 or parts[2] not in LOCK_TYPES or not parts[0]:
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+def _make_lock(key: str, value: str, pttl: int, now: float) -> Optional[Lock]:
+    parsed = parse_key(key)
+    if parsed is None:
+        return None
+    task, digest, lock_type = parsed
+    ttl = _seconds(pttl)
+    if lock_type == QUEUE:
+        return Lock(key, task, digest, lock_type, value, ttl, task_id=value)
+    data = _json_object(value)
+    since = _optional_float(data.get("since"))
+    return Lock(
+        key, task, digest, lock_type, value, ttl,
+        task_id=str(data.get("task_id", value)),
+        attempt=_optional_int(data.get("retries")),
+        worker=_optional_str(data.get("worker")),
+        instance=_optional_str(data.get("instance")),
+        # Only a worker with the boot step keeps a heartbeat; filled in by _with_liveness.
+        alive=None,
+        age=None if since is None else round(max(0.0, now - since), 1),
+    )
+
+
+def _with_liveness(client: Any, locks: list[Lock]) -> list[Lock]:
+    """``locks`` with ``alive`` set for running locks whose worker keeps a heartbeat."""
+    instances = sorted({lock.instance for lock in locks if lock.instance and _keeps_heartbeat(lock)})
+    if not instances:
+        return locks
+    pipe = client.pipeline(transaction=False)
+    for instance in instances:
+        pipe.exists(heartbeat_key(instance))
+    alive = {instance: bool(reply) for instance, reply in zip(instances, pipe.execute())}
+    return [
+        dataclasses.replace(lock, alive=alive[lock.instance]) if lock.instance in alive else lock
+        for lock in locks
+    ]
+
+
+def _keeps_heartbeat(lock: Lock) -> bool:
+    # Values without the flag (older formats) are taken to keep one.
+    return _json_object(lock.value).get("heartbeat", True) is not False
+
+
+def _seconds(pttl: Any) -> Optional[float]:
+    # PTTL: -1 no expiry, -2 no key (gone between the GET and the PTTL).
+    return None if pttl is None or int(pttl) < 0 else round(int(pttl) / 1000, 3)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _json_object(value: str) -> dict[str, Any]:
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _optional_str(value: Any) -> Optional[str]:
+    return None if value is None else str(value)
+
+
+def _optional_int(value: Any) -> Optional[int]:
+    try:
+        return None if value is None or isinstance(value, bool) else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _optional_float(value: Any) -> Optional[float]:
+    try:
+        return None if value is None or isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a SCAN ``MATCH`` pattern."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
+# -- URLs --------------------------------------------------------------------------
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (``redis://user:***@host:port/db``)."""
+    # redis-py also takes a password in the query string.
+    url = re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def address_of(url: str) -> str:
+    """Where ``url`` points: ``host:port``, or the socket path of a ``unix://`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"

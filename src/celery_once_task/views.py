@@ -1,0 +1,99 @@
+"""Django only: the locks page, a read-only list of the locks for staff, with an owner-checked clear.
+
+Mount it next to the admin, before ``admin.site.urls``::
+
+    path("admin/once-locks/", include("celery_once_task.urls")),
+    path("admin/", admin.site.urls),
+
+Staff users (``is_staff``) see every lock with its owner, worker, liveness, age
+and TTL. Users with the ``celery_once_task.clear_lock`` permission also get a
+button per lock that clears it: a POST (with Django's CSRF check) naming the
+key and the exact value listed, deleted only if the lock still holds that
+value, so a lock that changed hands after the page was loaded is left alone.
+The lock store is the one the project's Celery app uses; its URL is shown
+without its password.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+import redis
+from celery import current_app
+from django.contrib import admin, messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.views.decorators.http import require_http_methods
+
+from . import locks as lockinfo
+from .models import CLEAR_PERMISSION
+from .settings import resolve
+from .store import client_for
+
+#: Rows shown at most: the page must stay quick with a million locks held.
+MAX_ROWS = 500
+
+
+def _lock_store_url() -> str:
+    # The app a worker of this project uses: app.conf.once_*, configure(), CELERY_ONCE_*.
+    return resolve(current_app._get_current_object()).redis_url
+
+
+def _locks_page(request: HttpRequest) -> HttpResponse:
+    can_clear = request.user.has_perm(CLEAR_PERMISSION)
+    url = _lock_store_url()
+    if request.method == "POST":
+        if not can_clear:
+            raise PermissionDenied
+        return _clear(request, url)
+    task = request.GET.get("task") or None
+    lock_type = request.GET.get("type") if request.GET.get("type") in lockinfo.LOCK_TYPES else None
+    context: dict[str, Any] = {
+        **admin.site.each_context(request),
+        "title": "Celery once locks",
+        # The admin's app list: of no use here, and empty for staff without model permissions.
+        "is_nav_sidebar_enabled": False,
+        "store": lockinfo.redact_url(url),
+        "can_clear": can_clear,
+        "task": task or "",
+        "type": lock_type or "",
+        "max_rows": MAX_ROWS,
+    }
+    try:
+        rows = list(itertools.islice(lockinfo.iter_locks(client_for(url), task, lock_type), MAX_ROWS + 1))
+    except (redis.RedisError, OSError):
+        context["unreachable"] = lockinfo.address_of(url)
+        return render(request, "celery_once_task/locks.html", context, status=503)
+    context["locks"] = rows[:MAX_ROWS]
+    context["more"] = len(rows) > MAX_ROWS
+    return render(request, "celery_once_task/locks.html", context)
+
+
+#: Staff only (others go to the admin's login page); GET lists, POST clears.
+locks_page: Callable[[HttpRequest], HttpResponse] = staff_member_required(
+    require_http_methods(["GET", "POST"])(_locks_page)
+)
+
+
+def _clear(request: HttpRequest, url: str) -> HttpResponse:
+    key = request.POST.get("key", "")
+    value = request.POST.get("value", "")
+    if lockinfo.parse_key(key) is None:
+        return HttpResponse("not a celery-once-task lock key", status=400, content_type="text/plain")
+    try:
+        outcome = lockinfo.clear_value(client_for(url), key, value)
+    except (redis.RedisError, OSError):
+        messages.error(request, f"The lock store at {lockinfo.address_of(url)} cannot be reached: nothing cleared.",
+                       fail_silently=True)
+        return HttpResponseRedirect(request.get_full_path())
+    if outcome == lockinfo.DELETED:
+        messages.success(request, f"Cleared {key}.", fail_silently=True)
+    elif outcome == lockinfo.CHANGED_HANDS:
+        messages.warning(request, f"Left {key} alone: it changed hands since the page was loaded.",
+                         fail_silently=True)
+    else:
+        messages.info(request, f"{key} was already gone (released or expired).", fail_silently=True)
+    return HttpResponseRedirect(request.get_full_path())
