@@ -273,6 +273,8 @@ def test_unset_settings_take_the_documented_defaults() -> None:
         "running_lock_timeout": 3600,
         "fail_open": False,
         "heartbeat_timeout": 30,
+        "running_lock_conflict": "reject",
+        "queue_lock_conflict": "drop",
     }
 
 

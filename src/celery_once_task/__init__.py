@@ -15,13 +15,16 @@ See README.md for the user guide. The modules, each with one concern:
 ``cleanup``    releasing another execution's locks, never raising
 ``renewal``    the worker's lease renewal and heartbeat
 ``signals``    the library's signals; revocation and internal-error receivers
+``waiting``    the waiting copy of ``running_lock_conflict="wait"`` and its hand-over
 ``bootstep``   leases, heartbeat, release at cold shutdown
 ``django``     the Django ``AppConfig``, and ``apps`` for a bare ``"celery_once_task"`` entry
-``cli``        the operators' command line
+``locks``      reading and clearing locks, for operators
+``cli``        ``celery -A proj once ...`` and ``celery-once-task``
+``models``, ``views``, ``urls``  Django only: the permission and the locks page
 """
 
 from .bootstep import OnceTaskUnlockBootStep
-from .errors import LockStoreUnavailable, OnceTaskError, OnceTaskLocked
+from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskError, OnceTaskLocked
 from .settings import configure
 from .signals import setup_once_task_signals, teardown_once_task_signals
 from .task import OnceTask
@@ -31,6 +34,7 @@ __version__ = "1.1.0"
 __all__ = [
     "LockStoreUnavailable",
     "OnceTask",
+    "OnceTaskDuplicate",
     "OnceTaskError",
     "OnceTaskLocked",
     "OnceTaskUnlockBootStep",

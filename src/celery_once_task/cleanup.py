@@ -19,6 +19,8 @@ from .janitor import Cleanup, janitor
 from .keys import DIGEST_HEADER, QUEUE, RUNNING, lock_key, well_formed_digest
 from .ownership import RunningOwner
 from .settings import resolve
+from .store import waiting_token
+from .waiting import WAITING
 
 logger = logging.getLogger("celery_once_task")
 
@@ -59,9 +61,14 @@ def release_locks(
         return
     try:
         digest = digest_from(headers) or task.once_digest(args, kwargs)
-        url = resolve(task._get_app(), task).redis_url
+        settings = resolve(task._get_app(), task)
+        url = settings.redis_url
         if queue:
             janitor.add(Cleanup(url, lock_key(task.name, digest, QUEUE), task_id, False, task, task_id, reason))
+            if settings.running_lock_conflict == "wait":
+                # A waiting copy's message, left for the hand-over.
+                waiting = lock_key(task.name, digest, WAITING)
+                janitor.add(Cleanup(url, waiting, waiting_token(task_id), True, task, task_id, reason))
         if running:
             token = RunningOwner.for_execution(task_id, retries).token
             janitor.add(Cleanup(url, lock_key(task.name, digest, RUNNING), token, True, task, task_id, reason, pid))

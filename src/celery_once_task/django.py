@@ -29,6 +29,8 @@ DJANGO_SETTINGS = {
     "CELERY_ONCE_RUNNING_LOCK_TIMEOUT": "running_lock_timeout",
     "CELERY_ONCE_FAIL_OPEN": "fail_open",
     "CELERY_ONCE_HEARTBEAT_TIMEOUT": "heartbeat_timeout",
+    "CELERY_ONCE_RUNNING_LOCK_CONFLICT": "running_lock_conflict",
+    "CELERY_ONCE_QUEUE_LOCK_CONFLICT": "queue_lock_conflict",
 }
 
 

@@ -24,6 +24,23 @@ class LockStoreUnavailable(OnceTaskError):
     """
 
 
+class OnceTaskDuplicate(OnceTaskError):
+    """A call met a queued copy of itself, with ``queue_lock_conflict="raise"``.
+
+    ``OnceTaskDuplicate(task_name, holder_id, key)``: the task, the queued
+    call's task id and the lock key.
+    """
+
+    def __init__(self, task_name: str, holder_id: Any, key: str) -> None:
+        super().__init__(task_name, holder_id, key)
+        self.task_name = task_name
+        self.holder_id = holder_id
+        self.key = key
+
+    def __str__(self) -> str:
+        return f"{self.task_name}: duplicate call, task {self.holder_id} is queued (lock {self.key})"
+
+
 class OnceTaskLocked(Reject, OnceTaskError):
     """An execution was rejected because its running lock is held elsewhere.
 

@@ -29,6 +29,7 @@ and the janitor deletes that lock by token as soon as the store answers.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -45,7 +46,8 @@ from .ownership import Lease, RunningOwner
 from .publish import release_or_leave_to_janitor
 from .settings import Settings
 from .signals import duplicate_execution, lock_recovered
-from .store import LockStore, RetryPolicy
+from .store import LockStore, RetryPolicy, waiting_token
+from .waiting import WAITER_HEADER, WAITING, entry, hand_over
 
 logger = logging.getLogger("celery_once_task")
 
@@ -89,15 +91,24 @@ def pick_up(task: Any, settings: Settings, digest: str, request: Any, args: Sequ
     # Eager calls never took a queue lock.
     queue_key = lock_key(task.name, digest, QUEUE) if task.queue_lock and not request.is_eager else None
     running_key = lock_key(task.name, digest, RUNNING) if task.running_lock else None
+    waiter = bool(header(request, WAITER_HEADER)) and queue_key is not None
+    waiting_key = lock_key(task.name, digest, WAITING) if waiter else None
     owner = RunningOwner.for_execution(request.id, request.retries)
     store = LockStore.for_url(settings.redis_url, RetryPolicy.of_app(task._get_app()))
     takeover = header(request, TAKEOVER_HEADER)
     takeover = takeover if isinstance(takeover, str) else ""
     ttl = running_ttl(settings, owner)
     try:
-        pickup = store.pickup(queue_key, request.id, running_key, owner, ttl, takeover)
+        pickup = store.pickup(queue_key, request.id, running_key, owner, ttl, takeover, waiting_key)
     except RedisError as exc:
-        return _store_down(task, settings, digest, request, args, kwargs, running_key, owner, exc)
+        return _store_down(task, settings, digest, request, running_key, owner, exc)
+    if waiter and not pickup.queue_released:
+        # Another copy of this waiting message (hand-over or safety copy)
+        # started first, or the call was revoked or cleared meanwhile.
+        if running_key is not None and pickup.acquired:
+            release(task, Held(store, settings.redis_url, running_key, owner.token), request.id, "copy not run")
+        logger.info("%s[%s]: execution ignored: another copy of this waiting call ran", task.name, request.id)
+        raise Ignore()
     if running_key is None:
         return None
     if pickup.acquired:
@@ -116,15 +127,33 @@ def pick_up(task: Any, settings: Settings, digest: str, request: Any, args: Sequ
     return _conflict(task, settings, request, store, running_key, owner, pickup.holder or "")
 
 
-def release(task: Any, held: Held, task_id: Optional[str], reason: str = "task ended") -> None:
-    """Release the running lock by its owner token, now or as soon as the store answers."""
-    release_or_leave_to_janitor(held.store, held.url, task, task_id, held.key, held.token, reason, prefix=True)
+def release(task: Any, held: Held, task_id: Optional[str], reason: str = "task ended",
+            settings: Optional[Settings] = None) -> None:
+    """Release the running lock by its owner token, now or as soon as the store answers.
+
+    Under ``running_lock_conflict="wait"`` the same round trip takes the key's
+    waiting copy, which is then published.
+    """
+    if settings is None or settings.running_lock_conflict != "wait" or not task.queue_lock:
+        release_or_leave_to_janitor(held.store, held.url, task, task_id, held.key, held.token, reason, prefix=True)
+        return
+    waiting_key = held.key[: -len(RUNNING)] + WAITING
+    try:
+        waiting = held.store.release_taking_waiter(held.key, held.token, waiting_key)
+    except RedisError:
+        # The waiting copy comes back by itself (its safety copy).
+        release_or_leave_to_janitor(held.store, held.url, task, task_id, held.key, held.token, reason, prefix=True)
+        return
+    if waiting is not None:
+        hand_over(task, waiting, held.key)
 
 
 def _conflict(task: Any, settings: Settings, request: Any, store: LockStore, key: str, owner: RunningOwner,
-              holder_value: str) -> Held:
+              holder_value: str) -> Optional[Held]:
     holder = RunningOwner.parse(holder_value)
     if holder is None or holder.task_id != owner.task_id:
+        if settings.running_lock_conflict == "wait" and task.queue_lock:
+            return _wait(task, settings, request, store, key, owner, holder_value)
         raise reject_duplicate(task, request, key, holder_value)
     ttl = running_ttl(settings, owner)
     held = Held(store, settings.redis_url, key, owner.token)
@@ -163,6 +192,52 @@ def _conflict(task: Any, settings: Settings, request: Any, store: LockStore, key
     )
     _defer(task, request, {AFTER_HEADER: holder.token}, running_ttl(settings, holder))
     raise Ignore()
+
+
+def _wait(task: Any, settings: Settings, request: Any, store: LockStore, key: str, owner: RunningOwner,
+          holder_value: str) -> Optional[Held]:
+    """Wait for the running copy to end, as the key's waiting copy (see ``waiting``)."""
+    holder = RunningOwner.parse(holder_value)
+    holder_id = holder.task_id if holder else holder_value
+    duplicate_execution.send(sender=task, task_id=request.id, key=key, holder_id=holder_id, policy="wait")
+    held = Held(store, settings.redis_url, key, owner.token)
+    ttl = running_ttl(settings, owner)
+    if request.is_eager:
+        return _wait_here(task, request, store, held, owner, ttl, holder_value)
+    digest = key.split(":")[-2]
+    headers = {DIGEST_HEADER: digest, WAITER_HEADER: "1"}
+    queue_key = key[: -len(RUNNING)] + QUEUE
+    waiting_key = key[: -len(RUNNING)] + WAITING
+    message = entry(task, request, {**(getattr(request, "headers", None) or {}), **headers})
+    queue_ttl = settings.queue_lock_timeout + ttl
+    try:
+        if store.wait(queue_key, request.id, queue_ttl, waiting_key, message, key, owner, ttl).acquired:
+            # The running copy ended in between: run now, as an ordinary pickup would.
+            store.release_all([(queue_key, request.id, False), (waiting_key, waiting_token(request.id), True)])
+            return held
+    except RedisError as exc:
+        return _store_down(task, settings, digest, request, key, owner, exc)
+    logger.info(
+        "%s[%s]: execution waiting: running lock %s is held by %s; it runs when that execution ends",
+        task.name, request.id, key, holder_value,
+    )
+    # The safety copy: back within a lease if no hand-over brings it sooner.
+    _defer(task, request, headers, Lease(settings.heartbeat_timeout).ttl)
+    raise Ignore()
+
+
+def _wait_here(task: Any, request: Any, store: LockStore, held: Held, owner: RunningOwner, ttl: float,
+               holder_value: str) -> Held:
+    """An eager execution waits in the calling process, looking again with a growing pause."""
+    logger.info(
+        "%s[%s]: execution waiting: running lock %s is held by %s", task.name, request.id, held.key, holder_value
+    )
+    pause = 0.05
+    while True:
+        time.sleep(pause)
+        if store.pickup(None, request.id, held.key, owner, ttl).acquired:
+            return held
+        pause = min(pause * 2, 1.0)
 
 
 def _first_delivery_finished(task: Any, store: LockStore, request: Any, after: str) -> bool:
@@ -204,8 +279,6 @@ def _store_down(
     settings: Settings,
     digest: str,
     request: Any,
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any],
     running_key: Optional[str],
     owner: RunningOwner,
     exc: RedisError,

@@ -56,6 +56,9 @@ def signature_of(run: Callable[..., Any]) -> inspect.Signature | None:
         return None
 
 
+Select = Callable[[dict[str, Any]], Mapping[str, Any]]
+
+
 def call_digest(
     task_name: str,
     signature: inspect.Signature | None,
@@ -63,9 +66,10 @@ def call_digest(
     kwargs: Mapping[str, Any] | None,
     *,
     strict_signature: bool = True,
+    select: Select | None = None,
 ) -> str:
     """First 16 hex characters of the SHA-256 of the call's canonical form."""
-    payload = canonical_call(task_name, signature, args, kwargs, strict_signature=strict_signature)
+    payload = canonical_call(task_name, signature, args, kwargs, strict_signature=strict_signature, select=select)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
 
 
@@ -76,13 +80,32 @@ def canonical_call(
     kwargs: Mapping[str, Any] | None,
     *,
     strict_signature: bool = True,
+    select: Select | None = None,
 ) -> str:
-    """The call as canonical JSON: bound arguments by name, in signature order."""
+    """The call as canonical JSON: bound arguments by name, in signature order.
+
+    ``select`` picks the arguments that form the key from the bound ones
+    (``lock_args``); the others need no canonical form.
+    """
     args = tuple(args or ())
     kwargs = dict(kwargs or {})
     bound = _bind(task_name, signature, args, kwargs, strict_signature)
-    canonical = {name: _canonical(task_name, name, value) for name, value in bound.items()}
+    chosen = bound if select is None else select(bound)
+    canonical = {name: _canonical(task_name, name, value) for name, value in chosen.items()}
     return json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def check_lock_args(task_name: str, signature: inspect.Signature | None, lock_args: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the task and the argument if ``lock_args`` names one the task has not."""
+    if isinstance(lock_args, str) or not all(isinstance(name, str) for name in lock_args):
+        raise ValueError(f"{task_name}: lock_args must be a list of argument names, got {lock_args!r}")
+    if signature is None:
+        raise ValueError(f"{task_name}: lock_args needs a task whose signature can be read")
+    for name in lock_args:
+        if name not in signature.parameters:
+            known = ", ".join(signature.parameters) or "none"
+            raise ValueError(f"{task_name}: lock_args names {name!r}, which is not an argument of the task "
+                             f"(its arguments: {known})")
 
 
 def _bind(

@@ -30,7 +30,7 @@ from celery.app.task import Context
 from celery.utils import uuid
 from redis.exceptions import RedisError
 
-from .errors import LockStoreUnavailable, OnceTaskLocked
+from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskLocked
 from .janitor import Cleanup, janitor
 from .keys import DIGEST_HEADER, QUEUE, lock_key
 from .settings import Settings
@@ -91,7 +91,7 @@ def publish_once(
         if retry:
             logger.info("%s[%s]: retry published; queue lock %s is held by %s", task.name, task_id, key, outcome.holder)
             return publish(task_id)
-        return _duplicate(task, key, task_id, fixed_id, outcome, args, kwargs, link, link_error, options)
+        return _duplicate(task, settings, key, task_id, fixed_id, outcome, args, kwargs, link, link_error, options)
 
     try:
         return publish(task_id)
@@ -142,6 +142,7 @@ def release_or_leave_to_janitor(
 
 def _duplicate(
     task: Any,
+    settings: Settings,
     key: str,
     task_id: str,
     fixed_id: bool,
@@ -153,8 +154,17 @@ def _duplicate(
     options: Mapping[str, Any],
 ) -> Any:
     holder = outcome.holder
+    # A fixed id (a canvas member, apply_async(task_id=...)) keeps the
+    # behaviour below whatever the policy: something waits on that id.
+    policy = "drop" if fixed_id else settings.queue_lock_conflict
+    duplicate_call.send(sender=task, key=key, holder_id=holder, policy=policy)
+    if policy == "existing":
+        logger.info("%s: duplicate call returned existing: queue lock %s is held by %s", task.name, key, holder)
+        return task.AsyncResult(holder)
+    if policy == "raise":
+        logger.info("%s: duplicate call raised: queue lock %s is held by %s", task.name, key, holder)
+        raise OnceTaskDuplicate(task.name, holder, key)
     logger.info("%s[%s]: duplicate call dropped: queue lock %s is held by %s", task.name, task_id, key, holder)
-    duplicate_call.send(sender=task, key=key, holder_id=holder, policy="drop")
     beat = _BEAT_NEEDS_A_RESULT and not fixed_id and _called_by_beat()
     if beat:
         # Old beat would stop on None: it gets the queued call's result.

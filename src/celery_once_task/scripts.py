@@ -125,7 +125,20 @@ return 0
 """,
 )
 
-SCRIPTS = (COMPARE_AND_DELETE, ACQUIRE, RENEW, COMPARE_AND_SWAP)
+# KEYS[1] a waiting copy's entry
+# return  its value, deleted; or nil if there is none
+TAKE = Script(
+    "take",
+    """
+local value = redis.call('GET', KEYS[1])
+if value then
+    redis.call('DEL', KEYS[1])
+end
+return value
+""",
+)
+
+SCRIPTS = (COMPARE_AND_DELETE, ACQUIRE, RENEW, COMPARE_AND_SWAP, TAKE)
 
 
 def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:

@@ -2,8 +2,9 @@
 
 One value of each setting is resolved, for every lock operation, in this order:
 
-1. the task's own attribute (``queue_lock_timeout``/``running_lock_timeout``
-   passed to the task decorator or set on a ``OnceTask`` subclass);
+1. the task's own option (``queue_lock_timeout``, ``running_lock_timeout``,
+   ``running_lock_conflict``, ``queue_lock_conflict``, passed to the task
+   decorator or set on a ``OnceTask`` subclass);
 2. the Celery app's configuration (``app.conf.once_redis_url`` ...; Django
    projects that load settings with ``namespace="CELERY"`` get
    ``CELERY_ONCE_REDIS_URL`` ... here);
@@ -29,6 +30,12 @@ DEFAULT_QUEUE_LOCK_TIMEOUT = 3600
 DEFAULT_RUNNING_LOCK_TIMEOUT = 3600
 DEFAULT_FAIL_OPEN = False
 DEFAULT_HEARTBEAT_TIMEOUT = 30
+#: What an execution that meets a running copy of its call gets.
+RUNNING_LOCK_CONFLICTS = ("reject", "wait")
+#: What a call that meets a queued copy of itself gets.
+QUEUE_LOCK_CONFLICTS = ("drop", "existing", "raise")
+DEFAULT_RUNNING_LOCK_CONFLICT = "reject"
+DEFAULT_QUEUE_LOCK_CONFLICT = "drop"
 
 #: Setting name -> name in the Celery app's configuration.
 APP_CONF_NAMES = {
@@ -37,7 +44,12 @@ APP_CONF_NAMES = {
     "running_lock_timeout": "once_running_lock_timeout",
     "fail_open": "once_fail_open",
     "heartbeat_timeout": "once_heartbeat_timeout",
+    "running_lock_conflict": "once_running_lock_conflict",
+    "queue_lock_conflict": "once_queue_lock_conflict",
 }
+
+#: Settings a task may set for itself (decorator keyword or subclass attribute).
+TASK_OPTIONS = ("queue_lock_timeout", "running_lock_timeout", "running_lock_conflict", "queue_lock_conflict")
 
 _URL_SCHEMES = ("redis", "rediss", "unix")
 
@@ -53,6 +65,8 @@ class Settings:
     fail_open: bool = DEFAULT_FAIL_OPEN
     #: Seconds without a heartbeat after which a worker is gone and its running locks are free.
     heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
+    running_lock_conflict: str = DEFAULT_RUNNING_LOCK_CONFLICT
+    queue_lock_conflict: str = DEFAULT_QUEUE_LOCK_CONFLICT
 
 
 def validate(name: str, value: Any, *, label: str | None = None) -> Any:
@@ -69,6 +83,11 @@ def validate(name: str, value: Any, *, label: str | None = None) -> Any:
     if name in ("queue_lock_timeout", "running_lock_timeout", "heartbeat_timeout"):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{label} must be a positive integer number of seconds, got {value!r}")
+        return value
+    if name in ("running_lock_conflict", "queue_lock_conflict"):
+        choices = RUNNING_LOCK_CONFLICTS if name == "running_lock_conflict" else QUEUE_LOCK_CONFLICTS
+        if value not in choices:
+            raise ValueError(f"{label} must be one of {', '.join(map(repr, choices))}, got {value!r}")
         return value
     if name == "fail_open":
         if not isinstance(value, bool):
@@ -108,6 +127,8 @@ def configure(
     *,
     fail_open: bool | None = None,
     heartbeat_timeout: int | None = None,
+    running_lock_conflict: str | None = None,
+    queue_lock_conflict: str | None = None,
 ) -> None:
     """Set the process-wide configuration; only the arguments given change.
 
@@ -121,6 +142,8 @@ def configure(
         "running_lock_timeout": running_lock_timeout,
         "fail_open": fail_open,
         "heartbeat_timeout": heartbeat_timeout,
+        "running_lock_conflict": running_lock_conflict,
+        "queue_lock_conflict": queue_lock_conflict,
     }
     _configured.update({name: validate(name, value) for name, value in given.items() if value is not None})
 
@@ -154,7 +177,7 @@ def resolve(app: Any = None, task: Any = None) -> Settings:
             if value is not None:
                 values[name] = validate(name, value, label=f"app.conf.{conf_name}")
     if task is not None:
-        for name in ("queue_lock_timeout", "running_lock_timeout"):
+        for name in TASK_OPTIONS:
             value = getattr(task, name, None)
             if value is not None:
                 values[name] = validate(name, value, label=f"{task.name}.{name}")

@@ -77,6 +77,11 @@ def new_client(url: str, **overrides: Any) -> redis.Redis:
     return redis.Redis.from_url(url, retry=_no_retries(), **overrides)
 
 
+def waiting_token(task_id: str) -> str:
+    """The prefix of a waiting copy's entry: its task id and a separator no task id has."""
+    return f"{task_id}\x1f"
+
+
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
@@ -128,6 +133,8 @@ class Acquired:
     acquired: bool
     #: The holder's value when it was not acquired.
     holder: Optional[str] = None
+    #: At pickup: whether the message's queue lock was still its own (and is now released).
+    queue_released: bool = False
 
 
 class LockStore:
@@ -195,27 +202,80 @@ class LockStore:
         owner: RunningOwner,
         running_ttl: float,
         takeover: str = "",
+        waiting_key: Optional[str] = None,
     ) -> Acquired:
         """Release the task's queue lock and take its running lock, in one round trip.
 
         ``takeover`` is an owner token whose running lock this execution may
-        take over: one its own earlier pickup may have taken.
+        take over: one its own earlier pickup may have taken. ``waiting_key``:
+        the entry of a waiting copy of this message, deleted with it.
         """
         calls = []
         if queue_key is not None:
             calls.append(Call(scripts.COMPARE_AND_DELETE, queue_key, (task_id, "exact")))
+        if waiting_key is not None:
+            calls.append(Call(scripts.COMPARE_AND_DELETE, waiting_key, (waiting_token(task_id), "prefix")))
         if running_key is not None:
             args = (owner.value(), _ms(running_ttl), takeover, "prefix")
             calls.append(Call(scripts.ACQUIRE, running_key, args))
         if not calls:
             return Acquired(True)
         replies, maybe_applied = self._run(calls)
+        # A lost reply and a second try: the first try released it.
+        queue_released = queue_key is not None and (replies[0] == 1 or maybe_applied)
         if running_key is None or replies[-1] == 1:
+            return Acquired(True, queue_released=queue_released)
+        holder = _text(replies[-1])
+        if maybe_applied and owner.holds(holder):
+            return Acquired(True, queue_released=queue_released)
+        return Acquired(False, holder, queue_released=queue_released)
+
+    def wait(
+        self,
+        queue_key: str,
+        task_id: str,
+        queue_ttl: float,
+        waiting_key: str,
+        message: Optional[str],
+        running_key: str,
+        owner: RunningOwner,
+        running_ttl: float,
+    ) -> Acquired:
+        """Become the key's waiting copy: take the queue lock back, leave the message, try the running lock again.
+
+        One round trip. The entry is written before the running lock is
+        tried, on one connection: if the running copy still held its lock
+        then, its release (which takes the entry) comes after, and hands
+        the waiting copy over. Returns whether the running lock was taken
+        after all (its holder released it in between).
+        """
+        ttl = _ms(queue_ttl)
+        calls = [Call(scripts.ACQUIRE, queue_key, (task_id, ttl, task_id, "exact"))]
+        if message is not None:
+            calls.append(Call(scripts.ACQUIRE, waiting_key, (message, ttl, waiting_token(task_id), "prefix")))
+        calls.append(Call(scripts.ACQUIRE, running_key, (owner.value(), _ms(running_ttl), "", "prefix")))
+        replies, maybe_applied = self._run(calls)
+        if replies[-1] == 1:
             return Acquired(True)
         holder = _text(replies[-1])
         if maybe_applied and owner.holds(holder):
             return Acquired(True)
         return Acquired(False, holder)
+
+    def release_taking_waiter(self, key: str, token: str, waiting_key: str) -> Optional[str]:
+        """Release the running lock by its owner token and take the key's waiting copy, if any: one round trip."""
+        calls = [
+            Call(scripts.COMPARE_AND_DELETE, key, (token, "prefix")),
+            Call(scripts.TAKE, waiting_key, ()),
+        ]
+        replies, _ = self._run(calls)
+        return _text(replies[1])
+
+    def release_all(self, locks: Sequence[tuple[str, str, bool]]) -> None:
+        """Release each ``(key, token, prefix)`` its token holds: one round trip."""
+        calls = [Call(scripts.COMPARE_AND_DELETE, key, (token, "prefix" if prefix else "exact"))
+                 for key, token, prefix in locks]
+        self._run(calls)
 
     def replace(self, key: str, expected: str, value: str, ttl: float) -> bool:
         """Hand ``key`` from the owner token ``expected`` to ``value``; False if someone else holds it."""

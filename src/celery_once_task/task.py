@@ -20,9 +20,9 @@ from celery.result import EagerResult
 
 from . import execute
 from .errors import OnceTaskLocked
-from .keys import DIGEST_HEADER, call_digest, lock_key, signature_of, well_formed_digest
+from .keys import DIGEST_HEADER, call_digest, check_lock_args, lock_key, signature_of, well_formed_digest
 from .publish import as_list, publish_once, with_digest
-from .settings import Settings, resolve
+from .settings import TASK_OPTIONS, Settings, resolve, validate
 
 logger = logging.getLogger("celery_once_task")
 
@@ -39,6 +39,14 @@ class OnceTask(Task):
     #: Per-task TTLs in seconds; ``None`` takes the configured value.
     queue_lock_timeout: Optional[int] = None
     running_lock_timeout: Optional[int] = None
+    #: What an execution that meets a running copy gets: "reject" (fail with
+    #: ``OnceTaskLocked``) or "wait" (run after it); ``None`` takes the configured value.
+    running_lock_conflict: Optional[str] = None
+    #: What a call that meets a queued copy gets: "drop" (``None``), "existing"
+    #: (the queued call's ``AsyncResult``) or "raise" (``OnceTaskDuplicate``).
+    queue_lock_conflict: Optional[str] = None
+    #: The arguments that form the lock key, by name; ``None``: all of them.
+    lock_args: Optional[Sequence[str]] = None
 
     #: Runs in the worker's main process, which cleans up after a pool child that died.
     Request = "celery_once_task.request:OnceTaskRequest"
@@ -48,16 +56,54 @@ class OnceTask(Task):
 
     _once_signature: Any = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Check the task's own options where it is defined: a bad one names the task and the option."""
+        super().__init_subclass__(**kwargs)
+        label = cls.__dict__.get("name") or f"{cls.__module__}.{cls.__qualname__}"
+        for option in TASK_OPTIONS:
+            value = cls.__dict__.get(option)
+            if value is not None:
+                validate(option, value, label=f"{label}: {option}")
+        if cls.running_lock_conflict == "wait" and not cls.queue_lock:
+            raise ValueError(f"{label}: running_lock_conflict='wait' needs queue_lock=True (the waiting copy holds it)")
+        lock_args = cls.__dict__.get("lock_args")
+        if lock_args is not None and "run" in cls.__dict__:
+            run = cls.__dict__["run"]
+            bound_run = run.__func__ if isinstance(run, staticmethod) else run
+            signature = signature_of(bound_run)
+            if signature is not None and not isinstance(run, staticmethod):
+                # A method, or a bind=True task: its first parameter is the task.
+                signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+            check_lock_args(label, signature, lock_args)
+
     # -- keys ---------------------------------------------------------------
 
     def once_digest(self, args: Optional[Sequence[Any]], kwargs: Optional[Mapping[str, Any]]) -> str:
         """The digest of a call's canonical form; ``TypeError`` if it has none."""
         signature = self._once_signature
         if signature is None:
-            signature = signature_of(self.run) or False
+            found = signature_of(self.run)
+            if self.lock_args is not None:
+                check_lock_args(self.name, found, self.lock_args)
+            signature = found or False
             # Cached per task class: the signature is the same for every call.
             type(self)._once_signature = signature
-        return call_digest(self.name, signature or None, args, kwargs, strict_signature=bool(self.typing))
+        select = None if self.lock_args is None and type(self).lock_arguments is OnceTask.lock_arguments else (
+            self.lock_arguments
+        )
+        return call_digest(self.name, signature or None, args, kwargs, strict_signature=bool(self.typing),
+                           select=select)
+
+    def lock_arguments(self, arguments: dict[str, Any]) -> Mapping[str, Any]:
+        """The arguments that form the lock key, from the call's arguments bound by name.
+
+        Picks ``lock_args``. Override it where naming arguments is not
+        enough, e.g. to key on ``order.id`` rather than a whole ``order``
+        dict; what it returns must have a canonical form (see ``keys``).
+        """
+        if self.lock_args is None:
+            return arguments
+        return {name: arguments[name] for name in self.lock_args if name in arguments}
 
     def once_key(self, args: Optional[Sequence[Any]], kwargs: Optional[Mapping[str, Any]], lock_type: str) -> str:
         """The lock key of a call: ``once_task:{name}:{digest}:{queue|running}``."""
@@ -183,10 +229,11 @@ class OnceTask(Task):
             digest = execute.header(request, DIGEST_HEADER)
             if not well_formed_digest(digest):  # app.send_task, beat, other producers
                 digest = self.once_digest(args, kwargs)
-            held = execute.pick_up(self, self.once_settings(), digest, request, args, kwargs)
+            settings = self.once_settings()
+            held = execute.pick_up(self, settings, digest, request, args, kwargs)
         try:
             return self.run(*args, **kwargs)
         finally:
             if held is not None:
-                execute.release(self, held, request.id)
+                execute.release(self, held, request.id, settings=settings)
 
