@@ -27,7 +27,10 @@ RECORDS_URL = f"redis://127.0.0.1:{PORT}/4"
 
 app = Celery("tests", broker=BROKER_URL, backend=BACKEND_URL)
 app.conf.update(
-    task_routes={"tests.worker_app.parked": {"queue": "parked"}},
+    task_routes={name: {"queue": "parked"} for name in (
+        "tests.worker_app.parked", "tests.worker_app.parked_existing", "tests.worker_app.parked_raising",
+        "tests.worker_app.charge", "tests.worker_app.rebuild_index",
+    )},
     broker_transport_options={"visibility_timeout": int(os.environ.get("ONCE_TEST_VISIBILITY", "3600"))},
     worker_prefetch_multiplier=1,
     result_expires=600,
@@ -108,6 +111,42 @@ def short_running_lock(tag: str) -> str:
     record(tag, "start")
     wait_gate(tag)
     return tag
+
+
+# -- conflict policies and key selection -------------------------------------------
+
+
+@app.task(base=OnceTask, running_lock_conflict="wait", lock_args=["tag"])
+def waiting_gated(tag: str, value: Any = None) -> str:
+    """``gated`` whose duplicate executions wait for it instead of failing; keyed on ``tag`` alone."""
+    record(tag, "start", value=value)
+    wait_gate(tag)
+    record(tag, "end", value=value)
+    return tag
+
+
+@app.task(base=OnceTask, queue_lock_conflict="existing")
+def parked_existing(tag: str) -> str:
+    """``parked`` whose duplicate calls return the queued call's result."""
+    return tag
+
+
+@app.task(base=OnceTask, queue_lock_conflict="raise")
+def parked_raising(tag: str) -> str:
+    """``parked`` whose duplicate calls raise ``OnceTaskDuplicate``."""
+    return tag
+
+
+@app.task(base=OnceTask, lock_args=["account"])
+def charge(account: int, amount: int, note: Any = None) -> int:
+    """Keyed on the account only: one charge per account at a time, whatever the amount."""
+    return amount
+
+
+@app.task(base=OnceTask, lock_args=[])
+def rebuild_index(section: str = "all") -> str:
+    """One lock for the task, whatever its arguments."""
+    return section
 
 
 @app.task(base=OnceTask)
