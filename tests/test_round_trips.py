@@ -22,10 +22,13 @@ from typing import Any
 import pytest
 from celery import Celery, signals
 from celery.contrib.testing.worker import start_worker
+from kombu.utils.json import dumps
 
 from benchmarks.counting import count, install, uninstall
 from celery_once_task import OnceTask
-from celery_once_task.store import client_for
+from celery_once_task.ownership import RunningOwner
+from celery_once_task.scripts import SCRIPTS
+from celery_once_task.store import client_for, waiting_token
 from tests import worker_app
 from tests.support import wait_until
 
@@ -53,20 +56,37 @@ def probe(tag: str) -> None:
     marks["body"] = sent()
 
 
+#: A waiting copy's entry the waiting probe leaves behind it while it runs, to be handed over at its end.
+handover: dict[str, str] = {}
+
+
+@app.task(base=OnceTask, name="tests.test_round_trips.waiting_probe", running_lock_conflict="wait")
+def waiting_probe(tag: str) -> None:
+    if handover:
+        client_for(worker_app.LOCKS_URL).set(handover["key"], handover["value"])
+    marks["body"] = sent()
+
+
+PROBES = (probe.name, waiting_probe.name)
+
+
 def on_prerun(task: Any = None, **_: Any) -> None:
-    if getattr(task, "name", None) == probe.name:
+    if getattr(task, "name", None) in PROBES:
         marks["prerun"] = sent()
 
 
 def on_postrun(task: Any = None, **_: Any) -> None:
-    if getattr(task, "name", None) == probe.name:
+    if getattr(task, "name", None) in PROBES:
         marks["postrun"] = sent()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def counting_lock_client(redis_server: Any) -> Iterator[None]:
     """Count the round trips of the lock client of this process while this module runs."""
-    pool = client_for(worker_app.LOCKS_URL).connection_pool
+    client = client_for(worker_app.LOCKS_URL)
+    for script in SCRIPTS:  # a script's first use on a server costs a load
+        client.script_load(script.source)
+    pool = client.connection_pool
     install(pool, COUNTER)
     try:
         yield
@@ -96,9 +116,9 @@ def solo_worker(redis_server: Any) -> Iterator[None]:
         os.environ.update(environ)
 
 
-def run_probe() -> dict[str, int]:
+def run_probe(task: Any = probe, tag: str = "") -> dict[str, int]:
     marks.clear()
-    probe.apply_async((uuid.uuid4().hex,), queue=QUEUE)
+    task.apply_async((tag or uuid.uuid4().hex,), queue=QUEUE)
     wait_until(lambda: "postrun" in marks, what="the probe task to run")
     return dict(marks)
 
@@ -133,3 +153,39 @@ def test_pickup_takes_one_round_trip(solo_worker: None) -> None:
 def test_end_takes_one_round_trip(solo_worker: None) -> None:
     mark = run_probe()
     assert mark["postrun"] - mark["body"] == 1
+
+
+def test_existing_duplicate_takes_one_round_trip() -> None:
+    tag = uuid.uuid4().hex
+    first = worker_app.parked_existing.delay(tag)
+    before = sent()
+    duplicate = worker_app.parked_existing.delay(tag)
+    assert duplicate.id == first.id
+    assert sent() - before == 1
+
+
+def test_waiting_copy_takes_its_pickup_and_one_round_trip_to_wait(solo_worker: None, locks: Any) -> None:
+    tag = uuid.uuid4().hex
+    running = waiting_probe.once_key((tag,), {}, "running")
+    other = RunningOwner("another-call", 0, "elsewhere@host", "0123456789abcdef", False)
+    locks.set(running, other.value(), px=60_000)
+    try:
+        mark = run_probe(waiting_probe, tag)
+        assert "body" not in mark
+        assert mark["postrun"] - mark["prerun"] == 2
+        assert locks.exists(waiting_probe.once_key((tag,), {}, "waiting")) == 1
+    finally:
+        locks.delete(running, waiting_probe.once_key((tag,), {}, "queue"))
+
+
+def test_release_that_hands_a_waiting_copy_over_takes_one_round_trip(solo_worker: None, locks: Any) -> None:
+    tag = uuid.uuid4().hex
+    waiting = waiting_probe.once_key((tag,), {}, "waiting")
+    message = dumps(dict(waiting_probe.signature((tag,), options={"queue": "parked"})))
+    handover.update(key=waiting, value=waiting_token(str(uuid.uuid4())) + message)
+    try:
+        mark = run_probe(waiting_probe, tag)
+    finally:
+        handover.clear()
+    assert mark["postrun"] - mark["body"] == 1
+    assert locks.exists(waiting) == 0  # taken and published

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import celery
-from celery import states
+from celery import Task, states
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
@@ -310,15 +310,15 @@ def _store_down(
 def _defer(task: Any, request: Any, headers: Mapping[str, Any], countdown: float) -> None:
     """Publish this message again, same id and attempt, to run ``countdown`` seconds from now.
 
-    If publishing fails the error propagates: the task fails visibly rather
+    Past the queue lock: the caller has decided what the copy holds. If
+    publishing fails the error propagates: the task fails visibly rather
     than vanish.
     """
     headers = {**(getattr(request, "headers", None) or {}), **headers}
-    for name in (DIGEST_HEADER,):
-        value = header(request, name)
-        if value is not None:
-            headers.setdefault(name, value)
+    digest = header(request, DIGEST_HEADER)
+    if digest is not None:
+        headers.setdefault(DIGEST_HEADER, digest)
     signature = task.signature_from_request(
         request, request.args, request.kwargs, countdown=countdown, retries=request.retries, headers=headers
     )
-    signature.apply_async()
+    Task.apply_async(task, signature.args, signature.kwargs, **signature.options)
