@@ -142,6 +142,9 @@ def test_release_missed_while_the_store_was_down_is_made_when_it_is_back(lock_se
         lock_server.start()
         wait_until(lambda: locks.exists(running) == 0, timeout=15, what="the janitor to release the lock")
         assert f"{result.id}]: released lock {running} (task ended)" in worker.read_log()
+    # Operators hear of it: the lock_recovered signal, in the worker.
+    recovered = [json.loads(entry) for entry in recs.lrange("signals:lock_recovered", 0, -1)]
+    assert [entry["reason"] for entry in recovered if entry["key"] == running] == ["released late (task ended)"]
 
 
 def _lost_reply_app(lock_server: RedisServer, queue: str) -> tuple[Celery, Any]:

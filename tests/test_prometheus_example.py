@@ -1,22 +1,23 @@
 """examples/prometheus_metrics.py: the library's signals counted as Prometheus counters.
 
-Each test takes a real lock with a real call against the session's Redis and
-sends the signal the library sends when a duplicate meets that lock, with the
-real key and holder, to the receivers ``connect_metrics`` connects.
+Duplicates are real: a duplicate call in this process, and a duplicate eager
+execution in this process while the same call runs on the worker. A
+recovered lock is sent as the library sends it, for a real lock.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from celery_once_task.signals import duplicate_call, duplicate_execution, lock_recovered
+from celery_once_task.signals import duplicate_call, lock_recovered
 from examples.prometheus_metrics import OnceMetrics, connect_metrics
 from tests import worker_app as tasks
+from tests.support import gated_run
 
 PARKED = "tests.worker_app.parked"
 
@@ -43,16 +44,18 @@ def queued_call() -> tuple[str, str]:
 
 
 def test_a_duplicate_call_counts_once_per_task_and_policy(registry: CollectorRegistry) -> None:
-    key, holder = queued_call()
-    duplicate_call.send(sender=tasks.parked, key=key, holder_id=holder, policy="drop")
+    tag = uuid.uuid4().hex
+    tasks.parked.delay(tag)
+    assert tasks.parked.delay(tag) is None
     assert sample(registry, "celery_once_duplicate_calls_total", task=PARKED, policy="drop") == 1.0
 
 
-def test_a_duplicate_execution_counts_once_per_task_and_policy(registry: CollectorRegistry) -> None:
-    key, holder = queued_call()
-    duplicate_execution.send(sender=tasks.parked, task_id=str(uuid.uuid4()), key=key.replace(":queue", ":running"),
-                             holder_id=holder, policy="reject")
-    assert sample(registry, "celery_once_duplicate_executions_total", task=PARKED, policy="reject") == 1.0
+def test_a_duplicate_execution_counts_once_per_task_and_policy(registry: CollectorRegistry, worker: Any,
+                                                               recs: Any) -> None:
+    tag = uuid.uuid4().hex
+    with gated_run(tasks.gated, recs, tag):
+        assert tasks.gated.apply((tag,)).state == "FAILURE"
+    assert sample(registry, "celery_once_duplicate_executions_total", task=tasks.gated.name, policy="reject") == 1.0
 
 
 def test_a_recovered_lock_counts_once_per_task_and_reason(registry: CollectorRegistry) -> None:

@@ -17,6 +17,7 @@ import redis
 from celery import Celery
 
 from celery_once_task import OnceTask, OnceTaskUnlockBootStep, configure, setup_once_task_signals
+from celery_once_task import signals as once_signals
 
 PORT = int(os.environ.get("ONCE_TEST_REDIS_PORT", "6399"))
 BROKER_URL = f"redis://127.0.0.1:{PORT}/0"
@@ -45,6 +46,20 @@ if not os.environ.get("ONCE_TEST_WITHOUT_BOOTSTEP"):
 
 # Longer than any gate a task waits at: redis-py 8 times sockets out after 5s by default.
 _records = redis.Redis.from_url(RECORDS_URL, socket_timeout=120)
+
+
+def _record_signal(name: str) -> Any:
+    def receiver(sender: Any = None, **fields: Any) -> None:
+        fields.pop("signal", None)
+        entry = {"task": getattr(sender, "name", None), "pid": os.getpid(), **{k: str(v) for k, v in fields.items()}}
+        _records.rpush(f"signals:{name}", json.dumps(entry))
+
+    return receiver
+
+
+# The library's signals, as the worker sees them: tests read them from the records database.
+for _name in ("duplicate_call", "duplicate_execution", "lock_recovered"):
+    getattr(once_signals, _name).connect(_record_signal(_name), weak=False, dispatch_uid=f"tests.{_name}")
 
 
 def record(tag: str, event: str, **fields: Any) -> None:

@@ -211,12 +211,19 @@ def _wait(task: Any, settings: Settings, request: Any, store: LockStore, key: st
     message = entry(task, request, {**(getattr(request, "headers", None) or {}), **headers})
     queue_ttl = settings.queue_lock_timeout + ttl
     try:
-        if store.wait(queue_key, request.id, queue_ttl, waiting_key, message, key, owner, ttl).acquired:
-            # The running copy ended in between: run now, as an ordinary pickup would.
-            store.release_all([(queue_key, request.id, False), (waiting_key, waiting_token(request.id), True)])
-            return held
+        waited = store.wait(queue_key, request.id, queue_ttl, waiting_key, message, key, owner, ttl)
     except RedisError as exc:
         return _store_down(task, settings, digest, request, key, owner, exc)
+    if waited.acquired:
+        # The running copy ended in between: run now, as an ordinary pickup would.
+        store.release_all([(queue_key, request.id, False), (waiting_key, waiting_token(request.id), True)])
+        return held
+    if not waited.queue_released:
+        # Another call holds the queue lock (a waiting copy already, most
+        # likely): this one comes back as an ordinary execution after a lease,
+        # and waits or runs then. Only a copy that holds the queue lock is a
+        # waiting copy, whose copies run once between them.
+        del headers[WAITER_HEADER]
     logger.info(
         "%s[%s]: execution waiting: running lock %s is held by %s; it runs when that execution ends",
         task.name, request.id, key, holder_value,

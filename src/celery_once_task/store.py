@@ -255,12 +255,14 @@ class LockStore:
             calls.append(Call(scripts.ACQUIRE, waiting_key, (message, ttl, waiting_token(task_id), "prefix")))
         calls.append(Call(scripts.ACQUIRE, running_key, (owner.value(), _ms(running_ttl), "", "prefix")))
         replies, maybe_applied = self._run(calls)
+        # ``queue_released`` here: whether the queue lock is now this copy's.
+        queue_taken = replies[0] == 1
         if replies[-1] == 1:
-            return Acquired(True)
+            return Acquired(True, queue_released=queue_taken)
         holder = _text(replies[-1])
         if maybe_applied and owner.holds(holder):
-            return Acquired(True)
-        return Acquired(False, holder)
+            return Acquired(True, queue_released=queue_taken)
+        return Acquired(False, holder, queue_released=queue_taken)
 
     def release_taking_waiter(self, key: str, token: str, waiting_key: str) -> Optional[str]:
         """Release the running lock by its owner token and take the key's waiting copy, if any: one round trip."""
