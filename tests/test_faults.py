@@ -156,7 +156,7 @@ def _lost_reply_app(lock_server: RedisServer, queue: str) -> tuple[Celery, Any]:
         task_default_queue=queue,
     )
 
-    @app.task(base=OnceTask, name=f"tests.faults.lost_reply_{queue}")
+    @app.task(base=OnceTask, name=f"tests.faults.lost_reply_{queue}", shared=False)
     def lost(tag: str) -> str:
         return tag
 

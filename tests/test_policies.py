@@ -90,7 +90,7 @@ def test_app_conf_sets_the_queue_lock_conflict_of_every_task() -> None:
     app.conf.update(once_redis_url=tasks.LOCKS_URL, once_queue_lock_conflict="existing",
                     task_default_queue="parked")
 
-    @app.task(base=OnceTask, name="tests.test_policies.conf_existing")
+    @app.task(base=OnceTask, name="tests.test_policies.conf_existing", shared=False)
     def conf_existing(tag: str) -> str:
         return tag
 
@@ -103,7 +103,7 @@ def test_task_option_wins_over_the_app_conf() -> None:
     app = Celery("policies-app-2", broker=tasks.BROKER_URL, set_as_current=False)
     app.conf.update(once_redis_url=tasks.LOCKS_URL, once_queue_lock_conflict="existing", task_default_queue="parked")
 
-    @app.task(base=OnceTask, name="tests.test_policies.own_drop", queue_lock_conflict="drop")
+    @app.task(base=OnceTask, name="tests.test_policies.own_drop", queue_lock_conflict="drop", shared=False)
     def own_drop(tag: str) -> str:
         return tag
 
@@ -126,7 +126,7 @@ def test_bad_configure_policy_is_an_error_naming_the_setting() -> None:
 
 def test_bad_task_policy_is_an_error_at_definition_naming_the_task() -> None:
     with pytest.raises(ValueError, match=r"tests\.bad_policy: running_lock_conflict must be one of"):
-        @tasks.app.task(base=OnceTask, name="tests.bad_policy", running_lock_conflict="retry")
+        @tasks.app.task(base=OnceTask, name="tests.bad_policy", running_lock_conflict="retry", shared=False)
         def bad_policy() -> None: ...
 
         bad_policy.run  # noqa: B018 - a task is built when first used
@@ -154,7 +154,7 @@ def test_empty_lock_args_is_one_lock_per_task_name() -> None:
 
 def test_unknown_lock_arg_is_an_error_at_definition_naming_task_and_argument() -> None:
     with pytest.raises(ValueError, match=r"tests.bad_lock_args: lock_args names 'acount', which is not an argument"):
-        @tasks.app.task(base=OnceTask, name="tests.bad_lock_args", lock_args=["acount"])
+        @tasks.app.task(base=OnceTask, name="tests.bad_lock_args", lock_args=["acount"], shared=False)
         def bad_lock_args(account: int) -> None: ...
 
         bad_lock_args.run  # noqa: B018 - a task is built when first used
@@ -165,7 +165,7 @@ def test_lock_arguments_can_be_overridden_to_key_on_part_of_an_argument() -> Non
         def lock_arguments(self, arguments: dict[str, Any]) -> dict[str, Any]:
             return {"order": arguments["order"]["id"]}
 
-    @tasks.app.task(base=ByOrderId, name="tests.by_order_id")
+    @tasks.app.task(base=ByOrderId, name="tests.by_order_id", shared=False)
     def ship(order: dict[str, Any]) -> None: ...
 
     assert ship.once_digest(({"id": 7, "items": [1]},), {}) == ship.once_digest(({"id": 7, "items": [2]},), {})
