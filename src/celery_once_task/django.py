@@ -19,7 +19,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.core.exceptions import ImproperlyConfigured
 
-from .settings import set_integration_source, validate
+from .settings import set_integration_source, settings_changed, validate
 from .signals import setup_once_task_signals
 
 #: Django setting -> library setting.
@@ -50,6 +50,10 @@ def django_settings() -> Mapping[str, Any]:
     return values
 
 
+def _settings_changed(**_: Any) -> None:
+    settings_changed()
+
+
 class OnceTaskAppConfig(AppConfig):
     """Validates ``CELERY_ONCE_*`` at start-up, serves them to every lock, connects the signals."""
 
@@ -59,6 +63,11 @@ class OnceTaskAppConfig(AppConfig):
     default_auto_field = "django.db.models.AutoField"
 
     def ready(self) -> None:
+        from django.core.signals import setting_changed
+
         django_settings()  # fail at start-up, not at the first task
         set_integration_source(django_settings)
+        # Settings resolved for a task are kept until something changes them
+        # (override_settings in tests, for one).
+        setting_changed.connect(_settings_changed, dispatch_uid="celery_once_task.settings_changed")
         setup_once_task_signals()  # idempotent: dispatch_uid

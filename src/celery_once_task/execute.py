@@ -94,7 +94,7 @@ def pick_up(task: Any, settings: Settings, digest: str, request: Any, args: Sequ
     waiter = bool(header(request, WAITER_HEADER)) and queue_key is not None
     waiting_key = lock_key(task.name, digest, WAITING) if waiter else None
     owner = RunningOwner.for_execution(request.id, request.retries)
-    store = LockStore.for_url(settings.redis_url, RetryPolicy.of_app(task._get_app()))
+    store = LockStore.for_url(settings.redis_url, lambda: RetryPolicy.of_app(task._get_app()))
     takeover = header(request, TAKEOVER_HEADER)
     takeover = takeover if isinstance(takeover, str) else ""
     ttl = running_ttl(settings, owner)

@@ -79,7 +79,7 @@ def publish_once(
     # Celery's retry publishes the same task id from inside the execution.
     retry = request is not None and not request.called_directly and request.id == task_id
     ttl = settings.queue_lock_timeout + seconds_until_start(options)
-    store = LockStore.for_url(settings.redis_url, RetryPolicy.of_app(task._get_app()))
+    store = LockStore.for_url(settings.redis_url, lambda: RetryPolicy.of_app(task._get_app()))
     try:
         # A retry is never dropped; it takes the queue lock, or renews its own,
         # so that new calls are de-duplicated against it while it waits.

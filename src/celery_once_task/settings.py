@@ -102,16 +102,34 @@ class _Configured:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: dict[str, Any] = {}
-        self.integration: Optional[Callable[[], Mapping[str, Any]]] = None
+        self._integration: Optional[Callable[[], Mapping[str, Any]]] = None
+        #: Bumped by every change here and by ``settings_changed()``: settings resolved before are stale.
+        self.generation = 0
+
+    @property
+    def integration(self) -> Optional[Callable[[], Mapping[str, Any]]]:
+        return self._integration
+
+    @integration.setter
+    def integration(self, source: Optional[Callable[[], Mapping[str, Any]]]) -> None:
+        with self._lock:
+            self._integration = source
+            self.generation += 1
 
     def update(self, values: Mapping[str, Any]) -> None:
         with self._lock:
             self._values = {**self._values, **values}
+            self.generation += 1
 
     def reset(self) -> None:
         with self._lock:
             self._values = {}
-            self.integration = None
+            self._integration = None
+            self.generation += 1
+
+    def changed(self) -> None:
+        with self._lock:
+            self.generation += 1
 
     def values(self) -> Mapping[str, Any]:
         return self._values
@@ -158,14 +176,46 @@ def set_integration_source(source: Optional[Callable[[], Mapping[str, Any]]]) ->
     _configured.integration = source
 
 
+def settings_changed() -> None:
+    """Tell the library that a framework's settings changed (Django's ``setting_changed``)."""
+    _configured.changed()
+
+
 def resolve(app: Any = None, task: Any = None) -> Settings:
-    """The settings in force for ``task`` of ``app``, by the precedence above."""
+    """The settings in force for ``task`` of ``app``, by the precedence above.
+
+    Kept on the task between calls while nothing it depends on has changed:
+    ``configure()``, the integration's settings (``settings_changed()``), and
+    the ``once_*`` values set on the app's configuration. Resolving them again
+    on every call would cost more than the lock's round trip does.
+    """
+    conf = getattr(app, "conf", None)
+    fingerprint = _fingerprint(conf) if task is not None else None
+    if fingerprint is not None:
+        cached = getattr(task, "_once_resolved", None)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]  # type: ignore[no-any-return]
+    settings = _resolve(conf, task)
+    if fingerprint is not None:
+        task._once_resolved = (fingerprint, settings)
+    return settings
+
+
+def _fingerprint(conf: Any) -> Optional[tuple[Any, ...]]:
+    """What the settings of a task depend on that can change while the process runs; None: do not keep them."""
+    maps = getattr(conf, "maps", None)
+    if not maps:
+        return None
+    changes = maps[0]  # where app.conf.once_x = ... goes
+    return (_configured.generation, id(conf), len(maps), *(changes.get(name) for name in APP_CONF_NAMES.values()))
+
+
+def _resolve(conf: Any, task: Any) -> Settings:
     values: dict[str, Any] = {}
     integration = _configured.integration
     if integration is not None:
         values.update(integration())
     values.update(_configured.values())
-    conf = getattr(app, "conf", None)
     if conf is not None:
         for name, conf_name in APP_CONF_NAMES.items():
             # ``in`` first: these settings are usually absent, and Celery's

@@ -140,12 +140,20 @@ class Acquired:
 class LockStore:
     """Lock operations against one Redis server."""
 
-    def __init__(self, client: redis.Redis, policy: RetryPolicy = NO_RETRY) -> None:
+    def __init__(self, client: redis.Redis, policy: RetryPolicy | Callable[[], RetryPolicy] = NO_RETRY) -> None:
         self.client = client
-        self.policy = policy
+        # A callable is asked only when a try fails: the happy path reads no configuration.
+        self._policy = policy
+
+    @property
+    def policy(self) -> RetryPolicy:
+        policy = self._policy
+        if not isinstance(policy, RetryPolicy):
+            policy = self._policy = policy()
+        return policy
 
     @classmethod
-    def for_url(cls, url: str, policy: RetryPolicy = NO_RETRY) -> LockStore:
+    def for_url(cls, url: str, policy: RetryPolicy | Callable[[], RetryPolicy] = NO_RETRY) -> LockStore:
         return cls(client_for(url), policy)
 
     def _tries(self, operation: Callable[[], _T]) -> tuple[_T, bool]:
