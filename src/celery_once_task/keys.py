@@ -37,6 +37,9 @@ DIGEST_LENGTH = 16
 #: The message header that carries the digest from the publisher to the worker.
 DIGEST_HEADER = "once_task_digest"
 
+#: ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)``, made once.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
 
 def well_formed_digest(value: Any) -> bool:
     """Whether ``value`` is a digest as this module makes them (a header may carry anything)."""
@@ -92,7 +95,7 @@ def canonical_call(
     bound = _bind(task_name, signature, args, kwargs, strict_signature)
     chosen = bound if select is None else select(bound)
     canonical = {name: _canonical(task_name, name, value) for name, value in chosen.items()}
-    return json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(canonical)
 
 
 def check_lock_args(task_name: str, signature: inspect.Signature | None, lock_args: Sequence[str]) -> None:
@@ -117,6 +120,9 @@ def _bind(
 ) -> dict[str, Any]:
     if signature is None:
         return {"*args": list(args), "**kwargs": kwargs}
+    quick = _quick_bind(signature, args, kwargs)
+    if quick is not None:
+        return quick
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
@@ -127,6 +133,57 @@ def _bind(
         return {"*args": list(args), "**kwargs": kwargs}
     bound.apply_defaults()
     return dict(bound.arguments)
+
+
+class _Plain:
+    """A signature of plain parameters (no ``*args``, ``**kwargs``, keyword- or positional-only)."""
+
+    __slots__ = ("defaults", "names")
+
+    def __init__(self, signature: inspect.Signature) -> None:
+        self.names = tuple(signature.parameters)
+        self.defaults = {
+            name: parameter.default
+            for name, parameter in signature.parameters.items()
+            if parameter.default is not inspect.Parameter.empty
+        }
+
+
+#: id(signature) -> (signature, its plain form or None): signatures are kept per task class for good.
+_plain: dict[int, tuple[inspect.Signature, _Plain | None]] = {}
+
+
+def _quick_bind(signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """``signature.bind(...).arguments`` with defaults applied, for plain signatures; None where it cannot say.
+
+    Most tasks take plain parameters, and binding them is a zip; anything
+    else (or a call that does not fit) goes the general way, which also
+    words the error.
+    """
+    known = _plain.get(id(signature))
+    if known is None or known[0] is not signature:
+        kinds = {parameter.kind for parameter in signature.parameters.values()}
+        known = _plain[id(signature)] = (
+            signature, _Plain(signature) if kinds <= {inspect.Parameter.POSITIONAL_OR_KEYWORD} else None
+        )
+    plain = known[1]
+    if plain is None:
+        return None
+    names = plain.names
+    if len(args) > len(names):
+        return None
+    bound = dict(zip(names, args))
+    for name, value in kwargs.items():
+        if name in bound or (name not in plain.defaults and name not in names):
+            return None
+        bound[name] = value
+    if len(bound) < len(names):
+        for name in names:
+            if name not in bound:
+                if name not in plain.defaults:
+                    return None
+                bound[name] = plain.defaults[name]
+    return bound
 
 
 def _canonical(task_name: str, path: str, value: Any) -> Any:
