@@ -119,11 +119,8 @@ class RunningOwner:
     @cached_property
     def token(self) -> str:
         """The value's prefix that names this owner, ending with the comma before ``"since"``."""
-        dumps = json.dumps
-        return (
-            f'{{"task_id":{dumps(self.task_id)},"retries":{self.retries},"worker":{dumps(self.worker)},'
-            f'"instance":{dumps(self.instance)},"heartbeat":{dumps(self.heartbeat)},'
-        )
+        return f'{{"task_id":{json.dumps(self.task_id)},"retries":{self.retries},{_tail(self)}'
+
 
     def value(self, since: Optional[float] = None) -> str:
         """The lock's value: the token and when the lock was taken."""
@@ -147,6 +144,21 @@ class RunningOwner:
             )
         except (ValueError, TypeError, KeyError):
             return None
+
+
+_tails: dict[tuple[str, str, bool], str] = {}
+
+
+def _tail(owner: RunningOwner) -> str:
+    """The part of a token that names the worker: the same for every execution of a process tree."""
+    ident = (owner.worker, owner.instance, owner.heartbeat)
+    tail = _tails.get(ident)
+    if tail is None:
+        dumps = json.dumps
+        tail = _tails[ident] = (
+            f'"worker":{dumps(owner.worker)},"instance":{dumps(owner.instance)},"heartbeat":{dumps(owner.heartbeat)},'
+        )
+    return tail
 
 
 def taken_at(value: str | bytes) -> Optional[float]:
