@@ -159,10 +159,12 @@ def _duplicate(
     policy = "drop" if fixed_id else settings.queue_lock_conflict
     duplicate_call.send(sender=task, key=key, holder_id=holder, policy=policy)
     if policy == "existing":
-        logger.info("%s: duplicate call returned existing: queue lock %s is held by %s", task.name, key, holder)
+        logger.info(
+            "%s[%s]: duplicate call returned existing: queue lock %s is held by %s", task.name, task_id, key, holder
+        )
         return task.AsyncResult(holder)
     if policy == "raise":
-        logger.info("%s: duplicate call raised: queue lock %s is held by %s", task.name, key, holder)
+        logger.info("%s[%s]: duplicate call raised: queue lock %s is held by %s", task.name, task_id, key, holder)
         raise OnceTaskDuplicate(task.name, holder, key)
     logger.info("%s[%s]: duplicate call dropped: queue lock %s is held by %s", task.name, task_id, key, holder)
     beat = _BEAT_NEEDS_A_RESULT and not fixed_id and _called_by_beat()
