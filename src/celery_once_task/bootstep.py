@@ -22,7 +22,8 @@ from celery.worker import state as worker_state
 
 from .ownership import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, INSTANCE, register_worker
 from .settings import resolve
-from .store import LockStore, client_for
+from .connection import make_client
+from .store import LockStore
 
 logger = logging.getLogger("celery_once_task")
 
@@ -57,8 +58,8 @@ class OnceTaskUnlockBootStep(bootsteps.StartStopStep):
     def start(self, worker: Any) -> None:
         # A client of its own: the pool may fork while this thread holds a
         # connection of the shared client, and the children must not inherit it.
-        url = resolve(worker.app).redis_url
-        store = LockStore(type(client_for(url)).from_url(url))
+        settings = resolve(worker.app)
+        store = LockStore(make_client(settings.redis_url, settings.redis_options))
         self._heartbeat = _HeartbeatThread(store)
         self._heartbeat.start()
 

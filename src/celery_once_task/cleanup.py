@@ -59,7 +59,8 @@ def release_locks(
     key = None
     try:
         digest = digest_from(headers) or task.once_digest(args, kwargs)
-        store = LockStore.for_url(resolve(task._get_app(), task).redis_url)
+        settings = resolve(task._get_app(), task)
+        store = LockStore.for_url(settings.redis_url, settings.redis_options)
         if queue:
             key = lock_key(task.name, digest, QUEUE)
             if store.release(key, task_id):

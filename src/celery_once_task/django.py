@@ -28,6 +28,7 @@ DJANGO_SETTINGS = {
     "CELERY_ONCE_QUEUE_LOCK_TIMEOUT": "queue_lock_timeout",
     "CELERY_ONCE_RUNNING_LOCK_TIMEOUT": "running_lock_timeout",
     "CELERY_ONCE_FAIL_OPEN": "fail_open",
+    "CELERY_ONCE_REDIS_OPTIONS": "redis_options",
 }
 
 

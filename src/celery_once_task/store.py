@@ -6,35 +6,38 @@ means (raise at publish, log in worker hooks); this module only talks to Redis.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Optional
-
-import redis
+from typing import Any, Optional
 
 from . import scripts
+from .connection import Client, make_client
 from .ownership import heartbeat_key
 from .scripts import Call
 
-_clients: dict[str, redis.Redis] = {}
+_clients: dict[tuple[str, str], Client] = {}
 _clients_lock = threading.Lock()
 
 
-def client_for(url: str) -> redis.Redis:
-    """The process's client for ``url``, made on first use.
+def client_for(url: str, options: Optional[Mapping[str, Any]] = None) -> Client:
+    """The process's client for ``url`` and ``options`` (``redis_options``), made on first use.
 
     redis-py's connection pool notices a fork (it compares pids) and opens new
     connections in the child, so one client serves a prefork worker's main
     process and all its children.
     """
-    client = _clients.get(url)
+    # Options may hold dicts (sentinel_kwargs): key on a canonical spelling.
+    cache_key = (url, json.dumps(options or {}, sort_keys=True, default=repr))
+    client = _clients.get(cache_key)
     if client is None:
         with _clients_lock:
-            client = _clients.get(url)
+            client = _clients.get(cache_key)
             if client is None:
-                client = redis.Redis.from_url(url)
-                _clients[url] = client
+                client = make_client(url, options)
+                _clients[cache_key] = client
     return client
 
 
@@ -55,12 +58,12 @@ class Pickup:
 class LockStore:
     """Lock operations against one Redis server."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self.client = client
 
     @classmethod
-    def for_url(cls, url: str) -> LockStore:
-        return cls(client_for(url))
+    def for_url(cls, url: str, options: Optional[Mapping[str, Any]] = None) -> LockStore:
+        return cls(client_for(url, options))
 
     # -- queue lock ---------------------------------------------------------
 

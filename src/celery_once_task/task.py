@@ -149,7 +149,7 @@ class OnceTask(Task):
         request = self.request
         retry = not request.called_directly and request.id == task_id
         ttl = settings.queue_lock_timeout + _seconds_until_start(options)
-        store = LockStore.for_url(settings.redis_url)
+        store = LockStore.for_url(settings.redis_url, settings.redis_options)
         try:
             if retry:
                 # A retry is never dropped; it takes the queue lock so that new
@@ -344,7 +344,7 @@ class OnceTask(Task):
         queue_key = lock_key(self.name, digest, QUEUE) if self.queue_lock and not request.is_eager else None
         running_key = lock_key(self.name, digest, RUNNING) if self.running_lock else None
         owner = RunningOwner.for_execution(request.id, request.retries)
-        store = LockStore.for_url(settings.redis_url)
+        store = LockStore.for_url(settings.redis_url, settings.redis_options)
         try:
             pickup = store.pickup(queue_key, request.id, running_key, owner.token, settings.running_lock_timeout)
         except RedisError as exc:
