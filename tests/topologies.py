@@ -159,7 +159,8 @@ class ClusterTopology:
         try:
             for _ in range(3):
                 self.nodes.append(Server(
-                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    # The bus port given: the default (port + 10000) may be taken or out of range.
+                    "--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no", name="cluster",
                 ))
             cli = shutil.which("redis-cli")

@@ -1,0 +1,110 @@
+"""Locks on a three-node Redis Cluster: every lock operation with keys spread over all nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from celery_once_task.connection import make_client, scan_keys
+from tests.lock_scenarios import (
+    TOPOLOGY_QUEUE,
+    assert_no_locks_left,
+    both_processes_busy,
+    duplicate_execution_is_rejected,
+    lock_keys,
+    new_tag,
+    publishing_to,
+    topology_worker,
+)
+from tests.support import RedisServer, Worker, events
+from tests.topologies import ClusterTopology
+from tests.worker_app import echo
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_server: RedisServer) -> Iterator[tuple[ClusterTopology, Worker]]:
+    topology = ClusterTopology()
+    try:
+        with topology_worker(redis_server.port, "cluster", topology.url(), {}) as worker:
+            yield topology, worker
+    finally:
+        topology.stop()
+
+
+@pytest.fixture()
+def locks(cluster: tuple[ClusterTopology, Worker]) -> Iterator[Any]:
+    topology, _ = cluster
+    with publishing_to(topology.url(), {}):
+        yield make_client(topology.url())
+
+
+def tags_on_every_node(locks: Any, prefix: str) -> list[str]:
+    """Tags whose queue locks, and whose running locks, between them live on all three nodes."""
+    tags: list[str] = []
+    queue_nodes: set[str] = set()
+    running_nodes: set[str] = set()
+    while len(queue_nodes) < 3 or len(running_nodes) < 3:
+        tag = new_tag(prefix)
+        queue_key, running_key = lock_keys(echo, tag)
+        queue_node, running_node = locks.get_node_from_key(queue_key).name, locks.get_node_from_key(running_key).name
+        if queue_node not in queue_nodes or running_node not in running_nodes:
+            tags.append(tag)
+            queue_nodes.add(queue_node)
+            running_nodes.add(running_node)
+    return tags
+
+
+def test_duplicate_calls_are_dropped_with_locks_on_every_cluster_node(locks: Any, recs: redis.Redis) -> None:
+    tags = tags_on_every_node(locks, "cluster-queue")
+    with both_processes_busy(recs, "cluster-busy"):
+        firsts = [echo.apply_async((tag,), queue=TOPOLOGY_QUEUE) for tag in tags]
+        assert [echo.apply_async((tag,), queue=TOPOLOGY_QUEUE) for tag in tags] == [None] * len(tags)
+        assert [locks.get(lock_keys(echo, tag)[0]) for tag in tags] == [first.id.encode() for first in firsts]
+    for first in firsts:
+        first.get(timeout=30)
+    for tag in tags:
+        assert len(events(recs, tag, "run")) == 1
+        assert_no_locks_left(locks, echo, tag)
+
+
+def test_duplicate_execution_is_rejected_with_locks_on_a_cluster(locks: Any, recs: redis.Redis) -> None:
+    duplicate_execution_is_rejected(recs, locks, new_tag("cluster-running"))
+
+
+def test_scripts_are_loaded_again_on_nodes_that_lost_them(
+    cluster: tuple[ClusterTopology, Worker], locks: Any, recs: redis.Redis
+) -> None:
+    topology, _ = cluster
+    refused_before = noscript_replies(topology)
+    for node in topology.nodes:
+        node.client.script_flush()
+    duplicate_execution_is_rejected(recs, locks, new_tag("cluster-noscript"))
+    assert noscript_replies(topology) > refused_before
+
+
+def noscript_replies(topology: ClusterTopology) -> int:
+    return sum(node.info("errorstats").get("errorstat_NOSCRIPT", {}).get("count", 0) for node in topology.nodes)
+
+
+def test_listing_keys_covers_every_primary(cluster: tuple[ClusterTopology, Worker], locks: Any) -> None:
+    topology, _ = cluster
+    keys = {f"once_task:listing:{n:016x}:queue" for n in range(30)}
+    for key in keys:
+        locks.set(key, "id", px=60_000)
+    holders = {locks.get_node_from_key(key).name for key in keys}
+    assert len(holders) == 3
+    assert set(scan_keys(locks, "once_task:listing:*", count=10)) == keys
+    for key in keys:
+        locks.delete(key)
+
+
+def test_no_command_of_the_library_or_the_worker_was_refused_with_crossslot(
+    cluster: tuple[ClusterTopology, Worker],
+) -> None:
+    # Last in the module: every test above has run its lock operations by now.
+    topology, worker = cluster
+    assert "CROSSSLOT" not in topology.errors()
+    assert "CROSSSLOT" not in worker.read_log()
