@@ -89,8 +89,7 @@ def noscript_replies(topology: ClusterTopology) -> int:
     return sum(node.info("errorstats").get("errorstat_NOSCRIPT", {}).get("count", 0) for node in topology.nodes)
 
 
-def test_listing_keys_covers_every_primary(cluster: tuple[ClusterTopology, Worker], locks: Any) -> None:
-    topology, _ = cluster
+def test_listing_keys_covers_every_primary(locks: Any) -> None:
     keys = {f"once_task:listing:{n:016x}:queue" for n in range(30)}
     for key in keys:
         locks.set(key, "id", px=60_000)

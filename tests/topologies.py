@@ -160,8 +160,9 @@ class ClusterTopology:
             for _ in range(3):
                 self.nodes.append(Server(
                     # The bus port given: the default (port + 10000) may be taken or out of range.
-                    "--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no", name="cluster",
+                    "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                    "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                    "--save", "", "--appendonly", "no", name="cluster",
                 ))
             cli = shutil.which("redis-cli")
             assert cli is not None, "redis-cli is needed to form a cluster (it comes with redis-server)"

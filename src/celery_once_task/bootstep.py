@@ -20,9 +20,9 @@ from typing import Any, Optional
 from celery import bootsteps
 from celery.worker import state as worker_state
 
+from .connection import make_client
 from .ownership import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, INSTANCE, register_worker
 from .settings import resolve
-from .connection import make_client
 from .store import LockStore
 
 logger = logging.getLogger("celery_once_task")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
@@ -112,7 +112,9 @@ def check_options(spec: ConnectionSpec, options: Mapping[str, Any], *, label: st
     if spec.kind != SENTINEL:
         misplaced = sorted(name for name in options if name in _SENTINEL_OPTIONS)
         if misplaced:
-            raise ValueError(f"{label}: {', '.join(misplaced)} apply only to a Sentinel URL, and the URL is a {spec.kind}")
+            raise ValueError(
+                f"{label}: {', '.join(misplaced)} apply only to a Sentinel URL, and the URL is a {spec.kind}"
+            )
     sentinel_kwargs = options.get("sentinel_kwargs")
     if sentinel_kwargs is not None and not isinstance(sentinel_kwargs, Mapping):
         raise ValueError(f"{label}['sentinel_kwargs'] must be a dict of keyword arguments for the sentinel connections")
@@ -301,7 +303,7 @@ def _parse_query(query: str, label: str) -> dict[str, Any]:
     for name, values in parse_qs(query).items():
         if not values:
             continue
-        parser = URL_QUERY_ARGUMENT_PARSERS.get(name)
+        parser: Optional[Callable[[str], Any]] = URL_QUERY_ARGUMENT_PARSERS.get(name)  # type: ignore[assignment]
         try:
             parsed[name] = parser(values[0]) if parser else values[0]
         except (TypeError, ValueError):
@@ -345,7 +347,7 @@ class _Sentinel(Sentinel):
 
     def discover_master(self, service_name: str) -> Any:
         try:
-            return super().discover_master(service_name)
+            return super().discover_master(service_name)  # type: ignore[no-untyped-call]
         except MasterNotFoundError as exc:
             asked = ", ".join(
                 f"{s.connection_pool.connection_kwargs.get('host')}:{s.connection_pool.connection_kwargs.get('port')}"
@@ -368,10 +370,14 @@ def _sentinel_client(spec: ConnectionSpec, kwargs: dict[str, Any]) -> redis.Redi
     if sentinel_kwargs is None:
         # As redis-py does: the sentinels get the socket options, not the servers' credentials or TLS.
         sentinel_kwargs = {name: value for name, value in connection.items() if name.startswith("socket_")}
-    sentinel = _Sentinel(list(spec.hosts), min_other_sentinels=min_other_sentinels,
-                         sentinel_kwargs=dict(sentinel_kwargs))
+    sentinel = _Sentinel(  # type: ignore[no-untyped-call]
+        list(spec.hosts), min_other_sentinels=min_other_sentinels, sentinel_kwargs=dict(sentinel_kwargs)
+    )
     assert spec.service is not None
-    return sentinel.master_for(spec.service, redis_class=redis.Redis, **connection)
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        spec.service, redis_class=redis.Redis, **connection
+    )
+    return client
 
 
 def cluster_supported(version: str) -> bool:
@@ -404,7 +410,7 @@ def _cluster_client(spec: ConnectionSpec, kwargs: dict[str, Any]) -> Client:
         # Before 6.0 this counts attempts, not retries; node connections
         # already default to no retries.
         kwargs["cluster_error_retry_attempts"] = 1
-    nodes = [ClusterNode(host, port) for host, port in spec.hosts]
+    nodes = [ClusterNode(host, port) for host, port in spec.hosts]  # type: ignore[no-untyped-call]
     return RedisCluster(startup_nodes=nodes, **kwargs)
 
 
