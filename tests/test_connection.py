@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -168,3 +170,14 @@ def test_one_client_per_url_and_options() -> None:
 def test_lock_clients_leave_retries_to_the_library() -> None:
     retry = make_client("redis://127.0.0.1:1/2").connection_pool.connection_kwargs["retry"]
     assert retry._retries == 0
+
+
+def test_command_line_names_an_unreachable_lock_store_without_its_password() -> None:
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "celery_once_task", "--url", f"redis://u:{QUOTED}@127.0.0.1:{port}/2", "locks"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"redis://u:***@127.0.0.1:{port}/2" in done.stderr
+    assert PASSWORD not in done.stdout + done.stderr and QUOTED not in done.stdout + done.stderr

@@ -21,6 +21,7 @@ from typing import Optional
 
 import redis
 
+from .connection import make_client, redact_url
 from .keys import KEY_PREFIX
 from .ownership import HEARTBEAT_PREFIX, RunningOwner
 from .settings import DEFAULT_REDIS_URL, validate
@@ -100,9 +101,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         url = validate("redis_url", args.url, label="--url")
+        client = make_client(url)
     except ValueError as exc:
         parser.error(str(exc))
-    client = redis.Redis.from_url(url)
     try:
         if args.command == "locks":
             count = 0
@@ -124,6 +125,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       file=sys.stderr)
                 return 1
     except redis.RedisError as exc:
-        print(f"celery-once-task: cannot reach the lock store at {url}: {exc}", file=sys.stderr)
+        print(f"celery-once-task: cannot reach the lock store at {redact_url(url)}: {exc}", file=sys.stderr)
         return 2
     return 0
