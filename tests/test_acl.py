@@ -31,8 +31,12 @@ ACL_RULES = (
 def acl(redis_server: RedisServer) -> Iterator[tuple[str, Worker, Server]]:
     server = Server("--save", "", "--appendonly", "no", name="acl")
     try:
-        server.client.execute_command("ACL", "SETUSER", "oncelock", "reset", "on", f">{PASSWORD}",
-                                      *ACL_RULES.split())
+        user = ("ACL", "SETUSER", "oncelock", "reset", "on", f">{PASSWORD}", *ACL_RULES.split())
+        try:
+            # Redis 7.2+ and Valkey: redis-py names itself when it connects (README: optional rule).
+            server.client.execute_command(*user, "+client|setinfo")
+        except redis.ResponseError:  # a server without CLIENT SETINFO
+            server.client.execute_command(*user)
         url = f"redis://oncelock:{PASSWORD}@127.0.0.1:{server.port}/2"
         with topology_worker(redis_server.port, "acl", url, {}) as worker:
             yield url, worker, server
