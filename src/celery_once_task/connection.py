@@ -370,6 +370,8 @@ def _sentinel_client(spec: ConnectionSpec, kwargs: dict[str, Any]) -> redis.Redi
     if sentinel_kwargs is None:
         # As redis-py does: the sentinels get the socket options, not the servers' credentials or TLS.
         sentinel_kwargs = {name: value for name, value in connection.items() if name.startswith("socket_")}
+    # Asking the next sentinel beats asking the same one again after a backoff.
+    sentinel_kwargs = {"retry": _no_retries(), **sentinel_kwargs}
     sentinel = _Sentinel(  # type: ignore[no-untyped-call]
         list(spec.hosts), min_other_sentinels=min_other_sentinels, sentinel_kwargs=dict(sentinel_kwargs)
     )
