@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from celery_once_task.connection import make_client, scan_keys
 from celery_once_task.store import LockStore
@@ -20,8 +22,8 @@ from tests.lock_scenarios import (
     publishing_to,
     topology_worker,
 )
-from tests.support import RedisServer, Worker, events
-from tests.topologies import ClusterTopology
+from tests.support import RedisServer, Worker, events, wait_until
+from tests.topologies import ClusterTopology, Server
 from tests.worker_app import echo
 
 #: The README's ACL rules for a cluster, word for word.
@@ -86,15 +88,70 @@ def test_scripts_are_loaded_again_on_nodes_that_lost_them(
     cluster: tuple[ClusterTopology, Worker], locks: Any, recs: redis.Redis
 ) -> None:
     topology, _ = cluster
-    refused_before = noscript_replies(topology)
+    refused_before = error_replies(topology, "NOSCRIPT")
     for node in topology.nodes:
         node.client.script_flush()
     duplicate_execution_is_rejected(recs, locks, new_tag("cluster-noscript"))
-    assert noscript_replies(topology) > refused_before
+    assert error_replies(topology, "NOSCRIPT") > refused_before
 
 
-def noscript_replies(topology: ClusterTopology) -> int:
-    return sum(node.info("errorstats").get("errorstat_NOSCRIPT", {}).get("count", 0) for node in topology.nodes)
+def error_replies(topology: ClusterTopology, error: str) -> int:
+    """How many replies of this error the nodes have sent."""
+    return sum(node.info("errorstats").get(f"errorstat_{error}", {}).get("count", 0) for node in topology.nodes)
+
+
+def test_a_lock_whose_slot_moved_to_another_node_is_found_there(
+    cluster: tuple[ClusterTopology, Worker], locks: Any
+) -> None:
+    topology, _ = cluster
+    store = LockStore(locks)
+    queue_key, running_key = lock_keys(echo, new_tag("cluster-moved"))
+    assert store.acquire_queue(queue_key, "id-1", 60)
+    topology.move_slot_of(queue_key)  # behind the client's back: its slot map is now stale
+    redirected_before = error_replies(topology, "MOVED")
+
+    assert store.pickup(queue_key, "id-1", running_key, "owner-1", 60).acquired
+    assert error_replies(topology, "MOVED") > redirected_before
+    assert not locks.exists(queue_key)
+    assert store.release(running_key, "owner-1")
+
+
+def test_a_lock_call_whose_reply_was_lost_is_not_sent_again_behind_the_librarys_back(
+    cluster: tuple[ClusterTopology, Worker], locks: Any
+) -> None:
+    topology, _ = cluster
+    queue_key, running_key = lock_keys(echo, new_tag("cluster-lost-reply"))
+    store = LockStore(make_client(topology.url(), {"socket_timeout": 0.5}))
+    node = topology.node_of(running_key)
+    sent_to_node = sum(topology.node_of(key) is node for key in (queue_key, running_key))
+    # Scripts loaded on the nodes first: a NOSCRIPT reply would mean the call never ran.
+    assert store.pickup(queue_key, "id-0", running_key, "owner-0", 60).acquired
+    assert store.release(running_key, "owner-0")
+    runs_before = script_runs(node)
+    # The node stops answering for longer than the client waits, then runs what it was sent.
+    sleeper = node.make_client().connection_pool.get_connection()
+    sleeper.send_command("DEBUG", "SLEEP", "1.5")
+    probe = node.make_client(socket_timeout=0.05, retry=Retry(NoBackoff(), 0))
+    wait_until(lambda: not answers(probe), what="the node to sleep")
+
+    with pytest.raises(redis.TimeoutError):
+        store.pickup(queue_key, "id-1", running_key, "owner-1", 60)
+    assert sleeper.read_response() == b"OK"
+    wait_until(lambda: locks.get(running_key) == b"owner-1", what="the node to run the call")
+    # Once: sent again, the call would have found its own token and reported a duplicate.
+    assert script_runs(node) - runs_before == sent_to_node
+    assert store.release(running_key, "owner-1")
+
+
+def script_runs(node: Server) -> int:
+    return int(node.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.TimeoutError:
+        return False
 
 
 def test_listing_keys_covers_every_primary(locks: Any) -> None:

@@ -77,7 +77,7 @@ def test_plain_urls_keep_their_meaning() -> None:
         (f"redis+cluster://u:{QUOTED}@h:7000/1", "a Redis Cluster has only database 0"),
         (f"redis+sentinel://u:{QUOTED}@h:1,,h:2/mymaster", "an empty host"),
         (f"redis+sentinel://u:{QUOTED}@h:1/mymaster/x", "database 'x' that is not a number"),
-        (f"http://u:{QUOTED}@h:1/0", "unknown scheme 'http'"),
+        (f"http://u:{QUOTED}@h:1/0", "scheme 'http' is not"),
         (f"redis+sentinel://u:{QUOTED}@h:1/mymaster?socket_timeout=soon", "bad value 'soon' for query parameter"),
     ],
 )

@@ -160,9 +160,11 @@ class ClusterTopology:
             for _ in range(3):
                 self.nodes.append(Server(
                     # The bus port given: the default (port + 10000) may be taken or out of range.
+                    # A node timeout well above a test's DEBUG SLEEP: a slow machine must not see the
+                    # sleeping node as failed (the cluster would refuse commands for a while).
                     "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
-                    "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
-                    "--save", "", "--appendonly", "no", name="cluster",
+                    "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000",
+                    "--save", "", "--appendonly", "no", "--enable-debug-command", "local", name="cluster",
                 ))
             cli = shutil.which("redis-cli")
             assert cli is not None, "redis-cli is needed to form a cluster (it comes with redis-server)"
@@ -177,6 +179,23 @@ class ClusterTopology:
             self.stop()
             raise
 
+    def move_slot_of(self, key: str) -> None:
+        """Move the hash slot of ``key``, and its keys, to another node (a resharding step)."""
+        slot = int(self.nodes[0].client.execute_command("CLUSTER", "KEYSLOT", key))
+        source = self.node_of(key)
+        target = next(node for node in self.nodes if node is not source)
+        source_id, target_id = (node.client.execute_command("CLUSTER", "MYID") for node in (source, target))
+        target.client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        for moved in source.client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000):
+            source.client.execute_command("MIGRATE", "127.0.0.1", target.port, moved, 0, 5000)
+        for node in self.nodes:
+            node.client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+    def node_of(self, key: str) -> Server:
+        slot = int(self.nodes[0].client.execute_command("CLUSTER", "KEYSLOT", key))
+        return next(node for node in self.nodes if _owns(node, slot))
+
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
 
@@ -188,6 +207,14 @@ class ClusterTopology:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def _owns(node: Server, slot: int) -> bool:
+    myself = node.client.execute_command("CLUSTER", "MYID")
+    for start, end, owner, *_ in node.client.execute_command("CLUSTER", "SLOTS"):
+        if start <= slot <= end:
+            return bool(owner[2] == myself)
+    return False
 
 
 class Certificates:

@@ -98,7 +98,7 @@ def parse_url(url: str, options: Optional[Mapping[str, Any]] = None, *, label: s
         raise ValueError(f"{label} must be a URL of one of the forms {_forms()}, got {shown}")
     scheme = url.split("://", 1)[0].lower()
     if scheme not in SCHEMES:
-        raise ValueError(f"{label} has an unknown scheme {scheme!r}: use one of {_forms()}, got {shown}")
+        raise ValueError(f"{label} must be a URL of one of the forms {_forms()}; scheme {scheme!r} is not, in {shown}")
     if scheme in _SERVER_SCHEMES:
         return _parse_server(url, scheme, label, shown)
     if scheme == _KOMBU_SENTINEL_SCHEME:
