@@ -146,10 +146,11 @@ def _load_and_run(client: redis.Redis, call: Call) -> Any:
 
 
 # -- Redis Cluster ----------------------------------------------------------------
-# Each call goes to the node that owns its key: a cluster pipeline sends the
-# calls of one node together, all nodes in parallel. RedisCluster.pipeline()
-# has no evalsha helper, so the command is spelled out (redis-py finds the key
-# after numkeys).
+# A single call goes straight to its node through the cluster client, which
+# follows MOVED/ASK and has no retries of its own (see ``connection``). Several
+# calls go out in a cluster pipeline: the calls of one node together, all
+# nodes in parallel, each call's node named from the client's slot map.
+# RedisCluster.pipeline() has no evalsha helper, so the command is spelled out.
 #
 # The pipeline is sent without redis-py's redirections pass, because that
 # pass also sends again, one by one, the calls whose reply was lost (a
@@ -164,13 +165,16 @@ def _load_and_run(client: redis.Redis, call: Call) -> Any:
 def _run_on_cluster(client: Any, calls: Sequence[Call]) -> list[Any]:
     from redis.exceptions import AskError, MovedError, TryAgainError
 
-    pipe = client.pipeline()
-    for call in calls:
-        # The node named, from the client's slot map: left to find it, redis-py 6+
-        # asks a server (COMMAND GETKEYS) for every EVALSHA in a pipeline.
-        node = client.get_node_from_key(call.key)
-        pipe.execute_command("EVALSHA", call.script.sha, 1, call.key, *call.args, target_nodes=node)
-    replies = _send_once(pipe)
+    if len(calls) == 1:
+        replies = [_evalsha_on_cluster(client, calls[0])]
+    else:
+        pipe = client.pipeline()
+        for call in calls:
+            # The node named, from the client's slot map: left to find it, redis-py 6+
+            # asks a server (COMMAND GETKEYS) for every EVALSHA in a pipeline.
+            node = client.get_node_from_key(call.key)
+            pipe.execute_command("EVALSHA", call.script.sha, 1, call.key, *call.args, target_nodes=node)
+        replies = _send_once(pipe)
     for index, reply in enumerate(replies):
         call = calls[index]
         if isinstance(reply, (MovedError, AskError, TryAgainError)):
