@@ -93,6 +93,11 @@ def test_sentinel_options_with_a_plain_url_are_refused() -> None:
         make_client("redis://h:1/0", {"master_name": "mymaster"})
 
 
+def test_a_master_name_other_than_the_urls_service_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"\['master_name'\] is 'other', but the URL names the service 'mymaster'"):
+        make_client("redis+sentinel://h:1/mymaster", {"master_name": "other"})
+
+
 def test_redis_options_must_be_a_dict() -> None:
     with pytest.raises(ValueError, match="redis_options must be a dict"):
         configure(redis_options=["socket_timeout", 2])  # type: ignore[arg-type]

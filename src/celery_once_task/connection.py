@@ -115,6 +115,9 @@ def check_options(spec: ConnectionSpec, options: Mapping[str, Any], *, label: st
             raise ValueError(
                 f"{label}: {', '.join(misplaced)} apply only to a Sentinel URL, and the URL is a {spec.kind}"
             )
+    master_name = options.get("master_name")
+    if spec.kind == SENTINEL and master_name is not None and master_name != spec.service:
+        raise ValueError(f"{label}['master_name'] is {master_name!r}, but the URL names the service {spec.service!r}")
     sentinel_kwargs = options.get("sentinel_kwargs")
     if sentinel_kwargs is not None and not isinstance(sentinel_kwargs, Mapping):
         raise ValueError(f"{label}['sentinel_kwargs'] must be a dict of keyword arguments for the sentinel connections")
@@ -164,19 +167,6 @@ def redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
         else:
             shown[name] = value
     return shown
-
-
-def describe(url: str) -> str:
-    """What ``url`` points at, for messages: ``sentinel service mymaster at 127.0.0.1:26379, ...``."""
-    try:
-        spec = parse_url(url, {})
-    except ValueError:
-        return redact_url(url)
-    if spec.kind == SENTINEL:
-        return f"Sentinel service {spec.service} via {spec.addresses()}"
-    if spec.kind == CLUSTER:
-        return f"Redis Cluster via {spec.addresses()}"
-    return redact_url(url)
 
 
 # -- parsing --------------------------------------------------------------------
