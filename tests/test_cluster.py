@@ -10,6 +10,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from celery_once_task import LockStoreUnavailable
 from celery_once_task.connection import make_client, scan_keys
 from celery_once_task.store import LockStore
 from tests.lock_scenarios import (
@@ -22,7 +23,7 @@ from tests.lock_scenarios import (
     publishing_to,
     topology_worker,
 )
-from tests.support import RedisServer, Worker, events, wait_until
+from tests.support import RedisServer, Worker, events, free_port, wait_until
 from tests.topologies import ClusterTopology, Server
 from tests.worker_app import echo
 
@@ -182,6 +183,14 @@ def test_a_user_limited_to_the_library_takes_and_releases_locks_on_every_node(
         assert store.release(running_key, "owner-1")
     assert list(scan_keys(store.client, "once_task:*cluster-acl*")) == []
     assert [entry for node in topology.nodes for entry in node.client.acl_log()] == []
+
+
+def test_an_unreachable_cluster_fails_the_call_naming_its_nodes() -> None:
+    ports = (free_port(), free_port())
+    url = f"redis+cluster://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"
+    with publishing_to(url, {}), pytest.raises(LockStoreUnavailable) as raised:
+        echo.delay(new_tag("cluster-unreachable"))
+    assert all(f"127.0.0.1:{port}" in str(raised.value) for port in ports)
 
 
 def test_no_command_of_the_library_or_the_worker_was_refused_with_crossslot(

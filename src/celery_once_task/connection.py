@@ -385,6 +385,7 @@ def _cluster_client(spec: ConnectionSpec, kwargs: dict[str, Any]) -> Client:
             "pip install 'redis>=4.2'"
         )
     from redis.cluster import ClusterNode, RedisCluster
+    from redis.exceptions import RedisClusterException
 
     kwargs = dict(kwargs)
     kwargs.pop("db", None)
@@ -403,7 +404,11 @@ def _cluster_client(spec: ConnectionSpec, kwargs: dict[str, Any]) -> Client:
         # already default to no retries.
         kwargs["cluster_error_retry_attempts"] = 1
     nodes = [ClusterNode(host, port) for host, port in spec.hosts]  # type: ignore[no-untyped-call]
-    return RedisCluster(startup_nodes=nodes, **kwargs)
+    try:
+        # Unlike the other clients, this one connects here, to read the slot map.
+        return RedisCluster(startup_nodes=nodes, **kwargs)
+    except RedisClusterException as exc:  # not a RedisError: callers would not take it for "unreachable"
+        raise redis.ConnectionError(f"Redis Cluster unreachable at {spec.addresses()}: {exc}") from None
 
 
 def _redis_py_major() -> int:

@@ -149,8 +149,9 @@ class OnceTask(Task):
         request = self.request
         retry = not request.called_directly and request.id == task_id
         ttl = settings.queue_lock_timeout + _seconds_until_start(options)
-        store = LockStore.for_url(settings.redis_url, settings.redis_options)
         try:
+            # Inside the try: a Redis Cluster client connects when it is made.
+            store = LockStore.for_url(settings.redis_url, settings.redis_options)
             if retry:
                 # A retry is never dropped; it takes the queue lock so that new
                 # calls are de-duplicated against it while it waits.
@@ -344,8 +345,9 @@ class OnceTask(Task):
         queue_key = lock_key(self.name, digest, QUEUE) if self.queue_lock and not request.is_eager else None
         running_key = lock_key(self.name, digest, RUNNING) if self.running_lock else None
         owner = RunningOwner.for_execution(request.id, request.retries)
-        store = LockStore.for_url(settings.redis_url, settings.redis_options)
         try:
+            # Inside the try: a Redis Cluster client connects when it is made.
+            store = LockStore.for_url(settings.redis_url, settings.redis_options)
             pickup = store.pickup(queue_key, request.id, running_key, owner.token, settings.running_lock_timeout)
         except RedisError as exc:
             return self._lock_store_down(request, args, kwargs, settings, running_key, exc)
