@@ -29,8 +29,10 @@ from tests.worker_app import gated
 def sentinel(redis_server: RedisServer) -> Iterator[tuple[SentinelTopology, Worker]]:
     topology = SentinelTopology()
     try:
-        # The worker uses Celery's broker spelling, the publisher (this process) the redis+sentinel:// one.
-        with topology_worker(redis_server.port, "sentinel", topology.kombu_url(), {"master_name": SERVICE}) as worker:
+        # The worker uses Celery's broker spelling and options copied from broker_transport_options,
+        # the publisher (this process) the redis+sentinel:// form.
+        broker_transport_options = {"master_name": SERVICE, "visibility_timeout": 3600}
+        with topology_worker(redis_server.port, "sentinel", topology.kombu_url(), broker_transport_options) as worker:
             yield topology, worker
     finally:
         topology.stop()

@@ -53,6 +53,15 @@ _CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 _KOMBU_SENTINEL_SCHEME = "sentinel"
 SCHEMES = (*_SERVER_SCHEMES, *_SENTINEL_SCHEMES, *_CLUSTER_SCHEMES, _KOMBU_SENTINEL_SCHEME)
 
+#: Celery's Redis broker transport options that are not client arguments: ignored, so that
+#: ``broker_transport_options`` can be copied into ``redis_options`` as they are.
+BROKER_ONLY_OPTIONS = frozenset({
+    "visibility_timeout", "fanout_prefix", "fanout_patterns", "global_keyprefix", "sep", "priority_steps",
+    "queue_order_strategy", "ack_emulation", "unacked_key", "unacked_index_key", "unacked_mutex_key",
+    "unacked_mutex_expire", "unacked_restore_limit", "polling_interval", "max_retries", "interval_start",
+    "interval_step", "interval_max",
+})
+
 #: ``redis_options`` that mean something only to a Sentinel deployment.
 _SENTINEL_OPTIONS = ("master_name", "sentinel_kwargs", "min_other_sentinels")
 
@@ -128,7 +137,7 @@ def make_client(url: str, options: Optional[Mapping[str, Any]] = None, **overrid
 
     redis-py's command retries are off (see the module docstring).
     """
-    options = dict(options or {})
+    options = {name: value for name, value in (options or {}).items() if name not in BROKER_ONLY_OPTIONS}
     spec = parse_url(url, options)
     check_options(spec, options)
     kwargs: dict[str, Any] = {**spec.query, **options, **overrides}
