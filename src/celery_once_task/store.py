@@ -30,7 +30,7 @@ def client_for(url: str, options: Optional[Mapping[str, Any]] = None) -> Client:
     process and all its children.
     """
     # Options may hold dicts (sentinel_kwargs): key on a canonical spelling.
-    cache_key = (url, json.dumps(options or {}, sort_keys=True, default=repr))
+    cache_key = (url, json.dumps(options, sort_keys=True, default=repr) if options else "")
     client = _clients.get(cache_key)
     if client is None:
         with _clients_lock:
