@@ -42,13 +42,9 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: fl
 class RedisServer:
     """A redis-server of the test session's own, on a free port in a temp dir."""
 
-    def __init__(self, port: Optional[int] = None, *, appendonly: bool = False) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError(
-                "redis-server is not installed: run `bash scripts/test.sh` (it installs it) "
-                "or `apt-get install -y redis-server`"
-            )
+    def __init__(self, port: Optional[int] = None, binary: Optional[str] = None, *, appendonly: bool = False) -> None:
+        """``binary``: the server to run (default: $ONCE_TEST_SERVER_BINARY, else redis-server on PATH)."""
+        binary = server_binary(binary)
         self.binary = binary
         self.port = port or free_port()
         self.appendonly = appendonly
@@ -65,7 +61,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         client = redis.Redis(port=self.port)
-        wait_until(lambda: _pings(client), timeout=10, what="redis-server to answer PING")
+        wait_until(lambda: _pings(client), timeout=10, what=f"{self.binary} to answer PING")
 
     def client(self, db: int, **options: Any) -> redis.Redis:
         return redis.Redis(port=self.port, db=db, **options)
@@ -87,6 +83,18 @@ class RedisServer:
         self.process.terminate()
         self.process.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def server_binary(binary: Optional[str] = None) -> str:
+    """The server the tests run: ``binary``, else $ONCE_TEST_SERVER_BINARY (e.g. a valkey-server), else redis-server."""
+    name = binary or os.environ.get("ONCE_TEST_SERVER_BINARY") or "redis-server"
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(
+            f"{name} is not installed: run `bash scripts/test.sh` (it installs redis-server) "
+            "or `apt-get install -y redis-server`"
+        )
+    return path
 
 
 def _pings(client: redis.Redis) -> bool:

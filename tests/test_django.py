@@ -253,6 +253,21 @@ def test_settings_are_read_when_a_lock_is_taken_not_at_import(dlocks: redis.Redi
     assert 89_000 < dlocks.pttl(last_line(result)) <= 99_000
 
 
+def test_redis_options_setting_reaches_the_lock_client_settings() -> None:
+    result = run_python(
+        """
+        import json
+        import django
+        django.setup()
+        from celery_once_task.settings import resolve
+        from tests.django_project.plain_celery import app
+        print(json.dumps(resolve(app).redis_options))
+        """,
+        overrides={"CELERY_ONCE_REDIS_OPTIONS": {"socket_timeout": 2, "client_name": "shop-locks"}},
+    )
+    assert json.loads(last_line(result)) == {"socket_timeout": 2, "client_name": "shop-locks"}
+
+
 def test_unset_settings_take_the_documented_defaults() -> None:
     # Only resolved, never used: the default URL is a Redis these tests did not start.
     result = run_python(
@@ -275,6 +290,7 @@ def test_unset_settings_take_the_documented_defaults() -> None:
         "heartbeat_timeout": 30,
         "running_lock_conflict": "reject",
         "queue_lock_conflict": "drop",
+        "redis_options": {},
     }
 
 
@@ -295,6 +311,7 @@ def test_fail_open_setting_publishes_without_a_lock_when_redis_is_unreachable(db
         ("CELERY_ONCE_QUEUE_LOCK_TIMEOUT", 0),
         ("CELERY_ONCE_RUNNING_LOCK_TIMEOUT", "60"),
         ("CELERY_ONCE_FAIL_OPEN", "yes"),
+        ("CELERY_ONCE_REDIS_OPTIONS", ["socket_timeout", 2]),
     ],
 )
 def test_invalid_setting_fails_django_setup_with_improperly_configured_naming_it(setting: str, value: Any) -> None:

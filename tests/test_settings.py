@@ -56,7 +56,7 @@ def test_timeouts_must_be_positive_integers(value: Any) -> None:
 
 @pytest.mark.parametrize("url", ["http://localhost:6379/0", "localhost:6379", "", 6379])
 def test_redis_url_must_be_a_redis_url(url: Any) -> None:
-    with pytest.raises(ValueError, match="redis_url must be a redis://, rediss:// or unix:// URL"):
+    with pytest.raises(ValueError, match=r"redis_url .*redis://, rediss://, unix://"):
         configure(redis_url=url)
 
 

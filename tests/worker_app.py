@@ -24,6 +24,8 @@ BROKER_URL = f"redis://127.0.0.1:{PORT}/0"
 BACKEND_URL = f"redis://127.0.0.1:{PORT}/1"
 # A test may point a worker's locks at a server it stops and starts.
 LOCKS_URL = os.environ.get("ONCE_TEST_LOCKS_URL", f"redis://127.0.0.1:{PORT}/2")
+# ... and at a Sentinel, a Cluster or a TLS server, with the client options (JSON) it needs.
+LOCKS_OPTIONS = json.loads(os.environ.get("ONCE_TEST_LOCKS_OPTIONS", "{}"))
 RECORDS_URL = f"redis://127.0.0.1:{PORT}/4"
 
 app = Celery("tests", broker=BROKER_URL, backend=BACKEND_URL)
@@ -39,7 +41,7 @@ app.conf.update(
 
 # Short, so that tests of a gone worker wait seconds, not the default half minute.
 HEARTBEAT_TIMEOUT = int(os.environ.get("ONCE_TEST_HEARTBEAT_TIMEOUT", "4"))
-configure(redis_url=LOCKS_URL, heartbeat_timeout=HEARTBEAT_TIMEOUT)
+configure(redis_url=LOCKS_URL, redis_options=LOCKS_OPTIONS, heartbeat_timeout=HEARTBEAT_TIMEOUT)
 setup_once_task_signals()
 if not os.environ.get("ONCE_TEST_WITHOUT_BOOTSTEP"):
     app.steps["worker"].add(OnceTaskUnlockBootStep)

@@ -62,15 +62,17 @@ def release_locks(
     try:
         digest = digest_from(headers) or task.once_digest(args, kwargs)
         settings = resolve(task._get_app(), task)
-        url = settings.redis_url
+        url, options = settings.redis_url, settings.redis_options
         if queue:
-            janitor.add(Cleanup(url, lock_key(task.name, digest, QUEUE), task_id, False, task, task_id, reason))
+            janitor.add(Cleanup(url, lock_key(task.name, digest, QUEUE), task_id, False, task, task_id, reason,
+                                options=options))
             if settings.running_lock_conflict == "wait":
                 # A waiting copy's message, left for the hand-over.
                 waiting = lock_key(task.name, digest, WAITING)
-                janitor.add(Cleanup(url, waiting, waiting_token(task_id), True, task, task_id, reason))
+                janitor.add(Cleanup(url, waiting, waiting_token(task_id), True, task, task_id, reason, options=options))
         if running:
             token = RunningOwner.for_execution(task_id, retries).token
-            janitor.add(Cleanup(url, lock_key(task.name, digest, RUNNING), token, True, task, task_id, reason, pid))
+            janitor.add(Cleanup(url, lock_key(task.name, digest, RUNNING), token, True, task, task_id, reason, pid,
+                                options=options))
     except Exception:
         logger.exception("%s[%s]: lock operation failed: could not release its locks (%s)", task.name, task_id, reason)

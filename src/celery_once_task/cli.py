@@ -21,9 +21,9 @@ the operator. It never prints a password: URLs are shown redacted.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import unquote, urlsplit
 
@@ -31,6 +31,7 @@ import click
 import redis
 
 from . import locks as lockinfo
+from .connection import redact_url
 from .keys import RUNNING
 from .settings import DEFAULT_REDIS_URL, resolve, validate
 from .store import client_for
@@ -44,6 +45,7 @@ class LockStoreTarget:
     """The lock store the commands work on (the click context's object)."""
 
     url: str
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def for_app(cls, app: Any) -> LockStoreTarget:
@@ -51,19 +53,20 @@ class LockStoreTarget:
         # django.setup() here (so OnceTaskAppConfig serves CELERY_ONCE_*),
         # and the app's task modules run their configure() calls.
         app.loader.import_default_modules()
-        return cls(resolve(app).redis_url)
+        settings = resolve(app)
+        return cls(settings.redis_url, settings.redis_options)
 
-    def client(self) -> redis.Redis:
-        return client_for(self.url)
+    def client(self) -> Any:
+        return client_for(self.url, self.options)
 
     @contextmanager
-    def reaching(self) -> Iterator[redis.Redis]:
+    def reaching(self) -> Iterator[Any]:
         """The client; an unreachable store ends the command with one line and exit code 2."""
         try:
             yield self.client()
         except (redis.RedisError, OSError) as exc:
             click.echo(
-                f"cannot reach the lock store {lockinfo.redact_url(self.url)} "
+                f"cannot reach the lock store {redact_url(self.url)} "
                 f"at {lockinfo.address_of(self.url)}: {_scrub(str(exc), self.url)}",
                 err=True,
             )
@@ -114,7 +117,7 @@ def main(ctx: click.Context, url: Optional[str], app_name: Optional[str]) -> Non
         ctx.obj = LockStoreTarget(validate("redis_url", url, label="--url"))
     except ValueError:
         # Not the validation message: it quotes the URL as given, password and all.
-        raise click.BadParameter(f"{lockinfo.redact_url(url)} is not a redis://, rediss:// or unix:// URL",
+        raise click.BadParameter(f"{redact_url(url)} is not a redis://, rediss:// or unix:// URL",
                                  param_hint="--url") from None
 
 
@@ -143,7 +146,7 @@ def locks_command(ctx: click.Context, task: Optional[str], lock_type: Optional[s
         for lock in found:
             count += 1
             click.echo(_describe(lock))
-        click.echo(f"{count} lock(s) in {lockinfo.redact_url(target.url)}")
+        click.echo(f"{count} lock(s) in {redact_url(target.url)}")
 
 
 @click.command(name="show")

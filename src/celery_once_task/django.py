@@ -31,6 +31,7 @@ DJANGO_SETTINGS = {
     "CELERY_ONCE_HEARTBEAT_TIMEOUT": "heartbeat_timeout",
     "CELERY_ONCE_RUNNING_LOCK_CONFLICT": "running_lock_conflict",
     "CELERY_ONCE_QUEUE_LOCK_CONFLICT": "queue_lock_conflict",
+    "CELERY_ONCE_REDIS_OPTIONS": "redis_options",
 }
 
 

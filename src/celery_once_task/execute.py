@@ -68,7 +68,7 @@ class Held:
     """The running lock an execution holds, released when the body ends."""
 
     store: LockStore
-    url: str
+    settings: Settings
     key: str
     token: str
 
@@ -94,11 +94,13 @@ def pick_up(task: Any, settings: Settings, digest: str, request: Any, args: Sequ
     waiter = bool(header(request, WAITER_HEADER)) and queue_key is not None
     waiting_key = lock_key(task.name, digest, WAITING) if waiter else None
     owner = RunningOwner.for_execution(request.id, request.retries)
-    store = LockStore.for_url(settings.redis_url, lambda: RetryPolicy.of_app(task._get_app()))
     takeover = header(request, TAKEOVER_HEADER)
     takeover = takeover if isinstance(takeover, str) else ""
     ttl = running_ttl(settings, owner)
     try:
+        # Inside the try: a Redis Cluster client connects when it is made.
+        store = LockStore.for_url(settings.redis_url, settings.redis_options,
+                                  lambda: RetryPolicy.of_app(task._get_app()))
         pickup = store.pickup(queue_key, request.id, running_key, owner, ttl, takeover, waiting_key)
     except RedisError as exc:
         return _store_down(task, settings, digest, request, running_key, owner, exc)
@@ -106,13 +108,13 @@ def pick_up(task: Any, settings: Settings, digest: str, request: Any, args: Sequ
         # Another copy of this waiting message (hand-over or safety copy)
         # started first, or the call was revoked or cleared meanwhile.
         if running_key is not None and pickup.acquired:
-            release(task, Held(store, settings.redis_url, running_key, owner.token), request.id, "copy not run")
+            release(task, Held(store, settings, running_key, owner.token), request.id, "copy not run")
         logger.info("%s[%s]: execution ignored: another copy of this waiting call ran", task.name, request.id)
         raise Ignore()
     if running_key is None:
         return None
     if pickup.acquired:
-        held = Held(store, settings.redis_url, running_key, owner.token)
+        held = Held(store, settings, running_key, owner.token)
         after = header(request, AFTER_HEADER)
         if isinstance(after, str) and _first_delivery_finished(task, store, request, after):
             release(task, held, request.id, "first delivery finished")
@@ -127,22 +129,22 @@ def pick_up(task: Any, settings: Settings, digest: str, request: Any, args: Sequ
     return _conflict(task, settings, request, store, running_key, owner, pickup.holder or "")
 
 
-def release(task: Any, held: Held, task_id: Optional[str], reason: str = "task ended",
-            settings: Optional[Settings] = None) -> None:
+def release(task: Any, held: Held, task_id: Optional[str], reason: str = "task ended") -> None:
     """Release the running lock by its owner token, now or as soon as the store answers.
 
     Under ``running_lock_conflict="wait"`` the same round trip takes the key's
     waiting copy, which is then published.
     """
-    if settings is None or settings.running_lock_conflict != "wait" or not task.queue_lock:
-        release_or_leave_to_janitor(held.store, held.url, task, task_id, held.key, held.token, reason, prefix=True)
+    settings = held.settings
+    if settings.running_lock_conflict != "wait" or not task.queue_lock:
+        release_or_leave_to_janitor(held.store, settings, task, task_id, held.key, held.token, reason, prefix=True)
         return
     waiting_key = held.key[: -len(RUNNING)] + WAITING
     try:
         waiting = held.store.release_taking_waiter(held.key, held.token, waiting_key)
     except RedisError:
         # The waiting copy comes back by itself (its safety copy).
-        release_or_leave_to_janitor(held.store, held.url, task, task_id, held.key, held.token, reason, prefix=True)
+        release_or_leave_to_janitor(held.store, settings, task, task_id, held.key, held.token, reason, prefix=True)
         return
     if waiting is not None:
         hand_over(task, waiting, held.key)
@@ -156,7 +158,7 @@ def _conflict(task: Any, settings: Settings, request: Any, store: LockStore, key
             return _wait(task, settings, request, store, key, owner, holder_value)
         raise reject_duplicate(task, request, key, holder_value)
     ttl = running_ttl(settings, owner)
-    held = Held(store, settings.redis_url, key, owner.token)
+    held = Held(store, settings, key, owner.token)
     if holder.retries < owner.retries:
         # A retry that started before the attempt that published it had
         # finished: that attempt's body is over, take over.
@@ -200,7 +202,7 @@ def _wait(task: Any, settings: Settings, request: Any, store: LockStore, key: st
     holder = RunningOwner.parse(holder_value)
     holder_id = holder.task_id if holder else holder_value
     duplicate_execution.send(sender=task, task_id=request.id, key=key, holder_id=holder_id, policy="wait")
-    held = Held(store, settings.redis_url, key, owner.token)
+    held = Held(store, settings, key, owner.token)
     ttl = running_ttl(settings, owner)
     if request.is_eager:
         return _wait_here(task, request, store, held, owner, ttl, holder_value)
@@ -293,7 +295,8 @@ def _store_down(
     maybe_applied = getattr(exc, "maybe_applied", True)
     if running_key is not None and maybe_applied:
         # A lost reply may have taken the lock in this execution's name.
-        cleanup = Cleanup(settings.redis_url, running_key, owner.token, True, task, request.id, "pickup refused")
+        cleanup = Cleanup(settings.redis_url, running_key, owner.token, True, task, request.id, "pickup refused",
+                          options=settings.redis_options)
         cleanup.uncertain = True
         janitor.add(cleanup)
     if settings.fail_open or request.is_eager:

@@ -18,12 +18,13 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from redis.exceptions import RedisError
 
-from .store import LockStore, client_for
+from .store import LockStore
 
 logger = logging.getLogger("celery_once_task")
 
@@ -52,6 +53,8 @@ class Cleanup:
     reason: str
     #: Delete only once this process is gone (the pool child that ran the execution).
     pid: Optional[int] = None
+    #: The lock client's ``redis_options``.
+    options: Mapping[str, Any] = field(default_factory=dict)
     #: A lock that a command with a lost reply may still write: once the
     #: store answers, commands it held from before run within moments, in any
     #: order with ours, so the delete is made twice, a moment apart.
@@ -126,7 +129,8 @@ class Janitor:
                 )
                 continue
             try:
-                released = LockStore(client_for(cleanup.url)).release(cleanup.key, cleanup.token, prefix=cleanup.prefix)
+                store = LockStore.for_url(cleanup.url, cleanup.options)
+                released = store.release(cleanup.key, cleanup.token, prefix=cleanup.prefix)
             except RedisError as exc:
                 cleanup.failures += 1
                 backoff = _STORE_BACKOFF[min(cleanup.failures, len(_STORE_BACKOFF)) - 1]

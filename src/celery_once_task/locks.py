@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+from .connection import parse_url, scan_keys
 from .keys import KEY_PREFIX, QUEUE, RUNNING
 from .ownership import HEARTBEAT_PREFIX, heartbeat_key
 from .store import LockStore
@@ -36,9 +37,10 @@ def iter_keys(client: Any, match: str, count: int) -> Iterator[bytes]:
     """Every key matching ``match``, by ``SCAN`` with ``count`` per call.
 
     The one place that scans: on a Redis Cluster it must walk every primary
-    (redis-py's ``RedisCluster.scan_iter`` does).
+    (``connection.scan_keys`` does).
     """
-    yield from client.scan_iter(match=match, count=count)
+    for key in scan_keys(client, match, count):
+        yield key.encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -350,23 +352,14 @@ def _glob_escape(text: str) -> str:
 # -- URLs --------------------------------------------------------------------------
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (``redis://user:***@host:port/db``)."""
-    # redis-py also takes a password in the query string.
-    url = re.sub(r"([?&]password=)[^&#]*", r"\1***", url)
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
-    return parts._replace(netloc=netloc).geturl()
-
-
 def address_of(url: str) -> str:
-    """Where ``url`` points: ``host:port``, or the socket path of a ``unix://`` URL."""
+    """Where ``url`` points: ``host:port`` (each of them, for Sentinel and Cluster), or a socket path."""
+    try:
+        spec = parse_url(url, {"master_name": "-"})
+    except ValueError:
+        spec = None
+    if spec is not None and spec.hosts:
+        return spec.addresses()
     parts = urlsplit(url)
     if parts.scheme == "unix":
         return parts.path

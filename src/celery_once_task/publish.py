@@ -79,8 +79,10 @@ def publish_once(
     # Celery's retry publishes the same task id from inside the execution.
     retry = request is not None and not request.called_directly and request.id == task_id
     ttl = settings.queue_lock_timeout + seconds_until_start(options)
-    store = LockStore.for_url(settings.redis_url, lambda: RetryPolicy.of_app(task._get_app()))
     try:
+        # Inside the try: a Redis Cluster client connects when it is made.
+        store = LockStore.for_url(settings.redis_url, settings.redis_options,
+                                  lambda: RetryPolicy.of_app(task._get_app()))
         # A retry is never dropped; it takes the queue lock, or renews its own,
         # so that new calls are de-duplicated against it while it waits.
         outcome = store.acquire_queue(key, task_id, ttl, renew=retry)
@@ -97,7 +99,7 @@ def publish_once(
         return publish(task_id)
     except BaseException:
         # No message behind the lock: let the next call through.
-        release_or_leave_to_janitor(store, settings.redis_url, task, task_id, key, task_id, "publish failed")
+        release_or_leave_to_janitor(store, settings, task, task_id, key, task_id, "publish failed")
         raise
 
 
@@ -113,7 +115,8 @@ def _store_down(
         )
         return publish(task_id)
     if getattr(exc, "maybe_applied", True):
-        janitor.add(Cleanup(settings.redis_url, key, task_id, False, task, task_id, "call refused", uncertain=True))
+        janitor.add(Cleanup(settings.redis_url, key, task_id, False, task, task_id, "call refused", uncertain=True,
+                            options=settings.redis_options))
     logger.warning(
         "%s[%s]: lock operation failed: call refused, the lock store is unreachable (queue lock %s): %s",
         task.name, task_id, key, exc,
@@ -124,7 +127,7 @@ def _store_down(
 
 
 def release_or_leave_to_janitor(
-    store: LockStore, url: str, task: Any, task_id: Optional[str], key: str, token: str, reason: str,
+    store: LockStore, settings: Settings, task: Any, task_id: Optional[str], key: str, token: str, reason: str,
     *, prefix: bool = False,
 ) -> None:
     """Release ``key`` by ``token`` now, or as soon as the store answers."""
@@ -132,7 +135,8 @@ def release_or_leave_to_janitor(
         store.release(key, token, prefix=prefix)
     except RedisError as exc:
         if isinstance(exc, StoreUnavailable) or getattr(exc, "maybe_applied", True):
-            janitor.add(Cleanup(url, key, token, prefix, task, task_id, reason))
+            janitor.add(Cleanup(settings.redis_url, key, token, prefix, task, task_id, reason,
+                                options=settings.redis_options))
         else:  # an error reply: the store answered and will answer the same again
             logger.warning(
                 "%s[%s]: lock operation failed: could not release lock %s (%s): %s",

@@ -19,17 +19,19 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from typing import Any, Optional
 
 from celery.worker import state as worker_state
 from redis.exceptions import RedisError
 
 from .cleanup import digest_from, is_once_task
+from .connection import make_client
 from .janitor import janitor
 from .keys import RUNNING, lock_key
 from .ownership import INSTANCE, Lease, RunningOwner
 from .settings import resolve
-from .store import LockStore, new_client
+from .store import LockStore
 
 logger = logging.getLogger("celery_once_task")
 
@@ -50,6 +52,7 @@ class LeaseKeeper(threading.Thread):
         self._locks: dict[str, Optional[tuple[str, str, str]]] = {}
         self._failing = False
         self.url = settings.redis_url
+        self._options: dict[str, Mapping[str, Any]] = {settings.redis_url: settings.redis_options}
 
     def store(self, url: str) -> LockStore:
         store = self._stores.get(url)
@@ -59,7 +62,8 @@ class LeaseKeeper(threading.Thread):
             # every lease run out. Its own, too, so that the pool never
             # forks while this thread holds a connection of the shared one.
             timeout = max(1.0, self.lease.interval)
-            store = LockStore(new_client(url, socket_timeout=timeout, socket_connect_timeout=timeout))
+            client = make_client(url, self._options.get(url), socket_timeout=timeout, socket_connect_timeout=timeout)
+            store = LockStore(client)
             self._stores[url] = store
         return store
 
@@ -105,7 +109,9 @@ class LeaseKeeper(threading.Thread):
                 request_dict = getattr(request, "request_dict", None) or {}
                 digest = digest_from(request_dict) or task.once_digest(request.args, request.kwargs)
                 token = RunningOwner.for_execution(request.id, request_dict.get("retries")).token
-                lock = (resolve(task._get_app(), task).redis_url, lock_key(task.name, digest, RUNNING), token)
+                settings = resolve(task._get_app(), task)
+                self._options.setdefault(settings.redis_url, settings.redis_options)
+                lock = (settings.redis_url, lock_key(task.name, digest, RUNNING), token)
             except Exception:
                 logger.exception("%s[%s]: running lock cannot be renewed", task.name, request.id)
         self._locks[request.id] = lock

@@ -18,6 +18,8 @@ from typing import Any, Union
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from .connection import is_cluster
+
 Arg = Union[str, int, float, bytes]
 
 
@@ -146,6 +148,8 @@ def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
 
     A call that Redis answers with an error (other than ``NOSCRIPT``) raises it.
     """
+    if is_cluster(client):
+        return _run_on_cluster(client, calls)
     if len(calls) == 1:
         return [_run_one(client, calls[0])]
     return run_in(client.pipeline(transaction=False), client, calls)
@@ -187,3 +191,65 @@ def _load_and_run(client: redis.Redis, call: Call) -> Any:
     return client.execute_command(  # type: ignore[no-untyped-call]
         "EVALSHA", call.script.sha, 1, call.key, *call.args
     )
+
+
+# -- Redis Cluster ----------------------------------------------------------------
+# A single call goes straight to its node through the cluster client, which
+# follows MOVED/ASK and has no retries of its own (see ``connection``). Several
+# calls go out in a cluster pipeline: the calls of one node together, all
+# nodes in parallel, each call's node named from the client's slot map.
+# RedisCluster.pipeline() has no evalsha helper, so the command is spelled out.
+#
+# The pipeline is sent without redis-py's redirections pass, because that
+# pass also sends again, one by one, the calls whose reply was lost (a
+# connection error or a timeout): such a call may have run, and only the
+# library can decide what to do. Here a lost reply raises; a call that was
+# redirected (MOVED, ASK) or told to try again (TRYAGAIN) never ran, so it is
+# sent again through the cluster client, which follows redirections; a node
+# that answers NOSCRIPT gets the script loaded on it alone, and only the calls
+# it refused are run again.
+
+
+def _run_on_cluster(client: Any, calls: Sequence[Call]) -> list[Any]:
+    from redis.exceptions import AskError, MovedError, TryAgainError
+
+    if len(calls) == 1:
+        replies = [_evalsha_on_cluster(client, calls[0])]
+    else:
+        pipe = client.pipeline()
+        for call in calls:
+            # The node named, from the client's slot map: left to find it, redis-py 6+
+            # asks a server (COMMAND GETKEYS) for every EVALSHA in a pipeline.
+            node = client.get_node_from_key(call.key)
+            pipe.execute_command("EVALSHA", call.script.sha, 1, call.key, *call.args, target_nodes=node)
+        replies = _send_once(pipe)
+    for index, reply in enumerate(replies):
+        call = calls[index]
+        if isinstance(reply, (MovedError, AskError, TryAgainError)):
+            replies[index] = reply = _evalsha_on_cluster(client, call)
+        if isinstance(reply, NoScriptError):
+            node = client.get_node_from_key(call.key)
+            client.execute_command("SCRIPT LOAD", call.script.source, target_nodes=node)
+            replies[index] = _evalsha_on_cluster(client, call)
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def _send_once(pipe: Any) -> list[Any]:
+    """The cluster pipeline's replies, errors in place, with no call sent twice."""
+    # redis-py 6+ keeps the queued commands in an execution strategy, 4.2-5.x on the pipeline.
+    strategy = getattr(pipe, "_execution_strategy", None)
+    stack = strategy.command_queue if strategy is not None else pipe.command_stack
+    try:
+        return list(pipe.send_cluster_commands(stack, raise_on_error=False, allow_redirections=False))
+    finally:
+        pipe.reset()
+
+
+def _evalsha_on_cluster(client: Any, call: Call) -> Any:
+    try:
+        return client.execute_command("EVALSHA", call.script.sha, 1, call.key, *call.args)
+    except ResponseError as exc:  # NOSCRIPT included
+        return exc

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
-from urllib.parse import urlsplit
+
+from . import connection
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/3"
 DEFAULT_QUEUE_LOCK_TIMEOUT = 3600
@@ -46,12 +47,11 @@ APP_CONF_NAMES = {
     "heartbeat_timeout": "once_heartbeat_timeout",
     "running_lock_conflict": "once_running_lock_conflict",
     "queue_lock_conflict": "once_queue_lock_conflict",
+    "redis_options": "once_redis_options",
 }
 
 #: Settings a task may set for itself (decorator keyword or subclass attribute).
 TASK_OPTIONS = ("queue_lock_timeout", "running_lock_timeout", "running_lock_conflict", "queue_lock_conflict")
-
-_URL_SCHEMES = ("redis", "rediss", "unix")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,18 @@ class Settings:
     heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
     running_lock_conflict: str = DEFAULT_RUNNING_LOCK_CONFLICT
     queue_lock_conflict: str = DEFAULT_QUEUE_LOCK_CONFLICT
+    #: The lock client's extra keyword arguments (see ``connection``).
+    redis_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # Settings end up in logs and tracebacks: never show a password.
+        return (
+            f"Settings(redis_url={connection.redact_url(self.redis_url)!r}, "
+            f"queue_lock_timeout={self.queue_lock_timeout!r}, running_lock_timeout={self.running_lock_timeout!r}, "
+            f"fail_open={self.fail_open!r}, heartbeat_timeout={self.heartbeat_timeout!r}, "
+            f"running_lock_conflict={self.running_lock_conflict!r}, queue_lock_conflict={self.queue_lock_conflict!r}, "
+            f"redis_options={connection.redact_options(self.redis_options)!r})"
+        )
 
 
 def validate(name: str, value: Any, *, label: str | None = None) -> Any:
@@ -77,9 +89,13 @@ def validate(name: str, value: Any, *, label: str | None = None) -> Any:
     """
     label = label or name
     if name == "redis_url":
-        if not isinstance(value, str) or urlsplit(value).scheme not in _URL_SCHEMES:
-            raise ValueError(f"{label} must be a redis://, rediss:// or unix:// URL, got {value!r}")
+        # The master name of a sentinel:// URL comes from redis_options: checked with it when a client is made.
+        connection.parse_url(value, {"master_name": "-"}, label=label)
         return value
+    if name == "redis_options":
+        if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+            raise ValueError(f"{label} must be a dict of keyword arguments for the Redis client, got {type(value)}")
+        return dict(value)
     if name in ("queue_lock_timeout", "running_lock_timeout", "heartbeat_timeout"):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{label} must be a positive integer number of seconds, got {value!r}")
@@ -147,6 +163,7 @@ def configure(
     heartbeat_timeout: int | None = None,
     running_lock_conflict: str | None = None,
     queue_lock_conflict: str | None = None,
+    redis_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Set the process-wide configuration; only the arguments given change.
 
@@ -162,6 +179,7 @@ def configure(
         "heartbeat_timeout": heartbeat_timeout,
         "running_lock_conflict": running_lock_conflict,
         "queue_lock_conflict": queue_lock_conflict,
+        "redis_options": redis_options,
     }
     _configured.update({name: validate(name, value) for name, value in given.items() if value is not None})
 

@@ -16,6 +16,7 @@ to the janitor at release); this module only talks to Redis.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -23,16 +24,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
-import redis
 from redis import exceptions
 
 from . import scripts
+from .connection import Client, is_cluster, make_client
 from .ownership import RunningOwner, heartbeat_key
 from .scripts import Call
 
 _T = TypeVar("_T")
 
-_clients: dict[str, redis.Redis] = {}
+_clients: dict[tuple[str, str], Client] = {}
 _clients_lock = threading.Lock()
 
 #: Errors after which the same operation may succeed a moment later.
@@ -48,33 +49,23 @@ _MAYBE_APPLIED: tuple[type[Exception], ...] = (exceptions.ConnectionError, excep
 _NEVER_APPLIED: tuple[type[Exception], ...] = (exceptions.BusyLoadingError,)
 
 
-def _no_retries() -> Any:
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    return Retry(NoBackoff(), 0)
-
-
-def client_for(url: str) -> redis.Redis:
-    """The process's client for ``url``, made on first use.
+def client_for(url: str, options: Optional[Mapping[str, Any]] = None) -> Client:
+    """The process's client for ``url`` and ``options`` (``redis_options``), made on first use.
 
     redis-py's connection pool notices a fork (it compares pids) and opens new
     connections in the child, so one client serves a prefork worker's main
     process and all its children.
     """
-    client = _clients.get(url)
+    # Options may hold dicts (sentinel_kwargs): key on a canonical spelling.
+    cache_key = (url, json.dumps(options, sort_keys=True, default=repr) if options else "")
+    client = _clients.get(cache_key)
     if client is None:
         with _clients_lock:
-            client = _clients.get(url)
+            client = _clients.get(cache_key)
             if client is None:
-                client = new_client(url)
-                _clients[url] = client
+                client = make_client(url, options)
+                _clients[cache_key] = client
     return client
-
-
-def new_client(url: str, **overrides: Any) -> redis.Redis:
-    """A client of its own for ``url``, without redis-py's command retries."""
-    return redis.Redis.from_url(url, retry=_no_retries(), **overrides)
 
 
 def waiting_token(task_id: str) -> str:
@@ -140,7 +131,7 @@ class Acquired:
 class LockStore:
     """Lock operations against one Redis server."""
 
-    def __init__(self, client: redis.Redis, policy: RetryPolicy | Callable[[], RetryPolicy] = NO_RETRY) -> None:
+    def __init__(self, client: Client, policy: RetryPolicy | Callable[[], RetryPolicy] = NO_RETRY) -> None:
         self.client = client
         # A callable is asked only when a try fails: the happy path reads no configuration.
         self._policy = policy
@@ -153,8 +144,14 @@ class LockStore:
         return policy
 
     @classmethod
-    def for_url(cls, url: str, policy: RetryPolicy | Callable[[], RetryPolicy] = NO_RETRY) -> LockStore:
-        return cls(client_for(url), policy)
+    def for_url(
+        cls,
+        url: str,
+        options: Optional[Mapping[str, Any]] = None,
+        policy: RetryPolicy | Callable[[], RetryPolicy] = NO_RETRY,
+    ) -> LockStore:
+        """The store at ``url``; a Redis Cluster client connects here, so call it where errors are handled."""
+        return cls(client_for(url, options), policy)
 
     def _tries(self, operation: Callable[[], _T]) -> tuple[_T, bool]:
         """Run ``operation`` by the retry policy; return its result and whether an earlier try may have run."""
@@ -297,13 +294,18 @@ class LockStore:
     def renew(self, locks: Iterable[tuple[str, str]], ttl: float, instance: str, heartbeat: str) -> list[bool]:
         """Extend each ``(key, token)`` lock the token still holds, and write the heartbeat: one round trip.
 
-        Returns, per lock, whether it was extended.
+        On a cluster: one pipeline per node, sent together. Returns, per
+        lock, whether it was extended.
         """
         locks = list(locks)
         calls = [Call(scripts.RENEW, key, (token, _ms(ttl))) for key, token in locks]
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(heartbeat_key(instance), heartbeat, px=_ms(ttl))
-        replies = scripts.run_in(pipe, self.client, calls)
+        if is_cluster(self.client):
+            self.client.set(heartbeat_key(instance), heartbeat, px=_ms(ttl))
+            replies = scripts.run(self.client, calls) if calls else []
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(heartbeat_key(instance), heartbeat, px=_ms(ttl))
+            replies = scripts.run_in(pipe, self.client, calls)
         return [bool(reply) for reply in replies]
 
     def forget_instance(self, instance: str) -> None:

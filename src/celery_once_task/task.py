@@ -235,5 +235,5 @@ class OnceTask(Task):
             return self.run(*args, **kwargs)
         finally:
             if held is not None:
-                execute.release(self, held, request.id, settings=settings)
+                execute.release(self, held, request.id)
 

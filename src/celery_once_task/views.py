@@ -29,12 +29,18 @@ from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
 from . import locks as lockinfo
+from .connection import redact_url
 from .models import CLEAR_PERMISSION
 from .settings import resolve
 from .store import client_for
 
 #: Rows shown at most: the page must stay quick with a million locks held.
 MAX_ROWS = 500
+
+
+def _lock_store() -> Any:
+    """The settings of the lock store the current Celery app is configured with."""
+    return resolve(current_app._get_current_object())
 
 
 def _lock_store_url() -> str:
@@ -56,14 +62,15 @@ def _locks_page(request: HttpRequest) -> HttpResponse:
         "title": "Celery once locks",
         # The admin's app list: of no use here, and empty for staff without model permissions.
         "is_nav_sidebar_enabled": False,
-        "store": lockinfo.redact_url(url),
+        "store": redact_url(url),
         "can_clear": can_clear,
         "task": task or "",
         "type": lock_type or "",
         "max_rows": MAX_ROWS,
     }
     try:
-        rows = list(itertools.islice(lockinfo.iter_locks(client_for(url), task, lock_type), MAX_ROWS + 1))
+        client = client_for(url, _lock_store().redis_options)
+        rows = list(itertools.islice(lockinfo.iter_locks(client, task, lock_type), MAX_ROWS + 1))
     except (redis.RedisError, OSError):
         context["unreachable"] = lockinfo.address_of(url)
         return render(request, "celery_once_task/locks.html", context, status=503)
@@ -84,7 +91,7 @@ def _clear(request: HttpRequest, url: str) -> HttpResponse:
     if lockinfo.parse_key(key) is None:
         return HttpResponse("not a celery-once-task lock key", status=400, content_type="text/plain")
     try:
-        outcome = lockinfo.clear_value(client_for(url), key, value)
+        outcome = lockinfo.clear_value(client_for(url, _lock_store().redis_options), key, value)
     except (redis.RedisError, OSError):
         messages.error(request, f"The lock store at {lockinfo.address_of(url)} cannot be reached: nothing cleared.",
                        fail_silently=True)
