@@ -33,8 +33,14 @@ def new_tag(prefix: str) -> str:
 
 @contextlib.contextmanager
 def topology_worker(broker_port: int, name: str, url: str, options: Mapping[str, Any]) -> Iterator[Worker]:
-    """A two-process worker whose locks are at ``url`` with ``options``."""
-    env = {"ONCE_TEST_LOCKS_URL": url, "ONCE_TEST_LOCKS_OPTIONS": json.dumps(dict(options))}
+    """A two-process worker whose locks are at ``url`` with ``options``.
+
+    With the default heartbeat_timeout (30 s): a manual Sentinel failover
+    leaves the old master taking writes for about ten seconds, and a lease
+    must outlast that window to survive it (see the README's topology table).
+    """
+    env = {"ONCE_TEST_LOCKS_URL": url, "ONCE_TEST_LOCKS_OPTIONS": json.dumps(dict(options)),
+           "ONCE_TEST_HEARTBEAT_TIMEOUT": "30"}
     with running_worker(broker_port, name, queues=TOPOLOGY_QUEUE, concurrency=2, env=env) as worker:
         yield worker
 
