@@ -46,6 +46,11 @@ WARM_SHUTDOWN_TIMEOUT = 30.0
 WATCH_SECONDS = 60.0
 
 
+def _clock(t: float) -> str:
+    """``HH:MM:SS.mmm`` UTC, as the worker logs and the fault log print times."""
+    return time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}"
+
+
 class FaultLog:
     """Timestamped lines on stdout and in ``faults.log``."""
 
@@ -56,8 +61,7 @@ class FaultLog:
 
     def __call__(self, message: str) -> None:
         now = time.time()
-        stamp = time.strftime("%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}"
-        line = f"{stamp} +{now - self.t0:6.1f}s {message}"
+        line = f"{_clock(now)} +{now - self.t0:6.1f}s {message}"
         with self._lock:
             print(line, flush=True)
             with open(self.path, "a") as log:
@@ -72,6 +76,8 @@ class Kill:
     t: float
     worker: str
     fault: str
+    #: A worker's main process (the consumer), not a pool process.
+    main: bool
 
 
 @dataclass
@@ -82,7 +88,14 @@ class BlockedKey:
     key: str
     value: str
     killed_at: float
+    #: When the key stopped holding the value: when it was seen to, or, if
+    #: that is later, when its TTL last seen said it would expire (the store
+    #: may have been stalled or down in between, which is not the lock's doing).
     freed_at: Optional[float] = None
+    #: When the soak saw the key without the value.
+    seen_freed_at: Optional[float] = None
+    #: When the key expires by the TTL last seen.
+    expires_at: Optional[float] = None
 
 
 class Faults:
@@ -166,9 +179,9 @@ class Faults:
         with self._lock:
             self.counts[kind] += 1
 
-    def record_kills(self, pids: list[int], t: float, worker: str, fault: str) -> None:
+    def record_kills(self, pids: list[int], t: float, worker: str, fault: str, *, first_is_main: bool) -> None:
         with self._lock:
-            self.kills.extend(Kill(pid, t, worker, fault) for pid in pids)
+            self.kills.extend(Kill(pid, t, worker, fault, first_is_main and i == 0) for i, pid in enumerate(pids))
 
     # -- worker faults ------------------------------------------------------
 
@@ -180,7 +193,7 @@ class Faults:
         pid = self.rng.choice(children)
         os.kill(pid, signal.SIGKILL)
         t = self.last_fault_at = time.time()
-        self.record_kills([pid], t, worker.name, "child_kill")
+        self.record_kills([pid], t, worker.name, "child_kill", first_is_main=False)
         self._count("child_kill")
         self.log(f"child_kill: SIGKILL pool process {pid} of {worker.name}")
 
@@ -191,7 +204,7 @@ class Faults:
         def restart() -> None:
             pids = worker.kill()
             t = self.last_fault_at = time.time()
-            self.record_kills(pids, t, worker.name, "worker_kill")
+            self.record_kills(pids, t, worker.name, "worker_kill", first_is_main=True)
             self._count("worker_kill")
             self.log(f"worker_kill: SIGKILL {worker.name} main process {pids[0]} (pool processes "
                      f"{', '.join(map(str, pids[1:])) or 'none'}); start again in {pause:.1f}s")
@@ -211,7 +224,7 @@ class Faults:
             began = time.time()
             killed = worker.terminate(WARM_SHUTDOWN_TIMEOUT)
             if killed:
-                self.record_kills(killed, time.time(), worker.name, "warm_restart")
+                self.record_kills(killed, time.time(), worker.name, "warm_restart", first_is_main=True)
                 self.log(f"warm_restart: {worker.name} still ran after {WARM_SHUTDOWN_TIMEOUT:.0f}s: SIGKILLed")
             time.sleep(self.rng.uniform(0.2, 1.0))
             worker.start()
@@ -290,20 +303,40 @@ class Faults:
         held = held or []
         with self._lock:
             self.blocked.extend(held)
-        self.log(f"worker_kill: {worker} held {len(held)} running lock(s) at its death")
+        self.log(f"worker_kill: {worker} held {len(held)} running lock(s) at its death"
+                 + "".join(f"\n    {item.key} = {item.value}" for item in held))
+        watched = list(held)
         while held and time.time() < deadline:
+            pipe = client.pipeline(transaction=False)
+            for blocked in held:
+                pipe.get(blocked.key)
+                pipe.pttl(blocked.key)
             try:
-                values = client.mget([blocked.key for blocked in held])
+                replies = pipe.execute()
             except RedisError:
                 time.sleep(0.05)
                 continue
             now = time.time()
-            for blocked, value in zip(held, values):
+            for blocked, value, pttl in zip(held, replies[::2], replies[1::2]):
                 if value != blocked.value:
-                    blocked.freed_at = now
+                    blocked.seen_freed_at = now
+                    blocked.freed_at = min(now, blocked.expires_at or now)
+                elif pttl > 0:
+                    blocked.expires_at = now + pttl / 1000
             held = [blocked for blocked in held if blocked.freed_at is None]
             time.sleep(0.05)
         client.close()
+        if watched:
+            self.log(f"worker_kill: the running locks {worker} held at its death (killed at {_clock(killed_at)}) "
+                     "kept their keys for " + ", ".join(_held_for(item) for item in watched))
+
+
+def _held_for(item: BlockedKey) -> str:
+    if item.freed_at is None or item.seen_freed_at is None:
+        return "ever"
+    seen = item.seen_freed_at - item.killed_at
+    held = item.freed_at - item.killed_at
+    return f"{held:.2f}s" if seen - held < 0.2 else f"{held:.2f}s (seen free after {seen:.2f}s: the store was away)"
 
 
 def _running_locks(client: redis.Redis, worker: str) -> list[tuple[str, str]]:

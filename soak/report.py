@@ -153,3 +153,20 @@ def describe(run: Execution, t0: float) -> str:
     end = f"+{run.end - t0:.3f}s ({run.ended_by})" if run.end is not None else "never (no end record, no kill)"
     return (f"task {run.task_id} attempt {run.retries} on {run.worker} pid {run.pid}: "
             f"+{run.start - t0:.3f}s to {end}")
+
+
+def lost_by_broker(stuck: Sequence[Call], runs: Sequence[Execution], in_broker: set[str], logged: set[str],
+                   kills: Iterable[Kill]) -> list[Call]:
+    """The calls not terminal whose message the broker transport lost, not the library.
+
+    kombu's Redis transport takes a message off its queue (BRPOP) before it
+    records it as delivered and unacknowledged; a worker killed in between
+    loses it. Such a message never ran, no worker logged it (Celery logs
+    "received" only after recording it), it is neither queued nor
+    unacknowledged, and a worker's main process was SIGKILLed after the call.
+    """
+    ran = {run.task_id for run in runs}
+    consumer_kills = [kill.t for kill in kills if kill.main]
+    return [call for call in stuck
+            if call.result.id not in ran and call.result.id not in in_broker and call.result.id not in logged
+            and any(t >= call.t for t in consumer_kills)]
