@@ -276,8 +276,10 @@ class Soak:
         self.say(f"dropped: {count[DROPPED]}")
         self.say(f"refused: {count[REFUSED]}")
         self.say(f"publish errors: {count[ERROR]}")
+        rerun = report.run_again(runs)
         self.say(f"executions run: {len(runs)} ({ended_by_kill} ended by a kill, {without_end} without an end; "
-                 f"{len({run.task_id for run in runs})} task ids)")
+                 f"{len({run.task_id for run in runs})} task ids, {len(rerun)} run again after a finished execution: "
+                 "redelivered, their worker died before the ack)")
         self.say(f"rejected (OnceTaskLocked results): {report.rejected(calls, states)}")
         self.say("faults: " + ", ".join(f"{kind} {faults.counts[kind]}" for kind in KINDS))
         self.say(f"duration: {ended - began:.1f}s (load {load_ended - began:.1f}s, drain and lease wait "

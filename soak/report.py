@@ -170,3 +170,21 @@ def lost_by_broker(stuck: Sequence[Call], runs: Sequence[Execution], in_broker: 
     return [call for call in stuck
             if call.result.id not in ran and call.result.id not in in_broker and call.result.id not in logged
             and any(t >= call.t for t in consumer_kills)]
+
+
+def run_again(runs: Sequence[Execution]) -> set[str]:
+    """Task ids run again after an execution of theirs that recorded its end.
+
+    Not an overlap, and not the library's doing: with ``acks_late`` the
+    message is acknowledged after the result is stored, and a worker killed
+    in between (or a broker that lost the acknowledgement) has it delivered
+    again.
+    """
+    ended: set[str] = set()
+    again: set[str] = set()
+    for run in sorted(runs, key=lambda run: run.start):
+        if run.task_id in ended:
+            again.add(run.task_id)
+        if run.ended_by == "end":
+            ended.add(run.task_id)
+    return again
