@@ -116,6 +116,8 @@ def sleep_until(t: float) -> None:
 
 
 class Soak:
+    """One soak: its phases over the servers and workers it is given, and the figures it prints."""
+
     def __init__(self, plan: Plan, servers: Servers, workers: list[SoakWorker], log: FaultLog,
                  directory: Path) -> None:
         self.plan = plan
@@ -266,6 +268,11 @@ class Soak:
         limit = HEARTBEAT_TIMEOUT + 5
         count = {outcome: sum(1 for call in calls if call.outcome == outcome)
                  for outcome in (ACCEPTED, DROPPED, REFUSED, ERROR)}
+        # What Celery lost is told apart from what the library did (see report.lost_by_broker).
+        logged = {call.result.id for call in stuck if self.log_lines(call.result.id)}
+        lost = report.lost_by_broker(stuck, runs, self.in_broker(), logged, faults.kills)
+        lost_ids = {call.result.id for call in lost}
+        locks_of_lost = [lock for lock in locks_left if lock[0].endswith(":queue") and lock[1] in lost_ids]
         ended_by_kill = sum(1 for run in runs if run.ended_by == "kill")
         without_end = sum(1 for run in runs if run.ended_by == "unknown")
 
@@ -273,7 +280,9 @@ class Soak:
                  f"{HEARTBEAT_TIMEOUT}s (lease ttl {plan.lease.ttl:.1f}s); visibility_timeout: {VISIBILITY_TIMEOUT}s")
         self.say(f"calls made: {len(calls)}")
         self.say(f"accepted: {count[ACCEPTED]}")
-        self.say(f"dropped: {count[DROPPED]}")
+        behind_lost = report.dropped_behind(calls, lost)
+        self.say(f"dropped: {count[DROPPED]}" + (
+            f" ({behind_lost} of them behind the queue lock of a message Celery lost)" if behind_lost else ""))
         self.say(f"refused: {count[REFUSED]}")
         self.say(f"publish errors: {count[ERROR]}")
         rerun = report.run_again(runs)
@@ -284,11 +293,6 @@ class Soak:
         self.say("faults: " + ", ".join(f"{kind} {faults.counts[kind]}" for kind in KINDS))
         self.say(f"duration: {ended - began:.1f}s (load {load_ended - began:.1f}s, drain and lease wait "
                  f"{ended - load_ended:.1f}s)")
-        # What Celery lost is told apart from what the library did (see report.lost_by_broker).
-        logged = {call.result.id for call in stuck if self.log_lines(call.result.id)}
-        lost = report.lost_by_broker(stuck, runs, self.in_broker(), logged, faults.kills)
-        lost_ids = {call.result.id for call in lost}
-        locks_of_lost = [lock for lock in locks_left if lock[0].endswith(":queue") and lock[1] in lost_ids]
         self.say(f"overlaps: {len(overlapping)}")
         self.say(f"results not terminal: {len(stuck)}" + (
             f" ({len(lost)} of them lost by Celery: messages taken off the broker by a worker SIGKILLed before it "

@@ -18,7 +18,7 @@ from typing import Any, Optional
 from celery import states
 
 from soak.faults import BlockedKey, Kill
-from soak.load import ACCEPTED, Call
+from soak.load import ACCEPTED, DROPPED, Call
 
 #: The exception type a rejected duplicate execution's result names.
 REJECTED_TYPE = "OnceTaskLocked"
@@ -188,3 +188,11 @@ def run_again(runs: Sequence[Execution]) -> set[str]:
         if run.ended_by == "end":
             ended.add(run.task_id)
     return again
+
+
+def dropped_behind(calls: Sequence[Call], lost: Sequence[Call]) -> int:
+    """Calls dropped as duplicates of a message Celery lost: its queue lock outlives it."""
+    since: dict[int, float] = {}
+    for call in lost:
+        since[call.key] = min(call.t, since.get(call.key, math.inf))
+    return sum(1 for call in calls if call.outcome == DROPPED and call.t > since.get(call.key, math.inf))
