@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The fault-injection soak (soak/): installs redis-server (if missing) and a
+# virtualenv (.venv), then runs Celery workers of its own under steady calls
+# while it kills and stalls workers, pool processes, the lock store and the
+# broker; prints its figures and exits non-zero if a check failed.
+#
+#   bash scripts/soak.sh --short            about 75 s of load, 3 workers (what CI runs; 2-3 minutes in all)
+#   bash scripts/soak.sh --minutes 20       a longer soak, 4 workers
+#   bash scripts/soak.sh --policy wait      duplicate executions wait instead of being rejected
+#
+# PYTHON and VENV choose the interpreter and the virtualenv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/setup.sh
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+ensure_redis_server
+# The soak lists a worker's pool processes with pgrep (Debian: procps).
+if ! command -v pgrep >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq procps >/dev/null
+    fi
+    command -v pgrep >/dev/null 2>&1 || { echo "pgrep is required: install procps" >&2; exit 1; }
+fi
+# The same requirements as the tests: one virtualenv serves both.
+make_venv "$VENV" "$PYTHON" -e ".[dev]"
+exec "$VENV/bin/python" -m soak "$@"

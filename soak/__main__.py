@@ -1,0 +1,467 @@
+"""The soak's driver: ``python -m soak [--short|--minutes N] [--policy reject|wait] [--seed S] [--keep]``.
+
+Run it with ``bash scripts/soak.sh``, which installs what it needs. Phases:
+
+1. start three redis-servers (lock store, broker and backend, records) and
+   the workers (3 in short mode, 4 otherwise), and wait until they are ready;
+2. load: 3 publisher threads make about 20 calls/s over 16 keys while a
+   fault is injected every 1.5-3 s (``soak.faults``);
+3. drain: stop both; make sure every worker runs; once the broker's
+   visibility timeout has passed since the last fault, restart every worker
+   (a starting consumer restores the unacked messages of killed workers);
+   wait until every accepted call's result is ready, or the drain deadline;
+4. wait one lease (``Lease(heartbeat_timeout).ttl``) and a second more, and
+   count the locks left.
+
+Then it prints its figures (see ``soak.report``) and exits 1 if two
+executions of one call overlapped, an accepted call's result is not in a
+ready state, a lock was left, or a killed worker's running lock blocked its
+key for more than ``heartbeat_timeout + 5`` seconds (with ``--policy wait``,
+also if an accepted call was not followed by an execution); 2 if the soak
+itself could not run. A message that Celery itself lost (kombu's Redis
+transport loses one a worker took off the queue and was killed before it
+recorded it) leaves its result pending and its queue lock in place, whatever
+the library does: those are counted and shown, and fail the soak only with
+``--strict``. The worker logs, the fault log, the records and the
+details of every failure are in a temp dir whose path it prints; the dir is
+kept when a check failed (with a copy of the lock store's append-only file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from celery.states import READY_STATES
+
+from celery_once_task import OnceTask
+from celery_once_task.ownership import Lease
+from soak import report
+from soak.cluster import Servers, SoakWorker
+from soak.faults import KINDS, FaultLog, Faults
+from soak.load import ACCEPTED, DROPPED, ERROR, REFUSED, Call, Publishers
+
+PUBLISHER_THREADS = 3
+CALLS_PER_SECOND = 20.0
+HEARTBEAT_TIMEOUT = 5
+VISIBILITY_TIMEOUT = 8
+#: Worker start-up on a busy two-core machine can take a while.
+READY_TIMEOUT = 120.0
+#: How often the load phase logs its progress.
+PROGRESS_EVERY = 15.0
+#: How many failures of each kind are printed (all are in details.txt).
+SHOWN = 5
+
+
+@dataclass(frozen=True)
+class Plan:
+    load_seconds: float
+    workers: int
+    drain_seconds: float
+    policy: str
+    seed: int
+    keep: bool
+    #: Fail on messages Celery lost too.
+    strict: bool
+
+    @property
+    def lease(self) -> Lease:
+        return Lease(HEARTBEAT_TIMEOUT)
+
+
+def parse(argv: Optional[Sequence[str]]) -> Plan:
+    parser = argparse.ArgumentParser(prog="python -m soak", description=__doc__.split("\n\n")[0])
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--short", action="store_true", help="75 s of load, 3 workers: what CI runs")
+    length.add_argument("--minutes", type=float, default=10.0, help="minutes of load (default 10), 4 workers")
+    parser.add_argument("--policy", choices=("reject", "wait"), default="reject",
+                        help="what a duplicate execution gets (running_lock_conflict)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the fault and key choices")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir even when every check passed")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail on results left pending and queue locks left by messages Celery lost, too")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    if args.short:
+        return Plan(75.0, 3, 60.0, args.policy, seed, args.keep, args.strict)
+    return Plan(args.minutes * 60, 4, 120.0, args.policy, seed, args.keep, args.strict)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def sleep_until(t: float) -> None:
+    time.sleep(max(0.0, t - time.time()))
+
+
+class Soak:
+    """One soak: its phases over the servers and workers it is given, and the figures it prints."""
+
+    def __init__(self, plan: Plan, servers: Servers, workers: list[SoakWorker], log: FaultLog,
+                 directory: Path) -> None:
+        self.plan = plan
+        self.servers = servers
+        self.workers = workers
+        self.log = log
+        self.directory = directory
+        self.results = servers.broker.client(1)
+        self.records = servers.records.client(0)
+        self.lines: list[str] = []
+
+    # -- phases -------------------------------------------------------------
+
+    def run(self) -> bool:
+        plan = self.plan
+        app = importlib.import_module("soak.app")
+        self.log(f"soak: policy {plan.policy}, {plan.workers} workers, {plan.load_seconds:.0f}s of load, seed "
+                 f"{plan.seed}, heartbeat_timeout {HEARTBEAT_TIMEOUT}s (lease ttl {plan.lease.ttl:.1f}s), "
+                 f"visibility_timeout {VISIBILITY_TIMEOUT}s; logs in {self.directory}")
+        if plan.policy != "reject" and not hasattr(OnceTask, "running_lock_conflict"):
+            self.log("soak: OnceTask has no running_lock_conflict yet: the task has the attribute, the library "
+                     "ignores it")
+        for worker in self.workers:
+            worker.start()
+        self.wait_ready()
+
+        publishers = Publishers(app.work, threads=PUBLISHER_THREADS, rate=CALLS_PER_SECOND, keys=app.KEYS,
+                                seed=plan.seed)
+        faults = Faults(self.servers, self.workers, self.log, random.Random(plan.seed))
+        began = time.time()
+        self.log("load: publishing and injecting faults")
+        publishers.start()
+        faults.start()
+        load_ends = began + plan.load_seconds
+        while time.time() < load_ends:
+            time.sleep(max(0.0, min(PROGRESS_EVERY, load_ends - time.time())))
+            self.progress(publishers.snapshot())
+        publishers.stop()
+        faults.stop()
+        load_ended = time.time()
+
+        calls = publishers.snapshot()
+        drained_at = self.drain(faults, calls)
+        self.log(f"drain: waiting one lease ({plan.lease.ttl:.1f}s) and 1s more before counting locks")
+        faults.wait_for_watchers()
+        sleep_until(drained_at + plan.lease.ttl + 1)
+        locks_left = self.locks_left()
+        ended = time.time()
+        return self.figures(calls, faults, locks_left, began, load_ended, ended)
+
+    def wait_ready(self) -> None:
+        wait_for(lambda: all(worker.ready() for worker in self.workers), READY_TIMEOUT, "the workers to be ready")
+
+    def progress(self, calls: list[Call]) -> None:
+        counts = {outcome: sum(1 for call in calls if call.outcome == outcome)
+                  for outcome in (ACCEPTED, DROPPED, REFUSED, ERROR)}
+        starts = sum(1 for record in self.read_records() if record["event"] == "start")
+        self.log(f"load: {len(calls)} calls ({', '.join(f'{n} {name}' for name, n in counts.items())}), "
+                 f"{starts} executions")
+
+    def drain(self, faults: Faults, calls: list[Call]) -> float:
+        """Bring every accepted call to its end, as far as Celery can; return when the drain ended."""
+        self.log("drain: publishing and faults stopped")
+        for worker in self.workers:
+            if not worker.alive():
+                self.log(f"drain: {worker.name} is down: starting it")
+                worker.start()
+        self.wait_ready()
+        restore_at = faults.last_fault_at + VISIBILITY_TIMEOUT + 1
+        self.log(f"drain: waiting {max(0.0, restore_at - time.time()):.1f}s, until the visibility timeout has "
+                 "passed since the last fault")
+        sleep_until(restore_at)
+        self.log("drain: restarting every worker: a starting consumer restores the unacked messages of killed "
+                 "workers")
+        for worker in self.workers:
+            killed = worker.terminate(60)
+            if killed:
+                faults.record_kills(killed, time.time(), worker.name, "drain", first_is_main=True)
+                self.log(f"drain: {worker.name} did not stop within 60s: SIGKILLed")
+        for worker in self.workers:
+            worker.start()
+        self.wait_ready()
+        ids = [call.result.id for call in report.accepted(calls)]
+        deadline = time.time() + self.plan.drain_seconds
+        next_log = 0.0
+        hopeless: set[str] = set()
+        while True:
+            states = self.result_states(ids)
+            pending = [task_id for task_id in ids if states.get(task_id, ("PENDING", None))[0] not in READY_STATES]
+            if not pending:
+                self.log(f"drain: all {len(ids)} accepted calls have a ready result")
+                break
+            if time.time() >= deadline:
+                self.log(f"drain: deadline passed with {len(pending)} of {len(ids)} results not ready")
+                break
+            # A result whose message is in no queue and delivered to no
+            # worker can never be ready: seen twice, a second apart, it is
+            # not worth the rest of the deadline.
+            in_broker = self.in_broker()
+            nowhere = {task_id for task_id in pending if task_id not in in_broker}
+            if len(nowhere) == len(pending) and nowhere <= hopeless:
+                self.log(f"drain: {len(pending)} of {len(ids)} results not ready, and their messages are not in the "
+                         "broker any more")
+                break
+            hopeless = nowhere
+            if time.time() >= next_log:
+                self.log(f"drain: {len(pending)} of {len(ids)} results not ready yet")
+                next_log = time.time() + 5
+            time.sleep(1)
+        return time.time()
+
+    # -- what is collected --------------------------------------------------
+
+    def read_records(self) -> list[dict[str, Any]]:
+        return [json.loads(item) for item in self.records.lrange("soak:records", 0, -1)]
+
+    def result_states(self, ids: Sequence[str]) -> dict[str, tuple[str, Optional[str]]]:
+        """Each result's state and, for a failure, its exception type (as ``AsyncResult.state`` reads it)."""
+        found: dict[str, tuple[str, Optional[str]]] = {}
+        for offset in range(0, len(ids), 500):
+            chunk = ids[offset:offset + 500]
+            for task_id, value in zip(chunk, self.results.mget([f"celery-task-meta-{i}" for i in chunk])):
+                if value is None:
+                    continue
+                meta = json.loads(value)
+                result = meta.get("result")
+                found[task_id] = (meta["status"], result.get("exc_type") if isinstance(result, dict) else None)
+        return found
+
+    def locks_left(self) -> list[tuple[str, str, int]]:
+        client = self.servers.locks.client(0, decode_responses=True)
+        return [(str(key), str(client.get(key)), int(client.pttl(key)))
+                for key in sorted(client.scan_iter(match="once_task:*", count=1000))]
+
+    # -- the figures --------------------------------------------------------
+
+    def figures(self, calls: list[Call], faults: Faults, locks_left: list[tuple[str, str, int]], began: float,
+                load_ended: float, ended: float) -> bool:
+        plan = self.plan
+        t0 = self.log.t0
+        records = self.read_records()
+        runs = report.executions(records, faults.kills)
+        accepted = report.accepted(calls)
+        states = self.result_states([call.result.id for call in accepted])
+        overlapping = report.overlaps(runs)
+        stuck = report.not_terminal(calls, states)
+        blocked = report.blocking(faults.blocked, ended)
+        limit = HEARTBEAT_TIMEOUT + 5
+        count = {outcome: sum(1 for call in calls if call.outcome == outcome)
+                 for outcome in (ACCEPTED, DROPPED, REFUSED, ERROR)}
+        # What Celery lost is told apart from what the library did (see report.lost_by_broker).
+        logged = {call.result.id for call in stuck if self.log_lines(call.result.id)}
+        lost = report.lost_by_broker(stuck, runs, self.in_broker(), logged, faults.kills)
+        lost_ids = {call.result.id for call in lost}
+        locks_of_lost = [lock for lock in locks_left if lock[0].endswith(":queue") and lock[1] in lost_ids]
+        ended_by_kill = sum(1 for run in runs if run.ended_by == "kill")
+        without_end = sum(1 for run in runs if run.ended_by == "unknown")
+
+        self.say(f"policy: {plan.policy}; workers: {plan.workers}; seed: {plan.seed}; heartbeat_timeout: "
+                 f"{HEARTBEAT_TIMEOUT}s (lease ttl {plan.lease.ttl:.1f}s); visibility_timeout: {VISIBILITY_TIMEOUT}s")
+        self.say(f"calls made: {len(calls)}")
+        self.say(f"accepted: {count[ACCEPTED]}")
+        behind_lost = report.dropped_behind(calls, lost)
+        self.say(f"dropped: {count[DROPPED]}" + (
+            f" ({behind_lost} of them behind the queue lock of a message Celery lost)" if behind_lost else ""))
+        self.say(f"refused: {count[REFUSED]}")
+        self.say(f"publish errors: {count[ERROR]}")
+        rerun = report.run_again(runs)
+        self.say(f"executions run: {len(runs)} ({ended_by_kill} ended by a kill, {without_end} without an end; "
+                 f"{len({run.task_id for run in runs})} task ids, {len(rerun)} run again after a finished execution: "
+                 "redelivered, their worker died before the ack)")
+        self.say(f"rejected (OnceTaskLocked results): {report.rejected(calls, states)}")
+        self.say("faults: " + ", ".join(f"{kind} {faults.counts[kind]}" for kind in KINDS))
+        self.say(f"duration: {ended - began:.1f}s (load {load_ended - began:.1f}s, drain and lease wait "
+                 f"{ended - load_ended:.1f}s)")
+        self.say(f"overlaps: {len(overlapping)}")
+        self.say(f"results not terminal: {len(stuck)}" + (
+            f" ({len(lost)} of them lost by Celery: messages taken off the broker by a worker SIGKILLed before it "
+            "recorded their delivery)" if lost else ""))
+        self.say(f"locks left after heartbeat_timeout: {len(locks_left)}" + (
+            f" ({len(locks_of_lost)} of them the queue locks of messages Celery lost; they expire after "
+            "queue_lock_timeout)" if locks_of_lost else ""))
+        if blocked.seconds:
+            self.say(f"crashed worker blocked its keys: max {blocked.maximum:.2f}s, median {blocked.median:.2f}s "
+                     f"({len(blocked.seconds)} locks of {faults.counts['worker_kill']} worker kills"
+                     f"{f', {blocked.unreleased} never released' if blocked.unreleased else ''})")
+        else:
+            self.say(f"crashed worker blocked its keys: max -, median - (no running lock held at "
+                     f"{faults.counts['worker_kill']} worker kills)")
+        failures = []
+        if overlapping:
+            failures.append("overlaps")
+        # Celery's losses fail the soak only with --strict: they happen
+        # whatever the library does, in a few runs out of ten.
+        if len(stuck) > (0 if plan.strict else len(lost)):
+            failures.append("results not terminal")
+        if len(locks_left) > (0 if plan.strict else len(locks_of_lost)):
+            failures.append("locks left")
+        if blocked.maximum is not None and blocked.maximum > limit:
+            failures.append(f"a crashed worker blocked a key for more than {limit}s")
+        if plan.policy == "wait":
+            unfollowed = report.not_followed(calls, runs)
+            self.say(f"calls not followed by an execution: {len(unfollowed)}")
+            if unfollowed:
+                failures.append("calls not followed by an execution")
+        else:
+            unfollowed = []
+        if count[ERROR]:
+            errors = sorted({call.error or "" for call in calls if call.outcome == ERROR})
+            self.say(f"publish errors seen: {'; '.join(errors[:3])}")
+        self.say(f"result: {'FAIL (' + ', '.join(failures) + ')' if failures else 'PASS'}")
+
+        details = self.details(t0, runs, overlapping, stuck, lost_ids, locks_left, unfollowed)
+        self.write_files(records, calls, states, details)
+        return not failures
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+        print(line, flush=True)
+
+    def details(self, t0: float, runs: list[report.Execution], overlapping: list[tuple[report.Execution,
+                report.Execution]], stuck: list[Call], lost_ids: set[str], locks_left: list[tuple[str, str, int]],
+                unfollowed: list[Call]) -> list[str]:
+        """What a reader needs to reproduce each failure; the first few are printed too."""
+        lines: list[str] = [f"times are seconds since {t0:.3f} ({_utc(t0)} UTC), as in faults.log"]
+        for first, second in overlapping:
+            lines.append(f"overlap on key {first.key}: {report.describe(first, t0)} | {report.describe(second, t0)}")
+        by_task: dict[str, list[report.Execution]] = {}
+        for run in runs:
+            by_task.setdefault(run.task_id, []).append(run)
+        for call in stuck:
+            task_id = call.result.id
+            lines.append(f"not terminal: task {task_id} key {call.key} called at +{call.t - t0:.3f}s; "
+                         f"{len(by_task.get(task_id, []))} execution(s); message {self.whereabouts(task_id)}"
+                         + ("; lost by Celery" if task_id in lost_ids else ""))
+            lines.extend(f"    {line}" for line in self.log_lines(task_id))
+        for key, value, pttl in locks_left:
+            lines.append(f"lock left: {key} = {value} (pttl {pttl} ms)")
+        for call in unfollowed:
+            lines.append(f"not followed by an execution: task {call.result.id} key {call.key} called at "
+                         f"+{call.t - t0:.3f}s")
+        shown: dict[str, int] = {}
+        for line in lines[1:]:
+            kind = line.split(":", 1)[0]
+            shown[kind] = shown.get(kind, 0) + 1
+            if line.startswith("    ") or shown[kind] <= SHOWN:
+                print(line, flush=True)
+        return lines
+
+    def broker_messages(self) -> tuple[bytes, bytes]:
+        """Every queued message, and every message delivered to a worker and not acknowledged yet."""
+        broker = self.servers.broker.client(0)
+        queued = b"".join(_bytes(item) for key in broker.scan_iter(match="celery*", _type="list")
+                          for item in broker.lrange(key, 0, -1))
+        return queued, b"".join(_bytes(item) for item in broker.hvals("unacked"))
+
+    def in_broker(self) -> set[str]:
+        """The task ids of the messages the broker still has, queued or unacked."""
+        queued, unacked = self.broker_messages()
+        return {match.decode() for match in _TASK_ID.findall(queued + unacked)}
+
+    def whereabouts(self, task_id: str) -> str:
+        """Where the broker has the message: queued, delivered but unacked, or nowhere."""
+        queued, unacked = self.broker_messages()
+        where = [name for name, blob in (("queued", queued), ("delivered, unacked", unacked))
+                 if task_id.encode() in blob]
+        return " and ".join(where) if where else "not in the broker"
+
+    def log_lines(self, task_id: str, limit: int = 8) -> list[str]:
+        found: list[str] = []
+        for worker in self.workers:
+            with open(worker.log_path, errors="replace") as log:
+                found.extend(f"{worker.log_path.name}: {line.rstrip()}" for line in log if task_id in line)
+        return found if len(found) <= limit else [*found[:limit // 2], "...", *found[-limit // 2:]]
+
+    def write_files(self, records: list[dict[str, Any]], calls: list[Call],
+                    states: dict[str, tuple[str, Optional[str]]], details: list[str]) -> None:
+        with open(self.directory / "records.jsonl", "w") as out:
+            out.writelines(json.dumps(record) + "\n" for record in records)
+        with open(self.directory / "calls.jsonl", "w") as out:
+            for call in calls:
+                task_id = call.result.id if call.result is not None else None
+                out.write(json.dumps({"t": call.t, "key": call.key, "outcome": call.outcome, "task_id": task_id,
+                                      "state": states.get(task_id or "", (None, None))[0],
+                                      "error": call.error}) + "\n")
+        (self.directory / "details.txt").write_text("\n".join(details) + "\n")
+        (self.directory / "report.txt").write_text("\n".join(self.lines) + "\n")
+
+
+#: A task id in a message (its headers, its properties): a UUID.
+_TASK_ID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+
+def shut_down(workers: list[SoakWorker]) -> None:
+    for worker in workers:
+        with contextlib.suppress(Exception):
+            worker.terminate(30)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    plan = parse(argv)
+    directory = Path(tempfile.mkdtemp(prefix="once-task-soak-"))
+    log = FaultLog(directory / "faults.log")
+    # The library's warnings in this process (refused calls) go to a log of
+    # their own, beside the workers' logs, rather than between the figures.
+    logging.basicConfig(filename=directory / "publisher.log", level=logging.INFO,
+                        format="[%(asctime)s: %(levelname)s/%(threadName)s] %(name)s: %(message)s")
+    status = 2
+    servers = Servers()
+    workers: list[SoakWorker] = []
+    try:
+        env = servers.environment(HEARTBEAT_TIMEOUT, VISIBILITY_TIMEOUT, plan.policy)
+        os.environ.update(env)  # read by soak.app, here and in the workers
+        workers = [SoakWorker(index, directory, env) for index in range(1, plan.workers + 1)]
+        status = 0 if Soak(plan, servers, workers, log, directory).run() else 1
+    except BaseException:
+        traceback.print_exc()
+        status = 2
+    finally:
+        # The calls' results unsubscribe from the result backend when they
+        # are collected: let that happen while it still runs.
+        gc.collect()
+        shut_down(workers)
+        if status:
+            with contextlib.suppress(Exception):
+                servers.locks.resume()
+                shutil.copytree(servers.locks.dir, directory / "lock-store")
+        servers.stop()
+    if status or plan.keep:
+        print(f"logs, records and details kept in {directory}", flush=True)
+    else:
+        print(f"logs, records and details were in {directory} (removed: every check passed; --keep keeps them)",
+              flush=True)
+        shutil.rmtree(directory, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The Celery app the soak's workers run, and its one task: ``work(key_index)``.
+
+Configured from the environment the driver sets (``SOAK_*``): the broker and
+result backend, the lock store, the records server, ``heartbeat_timeout``,
+the broker's visibility timeout and the policy for a duplicate execution.
+The driver imports it too, to publish.
+
+``work`` records its start and its end in the records server -- time, pid,
+the pid of its worker's main process, node name, task id, attempt, key -- and
+sleeps between the two, so that the driver can tell afterwards which
+executions of one key ran at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import uuid
+from typing import Any
+
+import redis
+from celery import Celery
+
+from celery_once_task import OnceTask, OnceTaskUnlockBootStep, configure, setup_once_task_signals
+
+#: The records list: one JSON object per start or end of an execution.
+RECORDS_KEY = "soak:records"
+#: How many different calls the publishers make: ``work(0)`` to ``work(KEYS - 1)``.
+KEYS = 16
+POLICIES = ("reject", "wait")
+
+
+def _setting(name: str) -> str:
+    # No default: a soak that fell back to a default URL could write to a
+    # Redis it did not start.
+    value = os.environ.get(name)
+    if not value:
+        raise RuntimeError(f"{name} is not set: run the soak with `bash scripts/soak.sh`")
+    return value
+
+
+BROKER_URL = _setting("SOAK_BROKER_URL")
+BACKEND_URL = _setting("SOAK_BACKEND_URL")
+LOCKS_URL = _setting("SOAK_LOCKS_URL")
+RECORDS_URL = _setting("SOAK_RECORDS_URL")
+HEARTBEAT_TIMEOUT = int(os.environ.get("SOAK_HEARTBEAT_TIMEOUT", "5"))
+VISIBILITY_TIMEOUT = int(os.environ.get("SOAK_VISIBILITY_TIMEOUT", "8"))
+POLICY = os.environ.get("SOAK_POLICY", "reject")
+if POLICY not in POLICIES:
+    raise RuntimeError(f"SOAK_POLICY must be one of {', '.join(POLICIES)}, got {POLICY!r}")
+
+app = Celery("soak", broker=BROKER_URL, backend=BACKEND_URL)
+app.conf.update(
+    broker_transport_options={
+        # Short, so that the messages of a killed worker come back within the soak.
+        "visibility_timeout": VISIBILITY_TIMEOUT,
+        # kombu's restore of unacked messages holds a mutex with this TTL
+        # (300 s by default): a worker killed while holding it would stop
+        # every restore for longer than the soak drains.
+        "unacked_mutex_expire": 10,
+    },
+    worker_prefetch_multiplier=1,
+    result_expires=3600,
+    broker_connection_retry_on_startup=True,
+)
+configure(redis_url=LOCKS_URL, heartbeat_timeout=HEARTBEAT_TIMEOUT)
+setup_once_task_signals()
+app.steps["worker"].add(OnceTaskUnlockBootStep)
+
+# Celery sets every decorator option as a class attribute of the task, so a
+# library that does not know ``running_lock_conflict`` yet still gets it, and
+# honours it as soon as it reads the attribute.
+_POLICY_OPTIONS: dict[str, Any] = {} if POLICY == "reject" else {"running_lock_conflict": POLICY}
+
+# Longer than a stall of the records server could last: it is never faulted.
+_records = redis.Redis.from_url(RECORDS_URL, socket_timeout=30)
+
+
+def record(event: str, **fields: Any) -> None:
+    """Append one event to the records list."""
+    _records.rpush(RECORDS_KEY, json.dumps({"event": event, "t": time.time(), **fields}))
+
+
+@app.task(
+    base=OnceTask,
+    bind=True,
+    name="soak.work",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    **_POLICY_OPTIONS,
+)
+def work(self: Any, key_index: int) -> int:
+    """One execution of the call ``work(key_index)``, recorded at its start and its end."""
+    fields = {
+        "execution": uuid.uuid4().hex,
+        "task_id": self.request.id,
+        "retries": self.request.retries,
+        "key": key_index,
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "worker": self.request.hostname,
+    }
+    record("start", **fields)
+    time.sleep(random.uniform(0.05, 0.5))  # the work it stands for
+    record("end", **fields)
+    return key_index

@@ -1,0 +1,198 @@
+"""What the soak found: executions rebuilt from the records, and the figures it prints.
+
+Pure functions of what the driver collected (records, kills, calls, result
+states, locks left, the locks of killed workers), so that a reader can check
+each figure against its definition here.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from celery import states
+
+from soak.faults import BlockedKey, Kill
+from soak.load import ACCEPTED, DROPPED, Call
+
+#: The exception type a rejected duplicate execution's result names.
+REJECTED_TYPE = "OnceTaskLocked"
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One run of the task body: from its start record to its end record, or to the kill of its process."""
+
+    execution: str
+    task_id: str
+    retries: int
+    key: int
+    pid: int
+    ppid: int
+    worker: str
+    start: float
+    #: None: no end record and no kill of its process (it ran on past the soak's view).
+    end: Optional[float]
+    #: "end" (it recorded its end), "kill" (its process, or its worker, was killed), "unknown".
+    ended_by: str
+
+    @property
+    def until(self) -> float:
+        return self.end if self.end is not None else math.inf
+
+
+def executions(records: Iterable[Mapping[str, Any]], kills: Iterable[Kill]) -> list[Execution]:
+    """Pair start and end records; an execution without an end ends when its process was killed."""
+    starts: dict[str, Mapping[str, Any]] = {}
+    ends: dict[str, float] = {}
+    for record in records:
+        if record["event"] == "start":
+            starts[record["execution"]] = record
+        elif record["event"] == "end":
+            ends[record["execution"]] = float(record["t"])
+    killed_at: dict[int, list[float]] = defaultdict(list)
+    for kill in kills:
+        killed_at[kill.pid].append(kill.t)
+    for times in killed_at.values():
+        times.sort()
+    found = []
+    for execution, start in starts.items():
+        began = float(start["t"])
+        end: Optional[float] = ends.get(execution)
+        ended_by = "end"
+        if end is None:
+            # Its pool process was killed, or its worker's main process
+            # (a pool process dies with it): the first such kill after it began.
+            candidates = [_first_after(killed_at.get(int(start[pid]), []), began) for pid in ("pid", "ppid")]
+            known = [t for t in candidates if t is not None]
+            end = min(known) if known else None
+            ended_by = "kill" if known else "unknown"
+        found.append(Execution(
+            execution=execution, task_id=str(start["task_id"]), retries=int(start["retries"] or 0),
+            key=int(start["key"]), pid=int(start["pid"]), ppid=int(start["ppid"]), worker=str(start["worker"]),
+            start=began, end=end, ended_by=ended_by,
+        ))
+    return sorted(found, key=lambda execution: execution.start)
+
+
+def _first_after(times: Sequence[float], t: float) -> Optional[float]:
+    index = bisect.bisect_left(times, t)
+    return times[index] if index < len(times) else None
+
+
+def overlaps(runs: Sequence[Execution]) -> list[tuple[Execution, Execution]]:
+    """Pairs of executions of one key whose [start, end] intervals overlap."""
+    by_key: dict[int, list[Execution]] = defaultdict(list)
+    for run in runs:
+        by_key[run.key].append(run)
+    pairs = []
+    for key_runs in by_key.values():
+        key_runs.sort(key=lambda run: run.start)
+        for index, first in enumerate(key_runs):
+            for later in key_runs[index + 1:]:
+                if later.start >= first.until:
+                    break
+                pairs.append((first, later))
+    return pairs
+
+
+def not_terminal(calls: Sequence[Call], result_states: Mapping[str, tuple[str, Optional[str]]]) -> list[Call]:
+    """Accepted calls whose result is not in a ready state."""
+    return [call for call in accepted(calls) if result_states.get(call.result.id, (states.PENDING, None))[0]
+            not in states.READY_STATES]
+
+
+def rejected(calls: Sequence[Call], result_states: Mapping[str, tuple[str, Optional[str]]]) -> int:
+    """Accepted calls whose execution was rejected as a duplicate."""
+    return sum(1 for call in accepted(calls) if result_states.get(call.result.id, ("", None))[1] == REJECTED_TYPE)
+
+
+def not_followed(calls: Sequence[Call], runs: Sequence[Execution]) -> list[Call]:
+    """Accepted calls made at ``t`` whose key has no execution starting after ``t``."""
+    starts: dict[int, list[float]] = defaultdict(list)
+    for run in runs:
+        starts[run.key].append(run.start)
+    for times in starts.values():
+        times.sort()
+    return [call for call in accepted(calls) if _first_after(starts.get(call.key, []), call.t) is None]
+
+
+def accepted(calls: Sequence[Call]) -> list[Call]:
+    return [call for call in calls if call.outcome == ACCEPTED]
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """How long the running locks of killed workers kept their keys."""
+
+    seconds: list[float]
+    #: Locks still holding their value when the soak ended.
+    unreleased: int
+
+    @property
+    def maximum(self) -> Optional[float]:
+        return max(self.seconds) if self.seconds else None
+
+    @property
+    def median(self) -> Optional[float]:
+        return statistics.median(self.seconds) if self.seconds else None
+
+
+def blocking(blocked: Sequence[BlockedKey], now: float) -> Blocking:
+    """Per lock, from the kill to the moment its key stopped holding that value (``now`` if it still does)."""
+    seconds = [(item.freed_at if item.freed_at is not None else now) - item.killed_at for item in blocked]
+    return Blocking(seconds, sum(1 for item in blocked if item.freed_at is None))
+
+
+def describe(run: Execution, t0: float) -> str:
+    end = f"+{run.end - t0:.3f}s ({run.ended_by})" if run.end is not None else "never (no end record, no kill)"
+    return (f"task {run.task_id} attempt {run.retries} on {run.worker} pid {run.pid}: "
+            f"+{run.start - t0:.3f}s to {end}")
+
+
+def lost_by_broker(stuck: Sequence[Call], runs: Sequence[Execution], in_broker: set[str], logged: set[str],
+                   kills: Iterable[Kill]) -> list[Call]:
+    """The calls not terminal whose message the broker transport lost, not the library.
+
+    kombu's Redis transport takes a message off its queue (BRPOP) before it
+    records it as delivered and unacknowledged; a worker killed in between
+    loses it. Such a message never ran, no worker logged it (Celery logs
+    "received" only after recording it), it is neither queued nor
+    unacknowledged, and a worker's main process was SIGKILLed after the call.
+    """
+    ran = {run.task_id for run in runs}
+    consumer_kills = [kill.t for kill in kills if kill.main]
+    return [call for call in stuck
+            if call.result.id not in ran and call.result.id not in in_broker and call.result.id not in logged
+            and any(t >= call.t for t in consumer_kills)]
+
+
+def run_again(runs: Sequence[Execution]) -> set[str]:
+    """Task ids run again after an execution of theirs that recorded its end.
+
+    Not an overlap, and not the library's doing: with ``acks_late`` the
+    message is acknowledged after the result is stored, and a worker killed
+    in between (or a broker that lost the acknowledgement) has it delivered
+    again.
+    """
+    ended: set[str] = set()
+    again: set[str] = set()
+    for run in sorted(runs, key=lambda run: run.start):
+        if run.task_id in ended:
+            again.add(run.task_id)
+        if run.ended_by == "end":
+            ended.add(run.task_id)
+    return again
+
+
+def dropped_behind(calls: Sequence[Call], lost: Sequence[Call]) -> int:
+    """Calls dropped as duplicates of a message Celery lost: its queue lock outlives it."""
+    since: dict[int, float] = {}
+    for call in lost:
+        since[call.key] = min(call.t, since.get(call.key, math.inf))
+    return sum(1 for call in calls if call.outcome == DROPPED and call.t > since.get(call.key, math.inf))
