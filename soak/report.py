@@ -113,13 +113,19 @@ def rejected(calls: Sequence[Call], result_states: Mapping[str, tuple[str, Optio
 
 
 def not_followed(calls: Sequence[Call], runs: Sequence[Execution]) -> list[Call]:
-    """Accepted calls made at ``t`` whose key has no execution starting after ``t``."""
+    """Calls made at ``t``, accepted or dropped, whose key has no execution starting after ``t``.
+
+    Under ``running_lock_conflict="wait"`` every call not refused with an
+    exception is followed by such an execution: a dropped call by the
+    waiting copy's.
+    """
     starts: dict[int, list[float]] = defaultdict(list)
     for run in runs:
         starts[run.key].append(run.start)
     for times in starts.values():
         times.sort()
-    return [call for call in accepted(calls) if _first_after(starts.get(call.key, []), call.t) is None]
+    made = [call for call in calls if call.outcome in (ACCEPTED, DROPPED)]
+    return [call for call in made if _first_after(starts.get(call.key, []), call.t) is None]
 
 
 def accepted(calls: Sequence[Call]) -> list[Call]:
