@@ -106,7 +106,15 @@ def pick_up(task: Any, settings: Settings, digest: str, request: Any, args: Sequ
         return _store_down(task, settings, digest, request, running_key, owner, exc)
     if waiter and not pickup.queue_released:
         # Another copy of this waiting message (hand-over or safety copy)
-        # started first, or the call was revoked or cleared meanwhile.
+        # started first -- or this copy's own earlier run was killed and the
+        # broker delivered it again (acks_late), or the call was revoked or
+        # cleared meanwhile. It runs again only if no copy has finished.
+        if running_key is not None and pickup.acquired and _finished(task, request.id) is False:
+            logger.warning(
+                "%s[%s]: lock recovered: a waiting call runs again, its earlier run did not finish (lock %s)",
+                task.name, request.id, running_key,
+            )
+            return Held(store, settings, running_key, owner.token)
         if running_key is not None and pickup.acquired:
             release(task, Held(store, settings, running_key, owner.token), request.id, "copy not run")
         logger.info("%s[%s]: execution ignored: another copy of this waiting call ran", task.name, request.id)
@@ -256,11 +264,18 @@ def _first_delivery_finished(task: Any, store: LockStore, request: Any, after: s
         return False
     if holder.heartbeat and store.instance_alive(holder.instance):
         return True  # its worker lives on: it released the lock when the task ended
+    # Its worker is gone: run unless a result says it finished (at least once).
+    return _finished(task, request.id) is True
+
+
+def _finished(task: Any, task_id: str) -> Optional[bool]:
+    """Whether the result backend has a final state for ``task_id``; None where it cannot tell."""
+    if task.ignore_result or type(task.backend).__name__ == "DisabledBackend":
+        return None
     try:
-        state = task.AsyncResult(request.id).state
+        return task.AsyncResult(task_id).state in states.READY_STATES
     except Exception:
-        return False
-    return state in states.READY_STATES
+        return None
 
 
 def reject_duplicate(task: Any, request: Any, key: str, holder_value: str) -> OnceTaskLocked:
