@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import signal
 import threading
@@ -271,6 +272,24 @@ def test_warm_shutdown_returns_the_waiting_copy_with_its_lock(redis_server: Any,
         assert second.get(timeout=20) == tag
     assert len(events(recs, tag, "start")) == 2
     assert no_locks_left(locks, tasks.waiting_gated, tag, 2)
+
+
+def test_waiting_copy_whose_run_was_killed_runs_again_when_redelivered(worker: Worker, locks: Any,
+                                                                        recs: Any) -> None:
+    tag = uuid.uuid4().hex
+    first = tasks.waiting_gated_late.delay(tag, 1)
+    started(recs, tag)
+    second = tasks.waiting_gated_late.delay(tag, 2)
+    wait_until(lambda: waiting(locks, tasks.waiting_gated_late, tag, second.id), what="the second call to wait")
+    recs.rpush(f"gate:{tag}", 1)
+    assert first.get(timeout=20) == tag
+    handed_over = started(recs, tag, count=2)[1]
+    os.kill(handed_over["pid"], signal.SIGKILL)  # its pool process dies; the broker delivers it again
+    again = started(recs, tag, count=3)[2]
+    recs.rpush(f"gate:{tag}", 1)
+    assert second.get(timeout=20) == tag
+    assert (handed_over["value"], again["value"]) == (2, 2)
+    assert no_locks_left(locks, tasks.waiting_gated_late, tag)
 
 
 def test_eager_call_waits_for_the_running_copy(worker: Worker, recs: Any) -> None:

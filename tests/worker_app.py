@@ -142,6 +142,16 @@ def waiting_gated(tag: str, value: Any = None) -> str:
     return tag
 
 
+@app.task(base=OnceTask, running_lock_conflict="wait", lock_args=["tag"], acks_late=True,
+          reject_on_worker_lost=True)
+def waiting_gated_late(tag: str, value: Any = None) -> str:
+    """``waiting_gated`` whose message goes back to the broker if its pool process dies."""
+    record(tag, "start", value=value)
+    wait_gate(tag)
+    record(tag, "end", value=value)
+    return tag
+
+
 @app.task(base=OnceTask, queue_lock_conflict="existing")
 def parked_existing(tag: str) -> str:
     """``parked`` whose duplicate calls return the queued call's result."""
