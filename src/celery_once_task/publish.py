@@ -30,6 +30,7 @@ from celery.app.task import Context
 from celery.utils import uuid
 from redis.exceptions import RedisError
 
+from .connection import redact_url
 from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskLocked
 from .janitor import Cleanup, janitor
 from .keys import DIGEST_HEADER, QUEUE, lock_key
@@ -122,7 +123,8 @@ def _store_down(
         task.name, task_id, key, exc,
     )
     raise LockStoreUnavailable(
-        f"{task.name}: the lock store is unreachable, so the call was not published (queue lock {key}): {exc}"
+        f"{task.name}: the lock store {redact_url(settings.redis_url)} is unreachable, so the call was not "
+        f"published (queue lock {key}): {exc}"
     ) from exc
 
 
