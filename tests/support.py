@@ -182,6 +182,17 @@ def gated_run(task: Any, recs: redis.Redis, tag: str, timeout: float = 30) -> It
         recs.delete(f"gate:{tag}")  # in case the test opened the gate too
 
 
+def started(recs: redis.Redis, tag: str, count: int = 1) -> list[dict[str, Any]]:
+    """Wait until ``count`` executions recorded under ``tag`` have started; their start records."""
+    return wait_until(lambda: len(events(recs, tag, "start")) >= count and events(recs, tag, "start"),
+                      what=f"{count} start(s) of {tag}")
+
+
+def lock_key_of(task: Any, lock_type: str, *args: Any) -> str:
+    """The key of ``task(*args)``'s lock of ``lock_type``."""
+    return str(task.once_key(args, {}, lock_type))
+
+
 def records(client: redis.Redis, tag: str) -> list[dict[str, Any]]:
     return [json.loads(item) for item in client.lrange(f"records:{tag}", 0, -1)]
 

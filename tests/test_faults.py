@@ -24,18 +24,9 @@ from celery import Celery
 from celery_once_task import LockStoreUnavailable, OnceTask, OnceTaskLocked
 from celery_once_task.ownership import Lease
 from tests import worker_app as tasks
-from tests.support import ROOT, RedisServer, Worker, events, running_worker, wait_until
+from tests.support import ROOT, RedisServer, Worker, events, lock_key_of, running_worker, started, wait_until
 
 LEASE = Lease(tasks.HEARTBEAT_TIMEOUT)
-
-
-def key(task: Any, lock_type: str, *args: Any) -> str:
-    return str(task.once_key(args, {}, lock_type))
-
-
-def started(recs: Any, tag: str, count: int = 1) -> list[dict[str, Any]]:
-    return wait_until(lambda: len(events(recs, tag, "start")) >= count and events(recs, tag, "start"),
-                      what=f"{count} start(s) of {tag}")
 
 
 @pytest.fixture
@@ -85,7 +76,7 @@ def test_new_call_starts_within_the_lease_after_its_worker_was_killed(
     assert ran_after <= LEASE.ttl + 5
     assert all(isinstance(call.result, OnceTaskLocked) for call in calls[:-1])
     assert events(recs, tag, "end") and len(events(recs, tag, "end")) == 1
-    assert locks.exists(key(tasks.gated, "running", tag), key(tasks.gated, "queue", tag)) == 0
+    assert locks.exists(lock_key_of(tasks.gated, "running", tag), lock_key_of(tasks.gated, "queue", tag)) == 0
 
 
 def _alive(pid: int) -> bool:
@@ -101,7 +92,7 @@ def test_stalled_worker_keeps_its_running_lock(redis_server: RedisServer, worker
     with running_worker(redis_server.port, f"stalled-{tag[:6]}", queues=queue, concurrency=1) as stalled:
         first = tasks.gated.apply_async((tag,), queue=queue)
         started(recs, tag)
-        running = key(tasks.gated, "running", tag)
+        running = lock_key_of(tasks.gated, "running", tag)
         value = locks.get(running)
         stalled.signal(signal.SIGSTOP)
         try:
@@ -128,7 +119,7 @@ def test_release_missed_while_the_store_was_down_is_made_when_it_is_back(lock_se
                                                                          recs: Any) -> None:
     tag = uuid.uuid4().hex
     locks = lock_server.client(2)
-    running = key(tasks.gated, "running", tag)
+    running = lock_key_of(tasks.gated, "running", tag)
     # A lease much longer than the test: only the release can free the key.
     env = {"ONCE_TEST_LOCKS_URL": f"{lock_server.url}/2", "ONCE_TEST_HEARTBEAT_TIMEOUT": "600"}
     with running_worker(tasks.PORT, f"away-{tag[:6]}", pool="solo", queues=f"away-{tag[:8]}", env=env) as worker:
@@ -168,7 +159,7 @@ def test_call_whose_reply_was_lost_leaves_no_queue_lock(lock_server: RedisServer
     queue = f"lost-{tag[:8]}"
     _, lost = _lost_reply_app(lock_server, queue)
     locks = lock_server.client(2)
-    queue_key = key(lost, "queue", tag)
+    queue_key = lock_key_of(lost, "queue", tag)
     lock_server.pause()
     try:
         with pytest.raises(LockStoreUnavailable, match="the call was not published"):
@@ -189,7 +180,7 @@ def test_connection_killed_between_calls_is_retried(lock_server: RedisServer, br
     assert lost.delay(f"{tag}-1") is not None
     lock_server.client(0).client_kill_filter(_type="normal")
     assert lost.delay(f"{tag}-2") is not None
-    assert lock_server.client(2).exists(key(lost, "queue", f"{tag}-2")) == 1
+    assert lock_server.client(2).exists(lock_key_of(lost, "queue", f"{tag}-2")) == 1
     assert broker.llen(queue) == 2
 
 
@@ -210,7 +201,7 @@ def test_pickup_whose_reply_was_lost_runs_once_the_store_answers(lock_server: Re
         # the execution's name; the deferred copy takes it over and runs.
         assert result.get(timeout=30) == 7
     assert len(events(recs, tag, "run")) == 1
-    assert locks.exists(key(tasks.echo, "running", tag, 7)) == 0
+    assert locks.exists(lock_key_of(tasks.echo, "running", tag, 7)) == 0
 
 
 # -- the first calls of a process --------------------------------------------------------------
@@ -246,4 +237,4 @@ def test_first_calls_from_many_threads_publish_one_message_and_raise_nothing(loc
     outcome = json.loads(out.strip().splitlines()[-1])
     assert outcome["errors"] == []
     assert len(outcome["published"]) == 1
-    assert locks.get(key(tasks.parked, "queue", tag)).decode() == outcome["published"][0]
+    assert locks.get(lock_key_of(tasks.parked, "queue", tag)).decode() == outcome["published"][0]

@@ -17,28 +17,20 @@ from celery_once_task import OnceTask, OnceTaskDuplicate, OnceTaskError, configu
 from celery_once_task.ownership import Lease
 from celery_once_task.settings import resolve
 from tests import worker_app as tasks
-from tests.support import Worker, events, running_worker, wait_until
+from tests.support import Worker, events, lock_key_of, running_worker, started, wait_until
 
 LEASE = Lease(tasks.HEARTBEAT_TIMEOUT)
 
 
-def key(task: Any, lock_type: str, *args: Any) -> str:
-    return str(task.once_key(args, {}, lock_type))
-
-
-def started(recs: Any, tag: str, count: int = 1) -> list[dict[str, Any]]:
-    return wait_until(lambda: len(events(recs, tag, "start")) >= count and events(recs, tag, "start"),
-                      what=f"{count} start(s) of {tag}")
-
-
 def waiting(locks: Any, task: Any, tag: str, task_id: str) -> bool:
     """Whether ``task_id`` is the key's waiting copy: it holds the queue lock and left its message."""
-    entry = locks.get(key(task, "waiting", tag)) or b""
-    return locks.get(key(task, "queue", tag)) == task_id.encode() and entry.startswith(task_id.encode() + b"\x1f")
+    entry = locks.get(lock_key_of(task, "waiting", tag)) or b""
+    holder = locks.get(lock_key_of(task, "queue", tag))
+    return holder == task_id.encode() and entry.startswith(task_id.encode() + b"\x1f")
 
 
 def no_locks_left(locks: Any, task: Any, *args: Any) -> bool:
-    return locks.exists(*(key(task, kind, *args) for kind in ("queue", "running", "waiting"))) == 0
+    return locks.exists(*(lock_key_of(task, kind, *args) for kind in ("queue", "running", "waiting"))) == 0
 
 
 # -- defaults ------------------------------------------------------------------------------
@@ -68,7 +60,7 @@ def test_raise_raises_once_task_duplicate_naming_task_holder_and_key() -> None:
     message = str(raised.value)
     assert tasks.parked_raising.name in message
     assert first.id in message
-    assert key(tasks.parked_raising, "queue", tag) in message
+    assert lock_key_of(tasks.parked_raising, "queue", tag) in message
     assert isinstance(raised.value, OnceTaskError)
 
 
@@ -141,7 +133,7 @@ def test_lock_args_positional_and_keyword_spellings_are_one_call() -> None:
     first = tasks.charge.delay(account, 5)
     assert first is not None
     assert tasks.charge.delay(account=account, amount=7, note="again") is None
-    assert key(tasks.charge, "queue", account, 5) == str(tasks.charge.once_key((), {"account": account,
+    assert lock_key_of(tasks.charge, "queue", account, 5) == str(tasks.charge.once_key((), {"account": account,
                                                                                   "amount": 9}, "queue"))
 
 
@@ -150,7 +142,7 @@ def test_lock_args_other_arguments_need_no_canonical_form() -> None:
 
 
 def test_empty_lock_args_is_one_lock_per_task_name() -> None:
-    assert key(tasks.rebuild_index, "queue", "orders") == key(tasks.rebuild_index, "queue", "users")
+    assert lock_key_of(tasks.rebuild_index, "queue", "orders") == lock_key_of(tasks.rebuild_index, "queue", "users")
 
 
 def test_unknown_lock_arg_is_an_error_at_definition_naming_task_and_argument() -> None:
@@ -176,13 +168,19 @@ def test_lock_arguments_can_be_overridden_to_key_on_part_of_an_argument() -> Non
 # -- running_lock_conflict="wait" --------------------------------------------------------
 
 
+def running_and_waiting(task: Any, locks: Any, recs: Any, tag: str, **options: Any) -> tuple[Any, Any]:
+    """``task(tag, 1)`` held running, and ``task(tag, 2)`` its waiting copy; both results."""
+    first = task.apply_async((tag, 1), **options)
+    started(recs, tag)
+    second = task.delay(tag, 2)
+    wait_until(lambda: waiting(locks, task, tag, second.id), what="the second call to wait")
+    return first, second
+
+
 def test_waiting_copy_runs_after_the_running_copy_and_not_beside_it(worker: Worker, locks: Any,
                                                                     recs: Any) -> None:
     tag = uuid.uuid4().hex
-    first = tasks.waiting_gated.delay(tag, 1)
-    started(recs, tag)
-    second = tasks.waiting_gated.delay(tag, 2)
-    wait_until(lambda: waiting(locks, tasks.waiting_gated, tag, second.id), what="the second call to wait")
+    first, second = running_and_waiting(tasks.waiting_gated, locks, recs, tag)
     assert second.state == states.PENDING
     recs.rpush(f"gate:{tag}", 1)
     assert first.get(timeout=20) == tag
@@ -198,11 +196,8 @@ def test_waiting_copy_runs_after_the_running_copy_and_not_beside_it(worker: Work
 
 def test_calls_made_while_a_copy_waits_are_dropped(worker: Worker, locks: Any, recs: Any) -> None:
     tag = uuid.uuid4().hex
-    first = tasks.waiting_gated.delay(tag)
-    started(recs, tag)
-    second = tasks.waiting_gated.delay(tag)
-    wait_until(lambda: waiting(locks, tasks.waiting_gated, tag, second.id), what="the second call to wait")
-    assert [tasks.waiting_gated.delay(tag) for _ in range(3)] == [None, None, None]
+    first, second = running_and_waiting(tasks.waiting_gated, locks, recs, tag)
+    assert [tasks.waiting_gated.delay(tag, 3) for _ in range(3)] == [None, None, None]
     recs.rpush(f"gate:{tag}", 1, 1)
     assert first.get(timeout=20) == tag
     assert second.get(timeout=20) == tag
@@ -211,14 +206,12 @@ def test_calls_made_while_a_copy_waits_are_dropped(worker: Worker, locks: Any, r
 
 def test_revoking_the_waiting_copy_releases_what_it_holds(worker: Worker, locks: Any, recs: Any) -> None:
     tag = uuid.uuid4().hex
-    first = tasks.waiting_gated.delay(tag)
-    started(recs, tag)
-    second = tasks.waiting_gated.delay(tag)
-    wait_until(lambda: waiting(locks, tasks.waiting_gated, tag, second.id), what="the second call to wait")
+    first, second = running_and_waiting(tasks.waiting_gated, locks, recs, tag)
     second.revoke()
     # The safety copy is discarded when it comes back, and releases the queue lock and the entry.
-    wait_until(lambda: locks.exists(key(tasks.waiting_gated, "queue", tag), key(tasks.waiting_gated, "waiting", tag))
-               == 0, timeout=LEASE.ttl + 15, what="the revoked waiting copy to release its locks")
+    held = (lock_key_of(tasks.waiting_gated, "queue", tag), lock_key_of(tasks.waiting_gated, "waiting", tag))
+    wait_until(lambda: locks.exists(*held) == 0, timeout=LEASE.ttl + 15,
+               what="the revoked waiting copy to release its locks")
     recs.rpush(f"gate:{tag}", 1)
     assert first.get(timeout=20) == tag
     assert second.state == states.REVOKED
@@ -232,10 +225,7 @@ def test_waiting_copy_runs_once_the_dead_workers_lock_is_free(redis_server: Any,
     queue = f"doomed-{tag[:8]}"
     doomed = Worker(redis_server.port, f"doomed-{tag[:6]}", queues=queue, concurrency=1).wait_ready()
     try:
-        tasks.waiting_gated.apply_async((tag, 1), queue=queue)
-        started(recs, tag)
-        second = tasks.waiting_gated.delay(tag, 2)
-        wait_until(lambda: waiting(locks, tasks.waiting_gated, tag, second.id), what="the second call to wait")
+        _, second = running_and_waiting(tasks.waiting_gated, locks, recs, tag, queue=queue)
         doomed.process.kill()
         killed_at = time.monotonic()
         doomed.process.wait(10)
@@ -277,10 +267,7 @@ def test_warm_shutdown_returns_the_waiting_copy_with_its_lock(redis_server: Any,
 def test_waiting_copy_whose_run_was_killed_runs_again_when_redelivered(worker: Worker, locks: Any,
                                                                         recs: Any) -> None:
     tag = uuid.uuid4().hex
-    first = tasks.waiting_gated_late.delay(tag, 1)
-    started(recs, tag)
-    second = tasks.waiting_gated_late.delay(tag, 2)
-    wait_until(lambda: waiting(locks, tasks.waiting_gated_late, tag, second.id), what="the second call to wait")
+    first, second = running_and_waiting(tasks.waiting_gated_late, locks, recs, tag)
     recs.rpush(f"gate:{tag}", 1)
     assert first.get(timeout=20) == tag
     handed_over = started(recs, tag, count=2)[1]
