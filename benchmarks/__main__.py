@@ -130,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         from .report_profile import text
 
-        print(text(profile_only(config)["profile"]))
+        profiled = profile_only(config)
+        print(text(profiled["profile"]))
+        if args.json:
+            args.json.write_text(json.dumps(profiled, indent=1) + "\n")
         return 0
     results = json.loads(args.from_json.read_text()) if args.from_json else measure(config)
     print(report.table(results))

@@ -323,7 +323,8 @@ def run(publish_rounds: int, publish_calls: int, throughput_rounds: int, through
                     f"{throughput_n} tasks per variant")
                 workers = {name: Worker(by_name[name], pool, concurrency) for name in names}
                 try:
-                    wait_for(lambda: all(w.ready(records) for w in workers.values()), 120, f"{pool} workers")
+                    starting = list(workers.values())
+                    wait_for(lambda: all(w.ready(records) for w in starting), 120, f"{pool} workers")  # noqa: B023
                     for name in names:
                         result.rates.setdefault(name, {})[pool] = []
                         _drain(by_name[name], drivers[name], workers[name], f"warm-{pool}-{name}",

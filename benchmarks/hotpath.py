@@ -13,7 +13,13 @@ under any other function it calls (Celery's ``app.conf``, ``json``,
 ``hashlib``, ``inspect``, ``uuid``, ...), charged to that function; except, at
 any depth, redis-py (the lock store's round trips, with redis-py's packing and
 parsing), Celery's ``Task.apply_async`` (the broker publish) and the task's
-body. A sample stands for 1/1000 s, spread over the operations measured.
+body.
+
+py-spy takes CPU time of its own, which on a small machine slows the sampled
+process down; so the samples give shares, and a share is turned into µs by
+multiplying it with the operation's time measured without py-spy, just before
+(the same number of operations: a publish loop, or a drain timed from the
+first task's start to the last task's end).
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ class Sampler:
              "--format", "raw", "--full-filenames", "--threads", "--idle", "-o", str(self.output)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
-        time.sleep(1.0)  # py-spy attaches
+        time.sleep(0.5)  # py-spy attaches
         if self.process.poll() is not None:
             raise RuntimeError(f"py-spy did not start: {self.process.stderr.read().decode()[-500:]}")  # type: ignore[union-attr]
 
@@ -99,8 +105,12 @@ def _other_name(function: str, path: str) -> str:
     return f"{short.removesuffix('.py').replace('/', '.')}.{function}"
 
 
-def attribute(stacks: list[tuple[list[str], int]], keep: Callable[[list[str]], bool], n: int) -> dict[str, Any]:
-    """Microseconds per operation: the library's functions, what they call, round trips and publish."""
+def attribute(stacks: list[tuple[list[str], int]], keep: Callable[[list[str]], bool], wall_us: float) -> dict[str, Any]:
+    """Microseconds per operation: the library's functions, what they call, round trips and publish.
+
+    ``keep`` chooses the samples of the operations measured; ``wall_us`` is
+    the time of one operation without the profiler, which they share.
+    """
     charged: dict[tuple[str, bool], int] = defaultdict(int)
     excluded: dict[str, int] = defaultdict(int)
     kept = 0
@@ -126,14 +136,15 @@ def attribute(stacks: list[tuple[list[str], int]], keep: Callable[[list[str]], b
                 owner = (_other_name(function, path), False)  # charged the whole subtree under it
         if owner is not None:
             charged[owner] += count
-    us = 1e6 / RATE / n
+    us = wall_us / max(kept, 1)
     rows = [{"function": f, "us": c * us, "library": lib} for (f, lib), c in charged.items()]
     rows.sort(key=lambda r: -r["us"])
     return {
         "library_us": sum(r["us"] for r in rows),
         "redis_us": excluded["redis"] * us,
         "publish_us": excluded["publish"] * us,
-        "sampled_us": kept * us,
+        "samples": kept,
+        "wall_us": wall_us,
         "functions": rows,
     }
 
@@ -146,18 +157,19 @@ def _publish_loop(args_for: Callable[[int], tuple[Any, ...]], n: int) -> float:
     return (time.perf_counter() - started) * 1e6 / n
 
 
-def _profile_publish(args_for: Callable[[int], tuple[Any, ...]], n: int) -> dict[str, Any]:
+def _profile_publish(args_for: Callable[[str, int], tuple[Any, ...]], n: int) -> dict[str, Any]:
+    wall = _publish_loop(lambda i: args_for("unprofiled", i), n)
     sampler = Sampler()
-    wall = _publish_loop(args_for, n)
+    profiled = _publish_loop(lambda i: args_for("profiled", i), n)
     stacks = sampler.stop()
-    out = attribute(stacks, lambda frames: any("_publish_loop" in f for f in frames), n)
-    out["wall_us"] = wall
+    out = attribute(stacks, lambda frames: any("_publish_loop" in f for f in frames), wall)
+    out["profiled_wall_us"] = profiled
     return out
 
 
-def _profile_worker(task: Any, n: int, broker: redis.Redis) -> dict[str, Any]:
+def _drain(task: Any, n: int, broker: redis.Redis, run: str, profile: bool) -> tuple[float, Any]:
+    """Run ``n`` tasks from a full queue in the in-process worker: µs per task, and py-spy's stacks."""
     marks: dict[str, float] = {}
-    run = f"hotpath-{task.name.rsplit('.', 1)[-1]}"
 
     def on_prerun(args: Any = (), **_: Any) -> None:
         if args and args[0] == run and args[1] == 0:
@@ -172,17 +184,26 @@ def _profile_worker(task: Any, n: int, broker: redis.Redis) -> dict[str, Any]:
         task.apply_async((run, i, n), queue=STAGING)
     signals.task_prerun.connect(on_prerun, weak=False)
     signals.task_postrun.connect(on_postrun, weak=False)
-    sampler = Sampler()
+    sampler = None
     try:
         broker.rename(STAGING, QUEUE)
+        # py-spy attaches while the worker drains, so that it samples the drain only.
+        sampler = Sampler() if profile else None
         wait_for(lambda: "end" in marks, 300, f"{run} to be done")
     finally:
-        stacks = sampler.stop()
+        stacks = sampler.stop() if sampler else []
         signals.task_prerun.disconnect(on_prerun)
         signals.task_postrun.disconnect(on_postrun)
     thread = f"thread ({int(marks['thread'])})"
-    out = attribute(stacks, lambda frames: frames[0].startswith(thread), n)
-    out["wall_us"] = (marks["end"] - marks["start"]) * 1e6 / (n - 1)
+    return (marks["end"] - marks["start"]) * 1e6 / (n - 1), (stacks, thread)
+
+
+def _profile_worker(task: Any, n: int, broker: redis.Redis) -> dict[str, Any]:
+    name = task.name.rsplit(".", 1)[-1]
+    wall, _ = _drain(task, n, broker, f"hotpath-{name}-unprofiled", profile=False)
+    profiled, (stacks, thread) = _drain(task, n, broker, f"hotpath-{name}-profiled", profile=True)
+    out = attribute(stacks, lambda frames: frames[0].startswith(thread), wall)
+    out["profiled_wall_us"] = profiled
     return out
 
 
@@ -194,8 +215,8 @@ def run(n: int, broker: redis.Redis, locks: redis.Redis) -> dict[str, Any]:
     held = ("hotpath-held", -1, n)
     once.delay(*held)
     out: dict[str, Any] = {"n": n}
-    out["publish"] = _profile_publish(lambda i: ("hotpath-new", i, n), n)
-    out["duplicate"] = _profile_publish(lambda i: held, n)
+    out["publish"] = _profile_publish(lambda tag, i: (f"hotpath-new-{tag}", i, n), n)
+    out["duplicate"] = _profile_publish(lambda tag, i: held, n)
     broker.delete(queue)
     locks.flushdb()
     with start_worker(tasks.app, pool="solo", perform_ping_check=False, queues=[QUEUE], loglevel="WARNING"):
@@ -203,6 +224,6 @@ def run(n: int, broker: redis.Redis, locks: redis.Redis) -> dict[str, Any]:
             for i in range(100):
                 task.apply_async(("hotpath-warm", i, 100), queue=QUEUE)
         wait_for(lambda: broker.llen(QUEUE) == 0, 60, "the warm-up tasks to be taken")
-        out["worker_plain"] = _profile_worker(tasks.plain_noop, n, broker)
+        out["worker_plain"] = {"wall_us": _drain(tasks.plain_noop, n, broker, "hotpath-plain", profile=False)[0]}
         out["worker"] = _profile_worker(once, n, broker)
     return out

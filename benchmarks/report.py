@@ -230,6 +230,10 @@ def document(results: dict[str, Any], chart_name: str) -> str:
     plain_us, set_us = pub["plain"]["median_us"], pub["set"]["median_us"]
     added = pub["once"]["median_us"] - plain_us
     trips_us = lat[low]["pickup"]["median_us"] + lat[low]["release"]["median_us"]
+    prof = results.get("profile")
+    lib_publish, lib_duplicate, lib_worker = (
+        (_us(prof[k]["library_us"]) for k in ("publish", "duplicate", "worker")) if prof else ("?", "?", "?")
+    )
 
     out = [
         "# Benchmarks",
@@ -251,7 +255,8 @@ def document(results: dict[str, Any], chart_name: str) -> str:
         "```",
         "",
         _p("It installs `redis-server` if it is missing (with apt-get, as root; otherwise it says how), builds",
-           "`.venv-bench` and a virtualenv per other implementation (see (g)), starts redis-servers of its own on free ports (never the one on 6379) and Celery workers",
+           "`.venv-bench` and a virtualenv per other implementation (see (g)), starts redis-servers of its own on",
+           "free ports (never the one on 6379) and Celery workers",
            "of its own, and prints the table below; `--docs` also rewrites this page, its chart and",
            "`benchmarks.json` (every figure of the run), and `--quick` makes a short, rougher run.",
            f"This run took {results['duration_s'] / 60:.1f} minutes."),
@@ -311,10 +316,9 @@ def document(results: dict[str, Any], chart_name: str) -> str:
            f"which alone takes {_us(set_us)} here: were that all it added, a publish would cost",
            f"{pub['floor_ratio']:.2f}x plain and a dropped duplicate {set_us / plain_us:.2f}x a plain publish.",
            f"The rest, about {_us(added - set_us)} on a publish and {_us(pub['duplicate']['median_us'] - set_us)}",
-           "on a duplicate, is the library's own Python: the call's digest, the settings, the task id. In a hot",
-           "loop that takes 35-40 µs; here every call starts cold, after the previous call's network wait, and",
-           "Python code runs two to three times slower, Celery's own as much as the library's (see",
-           "[Where the time goes](#where-the-time-goes))."),
+           "on a duplicate, is the library's own Python (the call's digest, the settings, the task id) and the",
+           f"machine's noise; profiled, the library's Python is {lib_publish} on a publish and {lib_duplicate} on",
+           "a duplicate (see [Where the time goes](#where-the-time-goes))."),
         "",
         "## (c) Worker throughput",
         "",
@@ -426,23 +430,24 @@ def document(results: dict[str, Any], chart_name: str) -> str:
                 f"alone is {_us(set_us)}, {100 * set_us / plain_us:.0f}% of a plain publish",
                 f"({_us(plain_us)}) on this machine, so even a lock library that did nothing else would publish at",
                 f"{pub['floor_ratio']:.2f}x. The round trip is already the only one (the floor); what is left is",
-                "the library's own Python, 35-40 µs in a hot loop and two to three times that when cold, partly",
-                "trimmed (see above). On a machine where a loopback round trip is cheaper relative to Celery's own",
+                f"the library's own Python, {lib_publish} profiled (see [Where the time goes](#where-the-time-goes)",
+                "for where). On a machine where a loopback round trip is cheaper relative to Celery's own",
                 "publish the same code comes closer to 1.0x.",
             ))
         if pub["duplicate_ratio"] > DUPLICATE_MAX:
             out.append(_p(
                 f"* **Dropped duplicate ({pub['duplicate_ratio']:.2f}x, wanted <= {DUPLICATE_MAX:.2f}x).** It is",
                 f"the SET NX round trip ({set_us / plain_us:.2f}x of a plain publish by itself) plus the library's",
-                "own Python (the call's digest, the settings, the task id). The round trip cannot go; of the Python,",
-                "the settings lookup was cut from 20 to 15 µs, and the rest is the digest the lock key needs.",
+                f"own Python ({lib_duplicate} profiled: the call's digest, the settings, the task id). The round trip",
+                "cannot go; the Python is itemised under [Where the time goes](#where-the-time-goes).",
             ))
         if "solo" in thr and thr["solo"]["ratio"] < SOLO_MIN:
             out.append(_p(
                 f"* **Solo worker ({thr['solo']['ratio']:.2f}x, wanted >= {SOLO_MIN:.2f}x).** A task costs two",
                 "round trips more than in plain Celery, which does about three of its own per task (fetch, add",
-                "to the unacked set, ack). Profiling the worker shows the extra time spent blocked on the replies,",
-                "not in the library's Python; with the round trips measured in (e) the ratio could not pass",
+                "to the unacked set, ack). Profiling the worker shows the extra time spent waiting for the replies,",
+                f"and {lib_worker} per task in the library's Python; with the round trips measured in (e) the ratio",
+                "could not pass",
                 f"{1e6 / thr['solo']['plain_per_s'] / (1e6 / thr['solo']['plain_per_s'] + trips_us):.2f}x here.",
                 "Under prefork the round trips of one process overlap the work of the other:",
                 f"{thr.get('prefork', {}).get('ratio', float('nan')):.2f}x.",

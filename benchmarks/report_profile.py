@@ -21,9 +21,11 @@ def text(profile: dict[str, Any]) -> str:
     for key, label in PATHS:
         p = profile[key]
         lines.append(f"  {label}: library Python {p['library_us']:.1f} us, lock-store round trips "
-                     f"{p['redis_us']:.1f} us, broker publish {p['publish_us']:.1f} us, wall {p['wall_us']:.0f} us")
+                     f"{p['redis_us']:.1f} us, broker publish {p['publish_us']:.1f} us, wall {p['wall_us']:.0f} us "
+                     f"({p['profiled_wall_us']:.0f} us profiled, {p['samples']} samples)")
         for r in _rows(p, 8):
-            lines.append(f"      {r['us']:6.1f} us  {r['function']}{'' if r['library'] else ' (called by the library)'}")
+            caller = "" if r["library"] else " (called by the library)"
+            lines.append(f"      {r['us']:6.1f} us  {r['function']}{caller}")
     return "\n".join(lines)
 
 
@@ -33,29 +35,33 @@ def section(profile: Optional[dict[str, Any]]) -> list[str]:
     plain = profile["worker_plain"]
     out = [
         " ".join([
-            f"py-spy, sampling this project as it is from outside the process (1000 stacks a second, without",
+            "py-spy, sampling this project as it is from outside the process (1000 stacks a second, without",
             f"pausing it), {profile['n']:,} operations per path (`benchmarks/hotpath.py`; `bash scripts/bench.sh",
             "--profile` for the profile alone). Per path, µs per operation: the library's own Python, that is the",
             "time in the functions of `celery_once_task` and the whole time under what they call outside",
             "redis-py and outside Celery's `Task.apply_async`; next to it the time in redis-py (the lock store's",
             "round trips, with redis-py's packing and parsing) and in the broker publish. The worker runs",
-            "in-process (`celery.contrib.testing.worker.start_worker`, solo pool), the task's body excluded. A",
-            "sample is 1 ms spread over the operations: figures below about",
-            f"{1e6 / 1000 / profile['n'] * 3:.1f} µs are a few samples.",
+            "in-process (`celery.contrib.testing.worker.start_worker`, solo pool), the task's body excluded.",
+            "py-spy takes CPU time of its own, which slows the process it samples on this 2-CPU machine: the",
+            "samples give each function's share of an operation, and the µs are that share of the operation's",
+            "time measured without py-spy just before (\"unprofiled\" below; \"profiled\" is with it).",
         ]),
         "",
-        "| path | library Python | lock store (redis-py) | broker publish | whole operation, profiled |",
-        "|---|---|---|---|---|",
+        "| path | library Python | lock store (redis-py) | broker publish | whole operation, unprofiled / profiled "
+        "| samples |",
+        "|---|---|---|---|---|---|",
     ]
     for key, label in PATHS:
         p = profile[key]
         out.append(f"| {label} | **{p['library_us']:.1f} µs** | {p['redis_us']:.1f} µs | "
-                   f"{p['publish_us']:.1f} µs | {p['wall_us']:.0f} µs |")
+                   f"{p['publish_us']:.1f} µs | {p['wall_us']:.0f} / {p['profiled_wall_us']:.0f} µs "
+                   f"| {p['samples']:,} |")
     out += [
         "",
         " ".join([
             f"For scale, a plain Celery task in the same in-process solo worker took {plain['wall_us']:.0f} µs",
-            f"from one task's start to the next, an `OnceTask` task {profile['worker']['wall_us']:.0f} µs.",
+            f"from one task's start to the next, an `OnceTask` task {profile['worker']['wall_us']:.0f} µs (both",
+            "unprofiled).",
         ]),
     ]
     for key, label in PATHS:
