@@ -44,14 +44,14 @@ FULL = Config(
     compare_publish_rounds=12, compare_publish_calls=150,
     throughput_rounds=5, throughput_n=1500,
     latency_levels=(1_000, 100_000, 1_000_000), latency_rounds=12, latency_per_round=250,
-    memory_locks=1_000_000, profile_n=2000,
+    memory_locks=1_000_000, profile_n=4000,
 )
 QUICK = Config(
     publish_rounds=4, publish_calls=200,
-    compare_publish_rounds=3, compare_publish_calls=60,
+    compare_publish_rounds=3, compare_publish_calls=50,
     throughput_rounds=2, throughput_n=400,
     latency_levels=(1_000, 100_000), latency_rounds=3, latency_per_round=100,
-    memory_locks=100_000, profile_n=500,
+    memory_locks=100_000, profile_n=400,
 )
 
 

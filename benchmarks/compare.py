@@ -42,6 +42,7 @@ from .stats import median, rotation
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS_DB = 15
+DISTRIBUTIONS = ("celery", "kombu", "redis", "hiredis", "celery-once-task", "celery_once", "celery-singleton")
 EDGE = 16  # as peer_app.EDGE (not imported: it needs the variant's environment)
 
 
@@ -123,6 +124,19 @@ class Setup:
     def available(self) -> bool:
         return self.python.exists()
 
+    def versions(self) -> dict[str, str]:
+        """The releases installed in the variant's virtualenv that its figures depend on."""
+        script = (
+            "import json, importlib.metadata as m\n"
+            "out = {}\n"
+            f"for name in {DISTRIBUTIONS!r}:\n"
+            "    try: out[name] = m.version(name)\n"
+            "    except m.PackageNotFoundError: pass\n"
+            "print(json.dumps(out))"
+        )
+        found: dict[str, str] = json.loads(subprocess.check_output([str(self.python), "-c", script], text=True))
+        return found
+
 
 class Driver:
     """``python -m benchmarks.driver`` in the variant's virtualenv, answering one command at a time."""
@@ -197,6 +211,7 @@ class CompareResult:
     locks_left: dict[str, int] = field(default_factory=dict)
     publish_checks: dict[str, list[str]] = field(default_factory=dict)
     concurrency: dict[str, int] = field(default_factory=dict)
+    versions: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"variants": {}, "concurrency": self.concurrency}
@@ -214,6 +229,7 @@ class CompareResult:
             entry["round_trips_max"] = {path: max(t) for path, t in self.trips.get(v.name, {}).items() if t}
             entry["locks_left"] = self.locks_left.get(v.name, 0)
             entry["publish_checks"] = self.publish_checks.get(v.name, [])
+            entry["versions"] = self.versions.get(v.name, {})
             out["variants"][v.name] = entry
         # Ratios to plain Celery of the same run: of medians, and paired round by round.
         for v in self.variants:
@@ -304,7 +320,8 @@ def run(publish_rounds: int, publish_calls: int, throughput_rounds: int, through
             if not s.available:
                 log(f"    {s.variant.name}: no virtualenv at {s.python.parent.parent}, left out")
         setups = [s for s in setups if s.available]
-        result = CompareResult(variants=[s.variant for s in setups], concurrency=dict(pools))
+        result = CompareResult(variants=[s.variant for s in setups], concurrency=dict(pools),
+                               versions={s.variant.name: s.versions() for s in setups})
         broker, records = server.client(0), server.client(RECORDS_DB)
         locks = {s.variant.name: server.client(s.db) for s in setups}
         drivers = {s.variant.name: Driver(s) for s in setups}

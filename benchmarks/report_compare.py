@@ -95,6 +95,9 @@ def section(summary: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         dup = f"{rt['duplicate']:g}" if "duplicate" in rt else "-"
         out.append(f"| {e['label']} | {rt.get('publish', 0):g} | {dup} | {rt.get('solo_task', 0):g} "
                    f"| {e['locks_left']} |")
+    out += ["", "Installed in each variant's virtualenv:", ""]
+    for e in variants.values():
+        out.append(f"* {e['label']}: " + ", ".join(f"{k} {v}" for k, v in e.get("versions", {}).items()))
     checks = [f"{name}: {c}" for name, e in variants.items() for c in e["publish_checks"]]
     out += ["", "Every publishing round was checked: each new call published, each duplicate dropped, one lock",
             "held per published call: " + ("all checks passed." if not checks else "FAILED: " + "; ".join(checks))]
