@@ -41,14 +41,14 @@ class Config:
 
 FULL = Config(
     publish_rounds=15, publish_calls=400,
-    compare_publish_rounds=12, compare_publish_calls=150,
-    throughput_rounds=5, throughput_n=1500,
+    compare_publish_rounds=40, compare_publish_calls=40,
+    throughput_rounds=8, throughput_n=1000,
     latency_levels=(1_000, 100_000, 1_000_000), latency_rounds=12, latency_per_round=250,
     memory_locks=1_000_000, profile_n=4000,
 )
 QUICK = Config(
     publish_rounds=4, publish_calls=200,
-    compare_publish_rounds=3, compare_publish_calls=50,
+    compare_publish_rounds=10, compare_publish_calls=15,
     throughput_rounds=2, throughput_n=400,
     latency_levels=(1_000, 100_000), latency_rounds=3, latency_per_round=100,
     memory_locks=100_000, profile_n=400,
