@@ -18,8 +18,8 @@ body.
 py-spy takes CPU time of its own, which on a small machine slows the sampled
 process down; so the samples give shares, and a share is turned into µs by
 multiplying it with the operation's time measured without py-spy, just before
-(the same number of operations: a publish loop, or a drain timed from the
-first task's start to the last task's end).
+(the same number of operations: the median call of a publish loop, or a
+drain timed from the first task's start to the last task's end).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from celery.contrib.testing.worker import start_worker
 
 from . import tasks
 from .compare import wait_for
+from .stats import median
 
 QUEUE = "bench.hotpath"
 STAGING = "bench.hotpath.staging"
@@ -150,11 +151,15 @@ def attribute(stacks: list[tuple[list[str], int]], keep: Callable[[list[str]], b
 
 
 def _publish_loop(args_for: Callable[[int], tuple[Any, ...]], n: int) -> float:
+    """Median µs per call: robust to the bursts of the machine's other load."""
     once = tasks.once_noop
-    started = time.perf_counter()
+    clock = time.perf_counter_ns
+    times = []
     for i in range(n):
+        t0 = clock()
         once.delay(*args_for(i))
-    return (time.perf_counter() - started) * 1e6 / n
+        times.append(clock() - t0)
+    return median(times) / 1000
 
 
 def _profile_publish(args_for: Callable[[str, int], tuple[Any, ...]], n: int) -> dict[str, Any]:

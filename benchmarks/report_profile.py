@@ -44,7 +44,9 @@ def section(profile: Optional[dict[str, Any]]) -> list[str]:
             "in-process (`celery.contrib.testing.worker.start_worker`, solo pool), the task's body excluded.",
             "py-spy takes CPU time of its own, which slows the process it samples on this 2-CPU machine: the",
             "samples give each function's share of an operation, and the µs are that share of the operation's",
-            "time measured without py-spy just before (\"unprofiled\" below; \"profiled\" is with it).",
+            "time measured without py-spy just before (\"unprofiled\" below, the median call of a publish loop or",
+            "the mean task of a drain; \"profiled\" is with py-spy). On a machine this loaded the µs move from run",
+            "to run by tens of percent; the ranking of the functions much less.",
         ]),
         "",
         "| path | library Python | lock store (redis-py) | broker publish | whole operation, unprofiled / profiled "
