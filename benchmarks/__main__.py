@@ -42,9 +42,9 @@ class Config:
 FULL = Config(
     publish_rounds=15, publish_calls=400,
     compare_publish_rounds=40, compare_publish_calls=40,
-    throughput_rounds=8, throughput_n=1000,
+    throughput_rounds=7, throughput_n=1000,
     latency_levels=(1_000, 100_000, 1_000_000), latency_rounds=12, latency_per_round=250,
-    memory_locks=1_000_000, profile_n=4000,
+    memory_locks=1_000_000, profile_n=3000,
 )
 QUICK = Config(
     publish_rounds=4, publish_calls=200,

@@ -3,7 +3,7 @@
 # libraries (see docs/benchmarks.md): installs redis-server (if missing) and the
 # virtualenvs, then runs them against redis-servers and Celery workers of their own.
 #
-#   bash scripts/bench.sh            measure and print the figures (about 10 minutes)
+#   bash scripts/bench.sh            measure and print the figures (8 to 10 minutes)
 #   bash scripts/bench.sh --docs     also rewrite docs/benchmarks.md, .png and .json
 #   bash scripts/bench.sh --quick    a short run, for trying a change (rougher figures, about 2 minutes)
 #   bash scripts/bench.sh --profile  profile the publish, duplicate and worker paths (cProfile)
