@@ -71,7 +71,9 @@ class Sampler:
         stacks = []
         for line in self.output.read_text().splitlines():
             frames, _, count = line.rpartition(" ")
-            stacks.append((frames.split(";"), int(count)))
+            # A frame whose text holds a line break (a string in a code object's name) splits its line: skip it.
+            if frames.startswith("thread (") and count.isdigit():
+                stacks.append((frames.split(";"), int(count)))
         self.output.unlink(missing_ok=True)
         return stacks
 
