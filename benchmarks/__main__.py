@@ -1,7 +1,8 @@
 """``python -m benchmarks``: measure everything in one run and print (or write) the figures.
 
 Run it through ``bash scripts/bench.sh``, which installs what it needs. The
-parts run in this order: publishing (no worker running), worker throughput,
+parts run in this order: publishing (no worker running), every implementation
+side by side (publishing and worker throughput, in virtualenvs of their own),
 lock latency and memory (servers of their own), round trips (last: the
 in-process worker reconfigures this process's logging).
 """
@@ -27,25 +28,30 @@ DOCS = ROOT / "docs"
 class Config:
     publish_rounds: int
     publish_calls: int
+    compare_publish_rounds: int
+    compare_publish_calls: int
     throughput_rounds: int
     throughput_n: int
     latency_levels: tuple[int, ...]
     latency_rounds: int
     latency_per_round: int
     memory_locks: int
+    profile_n: int
 
 
 FULL = Config(
     publish_rounds=15, publish_calls=400,
-    throughput_rounds=7, throughput_n=3000,
+    compare_publish_rounds=40, compare_publish_calls=40,
+    throughput_rounds=7, throughput_n=1000,
     latency_levels=(1_000, 100_000, 1_000_000), latency_rounds=12, latency_per_round=250,
-    memory_locks=1_000_000,
+    memory_locks=1_000_000, profile_n=3000,
 )
 QUICK = Config(
     publish_rounds=4, publish_calls=200,
-    throughput_rounds=2, throughput_n=1000,
+    compare_publish_rounds=10, compare_publish_calls=15,
+    throughput_rounds=2, throughput_n=400,
     latency_levels=(1_000, 100_000), latency_rounds=3, latency_per_round=100,
-    memory_locks=100_000,
+    memory_locks=100_000, profile_n=400,
 )
 
 
@@ -58,22 +64,23 @@ def measure(config: Config) -> dict[str, Any]:
     server = RedisServer()
     # Before importing the app: it reads the port at import, as the workers do.
     os.environ["BENCH_REDIS_PORT"] = str(server.port)
-    from . import locks, publish, round_trips, throughput
+    from . import compare, hotpath, locks, publish, round_trips
 
     results: dict[str, Any] = {"config": asdict(config)}
     try:
         results["machine"] = machine(server)
-        broker, lock_db, records = server.client(0), server.client(2), server.client(4)
+        broker, lock_db = server.client(0), server.client(2)
 
         log(f"(a, b) publishing: {config.publish_rounds} rounds x {config.publish_calls} calls per variant ...")
         results["publish"] = publish.run(config.publish_rounds, config.publish_calls, broker, lock_db).summary()
 
-        pools = {"solo": 1, "prefork": os.cpu_count() or 1}
-        log(f"(c) worker throughput: {config.throughput_rounds} drains x {config.throughput_n} tasks "
-            f"per variant, pools {pools} ...")
-        results["throughput"] = throughput.run(
-            config.throughput_rounds, config.throughput_n, pools, server.port, broker, lock_db, records
+        pools = {"solo": 1, "prefork": 2}
+        log("(c, g) every implementation side by side, in virtualenvs of their own ...")
+        results["compare"] = compare.run(
+            config.compare_publish_rounds, config.compare_publish_calls, config.throughput_rounds,
+            config.throughput_n, pools, log,
         ).summary()
+        results["throughput"] = compare.throughput_summary(results["compare"], config.throughput_n)
 
         log(f"(e) lock latency with {', '.join(f'{n:,}' for n in config.latency_levels)} locks held ...")
         results["latency"] = locks.latency(
@@ -85,6 +92,12 @@ def measure(config: Config) -> dict[str, Any]:
 
         log("(d) round trips ...")
         results["round_trips"] = round_trips.run(broker)
+
+        log(f"(h) profile of the publish, duplicate and worker paths, {config.profile_n} each ...")
+        try:
+            results["profile"] = hotpath.run(config.profile_n, broker, lock_db)
+        except Exception as exc:  # the figures measured so far are kept
+            log(f"    the profile failed, the report goes without it: {exc!r}")
     finally:
         server.stop()
     results["machine"]["loadavg_end"] = os.getloadavg()
@@ -92,18 +105,40 @@ def measure(config: Config) -> dict[str, Any]:
     return results
 
 
+def profile_only(config: Config) -> dict[str, Any]:
+    server = RedisServer()
+    os.environ["BENCH_REDIS_PORT"] = str(server.port)
+    from . import hotpath
+
+    try:
+        return {"profile": hotpath.run(config.profile_n, server.client(0), server.client(2))}
+    finally:
+        server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a short run with rougher figures")
     parser.add_argument("--docs", action="store_true",
                         help="write docs/benchmarks.md, docs/benchmarks.png and docs/benchmarks.json")
+    parser.add_argument("--profile", action="store_true",
+                        help="only profile the publish, duplicate and worker paths (docs: Where the time goes)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--from-json", type=Path, help="measure nothing: report the figures of an earlier run")
     args = parser.parse_args(argv)
 
     from . import report
 
-    results = json.loads(args.from_json.read_text()) if args.from_json else measure(QUICK if args.quick else FULL)
+    config = QUICK if args.quick else FULL
+    if args.profile:
+        from .report_profile import text
+
+        profiled = profile_only(config)
+        print(text(profiled["profile"]))
+        if args.json:
+            args.json.write_text(json.dumps(profiled, indent=1) + "\n")
+        return 0
+    results = json.loads(args.from_json.read_text()) if args.from_json else measure(config)
     print(report.table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

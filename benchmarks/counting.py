@@ -70,3 +70,63 @@ def uninstall(pool: redis.ConnectionPool) -> None:
 def count(counter: str, thread: Optional[int] = None) -> int:
     """Round trips made so far under ``counter`` by ``thread`` (this thread by default)."""
     return _counts[counter, threading.get_ident() if thread is None else thread]
+
+
+# -- counting by endpoint, for clients the benchmark does not construct -------------------------
+#
+# The other libraries measured build their Redis clients themselves, and a
+# worker subprocess builds its own: rather than find every pool, the methods
+# of redis-py's connection classes are wrapped once per process, and a send
+# counts under the name given to the server it goes to (a TCP port or a unix
+# socket path). Same rules as above: one send is one round trip, handshakes
+# are not counted.
+
+_endpoints: dict[Any, str] = {}
+
+
+def _endpoint(connection: Any) -> tuple[Any, int]:
+    where = getattr(connection, "path", None) or getattr(connection, "port", None)
+    return where, int(getattr(connection, "db", 0) or 0)
+
+
+def _wrap_handshake(klass: type, name: str) -> None:
+    original = vars(klass)[name]
+
+    def handshake(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self._bench_handshakes = getattr(self, "_bench_handshakes", 0) + 1
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            self._bench_handshakes -= 1
+
+    setattr(klass, name, handshake)
+
+
+def count_endpoint(counter: str, endpoint: Any, db: int) -> None:
+    """Count, under ``counter``, every round trip any redis-py client of this process makes to ``endpoint``, ``db``.
+
+    ``endpoint`` is a server's TCP port or its unix socket path; the broker and
+    the lock store may share a server, but never a database.
+    """
+    if not _endpoints:
+        wrapped: set[tuple[type, str]] = set()
+        for connection_class in (redis.Connection, redis.UnixDomainSocketConnection):
+            for name in ("send_packed_command", "connect", "connect_check_health"):
+                # Wrap the method where it is defined (a base class in redis-py >= 5), once.
+                owner = next((k for k in connection_class.__mro__ if name in vars(k)), None)
+                if owner is None or (owner, name) in wrapped:
+                    continue
+                wrapped.add((owner, name))
+                if name == "send_packed_command":
+                    original = vars(owner)[name]
+
+                    def send(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                        name = _endpoints.get(_endpoint(self))
+                        if name is not None and not getattr(self, "_bench_handshakes", 0):
+                            _counts[name, threading.get_ident()] += 1
+                        return _original(self, *args, **kwargs)
+
+                    setattr(owner, name, send)
+                else:
+                    _wrap_handshake(owner, name)
+    _endpoints[endpoint, db] = counter

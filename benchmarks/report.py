@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from . import report_compare, report_profile
+
 #: The issue's targets (ratios are OnceTask / plain Celery, medians, same run).
 PUBLISH_MAX = 1.25
 DUPLICATE_MAX = 0.35
@@ -88,7 +90,13 @@ def table(results: dict[str, Any]) -> str:
         value = f"{t.value:.2f}" if t.value < 100 else f"{t.value:.0f}"
         rows.append((t.name, t.measured, value, t.target, t.verdict))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    text = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    if "compare" in results:
+        text += "\n\nEvery implementation (min/median/max of the rounds; ratios to plain Celery, medians):\n"
+        text += report_compare.table(results["compare"])
+    if "profile" in results:
+        text += "\n\n" + report_profile.text(results["profile"])
+    return text
 
 
 # -- chart ----------------------------------------------------------------------
@@ -104,7 +112,13 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
     pub, thr, rt = results["publish"], results["throughput"], results["round_trips"]
     lat, mem = results["latency"], results["memory"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [1.5, 1.1, 0.8]})
+    compared = "compare" in results
+    fig = plt.figure(figsize=(15, 10.4 if compared else 4.8))
+    grid = fig.add_gridspec(2 if compared else 1, 3, width_ratios=[1.5, 1.1, 0.8],
+                            height_ratios=[1, 1.15] if compared else [1])
+    axes = [fig.add_subplot(grid[0, i]) for i in range(3)]
+    if compared:
+        report_compare.draw(fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1:]), results["compare"])
 
     # 1. Ratios to plain Celery, each with its target.
     ax = axes[0]
@@ -178,7 +192,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
     round_trips = ", ".join(f"{p} {rt[p]['locks']}" for p in ROUND_TRIPS)
     m = results["machine"]
     fig.suptitle(
-        f"celery-once-task against plain Celery.  Lock-store round trips: {round_trips}.\n"
+        f"celery-once-task against plain Celery{' and the other implementations' if compared else ''}.  "
+        f"Lock-store round trips: {round_trips}.\n"
         f"{m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, Celery {m['celery']}, redis-py {m['redis_py']}, "
         f"Redis {m['redis_server']}",
         fontsize=10,
@@ -215,13 +230,19 @@ def document(results: dict[str, Any], chart_name: str) -> str:
     plain_us, set_us = pub["plain"]["median_us"], pub["set"]["median_us"]
     added = pub["once"]["median_us"] - plain_us
     trips_us = lat[low]["pickup"]["median_us"] + lat[low]["release"]["median_us"]
+    prof = results.get("profile")
+    lib_publish, lib_duplicate, lib_worker = (
+        (_us(prof[k]["library_us"]) for k in ("publish", "duplicate", "worker")) if prof else ("?", "?", "?")
+    )
 
     out = [
         "# Benchmarks",
         "",
         _p("What `OnceTask` costs next to a plain Celery `Task`, measured in one run on one machine: publishing,",
            "dropping a duplicate, worker throughput, Redis round trips, lock-operation latency with up to",
-           f"{_level(levels[-1])} locks held, and Redis memory per held lock."),
+           f"{_level(levels[-1])} locks held, and Redis memory per held lock; and, side by side, the other",
+           "Celery de-duplication libraries (celery_once, celery-singleton, celery-once-task 1.0.0) and this",
+           "project with hiredis and a unix socket ([part (g)](#g-every-implementation-side-by-side))."),
         "",
         f"![Ratios to plain Celery, lock latency against locks held, memory per lock]({chart_name})",
         "",
@@ -229,10 +250,13 @@ def document(results: dict[str, Any], chart_name: str) -> str:
         "",
         "```bash",
         COMMAND,
+        "bash scripts/bench.sh --quick     # a short run (about 2 minutes), rougher figures",
+        "bash scripts/bench.sh --profile   # only the profile of \"Where the time goes\"",
         "```",
         "",
         _p("It installs `redis-server` if it is missing (with apt-get, as root; otherwise it says how), builds",
-           "`.venv-bench`, starts redis-servers of its own on free ports (never the one on 6379) and Celery workers",
+           "`.venv-bench` and a virtualenv per other implementation (see (g)), starts redis-servers of its own on",
+           "free ports (never the one on 6379) and Celery workers",
            "of its own, and prints the table below; `--docs` also rewrites this page, its chart and",
            "`benchmarks.json` (every figure of the run), and `--quick` makes a short, rougher run.",
            f"This run took {results['duration_s'] / 60:.1f} minutes."),
@@ -292,10 +316,9 @@ def document(results: dict[str, Any], chart_name: str) -> str:
            f"which alone takes {_us(set_us)} here: were that all it added, a publish would cost",
            f"{pub['floor_ratio']:.2f}x plain and a dropped duplicate {set_us / plain_us:.2f}x a plain publish.",
            f"The rest, about {_us(added - set_us)} on a publish and {_us(pub['duplicate']['median_us'] - set_us)}",
-           "on a duplicate, is the library's own Python: the call's digest, the settings, the task id. In a hot",
-           "loop that takes 35-40 µs; here every call starts cold, after the previous call's network wait, and",
-           "Python code runs two to three times slower, Celery's own as much as the library's (see",
-           "[Where the time goes](#where-the-time-goes))."),
+           "on a duplicate, is the library's own Python (the call's digest, the settings, the task id) and the",
+           f"machine's noise; profiled, the library's Python is {lib_publish} on a publish and {lib_duplicate} on",
+           "a duplicate (see [Where the time goes](#where-the-time-goes))."),
         "",
         "## (c) Worker throughput",
         "",
@@ -303,8 +326,9 @@ def document(results: dict[str, Any], chart_name: str) -> str:
            f"per drain, {cfg['throughput_rounds']} drains per variant and pool, the variants taking turns. Each",
            "drain is published to a staging queue first and then renamed into the worker's queue in one command,",
            "so that the worker starts on a full queue with no publisher beside it. Throughput is (N - 1) / (time",
-           "the last task was done - time the first task was done), from times the tasks wrote themselves. One",
-           "worker process per pool runs both variants."),
+           "the last task was done - time the first task was done), from times the tasks wrote themselves. Each",
+           "variant has a worker process of its own per pool (the figures come from part (g), where the other",
+           "implementations take turns with these two)."),
         "",
         "| pool | plain tasks/s | OnceTask tasks/s | ratio | ratio, paired by round |",
         "|---|---|---|---|---|",
@@ -389,10 +413,14 @@ def document(results: dict[str, Any], chart_name: str) -> str:
         f"| `{r['sample_value']}` ({r['value_length']} B) |",
         "",
         MEMORY_NOTE,
+    ]
+    if "compare" in results:
+        out += ["", *report_compare.section(results["compare"], cfg)]
+    out += [
         "",
         "## Where the time goes",
         "",
-        PROFILE_NOTE,
+        *report_profile.section(results.get("profile")),
     ]
     if missed:
         out += ["", "## Misses", ""]
@@ -402,23 +430,24 @@ def document(results: dict[str, Any], chart_name: str) -> str:
                 f"alone is {_us(set_us)}, {100 * set_us / plain_us:.0f}% of a plain publish",
                 f"({_us(plain_us)}) on this machine, so even a lock library that did nothing else would publish at",
                 f"{pub['floor_ratio']:.2f}x. The round trip is already the only one (the floor); what is left is",
-                "the library's own Python, 35-40 µs in a hot loop and two to three times that when cold, partly",
-                "trimmed (see above). On a machine where a loopback round trip is cheaper relative to Celery's own",
+                f"the library's own Python, {lib_publish} profiled (see [Where the time goes](#where-the-time-goes)",
+                "for where). On a machine where a loopback round trip is cheaper relative to Celery's own",
                 "publish the same code comes closer to 1.0x.",
             ))
         if pub["duplicate_ratio"] > DUPLICATE_MAX:
             out.append(_p(
                 f"* **Dropped duplicate ({pub['duplicate_ratio']:.2f}x, wanted <= {DUPLICATE_MAX:.2f}x).** It is",
                 f"the SET NX round trip ({set_us / plain_us:.2f}x of a plain publish by itself) plus the library's",
-                "own Python (the call's digest, the settings, the task id). The round trip cannot go; of the Python,",
-                "the settings lookup was cut from 20 to 15 µs, and the rest is the digest the lock key needs.",
+                f"own Python ({lib_duplicate} profiled: the call's digest, the settings, the task id). The round trip",
+                "cannot go; the Python is itemised under [Where the time goes](#where-the-time-goes).",
             ))
         if "solo" in thr and thr["solo"]["ratio"] < SOLO_MIN:
             out.append(_p(
                 f"* **Solo worker ({thr['solo']['ratio']:.2f}x, wanted >= {SOLO_MIN:.2f}x).** A task costs two",
                 "round trips more than in plain Celery, which does about three of its own per task (fetch, add",
-                "to the unacked set, ack). Profiling the worker shows the extra time spent blocked on the replies,",
-                "not in the library's Python; with the round trips measured in (e) the ratio could not pass",
+                "to the unacked set, ack). Profiling the worker shows the extra time spent waiting for the replies,",
+                f"and {lib_worker} per task in the library's Python; with the round trips measured in (e) the ratio",
+                "could not pass",
                 f"{1e6 / thr['solo']['plain_per_s'] / (1e6 / thr['solo']['plain_per_s'] + trips_us):.2f}x here.",
                 "Under prefork the round trips of one process overlap the work of the other:",
                 f"{thr.get('prefork', {}).get('ratio', float('nan')):.2f}x.",
@@ -468,33 +497,3 @@ What would bring a lock under 200 bytes, without changing Redis:
   at most 28 bytes (22 base64 characters: class 48 for the embedded value) brings it to about 193 B.
 * Both changes alter what is stored in Redis (the running-lock format, or key names), which deployed
   workers and operators rely on; they are left as options, not made here."""
-
-#: What profiling found (cProfile and py-spy, on the machine the figures come from).
-PROFILE_NOTE = """\
-Profiled with cProfile and py-spy (installed from PyPI into the bench venv) on the publish path, the
-duplicate path, and a solo worker draining 3,000 tasks of each kind, on the machine above.
-
-* **Round trips dominate.** Measured alone on a quiet moment, a loopback round trip costs 75-90 µs here
-  through a raw socket and 120-145 µs through redis-py 8.1 (more under load, as in the run above), which
-  makes two `recv` calls per command (one checks that the pooled connection
-  has no stale data) and packs, parses and records metrics in Python. A solo worker running OnceTask
-  tasks spends about 420 µs more per task blocked in `recv` than one running plain tasks: its two round
-  trips, that is waiting for Redis and for the virtual machine to wake the worker up again.
-* **The library's own Python** on a dropped duplicate, with the lock store stubbed out, is 35-40 µs in a
-  hot loop (two to three times that when it runs cold after a network wait, as between real calls):
-  resolving the settings 15 µs (four lookups in Celery's `app.conf`, which tries every spelling of a key
-  in every map), the call's digest 12 µs (binding the arguments to the signature, canonical JSON,
-  SHA-256), the task id and the rest about 14 µs. At pickup: the settings, the owner token (6.5 µs) and
-  the keys, about 25 µs.
-* **Changed after profiling** (same behaviour, same bytes in Redis): a running-owner token is built once
-  per execution instead of twice, without `dataclasses.asdict` and its deep copy (10 -> 5 µs per build);
-  resolving the settings asks `app.conf` whether a `once_*` setting is there before reading it, which
-  for an absent key (the usual case) avoids a raised and caught `KeyError` per map and key spelling
-  (20 -> 15 µs). Together about 20 µs less per task in the worker and 6 µs less per publish.
-* **Left as it is:** the settings are resolved at every lock operation, by design (a later `configure()`,
-  `app.conf` change or Django setting takes effect at once); a cache could not see an `app.conf` or Django
-  settings change without those lookups. The round trips are one per path, the floor.
-* **For scale, plain Celery:** a publish is one broker round trip plus roughly half a millisecond of Celery and kombu
-  work (building the message, and a new redis-py client object for every broker operation, which
-  kombu's Redis transport creates per call); a task in a solo worker costs about 1.1 ms, three broker
-  round trips among it."""

@@ -22,7 +22,7 @@ from celery.contrib.testing.worker import start_worker
 from celery_once_task.store import client_for
 
 from . import counting, tasks
-from .throughput import wait_for
+from .compare import wait_for
 
 QUEUE = "bench.round_trips"
 

@@ -29,15 +29,18 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server of the benchmark's own: no persistence, 16 databases."""
 
-    def __init__(self) -> None:
+    def __init__(self, unixsocket: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("redis-server is not installed: run 'sudo apt-get install -y redis-server'")
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="once-task-bench-redis-")
+        #: The unix socket it also listens on, in its temp dir (if asked for).
+        self.unixsocket = os.path.join(self.dir, "redis.sock") if unixsocket else None
+        socket_args = ["--unixsocket", self.unixsocket, "--unixsocketperm", "700"] if self.unixsocket else []
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--databases", "16"],
+             "--dir", self.dir, "--databases", "16", *socket_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         self.url = f"redis://127.0.0.1:{self.port}"
