@@ -72,10 +72,14 @@ def worker_name() -> str:
     return f"celery@{socket.gethostname()}"
 
 
+def running_owner(task_id: str) -> RunningOwner:
+    """A running lock's owner as a worker with the unlock boot step (leases) is."""
+    return RunningOwner(task_id=task_id, retries=0, worker=worker_name(), instance=INSTANCE, heartbeat=True)
+
+
 def running_token(task_id: str) -> str:
-    """A running lock's value as a worker with the unlock boot step (heartbeat) writes it."""
-    owner = RunningOwner(task_id=task_id, retries=0, worker=worker_name(), instance=INSTANCE, heartbeat=True)
-    return owner.token
+    """A running lock's value as such a worker writes it."""
+    return running_owner(task_id).value()
 
 
 def fill(client: redis.Redis, kind: str, first: int, count: int, seed: str) -> None:
@@ -128,15 +132,15 @@ def _lifecycle(store: LockStore, sink: dict[str, list[float]]) -> None:
     task_id = str(uuid.uuid4())
     queue_key = lock_key(tasks.once_noop.name, digest, QUEUE)
     running_key = lock_key(tasks.once_noop.name, digest, RUNNING)
-    token = running_token(task_id)
+    owner = running_owner(task_id)
     t0 = clock()
     acquired = store.acquire_queue(queue_key, task_id, TTL_SECONDS)
     t1 = clock()
-    pickup = store.pickup(queue_key, task_id, running_key, token, TTL_SECONDS)
+    pickup = store.pickup(queue_key, task_id, running_key, owner, TTL_SECONDS)
     t2 = clock()
-    released = store.release(running_key, token)
+    released = store.release(running_key, owner.token, prefix=True)
     t3 = clock()
-    if not (acquired and pickup.acquired and released):
+    if not (acquired.acquired and pickup.acquired and released):
         raise RuntimeError(f"lock lifecycle on {queue_key} did not complete")
     sink["acquire"].append((t1 - t0) / 1000)
     sink["pickup"].append((t2 - t1) / 1000)

@@ -425,12 +425,14 @@ def _redis_py_major() -> int:
 
 
 def is_cluster(client: Client) -> bool:
-    """Whether ``client`` talks to a Redis Cluster."""
-    try:
-        from redis.cluster import RedisCluster
-    except ImportError:  # pragma: no cover - redis-py < 4.1
-        return False
-    return isinstance(client, RedisCluster)
+    """Whether ``client`` talks to a Redis Cluster (asked on every lock operation: a plain class check)."""
+    return _CLUSTER_CLASS is not None and isinstance(client, _CLUSTER_CLASS)
+
+
+try:
+    from redis.cluster import RedisCluster as _CLUSTER_CLASS
+except ImportError:  # pragma: no cover - redis-py < 4.1
+    _CLUSTER_CLASS = None  # type: ignore[assignment,misc]
 
 
 def _primaries(client: Client) -> list[Union[redis.Redis, Any]]:

@@ -82,7 +82,15 @@ def header(request: Any, name: str) -> Any:
 
 def running_ttl(settings: Settings, owner: RunningOwner) -> float:
     """A lease where a worker renews it; else the configured TTL."""
-    return Lease(settings.heartbeat_timeout).ttl if owner.heartbeat else settings.running_lock_timeout
+    if not owner.heartbeat:
+        return settings.running_lock_timeout
+    ttl = _lease_ttls.get(settings.heartbeat_timeout)
+    if ttl is None:
+        ttl = _lease_ttls[settings.heartbeat_timeout] = Lease(settings.heartbeat_timeout).ttl
+    return ttl
+
+
+_lease_ttls: dict[float, float] = {}
 
 
 def pick_up(task: Any, settings: Settings, digest: str, request: Any, args: Sequence[Any],

@@ -25,6 +25,7 @@ import decimal
 import hashlib
 import inspect
 import json
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
@@ -33,6 +34,7 @@ KEY_PREFIX = "once_task"
 QUEUE = "queue"
 RUNNING = "running"
 DIGEST_LENGTH = 16
+_DIGEST = re.compile(f"[0-9a-f]{{{DIGEST_LENGTH}}}")
 
 #: The message header that carries the digest from the publisher to the worker.
 DIGEST_HEADER = "once_task_digest"
@@ -43,7 +45,7 @@ _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=
 
 def well_formed_digest(value: Any) -> bool:
     """Whether ``value`` is a digest as this module makes them (a header may carry anything)."""
-    return isinstance(value, str) and len(value) == DIGEST_LENGTH and all(c in "0123456789abcdef" for c in value)
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
 
 
 def lock_key(task_name: str, digest: str, lock_type: str) -> str:

@@ -124,7 +124,7 @@ class RunningOwner:
 
     def value(self, since: Optional[float] = None) -> str:
         """The lock's value: the token and when the lock was taken."""
-        return f'{self.token}"since":{round(time.time() if since is None else since, 3)}}}'
+        return f'{self.token}"since":{time.time() if since is None else since:.3f}}}'
 
     def holds(self, value: Optional[str]) -> bool:
         """Whether a lock's value is this owner's."""

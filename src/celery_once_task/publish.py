@@ -76,8 +76,9 @@ def publish_once(
     key = lock_key(task.name, digest, QUEUE)
     fixed_id = task_id is not None
     task_id = task_id or uuid()
-    request = current_request(task)
-    # Celery's retry publishes the same task id from inside the execution.
+    # Celery's retry publishes the same task id from inside the execution: a
+    # call without a fixed id is never a retry, and need not look.
+    request = current_request(task) if fixed_id else None
     retry = request is not None and not request.called_directly and request.id == task_id
     ttl = settings.queue_lock_timeout + seconds_until_start(options)
     try:
