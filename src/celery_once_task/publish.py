@@ -21,13 +21,13 @@ from __future__ import annotations
 import datetime
 import logging
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any, Callable, Optional
 
 import celery
 from celery.app.task import Context
-from celery.utils import uuid
 from redis.exceptions import RedisError
 
 from .connection import redact_url
@@ -75,7 +75,7 @@ def publish_once(
     """Publish the call under its queue lock; what a duplicate gets otherwise."""
     key = lock_key(task.name, digest, QUEUE)
     fixed_id = task_id is not None
-    task_id = task_id or uuid()
+    task_id = task_id or str(uuid.uuid4())
     # Celery's retry publishes the same task id from inside the execution: a
     # call without a fixed id is never a retry, and need not look.
     request = current_request(task) if fixed_id else None

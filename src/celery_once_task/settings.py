@@ -207,16 +207,25 @@ def resolve(app: Any = None, task: Any = None) -> Settings:
     the ``once_*`` values set on the app's configuration. Resolving them again
     on every call would cost more than the lock's round trip does.
     """
+    return _kept(app, task)[0]
+
+
+def always_eager(app: Any, task: Any) -> bool:
+    """Celery's ``task_always_eager`` for ``task``, kept like its settings (the publish path asks on every call)."""
+    return _kept(app, task)[1]
+
+
+def _kept(app: Any, task: Any) -> tuple[Settings, bool]:
     conf = getattr(app, "conf", None)
     fingerprint = _fingerprint(conf) if task is not None else None
     if fingerprint is not None:
         cached = getattr(task, "_once_resolved", None)
         if cached is not None and cached[0] == fingerprint:
             return cached[1]  # type: ignore[no-any-return]
-    settings = _resolve(conf, task)
+    kept = (_resolve(conf, task), bool(conf is not None and conf.get("task_always_eager")))
     if fingerprint is not None:
-        task._once_resolved = (fingerprint, settings)
-    return settings
+        task._once_resolved = (fingerprint, kept)
+    return kept
 
 
 def _fingerprint(conf: Any) -> Optional[tuple[Any, ...]]:
@@ -225,7 +234,10 @@ def _fingerprint(conf: Any) -> Optional[tuple[Any, ...]]:
     if not maps:
         return None
     changes = maps[0]  # where app.conf.once_x = ... goes
-    return (_configured.generation, id(conf), len(maps), *(changes.get(name) for name in APP_CONF_NAMES.values()))
+    return (
+        _configured.generation, id(conf), len(maps), changes.get("task_always_eager"),
+        *(changes.get(name) for name in APP_CONF_NAMES.values()),
+    )
 
 
 def _resolve(conf: Any, task: Any) -> Settings:
