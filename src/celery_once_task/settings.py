@@ -50,6 +50,9 @@ APP_CONF_NAMES = {
     "redis_options": "once_redis_options",
 }
 
+#: The app.conf names whose values a task's kept settings depend on.
+_WATCHED = tuple(APP_CONF_NAMES.values())
+
 #: Settings a task may set for itself (decorator keyword or subclass attribute).
 TASK_OPTIONS = ("queue_lock_timeout", "running_lock_timeout", "running_lock_conflict", "queue_lock_conflict")
 
@@ -210,9 +213,9 @@ def resolve(app: Any = None, task: Any = None) -> Settings:
     return _kept(app, task)[0]
 
 
-def always_eager(app: Any, task: Any) -> bool:
-    """Celery's ``task_always_eager`` for ``task``, kept like its settings (the publish path asks on every call)."""
-    return _kept(app, task)[1]
+def for_publish(app: Any, task: Any) -> tuple[Settings, bool]:
+    """The settings of ``task`` and Celery's ``task_always_eager``, kept together (asked on every call)."""
+    return _kept(app, task)
 
 
 def _kept(app: Any, task: Any) -> tuple[Settings, bool]:
@@ -234,10 +237,8 @@ def _fingerprint(conf: Any) -> Optional[tuple[Any, ...]]:
     if not maps:
         return None
     changes = maps[0]  # where app.conf.once_x = ... goes
-    return (
-        _configured.generation, id(conf), len(maps), changes.get("task_always_eager"),
-        *(changes.get(name) for name in APP_CONF_NAMES.values()),
-    )
+    get = changes.get
+    return (_configured.generation, id(conf), len(maps), get("task_always_eager"), *map(get, _WATCHED))
 
 
 def _resolve(conf: Any, task: Any) -> Settings:

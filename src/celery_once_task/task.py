@@ -22,7 +22,7 @@ from . import execute
 from .errors import OnceTaskLocked
 from .keys import DIGEST_HEADER, call_digest, check_lock_args, lock_key, signature_of, well_formed_digest
 from .publish import as_list, publish_once, with_digest
-from .settings import TASK_OPTIONS, Settings, always_eager, resolve, validate
+from .settings import TASK_OPTIONS, Settings, for_publish, resolve, validate
 
 logger = logging.getLogger("celery_once_task")
 
@@ -138,10 +138,12 @@ class OnceTask(Task):
         # with nothing published and no lock taken.
         digest = self.once_digest(args, kwargs)
         with_digest(options, digest)
-        if not self.queue_lock or always_eager(self._get_app(), self):
+        if not self.queue_lock:
             return publish(task_id)
-        return publish_once(self, self.once_settings(), digest, args, kwargs, task_id, link, link_error, options,
-                            publish)
+        settings, eager = for_publish(self._get_app(), self)
+        if eager:  # nothing is queued: no queue lock
+            return publish(task_id)
+        return publish_once(self, settings, digest, args, kwargs, task_id, link, link_error, options, publish)
 
     # -- Django transactions --------------------------------------------------
 
