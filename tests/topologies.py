@@ -226,14 +226,27 @@ class Certificates:
         self.server_cert, self.server_key = directory / "server.crt", directory / "server.key"
         self.client_cert, self.client_key = directory / "client.crt", directory / "client.key"
         ca_key = directory / "ca.key"
+        # Extensions as strict X.509 checking wants them (Python 3.13 verifies
+        # with VERIFY_X509_STRICT): a critical CA constraint, key identifiers.
+        ca_config = directory / "ca.cnf"
+        ca_config.write_text(
+            "[req]\ndistinguished_name = dn\nx509_extensions = v3_ca\nprompt = no\n"
+            "[dn]\nCN = once-task test CA\n"
+            "[v3_ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n"
+            "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n"
+        )
         self._openssl("req", "-x509", "-new", "-nodes", *_EC_KEY, "-keyout", ca_key, "-out", self.ca,
-                      "-days", "2", "-subj", "/CN=once-task test CA")
-        self._sign("server", self.server_cert, self.server_key, "subjectAltName=IP:127.0.0.1", ca_key)
+                      "-days", "2", "-config", ca_config)
+        self._sign("server", self.server_cert, self.server_key,
+                   "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth", ca_key)
         self._sign("client", self.client_cert, self.client_key, "extendedKeyUsage=clientAuth", ca_key)
 
     def _sign(self, name: str, cert: Path, key: Path, extension: str, ca_key: Path) -> None:
         request, extensions = self.dir / f"{name}.csr", self.dir / f"{name}.ext"
-        extensions.write_text(extension + "\n")
+        extensions.write_text(
+            "basicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature,keyEncipherment\n"
+            "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid,issuer\n" + extension + "\n"
+        )
         self._openssl("req", "-new", "-nodes", *_EC_KEY, "-keyout", key, "-out", request,
                       "-subj", f"/CN=once-task test {name}")
         self._openssl("x509", "-req", "-in", request, "-CA", self.ca, "-CAkey", ca_key, "-CAcreateserial",
