@@ -15,6 +15,19 @@ ensure_redis_server() {
     exit 1
 }
 
+# The TLS tests make their certificates with openssl; the cluster tests form
+# a cluster with redis-cli (Debian's redis-server brings it as redis-tools).
+ensure_topology_tools() {
+    command -v openssl >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "openssl or redis-cli not found: installing them with apt-get" >&2
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl redis-tools >/dev/null
+    fi
+    command -v openssl >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && return 0
+    echo "openssl and redis-cli are required by the TLS and cluster tests (Debian/Ubuntu: sudo apt-get install -y openssl redis-tools)" >&2
+    exit 1
+}
+
 # The locks page is tested in headless Chromium, driven by Selenium through
 # Debian's chromedriver (Selenium is never left to download a driver).
 ensure_chromium() {

@@ -15,6 +15,7 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 ensure_redis_server
 ensure_chromium
+ensure_topology_tools
 # shellcheck disable=SC2086 # DEPS is a list of requirements
 make_venv "$VENV" "$PYTHON" -e ".[dev]" ${DEPS:-}
 "$VENV/bin/python" -c 'import sys, celery, kombu, redis; print(f"Python {sys.version.split()[0]}, Celery {celery.__version__}, kombu {kombu.__version__}, redis-py {redis.__version__}")'

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -93,8 +93,7 @@ def running_ttl(settings: Settings, owner: RunningOwner) -> float:
 _lease_ttls: dict[float, float] = {}
 
 
-def pick_up(task: Any, settings: Settings, digest: str, request: Any, args: Sequence[Any],
-            kwargs: Mapping[str, Any]) -> Optional[Held]:
+def pick_up(task: Any, settings: Settings, digest: str, request: Any) -> Optional[Held]:
     """Release the queue lock and take the running lock; return the lock to release at the end."""
     # Eager calls never took a queue lock.
     queue_key = lock_key(task.name, digest, QUEUE) if task.queue_lock and not request.is_eager else None

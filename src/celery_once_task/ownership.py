@@ -160,11 +160,3 @@ def _tail(owner: RunningOwner) -> str:
         )
     return tail
 
-
-def taken_at(value: str | bytes) -> Optional[float]:
-    """When the running lock with this value was taken (epoch seconds), if it says."""
-    try:
-        since = json.loads(value).get("since")
-    except (ValueError, TypeError, AttributeError):
-        return None
-    return float(since) if isinstance(since, (int, float)) else None

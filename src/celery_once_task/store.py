@@ -187,11 +187,6 @@ class LockStore:
             return Acquired(True)
         return Acquired(False, holder)
 
-    def holder(self, key: str) -> Optional[str]:
-        """The value of ``key``, if any."""
-        value, _ = self._tries(lambda: self.client.get(key))
-        return _text(value)
-
     # -- both ---------------------------------------------------------------
 
     def release(self, key: str, token: str, *, prefix: bool = False) -> bool:

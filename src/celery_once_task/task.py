@@ -232,7 +232,7 @@ class OnceTask(Task):
             if not well_formed_digest(digest):  # app.send_task, beat, other producers
                 digest = self.once_digest(args, kwargs)
             settings = self.once_settings()
-            held = execute.pick_up(self, settings, digest, request, args, kwargs)
+            held = execute.pick_up(self, settings, digest, request)
         try:
             return self.run(*args, **kwargs)
         finally:
