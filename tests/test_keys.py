@@ -11,9 +11,10 @@ import uuid
 from typing import Any
 
 import pytest
+from celery import Celery
 from kombu import serialization
 
-from celery_once_task import OnceTaskLocked
+from celery_once_task import OnceTask, OnceTaskLocked
 from celery_once_task.keys import DIGEST_HEADER, canonical_call
 from tests import worker_app as tasks
 from tests.support import events, wait_until
@@ -77,6 +78,32 @@ def test_digest_survives_json_serialization(value: Any) -> None:
 def test_types_are_kept_apart() -> None:
     digests = {tasks.echo.once_digest(("t", value), {}) for value in (1, 1.0, True, "1", None, [1], {"1": 1})}
     assert len(digests) == 7
+
+
+def test_a_repeated_call_keeps_the_digest_of_its_canonical_form() -> None:
+    canonical = canonical_call("tests.worker_app.add", tasks.add._once_signature or None, (7, 8), {})
+    expected = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    assert [tasks.add.once_digest((7, 8), {}) for _ in range(3)] == [expected] * 3
+
+
+def test_equal_values_of_other_types_keep_their_own_digest_after_a_repeated_call() -> None:
+    for _ in range(2):  # the second round after every spelling was seen once
+        assert len({tasks.echo.once_digest(("t", value), {}) for value in (1, True, 1.0)}) == 3
+
+
+def test_a_task_defined_again_with_another_signature_gets_the_digest_of_its_own() -> None:
+    def defaults_to(default: int) -> Any:
+        app = Celery("keys", set_as_current=False)
+
+        @app.task(base=OnceTask, name="tests.keys.redefined", shared=False)
+        def redefined(a: int, b: int = default) -> None:
+            pass
+
+        return redefined
+
+    first, second = defaults_to(1), defaults_to(2)
+    assert first.once_digest((5,), {}) == first.once_digest((5, 1), {})
+    assert second.once_digest((5,), {}) == second.once_digest((5, 2), {}) != first.once_digest((5,), {})
 
 
 def test_argument_without_canonical_form_is_refused_naming_task_and_argument(locks: Any) -> None:

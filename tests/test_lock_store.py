@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from celery_once_task import LockStoreUnavailable, OnceTaskError, configure
+from celery_once_task import LockStoreUnavailable, OnceTaskError, configure, scripts
 from celery_once_task.settings import reset_configuration
+from celery_once_task.store import LockStore
 from tests import worker_app as tasks
 from tests.support import RedisServer, events, free_port, running_worker, wait_until
 
@@ -99,3 +100,34 @@ def test_release_failure_does_not_fail_the_task(lock_server: RedisServer, recs: 
         assert result.get(timeout=20) == tag
         failed = f"{result.id}]: lock operation failed: could not release lock once_task:tests.worker_app.gated:"
         assert failed in worker.read_log()
+
+
+def command_calls(client: Any, command: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_a_free_queue_lock_is_taken_by_one_native_set_and_a_held_one_names_its_holder(
+    lock_server: RedisServer,
+) -> None:
+    client = lock_server.client(2)
+    store = LockStore(client)
+    key = f"once_task:tests.store:{uuid.uuid4().hex[:16]}:queue"
+    assert store.acquire_queue(key, "first", 60).acquired
+    refused = store.acquire_queue(key, "second", 60)
+    assert (refused.acquired, refused.holder) == (False, "first")
+    assert (command_calls(client, "set"), command_calls(client, "evalsha")) == (2, 0)
+    assert client.get(key) == b"first"
+    assert 59_000 < client.pttl(key) <= 60_000
+
+
+def test_a_server_that_refuses_set_nx_get_is_given_the_script(lock_server: RedisServer) -> None:
+    # Redis 6.2 answers SET ... NX GET with a syntax error; no 6.2 server is
+    # at hand, so the client is marked as one whose server did.
+    client = lock_server.client(2)
+    scripts._REFUSE_NX_GET.add(client)
+    store = LockStore(client)
+    key = f"once_task:tests.store:{uuid.uuid4().hex[:16]}:queue"
+    assert store.acquire_queue(key, "first", 60).acquired
+    refused = store.acquire_queue(key, "second", 60)
+    assert (refused.acquired, refused.holder) == (False, "first")
+    assert command_calls(client, "evalsha") >= 2  # NOSCRIPT, then loaded and run

@@ -74,8 +74,49 @@ def call_digest(
     select: Select | None = None,
 ) -> str:
     """First 16 hex characters of the SHA-256 of the call's canonical form."""
+    memo = _memo_key(task_name, signature, args, kwargs) if select is None and signature is not None else None
+    if memo is not None:
+        kept = _digests.get(memo)
+        if kept is not None and kept[0] is signature:
+            return kept[1]
     payload = canonical_call(task_name, signature, args, kwargs, strict_signature=strict_signature, select=select)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
+    digest = hashlib.sha256(payload.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
+    if memo is not None and signature is not None:
+        if len(_digests) >= _DIGESTS_KEPT:
+            _digests.clear()
+        _digests[memo] = (signature, digest)
+    return digest
+
+
+#: Digests of recent calls whose arguments are all short strings, ints or None,
+#: by task, signature and arguments as given. A call repeated while its copy
+#: is queued (the duplicate a lock exists for) skips its canonical form.
+_digests: dict[tuple[Any, ...], tuple[inspect.Signature, str]] = {}
+_DIGESTS_KEPT = 1024
+_MEMO_STR_LENGTH = 256
+
+
+def _memo_key(
+    task_name: str, signature: inspect.Signature, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
+) -> tuple[Any, ...] | None:
+    """The key of a call in ``_digests``, or None where it is not kept.
+
+    Only exact ``str``, ``int`` and ``None``: equal values of these types have
+    one canonical form, whereas ``1 == 1.0 == True`` do not; and nothing that
+    would keep large or mutable objects alive. The signature by identity,
+    checked on a hit against the one kept with the digest.
+    """
+    values = tuple(args) if args else ()
+    named = tuple(kwargs.items()) if kwargs else ()
+    for value in values:
+        kind = type(value)
+        if kind is not int and value is not None and (kind is not str or len(value) > _MEMO_STR_LENGTH):
+            return None
+    for _, value in named:
+        kind = type(value)
+        if kind is not int and value is not None and (kind is not str or len(value) > _MEMO_STR_LENGTH):
+            return None
+    return (task_name, id(signature), values, named)
 
 
 def canonical_call(

@@ -177,8 +177,12 @@ class LockStore:
 
     def acquire_queue(self, key: str, task_id: str, ttl: float, *, renew: bool = False) -> Acquired:
         """Take the queue lock for ``task_id`` if it is free (or, with ``renew``, already ``task_id``'s)."""
-        call = Call(scripts.ACQUIRE, key, (task_id, _ms(ttl), task_id if renew else "", "exact"))
-        (reply,), maybe_applied = self._run([call])
+        ms = _ms(ttl)
+        if renew:
+            call = Call(scripts.ACQUIRE, key, (task_id, ms, task_id, "exact"))
+            (reply,), maybe_applied = self._run([call])
+        else:
+            reply, maybe_applied = self._tries(lambda: scripts.acquire_free(self.client, key, task_id, ms))
         if reply == 1:
             return Acquired(True)
         holder = _text(reply)
