@@ -116,6 +116,26 @@ def profile_only(config: Config) -> dict[str, Any]:
         server.stop()
 
 
+def compare_only(config: Config, variants: list[str], rounds: int | None) -> dict[str, Any]:
+    """Part (g) alone: the implementations side by side, ``rounds`` rounds of each path."""
+    from . import compare
+
+    started = time.monotonic()
+    server = RedisServer()
+    try:
+        results: dict[str, Any] = {"machine": machine(server)}
+    finally:
+        server.stop()
+    publish_rounds = rounds or config.compare_publish_rounds
+    throughput_rounds = rounds or config.throughput_rounds
+    results["compare"] = compare.run(
+        publish_rounds, config.compare_publish_calls, throughput_rounds, config.throughput_n,
+        {"solo": 1, "prefork": 2}, log, only=variants,
+    ).summary()
+    results["duration_s"] = time.monotonic() - started
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a short run with rougher figures")
@@ -123,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="write docs/benchmarks.md, docs/benchmarks.png and docs/benchmarks.json")
     parser.add_argument("--profile", action="store_true",
                         help="only profile the publish, duplicate and worker paths (docs: Where the time goes)")
+    parser.add_argument("--compare", action="store_true",
+                        help="only the implementations side by side (part g), e.g. "
+                             "--compare --variants plain,once-task,once-task-1.0.0 --rounds 30")
+    parser.add_argument("--variants", default="",
+                        help="with --compare: the variants to measure, comma-separated (default: all)")
+    parser.add_argument("--rounds", type=int, help="with --compare: rounds of each path per variant")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--from-json", type=Path, help="measure nothing: report the figures of an earlier run")
     args = parser.parse_args(argv)
@@ -137,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         print(text(profiled["profile"]))
         if args.json:
             args.json.write_text(json.dumps(profiled, indent=1) + "\n")
+        return 0
+    if args.compare:
+        from .report_compare import table
+
+        compared = compare_only(config, [v for v in args.variants.split(",") if v], args.rounds)
+        print(table(compared["compare"]))
+        if args.json:
+            args.json.write_text(json.dumps(compared, indent=1) + "\n")
         return 0
     results = json.loads(args.from_json.read_text()) if args.from_json else measure(config)
     print(report.table(results))

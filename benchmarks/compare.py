@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -312,10 +313,15 @@ def _drain(setup: Setup, driver: Driver, worker: Worker, run: str, n: int, broke
 
 
 def run(publish_rounds: int, publish_calls: int, throughput_rounds: int, throughput_n: int,
-        pools: dict[str, int], log: Callable[[str], None]) -> CompareResult:
+        pools: dict[str, int], log: Callable[[str], None], only: Sequence[str] = ()) -> CompareResult:
+    """Measure every variant (or the ones named in ``only``) side by side."""
+    unknown = set(only) - {v.name for v in VARIANTS}
+    if unknown:
+        raise ValueError(f"no such variant: {', '.join(sorted(unknown))} (variants: "
+                         f"{', '.join(v.name for v in VARIANTS)})")
     server = RedisServer(unixsocket=True)
     try:
-        setups = [Setup(v, db, server) for db, v in enumerate(VARIANTS, start=1)]
+        setups = [Setup(v, db, server) for db, v in enumerate(VARIANTS, start=1) if not only or v.name in only]
         for s in setups:
             if not s.available:
                 log(f"    {s.variant.name}: no virtualenv at {s.python.parent.parent}, left out")

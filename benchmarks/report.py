@@ -252,6 +252,8 @@ def document(results: dict[str, Any], chart_name: str) -> str:
         COMMAND,
         "bash scripts/bench.sh --quick     # a short run (about 2 minutes), rougher figures",
         "bash scripts/bench.sh --profile   # only the profile of \"Where the time goes\"",
+        "bash scripts/bench.sh --compare --variants plain,once-task,once-task-1.0.0 --rounds 30"
+        "   # only the implementations side by side",
         "```",
         "",
         _p("It installs `redis-server` if it is missing (with apt-get, as root; otherwise it says how), builds",
