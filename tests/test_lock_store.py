@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
 from celery_once_task import LockStoreUnavailable, OnceTaskError, configure, scripts
+from celery_once_task.ownership import RunningOwner
 from celery_once_task.settings import reset_configuration
 from celery_once_task.store import LockStore
 from tests import worker_app as tasks
@@ -131,3 +133,23 @@ def test_a_server_that_refuses_set_nx_get_is_given_the_script(lock_server: Redis
     refused = store.acquire_queue(key, "second", 60)
     assert (refused.acquired, refused.holder) == (False, "first")
     assert command_calls(client, "evalsha") >= 2  # NOSCRIPT, then loaded and run
+
+
+def test_an_error_reply_in_a_pickup_leaves_the_connection_in_step(lock_server: RedisServer) -> None:
+    client = lock_server.client(2)
+    store = LockStore(client)
+    digest = uuid.uuid4().hex[:16]
+    queue_key, running_key = f"once_task:tests.store:{digest}:queue", f"once_task:tests.store:{digest}:running"
+    client.hset(queue_key, "not", "a lock")  # the queue lock's script meets a hash: WRONGTYPE
+    owner = RunningOwner("id-1", 0, "tests@store", "0" * 16, False)
+    for script in (scripts.COMPARE_AND_DELETE, scripts.ACQUIRE):  # loaded: no NOSCRIPT to answer first
+        client.script_load(script.source)
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        store.pickup(queue_key, "id-1", running_key, owner, 60)
+    # Both commands were read: the running lock was taken, and the next reply is the next command's own.
+    assert owner.holds(client.get(running_key).decode())
+    other = f"once_task:tests.store:{uuid.uuid4().hex[:16]}:queue"
+    assert store.acquire_queue(other, "id-2", 60).acquired
+    assert store.acquire_queue(other, "id-3", 60).holder == "id-2"
+    # On the same connection all along: a reply left unread would have been read by a later command.
+    assert len(client.connection_pool._available_connections) == 1
