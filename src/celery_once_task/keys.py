@@ -108,11 +108,7 @@ def _memo_key(
     """
     values = tuple(args) if args else ()
     named = tuple(kwargs.items()) if kwargs else ()
-    for value in values:
-        kind = type(value)
-        if kind is not int and value is not None and (kind is not str or len(value) > _MEMO_STR_LENGTH):
-            return None
-    for _, value in named:
+    for value in (*values, *kwargs.values()) if kwargs else values:
         kind = type(value)
         if kind is not int and value is not None and (kind is not str or len(value) > _MEMO_STR_LENGTH):
             return None
