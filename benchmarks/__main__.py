@@ -55,6 +55,10 @@ QUICK = Config(
 )
 
 
+#: The worker pools measured, and their concurrency.
+POOLS = {"solo": 1, "prefork": 2}
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -74,7 +78,7 @@ def measure(config: Config) -> dict[str, Any]:
         log(f"(a, b) publishing: {config.publish_rounds} rounds x {config.publish_calls} calls per variant ...")
         results["publish"] = publish.run(config.publish_rounds, config.publish_calls, broker, lock_db).summary()
 
-        pools = {"solo": 1, "prefork": 2}
+        pools = POOLS
         log("(c, g) every implementation side by side, in virtualenvs of their own ...")
         results["compare"] = compare.run(
             config.compare_publish_rounds, config.compare_publish_calls, config.throughput_rounds,
@@ -116,8 +120,8 @@ def profile_only(config: Config) -> dict[str, Any]:
         server.stop()
 
 
-def compare_only(config: Config, variants: list[str], rounds: int | None) -> dict[str, Any]:
-    """Part (g) alone: the implementations side by side, ``rounds`` rounds of each path."""
+def compare_only(config: Config, variants: list[str], rounds: int | None, pools: list[str]) -> dict[str, Any]:
+    """Part (g) alone: the implementations side by side, ``rounds`` rounds of each path, workers of ``pools``."""
     from . import compare
 
     started = time.monotonic()
@@ -130,7 +134,7 @@ def compare_only(config: Config, variants: list[str], rounds: int | None) -> dic
     throughput_rounds = rounds or config.throughput_rounds
     results["compare"] = compare.run(
         publish_rounds, config.compare_publish_calls, throughput_rounds, config.throughput_n,
-        {"solo": 1, "prefork": 2}, log, only=variants,
+        {pool: concurrency for pool, concurrency in POOLS.items() if pool in pools}, log, only=variants,
     ).summary()
     results["duration_s"] = time.monotonic() - started
     return results
@@ -149,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="",
                         help="with --compare: the variants to measure, comma-separated (default: all)")
     parser.add_argument("--rounds", type=int, help="with --compare: rounds of each path per variant")
+    parser.add_argument("--pools", default="solo,prefork",
+                        help="with --compare: the worker pools to measure, comma-separated, or none")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--from-json", type=Path, help="measure nothing: report the figures of an earlier run")
     args = parser.parse_args(argv)
@@ -167,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare:
         from .report_compare import table
 
-        compared = compare_only(config, [v for v in args.variants.split(",") if v], args.rounds)
+        pools = [p for p in args.pools.split(",") if p in POOLS]
+        compared = compare_only(config, [v for v in args.variants.split(",") if v], args.rounds, pools)
         print(table(compared["compare"]))
         if args.json:
             args.json.write_text(json.dumps(compared, indent=1) + "\n")
