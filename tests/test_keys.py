@@ -106,6 +106,20 @@ def test_a_task_defined_again_with_another_signature_gets_the_digest_of_its_own(
     assert second.once_digest((5,), {}) == second.once_digest((5, 2), {}) != first.once_digest((5,), {})
 
 
+def test_a_scalar_call_with_a_default_that_is_not_a_scalar_gets_the_canonical_digest() -> None:
+    app = Celery("keys", set_as_current=False)
+
+    @app.task(base=OnceTask, name="tests.keys.priced", shared=False)
+    def priced(a: int, b: decimal.Decimal = decimal.Decimal("1.50")) -> None:
+        pass
+
+    digest = priced.once_digest((5,), {})
+    canonical = canonical_call("tests.keys.priced", priced._once_signature, (5,), {})
+    assert canonical == '{"a":5,"b":{"__decimal__":"1.50"}}'
+    assert digest == hashlib.sha256(canonical.encode()).hexdigest()[:16] == priced.once_digest(
+        (5, decimal.Decimal("1.50")), {})
+
+
 def test_argument_without_canonical_form_is_refused_naming_task_and_argument(locks: Any) -> None:
     before = set(locks.keys("once_task:*"))
     with pytest.raises(TypeError, match=r"tests\.worker_app\.echo: argument 'value' of type object"):

@@ -75,11 +75,14 @@ def call_digest(
 ) -> str:
     """First 16 hex characters of the SHA-256 of the call's canonical form."""
     memo = _memo_key(task_name, signature, args, kwargs) if select is None and signature is not None else None
-    if memo is not None:
+    payload = None
+    if memo is not None and signature is not None:
         kept = _digests.get(memo)
         if kept is not None and kept[0] is signature:
             return kept[1]
-    payload = canonical_call(task_name, signature, args, kwargs, strict_signature=strict_signature, select=select)
+        payload = _scalar_call(signature, memo[2], kwargs or {})
+    if payload is None:
+        payload = canonical_call(task_name, signature, args, kwargs, strict_signature=strict_signature, select=select)
     digest = hashlib.sha256(payload.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
     if memo is not None and signature is not None:
         if len(_digests) >= _DIGESTS_KEPT:
@@ -113,6 +116,19 @@ def _memo_key(
         if kind is not int and value is not None and (kind is not str or len(value) > _MEMO_STR_LENGTH):
             return None
     return (task_name, id(signature), values, named)
+
+
+def _scalar_call(signature: inspect.Signature, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:
+    """``canonical_call`` of a call whose values are all str, int or None, where it is quick to make; else None.
+
+    Bound to a plain signature whose defaults are JSON scalars too, every
+    value is its own canonical form: the bound arguments are encoded as they
+    are, to the same JSON. A new call on the publish path is mostly this.
+    """
+    bound = _quick_bind(signature, args, kwargs)
+    if bound is None or not _plain[id(signature)][1].scalar_defaults:  # type: ignore[union-attr]
+        return None
+    return _ENCODER.encode(bound)
 
 
 def canonical_call(
@@ -177,7 +193,7 @@ def _bind(
 class _Plain:
     """A signature of plain parameters (no ``*args``, ``**kwargs``, keyword- or positional-only)."""
 
-    __slots__ = ("defaults", "names")
+    __slots__ = ("defaults", "names", "scalar_defaults")
 
     def __init__(self, signature: inspect.Signature) -> None:
         self.names = tuple(signature.parameters)
@@ -186,13 +202,19 @@ class _Plain:
             for name, parameter in signature.parameters.items()
             if parameter.default is not inspect.Parameter.empty
         }
+        #: Whether every default is its own canonical form (see ``_canonical``).
+        self.scalar_defaults = all(
+            value is None or isinstance(value, (bool, str, int, float)) for value in self.defaults.values()
+        )
 
 
 #: id(signature) -> (signature, its plain form or None): signatures are kept per task class for good.
 _plain: dict[int, tuple[inspect.Signature, _Plain | None]] = {}
 
 
-def _quick_bind(signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+def _quick_bind(
+    signature: inspect.Signature, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> dict[str, Any] | None:
     """``signature.bind(...).arguments`` with defaults applied, for plain signatures; None where it cannot say.
 
     Most tasks take plain parameters, and binding them is a zip; anything
