@@ -209,11 +209,6 @@ def acquire_free(client: Any, key: str, value: str, ttl_ms: int) -> Any:
 
 def send(client: Any, commands: Sequence[Sequence[Arg]]) -> list[Any]:
     """Send ``commands`` in one round trip on a connection of ``client``'s pool; their replies, errors in place."""
-    if getattr(client, "connection", None) is not None:  # a single-connection client: no pool to borrow from
-        pipe = client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
     pool = client.connection_pool
     connection = pool.get_connection(*_connection_args(pool))
     try:
