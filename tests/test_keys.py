@@ -15,7 +15,7 @@ from celery import Celery
 from kombu import serialization
 
 from celery_once_task import OnceTask, OnceTaskLocked
-from celery_once_task.keys import DIGEST_HEADER, canonical_call
+from celery_once_task.keys import DIGEST_HEADER, canonical_call, signature_of
 from tests import worker_app as tasks
 from tests.support import events, wait_until
 
@@ -33,7 +33,7 @@ def test_key_is_name_digest_and_lock_type() -> None:
 
 
 def test_digest_is_the_first_16_hex_of_a_sha256_of_the_canonical_call() -> None:
-    canonical = canonical_call("tests.worker_app.add", tasks.add._once_signature or None, (1, 2), {})
+    canonical = canonical_call("tests.worker_app.add", signature_of(tasks.add.run), (1, 2), {})
     assert tasks.add.once_digest((1, 2), {}) == hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -81,7 +81,7 @@ def test_types_are_kept_apart() -> None:
 
 
 def test_a_repeated_call_keeps_the_digest_of_its_canonical_form() -> None:
-    canonical = canonical_call("tests.worker_app.add", tasks.add._once_signature or None, (7, 8), {})
+    canonical = canonical_call("tests.worker_app.add", signature_of(tasks.add.run), (7, 8), {})
     expected = hashlib.sha256(canonical.encode()).hexdigest()[:16]
     assert [tasks.add.once_digest((7, 8), {}) for _ in range(3)] == [expected] * 3
 
@@ -114,7 +114,7 @@ def test_a_scalar_call_with_a_default_that_is_not_a_scalar_gets_the_canonical_di
         pass
 
     digest = priced.once_digest((5,), {})
-    canonical = canonical_call("tests.keys.priced", priced._once_signature, (5,), {})
+    canonical = canonical_call("tests.keys.priced", signature_of(priced.run), (5,), {})
     assert canonical == '{"a":5,"b":{"__decimal__":"1.50"}}'
     assert digest == hashlib.sha256(canonical.encode()).hexdigest()[:16] == priced.once_digest(
         (5, decimal.Decimal("1.50")), {})

@@ -31,8 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import celery
 from celery import Task, states
@@ -63,9 +62,8 @@ TAKEOVER_HEADER = "once_task_takeover"
 AFTER_HEADER = "once_task_after"
 
 
-@dataclass(frozen=True)
-class Held:
-    """The running lock an execution holds, released when the body ends."""
+class Held(NamedTuple):
+    """The running lock an execution holds, released when the body ends (a tuple: one per execution)."""
 
     store: LockStore
     settings: Settings

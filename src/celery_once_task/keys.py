@@ -74,48 +74,55 @@ def call_digest(
     select: Select | None = None,
 ) -> str:
     """First 16 hex characters of the SHA-256 of the call's canonical form."""
-    memo = _memo_key(task_name, signature, args, kwargs) if select is None and signature is not None else None
-    payload = None
-    if memo is not None and signature is not None:
-        kept = _digests.get(memo)
-        if kept is not None and kept[0] is signature:
-            return kept[1]
-        payload = _scalar_call(signature, memo[2], kwargs or {})
+    if select is None and signature is not None:
+        values = args if type(args) is tuple else tuple(args or ())
+        kinds = (*map(type, values), *map(type, kwargs.values())) if kwargs else tuple(map(type, values))
+        if _SCALARS.issuperset(kinds):
+            return _scalar_digest(task_name, signature, values, kwargs or {}, kinds, strict_signature)
+    payload = canonical_call(task_name, signature, args, kwargs, strict_signature=strict_signature, select=select)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
+
+
+#: Exact types whose equal values have one canonical form (unlike ``1 == 1.0 == True``).
+_SCALARS = frozenset((str, int, type(None)))
+
+#: Digests of recent calls whose arguments are all strings, ints or None, by
+#: task, signature and arguments as given, with their exact types. A call
+#: repeated while its copy is queued (the duplicate a lock exists for) skips
+#: its canonical form.
+_digests: dict[tuple[Any, ...], tuple[inspect.Signature, str]] = {}
+_DIGESTS_KEPT = 1024
+#: Calls whose canonical form is longer are not kept: the memo must not hold large arguments alive.
+_KEPT_PAYLOAD = 1024
+
+
+def _scalar_digest(
+    task_name: str,
+    signature: inspect.Signature,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    kinds: tuple[type, ...],
+    strict_signature: bool,
+) -> str:
+    """``call_digest`` of a call whose values are all str, int or None: kept, or made quickly where it can be.
+
+    The signature is in the memo's key by identity and checked on a hit
+    against the one kept with the digest: a task redefined under the same
+    name gets its own.
+    """
+    memo = (task_name, id(signature), args, tuple(kwargs.items()) if kwargs else (), kinds)
+    kept = _digests.get(memo)
+    if kept is not None and kept[0] is signature:
+        return kept[1]
+    payload = _scalar_call(signature, args, kwargs)
     if payload is None:
-        payload = canonical_call(task_name, signature, args, kwargs, strict_signature=strict_signature, select=select)
+        payload = canonical_call(task_name, signature, args, kwargs, strict_signature=strict_signature)
     digest = hashlib.sha256(payload.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
-    if memo is not None and signature is not None:
+    if len(payload) <= _KEPT_PAYLOAD:
         if len(_digests) >= _DIGESTS_KEPT:
             _digests.clear()
         _digests[memo] = (signature, digest)
     return digest
-
-
-#: Digests of recent calls whose arguments are all short strings, ints or None,
-#: by task, signature and arguments as given. A call repeated while its copy
-#: is queued (the duplicate a lock exists for) skips its canonical form.
-_digests: dict[tuple[Any, ...], tuple[inspect.Signature, str]] = {}
-_DIGESTS_KEPT = 1024
-_MEMO_STR_LENGTH = 256
-
-
-def _memo_key(
-    task_name: str, signature: inspect.Signature, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
-) -> tuple[Any, ...] | None:
-    """The key of a call in ``_digests``, or None where it is not kept.
-
-    Only exact ``str``, ``int`` and ``None``: equal values of these types have
-    one canonical form, whereas ``1 == 1.0 == True`` do not; and nothing that
-    would keep large or mutable objects alive. The signature by identity,
-    checked on a hit against the one kept with the digest.
-    """
-    values = tuple(args) if args else ()
-    named = tuple(kwargs.items()) if kwargs else ()
-    for value in (*values, *kwargs.values()) if kwargs else values:
-        kind = type(value)
-        if kind is not int and value is not None and (kind is not str or len(value) > _MEMO_STR_LENGTH):
-            return None
-    return (task_name, id(signature), values, named)
 
 
 def _scalar_call(signature: inspect.Signature, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:

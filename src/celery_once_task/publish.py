@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import sys
-import uuid
 from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any, Callable, Optional
@@ -75,12 +75,14 @@ def publish_once(
     """Publish the call under its queue lock; what a duplicate gets otherwise."""
     key = lock_key(task.name, digest, QUEUE)
     fixed_id = task_id is not None
-    task_id = task_id or str(uuid.uuid4())
+    task_id = task_id or new_task_id()
     # Celery's retry publishes the same task id from inside the execution: a
     # call without a fixed id is never a retry, and need not look.
     request = current_request(task) if fixed_id else None
     retry = request is not None and not request.called_directly and request.id == task_id
-    ttl = settings.queue_lock_timeout + seconds_until_start(options)
+    ttl: float = settings.queue_lock_timeout
+    if "countdown" in options or "eta" in options:
+        ttl += seconds_until_start(options)
     try:
         # Inside the try: a Redis Cluster client connects when it is made.
         store = LockStore.for_url(settings.redis_url, settings.redis_options,
@@ -210,6 +212,18 @@ def _duplicate(
     if any(options.get(name) is not None for name in _CANVAS_OPTIONS):
         return task.AsyncResult(task_id)
     return None
+
+
+def new_task_id() -> str:
+    """A random (version 4) UUID as text, as Celery's task ids are: ``str(uuid.uuid4())``, made in half the time."""
+    bits = int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR | _UUID4_SET
+    text = f"{bits:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+# The version (4, bits 76-79) and the RFC 4122 variant (bits 62-63), as uuid.UUID(version=4) sets them.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (4 << 76) | (0x8000 << 48)
 
 
 def with_digest(options: dict[str, Any], digest: str) -> None:

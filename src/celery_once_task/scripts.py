@@ -17,18 +17,15 @@ ran must not run twice.
 from __future__ import annotations
 
 import hashlib
-import inspect
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, NamedTuple
 
 import redis
 from redis.exceptions import NoScriptError, ResponseError
 
 from .connection import is_cluster
-
-Arg = Union[str, int, float, bytes]
+from .wire import Arg, pack_args, send_packed, set_nx_get
 
 
 @dataclass(frozen=True)
@@ -38,14 +35,23 @@ class Script:
     name: str
     source: str
     sha: str = field(init=False)
+    #: ``EVALSHA sha 1`` packed, with the array's length, by number of ARGV.
+    _heads: dict[int, bytes] = field(init=False, default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode("utf-8")).hexdigest())
 
+    def head(self, argc: int) -> bytes:
+        """The start of an ``EVALSHA`` of this script on one key with ``argc`` arguments, packed."""
+        head = self._heads.get(argc)
+        if head is None:
+            head = self._heads[argc] = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n$1\r\n1\r\n" % (
+                argc + 4, self.sha.encode("ascii"))
+        return head
 
-@dataclass(frozen=True)
-class Call:
-    """One script applied to one key."""
+
+class Call(NamedTuple):
+    """One script applied to one key (a tuple: made for every lock operation)."""
 
     script: Script
     key: str
@@ -158,7 +164,7 @@ def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
     """
     if is_cluster(client):
         return _run_on_cluster(client, calls)
-    replies = send(client, [("EVALSHA", call.script.sha, 1, call.key, *call.args) for call in calls])
+    replies = send_packed(client, lambda encoder: _pack_calls(encoder, calls), len(calls))
     for index, reply in enumerate(replies):
         if isinstance(reply, NoScriptError):
             replies[index] = reply = _load_and_run(client, calls[index])
@@ -167,8 +173,14 @@ def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
     return replies
 
 
-#: Clients whose server refused ``SET ... NX GET`` (Redis 6.2): they get ACQUIRE.
-_REFUSE_NX_GET: weakref.WeakSet[Any] = weakref.WeakSet()
+def _pack_calls(encoder: Any, calls: Sequence[Call]) -> bytes:
+    """``EVALSHA sha 1 key *args`` of each call, packed: the script's part is packed once for all calls."""
+    return b"".join([call.script.head(len(call.args)) + pack_args(encoder, (call.key, *call.args)) for call in calls])
+
+
+#: ``id()`` of the clients whose server refused ``SET ... NX GET`` (Redis 6.2): they get ACQUIRE.
+#: By id, a set lookup on every call; an id reused by a later client only costs it the script.
+_REFUSE_NX_GET: set[int] = set()
 
 
 def acquire_free(client: Any, key: str, value: str, ttl_ms: int) -> Any:
@@ -180,65 +192,20 @@ def acquire_free(client: Any, key: str, value: str, ttl_ms: int) -> Any:
     6.2 refuses ``NX`` with ``GET`` as a syntax error, without running
     anything; that client is given the script from then on.
     """
-    if client not in _REFUSE_NX_GET:
-        command = ("SET", key, value, "PX", ttl_ms, "NX", "GET")
+    if id(client) not in _REFUSE_NX_GET:
         if is_cluster(client):
             try:
-                reply = client.execute_command(*command, get=True)
+                reply = client.execute_command("SET", key, value, "PX", ttl_ms, "NX", "GET", get=True)
             except ResponseError as exc:
                 reply = exc
         else:
-            (reply,) = send(client, [command])
+            reply = set_nx_get(client, key, value, ttl_ms)
         if not isinstance(reply, ResponseError):
             return 1 if reply is None else reply
         if "syntax error" not in str(reply).lower():
             raise reply
-        _REFUSE_NX_GET.add(client)
+        _REFUSE_NX_GET.add(id(client))
     return run(client, [Call(ACQUIRE, key, (value, ttl_ms, "", "exact"))])[0]
-
-
-# -- Sending ------------------------------------------------------------------------
-# A lock operation is one or two commands: they go straight onto one of the
-# client's pooled connections, in one write, and their replies are read in
-# order. For so few commands redis-py's command and pipeline wrappers cost
-# more than the write and the read (about 15 us a command), and the
-# connection itself does what matters: a send or read that fails disconnects
-# it, so that its next user reconnects, and an error reply is read whole
-# before it is raised, so the replies after it stay in step.
-
-
-def send(client: Any, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-    """Send ``commands`` in one round trip on a connection of ``client``'s pool; their replies, errors in place."""
-    pool = client.connection_pool
-    connection = pool.get_connection(*_connection_args(pool))
-    try:
-        if len(commands) == 1:
-            connection.send_command(*commands[0])
-        else:
-            connection.send_packed_command(connection.pack_commands(commands))
-        replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(connection.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
-        return replies
-    finally:
-        pool.release(connection)
-
-
-_connection_arguments: dict[type, tuple[str, ...]] = {}
-
-
-def _connection_args(pool: Any) -> tuple[str, ...]:
-    """What ``pool.get_connection`` wants: a command name before redis-py 5.3, nothing (it is deprecated) after."""
-    kind = type(pool)
-    arguments = _connection_arguments.get(kind)
-    if arguments is None:
-        parameter = inspect.signature(kind.get_connection).parameters.get("command_name")
-        required = parameter is not None and parameter.default is inspect.Parameter.empty
-        arguments = _connection_arguments[kind] = ("EVALSHA",) if required else ()
-    return arguments
 
 
 def run_in(pipe: Any, client: redis.Redis, calls: Sequence[Call]) -> list[Any]:

@@ -50,9 +50,6 @@ APP_CONF_NAMES = {
     "redis_options": "once_redis_options",
 }
 
-#: The app.conf names whose values a task's kept settings depend on.
-_WATCHED = tuple(APP_CONF_NAMES.values())
-
 #: Settings a task may set for itself (decorator keyword or subclass attribute).
 TASK_OPTIONS = ("queue_lock_timeout", "running_lock_timeout", "running_lock_conflict", "queue_lock_conflict")
 
@@ -219,26 +216,24 @@ def for_publish(app: Any, task: Any) -> tuple[Settings, bool]:
 
 
 def _kept(app: Any, task: Any) -> tuple[Settings, bool]:
-    conf = getattr(app, "conf", None)
-    fingerprint = _fingerprint(conf) if task is not None else None
-    if fingerprint is not None:
-        cached = getattr(task, "_once_resolved", None)
-        if cached is not None and cached[0] == fingerprint:
-            return cached[1]  # type: ignore[no-any-return]
-    kept = (_resolve(conf, task), bool(conf is not None and conf.get("task_always_eager")))
-    if fingerprint is not None:
-        task._once_resolved = (fingerprint, kept)
+    conf: Any = getattr(app, "conf", None)
+    maps = getattr(conf, "maps", None)
+    if not maps or task is None:  # nothing to tell a change by: resolved every time
+        return _resolve(conf, task), bool(conf is not None and conf.get("task_always_eager"))
+    # What can change while the process runs: configure() and the integration
+    # (the generation), which conf, and the values set on it (app.conf.x = ...
+    # goes to its first map).
+    fingerprint = (_configured.generation, id(conf), len(maps), *map(maps[0].get, _FINGERPRINTED))
+    cached = getattr(task, "_once_resolved", None)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]  # type: ignore[no-any-return]
+    kept = (_resolve(conf, task), bool(conf.get("task_always_eager")))
+    task._once_resolved = (fingerprint, kept)
     return kept
 
 
-def _fingerprint(conf: Any) -> Optional[tuple[Any, ...]]:
-    """What the settings of a task depend on that can change while the process runs; None: do not keep them."""
-    maps = getattr(conf, "maps", None)
-    if not maps:
-        return None
-    changes = maps[0]  # where app.conf.once_x = ... goes
-    get = changes.get
-    return (_configured.generation, id(conf), len(maps), get("task_always_eager"), *map(get, _WATCHED))
+#: The app.conf names whose values a task's kept settings depend on.
+_FINGERPRINTED = ("task_always_eager", *APP_CONF_NAMES.values())
 
 
 def _resolve(conf: Any, task: Any) -> Settings:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
 from redis import exceptions
 
@@ -116,9 +116,8 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(max_retries=0)
 
 
-@dataclass(frozen=True)
-class Acquired:
-    """What a lock acquisition found."""
+class Acquired(NamedTuple):
+    """What a lock acquisition found (a tuple: made on every call of the hottest paths)."""
 
     #: The lock is now the caller's.
     acquired: bool
@@ -126,6 +125,10 @@ class Acquired:
     holder: Optional[str] = None
     #: At pickup: whether the message's queue lock was still its own (and is now released).
     queue_released: bool = False
+
+
+#: The outcome of most acquisitions, made once.
+TAKEN = Acquired(True)
 
 
 class LockStore:
@@ -153,14 +156,21 @@ class LockStore:
         """The store at ``url``; a Redis Cluster client connects here, so call it where errors are handled."""
         return cls(client_for(url, options), policy)
 
-    def _tries(self, operation: Callable[[], _T]) -> tuple[_T, bool]:
-        """Run ``operation`` by the retry policy; return its result and whether an earlier try may have run."""
+    def _tries(self, operation: Callable[[], _T], failed: Optional[Exception] = None) -> tuple[_T, bool]:
+        """Run ``operation`` by the retry policy; return its result and whether an earlier try may have run.
+
+        ``failed``: the error of a first try the caller made itself (the hot
+        paths make it inline); the tries go on from there.
+        """
         maybe_applied = False
         retry = 0
         while True:
             try:
+                if failed is not None:
+                    raise failed
                 return operation(), maybe_applied
             except TRANSIENT_ERRORS as exc:
+                failed = None
                 if isinstance(exc, _MAYBE_APPLIED) and not isinstance(exc, _NEVER_APPLIED):
                     maybe_applied = True
                 if retry >= self.policy.max_retries:
@@ -182,13 +192,17 @@ class LockStore:
             call = Call(scripts.ACQUIRE, key, (task_id, ms, task_id, "exact"))
             (reply,), maybe_applied = self._run([call])
         else:
-            reply, maybe_applied = self._tries(lambda: scripts.acquire_free(self.client, key, task_id, ms))
+            # The first try inline: a new call and a duplicate are the library's hottest paths.
+            try:
+                reply, maybe_applied = scripts.acquire_free(self.client, key, task_id, ms), False
+            except TRANSIENT_ERRORS as exc:
+                reply, maybe_applied = self._tries(lambda: scripts.acquire_free(self.client, key, task_id, ms), exc)
         if reply == 1:
-            return Acquired(True)
+            return TAKEN
         holder = _text(reply)
         # Our own earlier try took it and its reply was lost.
         if maybe_applied and holder == task_id:
-            return Acquired(True)
+            return TAKEN
         return Acquired(False, holder)
 
     # -- both ---------------------------------------------------------------

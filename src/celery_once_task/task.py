@@ -54,7 +54,8 @@ class OnceTask(Task):
     #: Lets the rest of the library recognise these tasks without importing this module.
     __once_task__ = True
 
-    _once_signature: Any = None
+    #: (signature, whether ``lock_arguments`` picks the key's arguments), made on first use.
+    _once_spec: Optional[tuple[Any, bool]] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Check the task's own options where it is defined: a bad one names the task and the option."""
@@ -80,19 +81,25 @@ class OnceTask(Task):
 
     def once_digest(self, args: Optional[Sequence[Any]], kwargs: Optional[Mapping[str, Any]]) -> str:
         """The digest of a call's canonical form; ``TypeError`` if it has none."""
-        signature = self._once_signature
-        if signature is None:
-            found = signature_of(self.run)
-            if self.lock_args is not None:
-                check_lock_args(self.name, found, self.lock_args)
-            signature = found or False
-            # Cached per task class: the signature is the same for every call.
-            type(self)._once_signature = signature
-        select = None if self.lock_args is None and type(self).lock_arguments is OnceTask.lock_arguments else (
-            self.lock_arguments
-        )
-        return call_digest(self.name, signature or None, args, kwargs, strict_signature=bool(self.typing),
-                           select=select)
+        spec = type(self).__dict__.get("_once_spec")
+        if spec is None:
+            spec = self._once_prepare()
+        signature, selects = spec
+        return call_digest(self.name, signature, args, kwargs, strict_signature=bool(self.typing),
+                           select=self.lock_arguments if selects else None)
+
+    def _once_prepare(self) -> tuple[Any, bool]:
+        """What every call's key needs of the task class: its signature, and whether it picks the key's arguments.
+
+        Kept on the class (each task has its own), not inherited: a subclass
+        of a task has a run of its own.
+        """
+        signature = signature_of(self.run)
+        if self.lock_args is not None:
+            check_lock_args(self.name, signature, self.lock_args)
+        selects = self.lock_args is not None or type(self).lock_arguments is not OnceTask.lock_arguments
+        spec = type(self)._once_spec = (signature, selects)
+        return spec
 
     def lock_arguments(self, arguments: dict[str, Any]) -> Mapping[str, Any]:
         """The arguments that form the lock key, from the call's arguments bound by name.
