@@ -5,8 +5,8 @@ Three variants:
 ``plain``      ``plain_noop.delay(...)`` with new arguments each call
 ``once``       ``once_noop.delay(...)`` with new arguments each call: one SET NX, then the publish
 ``duplicate``  ``once_noop.delay(...)`` with the arguments of a call already queued: dropped
-``set``        the lock client's bare ``SET key value NX PX ttl``, as the queue lock takes it: the
-               round trip ``OnceTask`` adds to a publish, alone (the floor of its cost)
+``set``        the queue lock's ``SET key value PX ttl NX GET`` alone, sent as the library sends it
+               (``wire.set_nx_get``): the round trip ``OnceTask`` adds to a publish (the floor of its cost)
 
 The variants take turns at every call (plain, once, duplicate, set, then
 once, duplicate, set, plain, ...), each call timed on its own. No worker consumes the
@@ -26,6 +26,7 @@ from celery.utils import uuid
 
 from celery_once_task.settings import resolve
 from celery_once_task.store import client_for
+from celery_once_task.wire import set_nx_get
 
 from . import tasks
 from .stats import median, percentile, rotation
@@ -71,7 +72,7 @@ def run(rounds: int, calls: int, broker: redis.Redis, locks: redis.Redis) -> Pub
     ttl_ms = resolve(tasks.app, once).queue_lock_timeout * 1000
 
     def bare_set(run: str, i: int, n: int) -> Any:
-        return lock_client.set(f"bench:set:{run}:{i}", uuid(), nx=True, px=ttl_ms)
+        return set_nx_get(lock_client, f"bench:set:{run}:{i}", uuid(), ttl_ms)
 
     def reset() -> None:
         broker.delete(queue)

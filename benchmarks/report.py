@@ -306,7 +306,8 @@ def document(results: dict[str, Any], chart_name: str) -> str:
     for variant, label in (("plain", "plain `Task.delay()`, new arguments"),
                            ("once", "`OnceTask.delay()`, new arguments (published)"),
                            ("duplicate", "`OnceTask.delay()`, arguments already queued (dropped)"),
-                           ("set", "the lock client's bare `SET NX PX` (the round trip OnceTask adds)")):
+                           ("set", "the queue lock's `SET NX PX GET` alone, sent as the library sends it "
+                                   "(the round trip OnceTask adds)")):
         v = pub[variant]
         out.append(f"| {label} | {_us(v['median_us'])} | {_us(v['p99_us'])} | {v['calls_per_s']:.0f} |")
     out += [
