@@ -30,6 +30,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
+from json.encoder import encode_basestring_ascii
 from typing import Optional
 
 #: This process tree's id. Created at import, before a prefork pool forks, so
@@ -119,7 +120,8 @@ class RunningOwner:
     @cached_property
     def token(self) -> str:
         """The value's prefix that names this owner, ending with the comma before ``"since"``."""
-        return f'{{"task_id":{json.dumps(self.task_id)},"retries":{self.retries},{_tail(self)}'
+        # encode_basestring_ascii is json.dumps of a str, without its wrapper.
+        return f'{{"task_id":{encode_basestring_ascii(self.task_id)},"retries":{self.retries},{_tail(self)}'
 
 
     def value(self, since: Optional[float] = None) -> str:

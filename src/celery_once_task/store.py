@@ -181,7 +181,11 @@ class LockStore:
                 retry += 1
 
     def _run(self, calls: Sequence[Call]) -> tuple[list[Any], bool]:
-        return self._tries(lambda: scripts.run(self.client, calls))
+        # The first try inline: pickup and release are on every task's path.
+        try:
+            return scripts.run(self.client, calls), False
+        except TRANSIENT_ERRORS as exc:
+            return self._tries(lambda: scripts.run(self.client, calls), exc)
 
     # -- queue lock ---------------------------------------------------------
 
