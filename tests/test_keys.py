@@ -106,6 +106,25 @@ def test_a_task_defined_again_with_another_signature_gets_the_digest_of_its_own(
     assert second.once_digest((5,), {}) == second.once_digest((5, 2), {}) != first.once_digest((5,), {})
 
 
+def test_a_subclass_of_a_task_in_use_binds_calls_to_its_own_run() -> None:
+    class Parent(OnceTask):
+        name = "tests.keys.parent"
+
+        def run(self, a: int) -> None:
+            pass
+
+    class Child(Parent):
+        name = "tests.keys.child"
+
+        def run(self, a: int, b: int = 2) -> None:  # type: ignore[override]
+            pass
+
+    Parent().once_digest((1,), {})  # the parent's key spec is made first
+    canonical = canonical_call(Child.name, signature_of(Child().run), (1,), {})
+    assert canonical == '{"a":1,"b":2}'
+    assert Child().once_digest((1,), {}) == hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 def test_a_scalar_call_with_a_default_that_is_not_a_scalar_gets_the_canonical_digest() -> None:
     app = Celery("keys", set_as_current=False)
 
