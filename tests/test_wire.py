@@ -30,20 +30,26 @@ def client(server: RedisServer) -> Iterator[Any]:
     client.close()
 
 
+def send(client: Any, *command: str | int) -> Any:
+    """One command, sent the way the library sends its lock commands; its reply."""
+    packed = b"*%d\r\n" % len(command)
+    return wire.send_packed(client, lambda encoder: packed + wire.pack_args(encoder, command), 1)[0]
+
+
 def connection_id(client: Any) -> int:
-    (reply,) = wire.send(client, [("CLIENT", "ID")])
-    return int(reply)
+    return int(send(client, "CLIENT", "ID"))
 
 
-def test_commands_are_packed_as_redis_py_packs_them() -> None:
+def test_the_queue_lock_command_is_packed_as_redis_py_packs_it() -> None:
     connection = redis.Connection()
-    commands = [("EVALSHA", "0" * 40, 1, "once_task:t:é:queue", "id-1", 3_600_000, "exact"), ("GET", "k")]
-    assert wire.pack(connection.encoder, commands) == b"".join(connection.pack_commands(commands))
+    command = ("SET", "once_task:t:é:queue", "id-1", "PX", 3_600_000, "NX", "GET")
+    assert wire._pack_set_nx_get(connection.encoder, "once_task:t:é:queue", "id-1", 3_600_000) == b"".join(
+        connection.pack_command(*command))
 
 
 def test_script_calls_are_packed_as_redis_py_packs_their_evalsha() -> None:
     connection = redis.Connection()
-    calls = [scripts.Call(scripts.COMPARE_AND_DELETE, "once_task:t:q:queue", ("id-1", "exact")),
+    calls = [scripts.Call(scripts.COMPARE_AND_DELETE, "once_task:t:é:queue", ("id-1", "exact")),
              scripts.Call(scripts.ACQUIRE, "once_task:t:q:running", ("owner", 40_000, "", "prefix"))]
     expected = [("EVALSHA", call.script.sha, 1, call.key, *call.args) for call in calls]
     assert scripts._pack_calls(connection.encoder, calls) == b"".join(connection.pack_commands(expected))
@@ -61,7 +67,7 @@ def test_a_kept_connection_the_server_closed_is_replaced_before_the_command_is_s
     killed = connection_id(client)
     server.client(0).client_kill_filter(_id=killed)
     # Sent on the closed connection, the command would fail with its outcome unknown.
-    assert wire.send(client, [("SET", "wire:after-kill", "1")]) == [b"OK"]
+    assert send(client, "SET", "wire:after-kill", "1") == b"OK"
     assert connection_id(client) != killed
 
 
@@ -74,12 +80,12 @@ def test_an_operation_interrupted_before_its_reply_leaves_no_reply_for_the_next(
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.2)
         with pytest.raises(KeyboardInterrupt):
-            wire.send(client, [("BLPOP", "wire:never-pushed", 1)])  # its reply (nil) comes after a second
+            send(client, "BLPOP", "wire:never-pushed", 1)  # its reply (nil) comes after a second
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     # A connection kept in that state would hand the BLPOP's reply to the PING.
-    assert wire.send(client, [("PING",)]) == [b"PONG"]
+    assert send(client, "PING") == b"PONG"
 
 
 def test_a_forked_child_opens_its_own_connection_and_leaves_the_parents(client: Any) -> None:
@@ -109,7 +115,7 @@ def test_a_pool_reset_forgets_the_kept_connections_with_its_own(client: Any) -> 
 def test_a_small_pool_lends_its_connections_rather_than_keep_them(server: RedisServer) -> None:
     client = make_client(f"{server.url}/2", {"max_connections": 3})
     try:
-        assert wire.send(client, [("PING",)]) == [b"PONG"]
+        assert send(client, "PING") == b"PONG"
         assert wire.kept_connections(client) == 0
         assert len(client.connection_pool._available_connections) == 1
     finally:

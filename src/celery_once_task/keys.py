@@ -132,10 +132,11 @@ def _scalar_call(signature: inspect.Signature, args: tuple[Any, ...], kwargs: Ma
     value is its own canonical form: the bound arguments are encoded as they
     are, to the same JSON. A new call on the publish path is mostly this.
     """
-    bound = _quick_bind(signature, args, kwargs)
-    if bound is None or not _plain[id(signature)][1].scalar_defaults:  # type: ignore[union-attr]
+    plain = _plain_of(signature)
+    if plain is None or not plain.scalar_defaults:
         return None
-    return _ENCODER.encode(bound)
+    bound = _quick_bind(signature, args, kwargs)
+    return None if bound is None else _ENCODER.encode(bound)
 
 
 def canonical_call(
@@ -219,6 +220,17 @@ class _Plain:
 _plain: dict[int, tuple[inspect.Signature, _Plain | None]] = {}
 
 
+def _plain_of(signature: inspect.Signature) -> _Plain | None:
+    """The plain form of ``signature``, made once per signature; None where it is not plain."""
+    known = _plain.get(id(signature))
+    if known is None or known[0] is not signature:
+        kinds = {parameter.kind for parameter in signature.parameters.values()}
+        known = _plain[id(signature)] = (
+            signature, _Plain(signature) if kinds <= {inspect.Parameter.POSITIONAL_OR_KEYWORD} else None
+        )
+    return known[1]
+
+
 def _quick_bind(
     signature: inspect.Signature, args: tuple[Any, ...], kwargs: Mapping[str, Any]
 ) -> dict[str, Any] | None:
@@ -228,13 +240,7 @@ def _quick_bind(
     else (or a call that does not fit) goes the general way, which also
     words the error.
     """
-    known = _plain.get(id(signature))
-    if known is None or known[0] is not signature:
-        kinds = {parameter.kind for parameter in signature.parameters.values()}
-        known = _plain[id(signature)] = (
-            signature, _Plain(signature) if kinds <= {inspect.Parameter.POSITIONAL_OR_KEYWORD} else None
-        )
-    plain = known[1]
+    plain = _plain_of(signature)
     if plain is None:
         return None
     names = plain.names

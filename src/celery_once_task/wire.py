@@ -34,7 +34,8 @@ from typing import Any, Callable, Optional, Union
 import redis
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
-Arg = Union[str, int, float, bytes]
+#: What lock commands are made of: text, and numbers of milliseconds.
+Arg = Union[str, int]
 
 #: The pool attribute that holds its connections kept here.
 _KEPT = "_once_task_connections"
@@ -87,11 +88,6 @@ _making = threading.Lock()
 _KEEP = 32
 
 
-def send(client: Any, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-    """Send ``commands`` in one round trip on a connection of ``client``'s pool; their replies, errors in place."""
-    return send_packed(client, lambda encoder: pack(encoder, commands), len(commands))
-
-
 def set_nx_get(client: Any, key: str, value: str, ttl_ms: int) -> Any:
     """``SET key value PX ttl_ms NX GET``: None where it set the key, else the holder's value; an error is returned."""
     return send_packed(client, lambda encoder: _pack_set_nx_get(encoder, key, value, ttl_ms), 1)[0]
@@ -102,7 +98,10 @@ Packer = Callable[[Any], bytes]
 
 
 def send_packed(client: Any, packer: Packer, replies: int) -> list[Any]:
-    """``send`` of commands that ``packer`` packs: ``replies`` is how many they are."""
+    """Send the commands ``packer`` packs in one round trip on a connection of ``client``'s pool.
+
+    ``replies`` is how many commands they are; their replies come back in order, errors in place.
+    """
     pool = client.connection_pool
     if type(pool) is not redis.ConnectionPool:
         return _send_lent(pool, packer, replies)
@@ -166,13 +165,8 @@ def _exchange(connection: Any, packer: Packer, count: int) -> list[Any]:
     return replies
 
 
-def pack(encoder: Any, commands: Sequence[Sequence[Arg]]) -> bytes:
-    """``commands`` as RESP arrays of bulk strings, text in the client's encoding (as redis-py packs them)."""
-    return b"".join([b"*%d\r\n%b" % (len(command), pack_args(encoder, command)) for command in commands])
-
-
 def pack_args(encoder: Any, args: Sequence[Arg]) -> bytes:
-    """``args`` as RESP bulk strings: the elements of a command's array."""
+    """``args`` as RESP bulk strings (the elements of a command's array), text in the client's encoding."""
     encoding, errors = encoder.encoding, encoder.encoding_errors
     parts = []
     for arg in args:
@@ -180,18 +174,14 @@ def pack_args(encoder: Any, args: Sequence[Arg]) -> bytes:
             data = arg.encode(encoding, errors)
         elif type(arg) is int:
             data = b"%d" % arg
-        elif isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, float):
-            data = repr(arg).encode()
-        else:
+        else:  # a bool or a float would be packed silently wrong
             raise TypeError(f"cannot send a {type(arg).__name__} to Redis: {arg!r}")
         parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
 
 
 def _pack_set_nx_get(encoder: Any, key: str, value: str, ttl_ms: int) -> bytes:
-    """``pack`` of one ``SET key value PX ttl_ms NX GET``, from a template: the publish path's only command."""
+    """One ``SET key value PX ttl_ms NX GET``, packed from a template: the publish path's only command."""
     encoding, errors = encoder.encoding, encoder.encoding_errors
     key_data, value_data, ttl_data = key.encode(encoding, errors), value.encode(encoding, errors), b"%d" % ttl_ms
     return _SET_NX_GET % (len(key_data), key_data, len(value_data), value_data, len(ttl_data), ttl_data)
