@@ -300,3 +300,17 @@ def errback(*args: Any, tag: str = "") -> None:
     failed = args[0] if isinstance(args[0], str) else args[0].id
     error = type(args[1]).__name__ if len(args) > 1 else None
     record(tag, "errback", task_id=failed, error=error)
+
+
+# -- pools ----------------------------------------------------------------------
+
+
+@app.task(base=OnceTask)
+def spin(tag: str, seconds: float) -> str:
+    """Computes for ``seconds`` without ever yielding to a gevent or eventlet hub."""
+    record(tag, "start")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pass
+    record(tag, "end")
+    return tag

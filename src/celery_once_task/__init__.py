@@ -14,6 +14,7 @@ See README.md for the user guide. The modules, each with one concern:
 ``request``    cleanup in the worker's main process for children that died
 ``cleanup``    releasing another execution's locks, never raising
 ``renewal``    the worker's lease renewal and heartbeat
+``native``     an OS thread no pool can starve, for the renewal
 ``signals``    the library's signals; revocation and internal-error receivers
 ``waiting``    the waiting copy of ``running_lock_conflict="wait"`` and its hand-over
 ``bootstep``   leases, heartbeat, release at cold shutdown

@@ -68,8 +68,7 @@ class OnceTaskUnlockBootStep(bootsteps.StartStopStep):
 
         def at_exit() -> None:
             if os.getpid() == main:  # not in a pool child that inherited the handler
-                keeper.stop()
-                keeper.forget()
+                keeper.close(timeout=max(1.0, keeper.lease.interval) + 1.0)
 
         atexit.register(at_exit)
 

@@ -1,16 +1,19 @@
 """Leases: the worker's main process keeps its live executions' running locks, and its heartbeat.
 
-Every ``Lease.interval`` the ``LeaseKeeper`` thread sends one pipeline per
-lock store: the worker instance's heartbeat key and an owner-checked
+Every ``Lease.interval`` the ``LeaseKeeper`` sends one pipeline per lock
+store: the worker instance's heartbeat key and an owner-checked
 ``PEXPIRE`` of the running lock of each execution the worker is running --
 one round trip per worker per interval, whatever the number of tasks. The
 owner tokens are rebuilt from the messages (task id, attempt) and this
 worker's identity, which its pool children share, so a lock that changed
 hands, or that its execution already released, is never touched.
 
-A live execution keeps its lock however long it runs. A worker that stops
-renewing -- killed, or its main process stalled for ``heartbeat_timeout`` --
-loses its locks when their lease ends, and the keys are free again.
+A live execution keeps its lock however long it runs, whatever it does: the
+keeper runs on an OS thread of its own (``native``) under every pool, with
+Redis clients of its own, so a task body that never yields to a gevent or
+eventlet hub cannot starve it. A worker that stops renewing -- killed, or its
+main process stalled for ``heartbeat_timeout`` -- loses its locks when their
+lease ends, and the keys are free again.
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from collections.abc import Mapping
 from typing import Any, Optional
 
 from celery.worker import state as worker_state
 from redis.exceptions import RedisError
 
+from . import native
 from .cleanup import digest_from, is_once_task
 from .connection import make_client
 from .janitor import janitor
@@ -36,18 +39,21 @@ from .store import LockStore
 logger = logging.getLogger("celery_once_task")
 
 
-class LeaseKeeper(threading.Thread):
-    """Renews the running locks of the worker's active requests, and its heartbeat."""
+class LeaseKeeper:
+    """Renews the running locks of the worker's active requests, and its heartbeat, on an OS thread of its own."""
 
     def __init__(self, app: Any, nodename: str) -> None:
-        super().__init__(name="celery-once-task-leases", daemon=True)
         self.app = app
         settings = resolve(app)
         self.lease = Lease(settings.heartbeat_timeout)
         self.heartbeat = json.dumps(
             {"worker": nodename, "pid": os.getpid(), "heartbeat_timeout": settings.heartbeat_timeout}
         )
-        self.stopped = threading.Event()
+        self.stopped = native.Event()
+        #: Set by the thread after its first renewal, and when it has ended.
+        self.started = native.Event()
+        self.ended = native.Event()
+        self._forget = False
         self._stores: dict[str, LockStore] = {}
         self._locks: dict[str, Optional[tuple[str, str, str]]] = {}
         self._failing = False
@@ -67,11 +73,31 @@ class LeaseKeeper(threading.Thread):
             self._stores[url] = store
         return store
 
+    def start(self) -> None:
+        """Start renewing; return after the first renewal (or a few seconds if the store does not answer).
+
+        The calling thread is held meanwhile (see ``native``): the first
+        round trip makes what the thread's connections need, and the worker
+        starts taking tasks with its heartbeat written.
+        """
+        native.start_thread(self.run)
+        self.started.block(2 * max(1.0, self.lease.interval) + 1.0)
+
     def run(self) -> None:
-        while True:
-            self.renew()
-            if self.stopped.wait(self.lease.interval):
-                return
+        try:
+            while True:
+                try:
+                    self.renew()
+                except Exception:  # the thread must outlive anything one renewal meets
+                    logger.exception("leases of worker instance %s not renewed", INSTANCE)
+                self.started.set()
+                if self.stopped.wait(self.lease.interval):
+                    break
+            if self._forget:
+                self.forget(self.store(self.url))
+        finally:
+            self.started.set()
+            self.ended.set()
 
     def renew(self) -> None:
         """One renewal: one round trip per lock store."""
@@ -118,11 +144,26 @@ class LeaseKeeper(threading.Thread):
         return lock
 
     def stop(self) -> None:
+        """Stop renewing; the heartbeat and the leases run out by themselves."""
         self.stopped.set()
 
-    def forget(self) -> None:
+    def close(self, timeout: float) -> None:
+        """Stop renewing and remove the heartbeat (the worker exits), waiting up to ``timeout`` seconds.
+
+        The keeper's thread removes it itself: its clients are its own (under
+        gevent and eventlet their sockets belong to its hub), and a renewal it
+        is making cannot then write the heartbeat again after its removal.
+        """
+        ran = not self.ended.is_set()
+        self._forget = True
+        self.stopped.set()
+        if not (ran and self.ended.wait(timeout)):
+            # The thread had stopped already (cold shutdown) or is stuck: a client of this thread's.
+            self.forget(LockStore(make_client(self.url, self._options.get(self.url))))
+
+    def forget(self, store: LockStore) -> None:
         """Remove the heartbeat: this worker instance is gone."""
         try:
-            self.store(self.url).forget_instance(INSTANCE)
+            store.forget_instance(INSTANCE)
         except RedisError as exc:
             logger.warning("heartbeat of worker instance %s not removed: %s", INSTANCE, exc)
