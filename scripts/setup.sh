@@ -15,6 +15,21 @@ ensure_redis_server() {
     exit 1
 }
 
+# The tests run again with RabbitMQ as the broker, on a node of their own
+# (tests/rabbitmq.py): Debian's rabbitmq-server. Its package also starts a
+# system service on 5672; the tests never use it.
+ensure_rabbitmq_server() {
+    command -v rabbitmq-server >/dev/null 2>&1 && return 0
+    [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "rabbitmq-server not found: installing it with apt-get" >&2
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+    fi
+    command -v rabbitmq-server >/dev/null 2>&1 && return 0
+    echo "rabbitmq-server is required by the tests with RabbitMQ as the broker (Debian/Ubuntu: sudo apt-get install -y rabbitmq-server; macOS: brew install rabbitmq)" >&2
+    exit 1
+}
+
 # The TLS tests make their certificates with openssl; the cluster tests form
 # a cluster with redis-cli (Debian's redis-server brings it as redis-tools).
 ensure_topology_tools() {

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Run the test suite: installs redis-server (if missing) and a virtualenv
-# (.venv), then runs pytest against a redis-server and Celery workers of its own.
+# Run the test suite: installs redis-server and rabbitmq-server (if missing)
+# and a virtualenv (.venv), then runs pytest against servers and Celery workers
+# of its own, twice: with Redis as the broker, then with RabbitMQ as the broker
+# (the core, lifecycle, policy, pool and fault tests, and RabbitMQ's own faults).
 #
-#   bash scripts/test.sh                 # all tests
-#   bash scripts/test.sh -k queue_lock   # pytest arguments pass through
+#   bash scripts/test.sh                 # all tests, both brokers
+#   bash scripts/test.sh -k queue_lock   # pytest arguments pass through, to both runs
+#   BROKERS=redis bash scripts/test.sh   # one broker only
 #
 # PYTHON, VENV and DEPS (extra pip requirements, e.g. "celery==5.0.5") choose
 # the interpreter and the versions under test.
@@ -13,10 +16,25 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
+BROKERS=${BROKERS:-redis amqp}
 ensure_redis_server
+case " $BROKERS " in *" amqp "*) ensure_rabbitmq_server ;; esac
 ensure_chromium
 ensure_topology_tools
 # shellcheck disable=SC2086 # DEPS is a list of requirements
 make_venv "$VENV" "$PYTHON" -e ".[dev]" ${DEPS:-}
 "$VENV/bin/python" -c 'import sys, celery, kombu, redis; print(f"Python {sys.version.split()[0]}, Celery {celery.__version__}, kombu {kombu.__version__}, redis-py {redis.__version__}")'
-exec "$VENV/bin/python" -m pytest "$@"
+status=0
+ran=0
+for broker in $BROKERS; do
+    echo "== pytest, $broker as the broker"
+    code=0
+    ONCE_TEST_BROKER=$broker "$VENV/bin/python" -m pytest "$@" || code=$?
+    # 5: every test this run would take was deselected (pytest arguments that name other tests only).
+    if [ "$code" = 0 ]; then ran=1; elif [ "$code" != 5 ]; then status=$code; fi
+done
+if [ "$status" = 0 ] && [ "$ran" = 0 ]; then
+    echo "no test ran" >&2
+    status=5
+fi
+exit "$status"

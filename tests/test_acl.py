@@ -8,36 +8,47 @@ from typing import Any
 import pytest
 import redis
 
+from celery_once_task import OnceTaskLocked
 from celery_once_task.connection import make_client
+from celery_once_task.keys import finished_key
 from tests.lock_scenarios import (
+    TOPOLOGY_QUEUE,
     duplicate_call_is_dropped,
     duplicate_execution_is_rejected,
     new_tag,
     publishing_to,
     topology_worker,
 )
-from tests.support import RedisServer, Worker
+from tests.support import RedisServer, Worker, events, running_worker, wait_until
 from tests.topologies import Server
+from tests.worker_app import echo, gated
 
 PASSWORD = "S3cret-lock-pw"
 #: The README's ACL rules, word for word.
 ACL_RULES = (
-    "~once_task:* ~once_task_worker:* resetchannels -@all "
+    "~once_task:* ~once_task_worker:* ~once_task_done:* resetchannels -@all "
     "+get +set +del +exists +pttl +pexpire +evalsha +script|load +scan +ping +select"
 )
+#: The rules before finished records: a user set up then keeps its locks.
+RULES_WITHOUT_RECORDS = ACL_RULES.replace(" ~once_task_done:*", "")
+
+
+def add_user(server: Server, name: str, rules: str) -> str:
+    """A user with ``rules``; its URL."""
+    user = ("ACL", "SETUSER", name, "reset", "on", f">{PASSWORD}", *rules.split())
+    try:
+        # Redis 7.2+ and Valkey: redis-py names itself when it connects (README: optional rule).
+        server.client.execute_command(*user, "+client|setinfo")
+    except redis.ResponseError:  # a server without CLIENT SETINFO
+        server.client.execute_command(*user)
+    return f"redis://{name}:{PASSWORD}@127.0.0.1:{server.port}/2"
 
 
 @pytest.fixture(scope="module")
 def acl(redis_server: RedisServer) -> Iterator[tuple[str, Worker, Server]]:
     server = Server("--save", "", "--appendonly", "no", name="acl")
     try:
-        user = ("ACL", "SETUSER", "oncelock", "reset", "on", f">{PASSWORD}", *ACL_RULES.split())
-        try:
-            # Redis 7.2+ and Valkey: redis-py names itself when it connects (README: optional rule).
-            server.client.execute_command(*user, "+client|setinfo")
-        except redis.ResponseError:  # a server without CLIENT SETINFO
-            server.client.execute_command(*user)
-        url = f"redis://oncelock:{PASSWORD}@127.0.0.1:{server.port}/2"
+        url = add_user(server, "oncelock", ACL_RULES)
         with topology_worker(redis_server.port, "acl", url, {}) as worker:
             yield url, worker, server
     finally:
@@ -77,3 +88,33 @@ def test_no_command_the_worker_sent_was_refused(acl: tuple[str, Worker, Server])
 def test_the_worker_never_logs_the_password(acl: tuple[str, Worker, Server]) -> None:
     _, worker, _ = acl
     assert PASSWORD not in worker.read_log()
+
+
+def test_finished_executions_are_recorded_for_a_user_limited_to_the_library(
+    acl: tuple[str, Worker, Server], locks: Any, recs: redis.Redis
+) -> None:
+    _, _, server = acl
+    tag = new_tag("acl-record")
+    result = echo.apply_async((tag,), queue=TOPOLOGY_QUEUE)
+    result.get(timeout=30)
+    admin = redis.Redis(port=server.port, db=2)
+    assert admin.exists(finished_key(echo.once_key((tag,), {}, "running"), result.id)) == 1
+
+
+def test_a_user_without_the_record_pattern_keeps_its_locks_and_is_told(
+    redis_server: RedisServer, acl: tuple[str, Worker, Server], recs: redis.Redis
+) -> None:
+    _, _, server = acl
+    url = add_user(server, "oldlock", RULES_WITHOUT_RECORDS)
+    tag = new_tag("acl-old")
+    queue = f"acl-old-{tag}"
+    env = {"ONCE_TEST_LOCKS_URL": url}
+    with publishing_to(url, {}), running_worker(redis_server.port, f"acl-old-{tag}", queues=queue, env=env) as old:
+        first = gated.apply_async((tag,), queue=queue)
+        wait_until(lambda: events(recs, tag, "start"), what="the first call to start")
+        with pytest.raises(OnceTaskLocked):
+            gated.apply_async((tag,), queue=queue).get(timeout=30)
+        recs.rpush(f"gate:{tag}", 1)
+        assert first.get(timeout=30) == tag
+    assert "add the key pattern ~once_task_done:* to the user's ACL rules" in old.read_log()
+    assert server.client.exists(gated.once_key((tag,), {}, "running")) == 0

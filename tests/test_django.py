@@ -291,6 +291,7 @@ def test_unset_settings_take_the_documented_defaults() -> None:
         "running_lock_conflict": "reject",
         "queue_lock_conflict": "drop",
         "redis_options": {},
+        "redelivery_guard_timeout": 3600,
     }
 
 

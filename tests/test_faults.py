@@ -154,6 +154,7 @@ def _lost_reply_app(lock_server: RedisServer, queue: str) -> tuple[Celery, Any]:
     return app, lost
 
 
+@pytest.mark.redis_broker  # reads the Redis broker's lists
 def test_call_whose_reply_was_lost_leaves_no_queue_lock(lock_server: RedisServer, broker: Any) -> None:
     tag = uuid.uuid4().hex
     queue = f"lost-{tag[:8]}"
@@ -173,6 +174,7 @@ def test_call_whose_reply_was_lost_leaves_no_queue_lock(lock_server: RedisServer
     assert lost.delay(tag) is not None  # the next call goes through
 
 
+@pytest.mark.redis_broker  # reads the Redis broker's lists
 def test_connection_killed_between_calls_is_retried(lock_server: RedisServer, broker: Any) -> None:
     tag = uuid.uuid4().hex
     queue = f"killed-{tag[:8]}"
@@ -210,6 +212,9 @@ def test_pickup_whose_reply_was_lost_runs_once_the_store_answers(lock_server: Re
 FIRST_CALLS = """
 import json, threading
 from tests import worker_app as tasks
+
+#: The core tests run with RabbitMQ as the broker too (see conftest).
+pytestmark = pytest.mark.any_broker
 
 barrier = threading.Barrier(32)
 results, errors = [], []

@@ -16,6 +16,9 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLo
 from tests import worker_app as tasks
 from tests.support import Worker, events, running_worker, wait_until
 
+#: The core tests run with RabbitMQ as the broker too (see conftest).
+pytestmark = pytest.mark.any_broker
+
 
 def key(task: Any, lock_type: str, *args: Any) -> str:
     return str(task.once_key(args, {}, lock_type))
@@ -231,6 +234,7 @@ def test_cold_shutdown_releases_the_running_locks_of_killed_tasks(redis_server: 
         worker.stop()
 
 
+@pytest.mark.redis_broker  # reads the Redis broker's lists
 def test_prefetched_message_keeps_its_queue_lock_at_shutdown(redis_server: Any, locks: Any, broker: Any) -> None:
     tag = uuid.uuid4().hex
     worker = Worker(redis_server.port, "prefetch", queues="prefetch").wait_ready()
@@ -262,6 +266,7 @@ def wait_out_visibility_timeout() -> None:
     wait_until(lambda: time.time() > deadline, what="the visibility timeout to pass")
 
 
+@pytest.mark.redis_broker  # reads the Redis broker's lists
 def test_redelivered_message_does_not_run_beside_the_original(redis_server: Any, recs: Any) -> None:
     tag = uuid.uuid4().hex
     queue = f"late-{tag[:8]}"

@@ -19,6 +19,9 @@ from celery_once_task.settings import resolve
 from tests import worker_app as tasks
 from tests.support import Worker, events, lock_key_of, running_worker, started, wait_until
 
+#: The core tests run with RabbitMQ as the broker too (see conftest).
+pytestmark = pytest.mark.any_broker
+
 LEASE = Lease(tasks.HEARTBEAT_TIMEOUT)
 
 
@@ -294,3 +297,39 @@ def test_eager_call_waits_for_the_running_copy(worker: Worker, recs: Any) -> Non
     assert outcome["result"].state == states.SUCCESS
     first_end = events(recs, tag, "end")[0]
     assert events(recs, tag, "start")[1]["t"] >= first_end["t"]
+
+
+def test_waiting_call_killed_mid_run_waits_its_turn_when_it_comes_back(redis_server: Any, worker: Worker,
+                                                                         locks: Any, recs: Any) -> None:
+    """A handed-over waiting copy whose worker died comes back while another call runs: it waits, then runs."""
+    tag = uuid.uuid4().hex
+    queue = f"doomed-{tag[:8]}"
+    env = {"ONCE_TEST_VISIBILITY": "2"}
+    first = tasks.waiting_gated_late.delay(tag, 1)
+    started(recs, tag)
+    doomed = Worker(redis_server.port, f"doomed-{tag[:6]}", queues=queue, concurrency=1, env=env).wait_ready()
+    try:
+        second = tasks.waiting_gated_late.apply_async((tag, 2), queue=queue)
+        wait_until(lambda: waiting(locks, tasks.waiting_gated_late, tag, second.id), what="the second call to wait")
+        recs.rpush(f"gate:{tag}", 1)
+        assert first.get(timeout=20) == tag
+        started(recs, tag, count=2)  # the second, handed over to the doomed worker
+        doomed.process.kill()
+        doomed.process.wait(10)
+    finally:
+        doomed.stop()
+    # A third call runs once the dead worker's lease is over, and holds the key.
+    running = lock_key_of(tasks.waiting_gated_late, "running", tag)
+    wait_until(lambda: locks.exists(running) == 0, timeout=LEASE.ttl + 10, what="the dead worker's lease to end")
+    third = tasks.waiting_gated_late.delay(tag, 3)
+    assert started(recs, tag, count=3)[2]["value"] == 3
+    # The broker hands the second call out again: it meets the third, and waits its turn.
+    with running_worker(redis_server.port, f"heir-{tag[:6]}", queues=queue, env=env):
+        wait_until(lambda: waiting(locks, tasks.waiting_gated_late, tag, second.id), timeout=30,
+                   what="the second call, delivered again, to wait for the third")
+        recs.rpush(f"gate:{tag}", 1)
+        assert third.get(timeout=20) == tag
+        assert started(recs, tag, count=4)[3]["value"] == 2
+        recs.rpush(f"gate:{tag}", 1)
+        assert second.get(timeout=20) == tag
+    assert no_locks_left(locks, tasks.waiting_gated_late, tag)

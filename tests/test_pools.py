@@ -24,6 +24,9 @@ from celery_once_task.ownership import Lease
 from tests import worker_app as tasks
 from tests.support import Worker, events, lock_key_of, started, wait_until
 
+#: The core tests run with RabbitMQ as the broker too (see conftest).
+pytestmark = pytest.mark.any_broker
+
 POOLS = ("prefork", "threads", "solo", "gevent", "eventlet")
 #: The pools' workers keep short leases, so that outliving one takes seconds.
 HEARTBEAT_TIMEOUT = 2

@@ -14,6 +14,9 @@ from celery_once_task import OnceTaskLocked
 from tests import worker_app as tasks
 from tests.support import events, wait_until
 
+#: The core tests run with RabbitMQ as the broker too (see conftest).
+pytestmark = pytest.mark.any_broker
+
 
 def queue_key(task: Any, *args: Any) -> str:
     return str(task.once_key(args, {}, "queue"))
@@ -34,6 +37,7 @@ def test_duplicate_call_returns_none(locks: Any) -> None:
     assert locks.get(queue_key(tasks.parked, tag)) == first.id.encode()
 
 
+@pytest.mark.redis_broker  # reads the Redis broker's lists
 def test_duplicate_call_publishes_no_message(broker: Any) -> None:
     tag = uuid.uuid4().hex
     for _ in range(5):
@@ -99,6 +103,7 @@ def test_publish_failure_releases_the_lock_and_propagates(locks: Any) -> None:
     assert tasks.parked.delay(tag) is not None
 
 
+@pytest.mark.redis_broker  # reads the Redis broker's lists
 def test_queue_lock_false_publishes_every_call(broker: Any, locks: Any) -> None:
     tag = uuid.uuid4().hex
     assert tasks.without_queue_lock.apply_async((tag,), queue="parked") is not None
@@ -141,6 +146,7 @@ def _call_from_threads(tag: str, threads: int, start: Any, published: Any) -> No
         thread.join()
 
 
+@pytest.mark.redis_broker  # reads the Redis broker's lists
 def test_many_threads_in_several_processes_publish_exactly_one_message(broker: Any) -> None:
     tag = uuid.uuid4().hex
     context = multiprocessing.get_context("spawn")

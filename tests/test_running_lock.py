@@ -16,6 +16,9 @@ from celery_once_task.ownership import Lease
 from tests import worker_app as tasks
 from tests.support import events, running_worker, wait_until
 
+#: The core tests run with RabbitMQ as the broker too (see conftest).
+pytestmark = pytest.mark.any_broker
+
 
 def running_key(task: Any, *args: Any) -> str:
     return str(task.once_key(args, {}, "running"))

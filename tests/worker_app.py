@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from typing import Any
 
@@ -20,7 +21,8 @@ from celery_once_task import OnceTask, OnceTaskUnlockBootStep, configure, setup_
 from celery_once_task import signals as once_signals
 
 PORT = int(os.environ.get("ONCE_TEST_REDIS_PORT", "6399"))
-BROKER_URL = f"redis://127.0.0.1:{PORT}/0"
+# RabbitMQ where the test run sets it (ONCE_TEST_BROKER=amqp), else the private Redis.
+BROKER_URL = os.environ.get("ONCE_TEST_BROKER_URL") or f"redis://127.0.0.1:{PORT}/0"
 BACKEND_URL = f"redis://127.0.0.1:{PORT}/1"
 # A test may point a worker's locks at a server it stops and starts.
 LOCKS_URL = os.environ.get("ONCE_TEST_LOCKS_URL", f"redis://127.0.0.1:{PORT}/2")
@@ -313,4 +315,63 @@ def spin(tag: str, seconds: float) -> str:
     while time.perf_counter() < deadline:
         pass
     record(tag, "end")
+    return tag
+
+
+# -- redelivery -----------------------------------------------------------------
+
+
+def _die_with_worker() -> None:
+    """Kill this worker at once: its main process (a prefork pool child's parent) and this process."""
+    os.kill(os.getppid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DiesBeforeItsAck(OnceTask):
+    """Its worker dies after the first execution's result is stored, before the message is acknowledged."""
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        if attempts(f"{args[0]}:deaths") == 1:
+            _die_with_worker()
+
+
+class DiesBeforeItsResult(OnceTask):
+    """Its worker dies after the first execution released its lock, before its result is stored."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        value = super().__call__(*args, **kwargs)
+        if not self.request.called_directly and attempts(f"{args[0]}:deaths") == 1:
+            _die_with_worker()
+        return value
+
+
+@app.task(base=DiesBeforeItsAck, acks_late=True)
+def lost_ack(tag: str) -> str:
+    record(tag, "run")
+    return tag
+
+
+@app.task(base=DiesBeforeItsAck, acks_late=True, ignore_result=True)
+def lost_ack_without_result(tag: str) -> str:
+    record(tag, "run")
+    return tag
+
+
+@app.task(base=DiesBeforeItsResult, acks_late=True)
+def lost_result(tag: str) -> str:
+    record(tag, "run")
+    return tag
+
+
+class WaitsBeforeItsAck(OnceTask):
+    """Holds its pool process at a gate after its result is stored, before the message is acknowledged."""
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        record(args[0], "hook-start")
+        wait_gate(f"{args[0]}:hook")
+
+
+@app.task(base=WaitsBeforeItsAck, acks_late=True)
+def ack_held(tag: str) -> str:
+    record(tag, "run")
     return tag

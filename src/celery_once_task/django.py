@@ -19,20 +19,11 @@ from typing import Any
 from django.apps import AppConfig
 from django.core.exceptions import ImproperlyConfigured
 
-from .settings import set_integration_source, settings_changed, validate
+from .settings import APP_CONF_NAMES, set_integration_source, settings_changed, validate
 from .signals import setup_once_task_signals
 
-#: Django setting -> library setting.
-DJANGO_SETTINGS = {
-    "CELERY_ONCE_REDIS_URL": "redis_url",
-    "CELERY_ONCE_QUEUE_LOCK_TIMEOUT": "queue_lock_timeout",
-    "CELERY_ONCE_RUNNING_LOCK_TIMEOUT": "running_lock_timeout",
-    "CELERY_ONCE_FAIL_OPEN": "fail_open",
-    "CELERY_ONCE_HEARTBEAT_TIMEOUT": "heartbeat_timeout",
-    "CELERY_ONCE_RUNNING_LOCK_CONFLICT": "running_lock_conflict",
-    "CELERY_ONCE_QUEUE_LOCK_CONFLICT": "queue_lock_conflict",
-    "CELERY_ONCE_REDIS_OPTIONS": "redis_options",
-}
+#: Django setting -> library setting: ``CELERY_ONCE_`` and the setting's name in capitals, for every setting.
+DJANGO_SETTINGS = {f"CELERY_ONCE_{name.upper()}": name for name in APP_CONF_NAMES}
 
 
 def django_settings() -> Mapping[str, Any]:

@@ -20,6 +20,10 @@ Conflicts on the running lock (rare, so they may take more round trips):
 * the same attempt holds it (the message was delivered twice): the copy never
   runs beside the original; it takes over only from a worker that is gone.
 
+A copy of an attempt that already ended (a broker's redelivery) never runs
+again: the execution's release records its end, the pickup's script reads
+that record and takes nothing, and ``redelivery`` says what the copy gets.
+
 Unknown outcomes: a pickup whose every try failed is published again, same
 id and attempt, to run once the store answers, carrying its owner token: the
 copy may take over the lock that a lost reply may have taken in its name,
@@ -34,18 +38,19 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
 import celery
-from celery import Task, states
+from celery import Task
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
 from .errors import OnceTaskLocked
 from .janitor import Cleanup, janitor
-from .keys import DIGEST_HEADER, QUEUE, RUNNING, lock_key
+from .keys import DIGEST_HEADER, QUEUE, RUNNING, finished_key, lock_key
 from .ownership import Lease, RunningOwner
 from .publish import release_or_leave_to_janitor
+from .redelivery import Finished, Verdict, call_of, ended, guard_seconds, verdict
 from .settings import Settings
 from .signals import duplicate_execution, lock_recovered
-from .store import LockStore, RetryPolicy, waiting_token
+from .store import FinishedCheck, FinishedRecord, LockStore, RetryPolicy, waiting_token
 from .waiting import WAITER_HEADER, WAITING, entry, hand_over
 
 logger = logging.getLogger("celery_once_task")
@@ -69,6 +74,8 @@ class Held(NamedTuple):
     settings: Settings
     key: str
     token: str
+    #: Where the execution records its end (None in eager mode: nothing can be delivered again).
+    finished: Optional[FinishedCheck] = None
 
 
 def header(request: Any, name: str) -> Any:
@@ -93,12 +100,15 @@ _lease_ttls: dict[float, float] = {}
 
 def pick_up(task: Any, settings: Settings, digest: str, request: Any) -> Optional[Held]:
     """Release the queue lock and take the running lock; return the lock to release at the end."""
-    # Eager calls never took a queue lock.
+    # Eager calls never took a queue lock, and are never delivered again.
     queue_key = lock_key(task.name, digest, QUEUE) if task.queue_lock and not request.is_eager else None
     running_key = lock_key(task.name, digest, RUNNING) if task.running_lock else None
     waiter = bool(header(request, WAITER_HEADER)) and queue_key is not None
     waiting_key = lock_key(task.name, digest, WAITING) if waiter else None
     owner = RunningOwner.for_execution(request.id, request.retries)
+    check = None
+    if running_key is not None and not request.is_eager:
+        check = FinishedCheck(finished_key(running_key, request.id), owner.retries, call_of(request))
     takeover = header(request, TAKEOVER_HEADER)
     takeover = takeover if isinstance(takeover, str) else ""
     ttl = running_ttl(settings, owner)
@@ -106,72 +116,110 @@ def pick_up(task: Any, settings: Settings, digest: str, request: Any) -> Optiona
         # Inside the try: a Redis Cluster client connects when it is made.
         store = LockStore.for_url(settings.redis_url, settings.redis_options,
                                   lambda: RetryPolicy.of_app(task._get_app()))
-        pickup = store.pickup(queue_key, request.id, running_key, owner, ttl, takeover, waiting_key)
+        pickup = store.pickup(queue_key, request.id, running_key, owner, ttl, takeover, waiting_key, check)
+        if pickup.finished is not None:
+            pickup = _finished_before(task, settings, request, store, running_key, owner, ttl, pickup.finished)
     except RedisError as exc:
         return _store_down(task, settings, digest, request, running_key, owner, exc)
-    if waiter and not pickup.queue_released:
-        # Another copy of this waiting message (hand-over or safety copy)
-        # started first -- or this copy's own earlier run was killed and the
-        # broker delivered it again (acks_late), or the call was revoked or
-        # cleared meanwhile. It runs again only if no copy has finished.
-        if running_key is not None and pickup.acquired and _finished(task, request.id) is False:
-            logger.warning(
-                "%s[%s]: lock recovered: a waiting call runs again, its earlier run did not finish (lock %s)",
-                task.name, request.id, running_key,
-            )
-            return Held(store, settings, running_key, owner.token)
-        if running_key is not None and pickup.acquired:
-            release(task, Held(store, settings, running_key, owner.token), request.id, "copy not run")
-        logger.info("%s[%s]: execution ignored: another copy of this waiting call ran", task.name, request.id)
-        raise Ignore()
     if running_key is None:
         return None
+    held = Held(store, settings, running_key, owner.token, check)
     if pickup.acquired:
-        held = Held(store, settings, running_key, owner.token)
         after = header(request, AFTER_HEADER)
-        if isinstance(after, str) and _first_delivery_finished(task, store, request, after):
-            release(task, held, request.id, "first delivery finished")
-            logger.info("%s[%s]: execution ignored: its first delivery finished", task.name, request.id)
-            raise Ignore()
         if after or takeover:
+            # The delivery it waited on, or its own earlier pickup, never ended.
             logger.warning(
                 "%s[%s]: lock recovered: running lock %s taken by a deferred copy", task.name, request.id, running_key
             )
             lock_recovered.send(sender=task, key=running_key, holder=after or takeover, reason="deferred copy")
+        elif waiter and not pickup.queue_released:
+            # The other copy of this waiting message never ran, or its run was
+            # killed (no copy of it ended: the record would say so).
+            logger.warning(
+                "%s[%s]: lock recovered: a waiting call runs, no copy of it ended (lock %s)",
+                task.name, request.id, running_key,
+            )
         return held
-    return _conflict(task, settings, request, store, running_key, owner, pickup.holder or "")
+    return _conflict(task, settings, request, store, running_key, owner, pickup.holder or "", check)
 
 
-def release(task: Any, held: Held, task_id: Optional[str], reason: str = "task ended") -> None:
+def _finished_before(task: Any, settings: Settings, request: Any, store: LockStore, running_key: Optional[str],
+                     owner: RunningOwner, ttl: float, value: str) -> Any:
+    """A copy of an attempt that ended: ignored, put off, or -- its result lost with its process -- picked up."""
+    record = Finished.parse(value)
+    outcome, seconds = verdict(task, request, record, settings) if record else (Verdict.IGNORE, 0.0)
+    if outcome is Verdict.IGNORE:
+        logger.info(
+            "%s[%s]: execution ignored: this attempt already ran (a copy of its message delivered again; "
+            "finished record %s)", task.name, request.id, value,
+        )
+        raise Ignore()
+    if outcome is Verdict.DEFER:
+        logger.info(
+            "%s[%s]: execution waiting: this attempt ended a moment ago and its result is not stored yet; "
+            "deferred by %.1fs", task.name, request.id, seconds,
+        )
+        _defer(task, request, {}, seconds)
+        raise Ignore()
+    logger.warning(
+        "%s[%s]: lock recovered: this attempt ended but its result was never stored (its process ended first): "
+        "it runs again (lock %s)", task.name, request.id, running_key,
+    )
+    if running_key is not None:
+        lock_recovered.send(sender=task, key=running_key, holder=value, reason="result lost")
+    return store.pickup(None, request.id, running_key, owner, ttl)
+
+
+def release(task: Any, held: Held, task_id: Optional[str], outcome: Optional[BaseException] = None,
+            reason: str = "task ended") -> None:
     """Release the running lock by its owner token, now or as soon as the store answers.
 
+    ``outcome``: how the body ended (None: it returned). Where it finished,
+    the release records its end in the same script (see ``redelivery``).
     Under ``running_lock_conflict="wait"`` the same round trip takes the key's
     waiting copy, which is then published.
     """
     settings = held.settings
+    record = _record(task, held, outcome)
     if settings.running_lock_conflict != "wait" or not task.queue_lock:
-        release_or_leave_to_janitor(held.store, settings, task, task_id, held.key, held.token, reason, prefix=True)
+        release_or_leave_to_janitor(held.store, settings, task, task_id, held.key, held.token, reason, prefix=True,
+                                    record=record)
         return
     waiting_key = held.key[: -len(RUNNING)] + WAITING
     try:
-        waiting = held.store.release_taking_waiter(held.key, held.token, waiting_key)
+        waiting = held.store.release_taking_waiter(held.key, held.token, waiting_key, record)
     except RedisError:
         # The waiting copy comes back by itself (its safety copy).
-        release_or_leave_to_janitor(held.store, settings, task, task_id, held.key, held.token, reason, prefix=True)
+        release_or_leave_to_janitor(held.store, settings, task, task_id, held.key, held.token, reason, prefix=True,
+                                    record=record)
         return
     if waiting is not None:
         hand_over(task, waiting, held.key)
 
 
+def _record(task: Any, held: Held, outcome: Optional[BaseException]) -> Optional[FinishedRecord]:
+    if held.finished is None:
+        return None
+    finished = ended(task, outcome)
+    if finished is None:
+        return None
+    return FinishedRecord(held.finished.key, finished.value(), guard_seconds(task, held.settings),
+                          finished.attempt, finished.call)
+
+
 def _conflict(task: Any, settings: Settings, request: Any, store: LockStore, key: str, owner: RunningOwner,
-              holder_value: str) -> Optional[Held]:
+              holder_value: str, check: Optional[FinishedCheck] = None) -> Optional[Held]:
     holder = RunningOwner.parse(holder_value)
     if holder is None or holder.task_id != owner.task_id:
         if settings.running_lock_conflict == "wait" and task.queue_lock:
-            return _wait(task, settings, request, store, key, owner, holder_value)
-        raise reject_duplicate(task, request, key, holder_value)
+            return _wait(task, settings, request, store, key, owner, holder_value, check)
+        exc = reject_duplicate(task, request, key, holder_value)
+        if check is not None:
+            # Its result is final (a failure): a copy of its message must not run it after all.
+            _record_rejection(task, settings, store, check, request)
+        raise exc
     ttl = running_ttl(settings, owner)
-    held = Held(store, settings, key, owner.token)
+    held = Held(store, settings, key, owner.token, check)
     if holder.retries < owner.retries:
         # A retry that started before the attempt that published it had
         # finished: that attempt's body is over, take over.
@@ -184,7 +232,7 @@ def _conflict(task: Any, settings: Settings, request: Any, store: LockStore, key
         pickup = store.pickup(None, owner.task_id, key, owner, ttl)
         if pickup.acquired:
             return held
-        return _conflict(task, settings, request, store, key, owner, pickup.holder or "")
+        return _conflict(task, settings, request, store, key, owner, pickup.holder or "", check)
     # The same message delivered twice (a broker's redelivery). The copy
     # never runs beside the original: it runs only if the original's worker
     # is gone (its heartbeat expired), and else waits to see which it is.
@@ -199,7 +247,7 @@ def _conflict(task: Any, settings: Settings, request: Any, store: LockStore, key
         pickup = store.pickup(None, owner.task_id, key, owner, ttl)
         if pickup.acquired:
             return held
-        return _conflict(task, settings, request, store, key, owner, pickup.holder or "")
+        return _conflict(task, settings, request, store, key, owner, pickup.holder or "", check)
     logger.info(
         "%s[%s]: execution waiting: another delivery of this task holds running lock %s (holder %s); "
         "deferred by %.1fs",
@@ -210,12 +258,12 @@ def _conflict(task: Any, settings: Settings, request: Any, store: LockStore, key
 
 
 def _wait(task: Any, settings: Settings, request: Any, store: LockStore, key: str, owner: RunningOwner,
-          holder_value: str) -> Optional[Held]:
+          holder_value: str, check: Optional[FinishedCheck]) -> Optional[Held]:
     """Wait for the running copy to end, as the key's waiting copy (see ``waiting``)."""
     holder = RunningOwner.parse(holder_value)
     holder_id = holder.task_id if holder else holder_value
     duplicate_execution.send(sender=task, task_id=request.id, key=key, holder_id=holder_id, policy="wait")
-    held = Held(store, settings, key, owner.token)
+    held = Held(store, settings, key, owner.token, check)
     ttl = running_ttl(settings, owner)
     if request.is_eager:
         return _wait_here(task, request, store, held, owner, ttl, holder_value)
@@ -262,25 +310,14 @@ def _wait_here(task: Any, request: Any, store: LockStore, held: Held, owner: Run
         pause = min(pause * 2, 1.0)
 
 
-def _first_delivery_finished(task: Any, store: LockStore, request: Any, after: str) -> bool:
-    """Whether the delivery this copy waited on ended by itself (so the copy must not run)."""
-    holder = RunningOwner.parse(after + '"since":0}')
-    if holder is None:
-        return False
-    if holder.heartbeat and store.instance_alive(holder.instance):
-        return True  # its worker lives on: it released the lock when the task ended
-    # Its worker is gone: run unless a result says it finished (at least once).
-    return _finished(task, request.id) is True
-
-
-def _finished(task: Any, task_id: str) -> Optional[bool]:
-    """Whether the result backend has a final state for ``task_id``; None where it cannot tell."""
-    if task.ignore_result or type(task.backend).__name__ == "DisabledBackend":
-        return None
+def _record_rejection(task: Any, settings: Settings, store: LockStore, check: FinishedCheck, request: Any) -> None:
+    finished = Finished(check.attempt, True, time.time(), check.call)
     try:
-        return task.AsyncResult(task_id).state in states.READY_STATES
-    except Exception:
-        return None
+        store.record_finished(FinishedRecord(check.key, finished.value(), guard_seconds(task, settings),
+                                             check.attempt, check.call))
+    except RedisError as exc:
+        logger.warning("%s[%s]: lock operation failed: rejection not recorded (%s): %s", task.name, request.id,
+                       check.key, exc)
 
 
 def reject_duplicate(task: Any, request: Any, key: str, holder_value: str) -> OnceTaskLocked:

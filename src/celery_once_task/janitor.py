@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from redis.exceptions import RedisError
 
-from .store import LockStore
+from .store import FinishedRecord, LockStore
 
 logger = logging.getLogger("celery_once_task")
 
@@ -55,6 +55,8 @@ class Cleanup:
     pid: Optional[int] = None
     #: The lock client's ``redis_options``.
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: The finished record of the execution that ended, written with the release (see ``redelivery``).
+    record: Optional[FinishedRecord] = None
     #: A lock that a command with a lost reply may still write: once the
     #: store answers, commands it held from before run within moments, in any
     #: order with ours, so the delete is made twice, a moment apart.
@@ -130,7 +132,10 @@ class Janitor:
                 continue
             try:
                 store = LockStore.for_url(cleanup.url, cleanup.options)
-                released = store.release(cleanup.key, cleanup.token, prefix=cleanup.prefix)
+                if cleanup.record is None:
+                    released = store.release(cleanup.key, cleanup.token, prefix=cleanup.prefix)
+                else:
+                    released = store.release_running(cleanup.key, cleanup.token, cleanup.record)
             except RedisError as exc:
                 cleanup.failures += 1
                 backoff = _STORE_BACKOFF[min(cleanup.failures, len(_STORE_BACKOFF)) - 1]

@@ -20,6 +20,7 @@ Anything else cannot be put in canonical form and is refused with a
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime
 import decimal
 import hashlib
@@ -51,6 +52,54 @@ def well_formed_digest(value: Any) -> bool:
 def lock_key(task_name: str, digest: str, lock_type: str) -> str:
     """``once_task:{task_name}:{digest}:{lock_type}``."""
     return f"{KEY_PREFIX}:{task_name}:{digest}:{lock_type}"
+
+
+#: The prefix of finished records (see ``redelivery``): outside ``once_task:*``, which holds locks only.
+FINISHED_PREFIX = "once_task_done"
+
+
+def finished_key(running_key: str, task_id: str) -> str:
+    """``once_task_done:{<running key>}:{task_id}``: where an execution that held ``running_key`` records its end.
+
+    In the running key's Redis Cluster hash slot, so that one script can
+    take the lock and read the record, or release it and write the record:
+    the braces make Redis hash only what they hold, and what they hold is
+    the part of the running key that Redis hashes.
+    """
+    tag = _hashed_part(running_key)
+    if "}" in tag:  # a task name with braces that make no hash tag: any tag of the same slot will do
+        tag = _tag_of_slot(slot_of(running_key))
+    return f"{FINISHED_PREFIX}:{{{tag}}}:{task_id}"
+
+
+def slot_of(key: str) -> int:
+    """The Redis Cluster hash slot of ``key`` (CRC16/XMODEM of its hashed part, modulo 16384)."""
+    return binascii.crc_hqx(_hashed_part(key).encode("utf-8"), 0) % 16384
+
+
+def _hashed_part(key: str) -> str:
+    """What Redis Cluster hashes of a key: the first ``{...}`` with something inside, else the whole key."""
+    start = key.find("{")
+    if start != -1:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1:end]
+    return key
+
+
+_slot_tags: dict[int, str] = {}
+
+
+def _tag_of_slot(slot: int) -> str:
+    """A short text that hashes to ``slot`` (made once per slot)."""
+    tag = _slot_tags.get(slot)
+    number = 0
+    while tag is None:
+        candidate = str(number)
+        if slot_of(candidate) == slot:
+            tag = _slot_tags[slot] = candidate
+        number += 1
+    return tag
 
 
 def signature_of(run: Callable[..., Any]) -> inspect.Signature | None:

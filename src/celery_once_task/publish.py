@@ -34,9 +34,10 @@ from .connection import redact_url
 from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskLocked
 from .janitor import Cleanup, janitor
 from .keys import DIGEST_HEADER, QUEUE, lock_key
+from .redelivery import CALL_HEADER, new_call
 from .settings import Settings
 from .signals import duplicate_call
-from .store import Acquired, LockStore, RetryPolicy, StoreUnavailable
+from .store import Acquired, FinishedRecord, LockStore, RetryPolicy, StoreUnavailable
 
 logger = logging.getLogger("celery_once_task")
 
@@ -133,15 +134,18 @@ def _store_down(
 
 def release_or_leave_to_janitor(
     store: LockStore, settings: Settings, task: Any, task_id: Optional[str], key: str, token: str, reason: str,
-    *, prefix: bool = False,
+    *, prefix: bool = False, record: Optional[FinishedRecord] = None,
 ) -> None:
-    """Release ``key`` by ``token`` now, or as soon as the store answers."""
+    """Release ``key`` by ``token`` now, or as soon as the store answers; with a running lock's finished ``record``."""
     try:
-        store.release(key, token, prefix=prefix)
+        if record is None:
+            store.release(key, token, prefix=prefix)
+        else:
+            store.release_running(key, token, record)
     except RedisError as exc:
         if isinstance(exc, StoreUnavailable) or getattr(exc, "maybe_applied", True):
             janitor.add(Cleanup(settings.redis_url, key, token, prefix, task, task_id, reason,
-                                options=settings.redis_options))
+                                options=settings.redis_options, record=record))
         else:  # an error reply: the store answered and will answer the same again
             logger.warning(
                 "%s[%s]: lock operation failed: could not release lock %s (%s): %s",
@@ -226,10 +230,18 @@ _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (4 << 76) | (0x8000 << 48)
 
 
-def with_digest(options: dict[str, Any], digest: str) -> None:
-    """Put the digest in the message headers, on a copy: canvas members share one dict."""
+def with_digest(options: dict[str, Any], digest: str, *, fixed_id: bool = False) -> None:
+    """Put the digest in the message headers, on a copy: canvas members share one dict.
+
+    A call whose task id the caller fixed also gets a call id of its own
+    (``redelivery.CALL_HEADER``), unless it carries one already -- a retry
+    does, and keeps it: so that a new call made with the id of one that
+    finished is not taken for a copy of that one's message.
+    """
     headers = dict(options.get("headers") or {})
     headers[DIGEST_HEADER] = digest
+    if fixed_id and CALL_HEADER not in headers:
+        headers[CALL_HEADER] = new_call()
     options["headers"] = headers
 
 

@@ -6,9 +6,11 @@ taking a free lock without a takeover (``ACQUIRE`` with no ``ARGV[3]``) is
 Valkey run natively, a few microseconds cheaper than a script on the server
 and shorter to send.
 
-Each script touches exactly one key, so every call can go to the Redis Cluster
-node that owns that key; several calls go out together in one pipeline, one
-network round trip. Scripts are sent by SHA1 (``EVALSHA``); after a
+Each call's keys lie in one Redis Cluster hash slot (most scripts touch one
+key; the running lock's acquisition and release also touch its finished
+record, which ``keys.finished_key`` puts in the lock's slot), so every call
+can go to the node that owns them; several calls go out together in one
+pipeline, one network round trip. Scripts are sent by SHA1 (``EVALSHA``); after a
 ``SCRIPT FLUSH`` or a failover to a server that never saw them, the calls that
 came back with ``NOSCRIPT`` are loaded and run again. Only those: a call that
 ran must not run twice.
@@ -17,15 +19,19 @@ ran must not run twice.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import redis
+from redis import exceptions
 from redis.exceptions import NoScriptError, ResponseError
 
 from .connection import is_cluster
 from .wire import Arg, pack_args, send_packed, set_nx_get
+
+logger = logging.getLogger("celery_once_task")
 
 
 @dataclass(frozen=True)
@@ -35,27 +41,39 @@ class Script:
     name: str
     source: str
     sha: str = field(init=False)
-    #: ``EVALSHA sha 1`` packed, with the array's length, by number of ARGV.
-    _heads: dict[int, bytes] = field(init=False, default_factory=dict, repr=False, compare=False)
+    #: ``EVALSHA sha numkeys`` packed, with the array's length, by (number of KEYS, number of ARGV).
+    _heads: dict[tuple[int, int], bytes] = field(init=False, default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode("utf-8")).hexdigest())
 
-    def head(self, argc: int) -> bytes:
-        """The start of an ``EVALSHA`` of this script on one key with ``argc`` arguments, packed."""
-        head = self._heads.get(argc)
+    def head(self, keys: int, argc: int) -> bytes:
+        """The start of an ``EVALSHA`` of this script on ``keys`` keys with ``argc`` arguments, packed."""
+        head = self._heads.get((keys, argc))
         if head is None:
-            head = self._heads[argc] = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n$1\r\n1\r\n" % (
-                argc + 4, self.sha.encode("ascii"))
+            numkeys = b"%d" % keys
+            head = self._heads[(keys, argc)] = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n$%d\r\n%b\r\n" % (
+                keys + argc + 3, self.sha.encode("ascii"), len(numkeys), numkeys)
         return head
 
 
 class Call(NamedTuple):
-    """One script applied to one key (a tuple: made for every lock operation)."""
+    """One script applied to a key (a tuple: made for every lock operation).
+
+    ``more_keys``: further keys the script touches, in ``key``'s hash slot.
+    """
 
     script: Script
     key: str
     args: Sequence[Arg] = ()
+    more_keys: Sequence[str] = ()
+    #: What to run instead where the server refuses ``more_keys`` (an ACL user
+    #: without their key pattern): the operation without them.
+    fallback: Optional[Call] = None
+
+    def evalsha(self) -> tuple[Any, ...]:
+        """The command's arguments for redis-py's ``execute_command``."""
+        return ("EVALSHA", self.script.sha, 1 + len(self.more_keys), self.key, *self.more_keys, *self.args)
 
 
 #: Lua shared by the scripts below: whether a lock value belongs to an owner.
@@ -85,18 +103,52 @@ return 0
 """,
 )
 
+#: Lua shared by the scripts below: finished records (see ``redelivery``), valued
+#: ``<attempt>:<r|n>:<time>:<call>``. ``finished`` returns the record if it says that
+#: ``attempt`` of ``call`` (or a later attempt) ended; ``record`` writes one, unless
+#: the key already holds a later attempt of the same call.
+_FINISHED = """
+local function parse_record(value)
+    return string.match(value, '^(%d+):[^:]*:[^:]*:(.*)$')
+end
+local function finished(key, attempt, call)
+    local value = redis.call('GET', key)
+    if not value then return false end
+    local done, done_call = parse_record(value)
+    if done_call == call and tonumber(done) >= tonumber(attempt) then return value end
+    return false
+end
+local function record(key, value, ttl, attempt, call)
+    local old = redis.call('GET', key)
+    if old then
+        local done, done_call = parse_record(old)
+        if done_call == call and tonumber(done) > tonumber(attempt) then return end
+    end
+    redis.call('SET', key, value, 'PX', ttl)
+end
+"""
+
 # KEYS[1] lock key
+# KEYS[2] (running locks, optional) the finished record of this attempt's task id
 # ARGV[1] value to write: the new owner's token (plus, for running locks, when it was taken)
 # ARGV[2] time to live in milliseconds
 # ARGV[3] a token whose lock this owner may take over, or "" for none
 #         (a retry renewing its own queue lock, a deferred copy taking over
 #         the lock its earlier pickup may have taken)
 # ARGV[4] "exact" or "prefix": how ARGV[3] is matched
-# return  1 if the lock was free or taken over and now holds ARGV[1], else the holder's value
+# ARGV[5] with KEYS[2]: the attempt (Celery's retries), ARGV[6] the call (see ``redelivery``)
+# return  1 if the lock was free or taken over and now holds ARGV[1]; {record} (an array)
+#         if KEYS[2] says that this attempt already ended, and nothing was taken;
+#         else the holder's value
 ACQUIRE = Script(
     "acquire",
     _HOLDS
+    + _FINISHED
     + """
+if KEYS[2] then
+    local ended = finished(KEYS[2], ARGV[5], ARGV[6])
+    if ended then return {ended} end
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     return 1
 end
@@ -106,6 +158,39 @@ if ARGV[3] ~= '' and holds(holder, ARGV[3], ARGV[4]) then
     return 1
 end
 return holder
+""",
+)
+
+# KEYS[1] running lock key
+# KEYS[2] the finished record of the execution's task id (in KEYS[1]'s slot)
+# ARGV[1] owner token (matched as a prefix of the lock's value)
+# ARGV[2] the record to write, ARGV[3] its time to live in milliseconds
+# ARGV[4] the attempt that ended, ARGV[5] its call
+# return  1 if the token held the lock and it is now deleted, else 0; the record is
+#         written either way (the execution ended even where its lock was lost)
+RELEASE_RUNNING = Script(
+    "release_running",
+    _HOLDS
+    + _FINISHED
+    + """
+record(KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+if holds(redis.call('GET', KEYS[1]), ARGV[1], 'prefix') then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+""",
+)
+
+# KEYS[1] a finished record
+# ARGV[1] the record to write, ARGV[2] its time to live in milliseconds
+# ARGV[3] the attempt that ended, ARGV[4] its call
+# return  1
+RECORD_FINISHED = Script(
+    "record_finished",
+    _FINISHED
+    + """
+record(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return 1
 """,
 )
 
@@ -154,13 +239,14 @@ return value
 """,
 )
 
-SCRIPTS = (COMPARE_AND_DELETE, ACQUIRE, RENEW, COMPARE_AND_SWAP, TAKE)
+SCRIPTS = (COMPARE_AND_DELETE, ACQUIRE, RELEASE_RUNNING, RECORD_FINISHED, RENEW, COMPARE_AND_SWAP, TAKE)
 
 
 def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
     """Run the calls in one round trip; return their replies in order.
 
-    A call that Redis answers with an error (other than ``NOSCRIPT``) raises it.
+    A call that Redis answers with an error (other than ``NOSCRIPT``, and
+    ``NOPERM`` where the call has a fallback) raises it.
     """
     if is_cluster(client):
         return _run_on_cluster(client, calls)
@@ -169,13 +255,41 @@ def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
         if isinstance(reply, NoScriptError):
             replies[index] = reply = _load_and_run(client, calls[index])
         if isinstance(reply, ResponseError):
-            raise reply
+            replies[index] = _instead(client, calls[index], reply)
     return replies
 
 
+def _refused(error: ResponseError) -> bool:
+    """Whether the server refused a command by its ACL (redis-py reads NOPERM as NoPermissionError, from 4.1)."""
+    refused = getattr(exceptions, "NoPermissionError", None)
+    return (refused is not None and isinstance(error, refused)) or str(error).startswith("NOPERM")
+
+
+#: ``id()`` of the clients whose server refused a call's ``more_keys``: callers leave them out from then on.
+REFUSED_MORE_KEYS: set[int] = set()
+
+
+def _instead(client: Any, call: Call, error: ResponseError) -> Any:
+    """The reply of ``call``'s fallback where the server refused its extra keys; else raise ``error``."""
+    if call.fallback is None or not _refused(error):
+        raise error
+    if id(client) not in REFUSED_MORE_KEYS:
+        REFUSED_MORE_KEYS.add(id(client))
+        logger.warning(
+            "lock operation refused: the lock store's user may not touch %s (%s); finished executions are "
+            "not recorded, so a redelivered copy of a finished task can run again: add the key pattern "
+            "~once_task_done:* to the user's ACL rules", call.more_keys[0], error,
+        )
+    return run(client, [call.fallback])[0]
+
+
 def _pack_calls(encoder: Any, calls: Sequence[Call]) -> bytes:
-    """``EVALSHA sha 1 key *args`` of each call, packed: the script's part is packed once for all calls."""
-    return b"".join([call.script.head(len(call.args)) + pack_args(encoder, (call.key, *call.args)) for call in calls])
+    """``EVALSHA sha numkeys *keys *args`` of each call, packed: the script's part is packed once per shape."""
+    return b"".join([
+        call.script.head(1 + len(call.more_keys), len(call.args))
+        + pack_args(encoder, (call.key, *call.more_keys, *call.args))
+        for call in calls
+    ])
 
 
 #: ``id()`` of the clients whose server refused ``SET ... NX GET`` (Redis 6.2): they get ACQUIRE.
@@ -215,7 +329,7 @@ def run_in(pipe: Any, client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
     """
     queued = len(pipe)
     for call in calls:
-        pipe.execute_command("EVALSHA", call.script.sha, 1, call.key, *call.args)
+        pipe.execute_command(*call.evalsha())
     replies: list[Any] = pipe.execute(raise_on_error=False)
     for reply in replies[:queued]:
         if isinstance(reply, Exception):
@@ -232,9 +346,7 @@ def run_in(pipe: Any, client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
 
 def _load_and_run(client: redis.Redis, call: Call) -> Any:
     client.script_load(call.script.source)
-    return client.execute_command(  # type: ignore[no-untyped-call]
-        "EVALSHA", call.script.sha, 1, call.key, *call.args
-    )
+    return client.execute_command(*call.evalsha())  # type: ignore[no-untyped-call]
 
 
 # -- Redis Cluster ----------------------------------------------------------------
@@ -265,7 +377,7 @@ def _run_on_cluster(client: Any, calls: Sequence[Call]) -> list[Any]:
             # The node named, from the client's slot map: left to find it, redis-py 6+
             # asks a server (COMMAND GETKEYS) for every EVALSHA in a pipeline.
             node = client.get_node_from_key(call.key)
-            pipe.execute_command("EVALSHA", call.script.sha, 1, call.key, *call.args, target_nodes=node)
+            pipe.execute_command(*call.evalsha(), target_nodes=node)
         replies = _send_once(pipe)
     for index, reply in enumerate(replies):
         call = calls[index]
@@ -274,7 +386,9 @@ def _run_on_cluster(client: Any, calls: Sequence[Call]) -> list[Any]:
         if isinstance(reply, NoScriptError):
             node = client.get_node_from_key(call.key)
             client.execute_command("SCRIPT LOAD", call.script.source, target_nodes=node)
-            replies[index] = _evalsha_on_cluster(client, call)
+            replies[index] = reply = _evalsha_on_cluster(client, call)
+        if isinstance(reply, ResponseError):
+            replies[index] = _instead(client, call, reply)
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
@@ -294,6 +408,6 @@ def _send_once(pipe: Any) -> list[Any]:
 
 def _evalsha_on_cluster(client: Any, call: Call) -> Any:
     try:
-        return client.execute_command("EVALSHA", call.script.sha, 1, call.key, *call.args)
+        return client.execute_command(*call.evalsha())
     except ResponseError as exc:  # NOSCRIPT included
         return exc

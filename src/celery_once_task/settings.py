@@ -3,8 +3,9 @@
 One value of each setting is resolved, for every lock operation, in this order:
 
 1. the task's own option (``queue_lock_timeout``, ``running_lock_timeout``,
-   ``running_lock_conflict``, ``queue_lock_conflict``, passed to the task
-   decorator or set on a ``OnceTask`` subclass);
+   ``running_lock_conflict``, ``queue_lock_conflict``,
+   ``redelivery_guard_timeout``, passed to the task decorator or set on a
+   ``OnceTask`` subclass);
 2. the Celery app's configuration (``app.conf.once_redis_url`` ...; Django
    projects that load settings with ``namespace="CELERY"`` get
    ``CELERY_ONCE_REDIS_URL`` ... here);
@@ -31,6 +32,8 @@ DEFAULT_QUEUE_LOCK_TIMEOUT = 3600
 DEFAULT_RUNNING_LOCK_TIMEOUT = 3600
 DEFAULT_FAIL_OPEN = False
 DEFAULT_HEARTBEAT_TIMEOUT = 30
+#: The Redis broker's default visibility_timeout: how late a redelivery comes there.
+DEFAULT_REDELIVERY_GUARD_TIMEOUT = 3600
 #: What an execution that meets a running copy of its call gets.
 RUNNING_LOCK_CONFLICTS = ("reject", "wait")
 #: What a call that meets a queued copy of itself gets.
@@ -38,7 +41,8 @@ QUEUE_LOCK_CONFLICTS = ("drop", "existing", "raise")
 DEFAULT_RUNNING_LOCK_CONFLICT = "reject"
 DEFAULT_QUEUE_LOCK_CONFLICT = "drop"
 
-#: Setting name -> name in the Celery app's configuration.
+#: Setting name -> name in the Celery app's configuration (``once_`` and the name). Django's
+#: ``CELERY_ONCE_`` spelling of each (``django.DJANGO_SETTINGS``) is made from these names.
 APP_CONF_NAMES = {
     "redis_url": "once_redis_url",
     "queue_lock_timeout": "once_queue_lock_timeout",
@@ -48,10 +52,14 @@ APP_CONF_NAMES = {
     "running_lock_conflict": "once_running_lock_conflict",
     "queue_lock_conflict": "once_queue_lock_conflict",
     "redis_options": "once_redis_options",
+    "redelivery_guard_timeout": "once_redelivery_guard_timeout",
 }
 
 #: Settings a task may set for itself (decorator keyword or subclass attribute).
-TASK_OPTIONS = ("queue_lock_timeout", "running_lock_timeout", "running_lock_conflict", "queue_lock_conflict")
+TASK_OPTIONS = (
+    "queue_lock_timeout", "running_lock_timeout", "running_lock_conflict", "queue_lock_conflict",
+    "redelivery_guard_timeout",
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,8 @@ class Settings:
     queue_lock_conflict: str = DEFAULT_QUEUE_LOCK_CONFLICT
     #: The lock client's extra keyword arguments (see ``connection``).
     redis_options: Mapping[str, Any] = field(default_factory=dict)
+    #: Seconds a finished execution is remembered, so that a copy of its message delivered again does not run.
+    redelivery_guard_timeout: int = DEFAULT_REDELIVERY_GUARD_TIMEOUT
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: never show a password.
@@ -77,7 +87,8 @@ class Settings:
             f"queue_lock_timeout={self.queue_lock_timeout!r}, running_lock_timeout={self.running_lock_timeout!r}, "
             f"fail_open={self.fail_open!r}, heartbeat_timeout={self.heartbeat_timeout!r}, "
             f"running_lock_conflict={self.running_lock_conflict!r}, queue_lock_conflict={self.queue_lock_conflict!r}, "
-            f"redis_options={connection.redact_options(self.redis_options)!r})"
+            f"redis_options={connection.redact_options(self.redis_options)!r}, "
+            f"redelivery_guard_timeout={self.redelivery_guard_timeout!r})"
         )
 
 
@@ -96,7 +107,7 @@ def validate(name: str, value: Any, *, label: str | None = None) -> Any:
         if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
             raise ValueError(f"{label} must be a dict of keyword arguments for the Redis client, got {type(value)}")
         return dict(value)
-    if name in ("queue_lock_timeout", "running_lock_timeout", "heartbeat_timeout"):
+    if name in ("queue_lock_timeout", "running_lock_timeout", "heartbeat_timeout", "redelivery_guard_timeout"):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{label} must be a positive integer number of seconds, got {value!r}")
         return value
@@ -164,6 +175,7 @@ def configure(
     running_lock_conflict: str | None = None,
     queue_lock_conflict: str | None = None,
     redis_options: Mapping[str, Any] | None = None,
+    redelivery_guard_timeout: int | None = None,
 ) -> None:
     """Set the process-wide configuration; only the arguments given change.
 
@@ -180,6 +192,7 @@ def configure(
         "running_lock_conflict": running_lock_conflict,
         "queue_lock_conflict": queue_lock_conflict,
         "redis_options": redis_options,
+        "redelivery_guard_timeout": redelivery_guard_timeout,
     }
     _configured.update({name: validate(name, value) for name, value in given.items() if value is not None})
 

@@ -125,6 +125,29 @@ class Acquired(NamedTuple):
     holder: Optional[str] = None
     #: At pickup: whether the message's queue lock was still its own (and is now released).
     queue_released: bool = False
+    #: At pickup: the finished record that says this attempt already ended (nothing was taken).
+    finished: Optional[str] = None
+
+
+class FinishedCheck(NamedTuple):
+    """What a pickup reads to tell a copy of an attempt that ended (see ``redelivery``)."""
+
+    key: str
+    attempt: int
+    call: str
+
+
+class FinishedRecord(NamedTuple):
+    """What a release writes: the record of an attempt that ended, and for how long (see ``redelivery``)."""
+
+    key: str
+    value: str
+    ttl: float
+    attempt: int
+    call: str
+
+    def args(self) -> tuple[str, int, int, str]:
+        return (self.value, _ms(self.ttl), self.attempt, self.call)
 
 
 #: The outcome of most acquisitions, made once.
@@ -225,12 +248,15 @@ class LockStore:
         running_ttl: float,
         takeover: str = "",
         waiting_key: Optional[str] = None,
+        finished: Optional[FinishedCheck] = None,
     ) -> Acquired:
         """Release the task's queue lock and take its running lock, in one round trip.
 
         ``takeover`` is an owner token whose running lock this execution may
         take over: one its own earlier pickup may have taken. ``waiting_key``:
         the entry of a waiting copy of this message, deleted with it.
+        ``finished``: the record that says this attempt already ended; if it
+        does, the running lock is not taken and ``Acquired.finished`` holds it.
         """
         calls = []
         if queue_key is not None:
@@ -238,8 +264,11 @@ class LockStore:
         if waiting_key is not None:
             calls.append(Call(scripts.COMPARE_AND_DELETE, waiting_key, (waiting_token(task_id), "prefix")))
         if running_key is not None:
-            args = (owner.value(), _ms(running_ttl), takeover, "prefix")
-            calls.append(Call(scripts.ACQUIRE, running_key, args))
+            acquire = Call(scripts.ACQUIRE, running_key, (owner.value(), _ms(running_ttl), takeover, "prefix"))
+            if finished is not None and id(self.client) not in scripts.REFUSED_MORE_KEYS:
+                acquire = Call(scripts.ACQUIRE, running_key, (*acquire.args, finished.attempt, finished.call),
+                               (finished.key,), acquire)
+            calls.append(acquire)
         if not calls:
             return Acquired(True)
         replies, maybe_applied = self._run(calls)
@@ -247,6 +276,8 @@ class LockStore:
         queue_released = queue_key is not None and (replies[0] == 1 or maybe_applied)
         if running_key is None or replies[-1] == 1:
             return Acquired(True, queue_released=queue_released)
+        if isinstance(replies[-1], list):
+            return Acquired(False, queue_released=queue_released, finished=_text(replies[-1][0]))
         holder = _text(replies[-1])
         if maybe_applied and owner.holds(holder):
             return Acquired(True, queue_released=queue_released)
@@ -286,14 +317,25 @@ class LockStore:
             return Acquired(True, queue_released=queue_taken)
         return Acquired(False, holder, queue_released=queue_taken)
 
-    def release_taking_waiter(self, key: str, token: str, waiting_key: str) -> Optional[str]:
-        """Release the running lock by its owner token and take the key's waiting copy, if any: one round trip."""
-        calls = [
-            Call(scripts.COMPARE_AND_DELETE, key, (token, "prefix")),
-            Call(scripts.TAKE, waiting_key, ()),
-        ]
-        replies, _ = self._run(calls)
+    def release_running(self, key: str, token: str, record: Optional[FinishedRecord]) -> bool:
+        """Delete the running lock ``key`` if ``token`` holds it, writing ``record`` (if any) in the same script."""
+        return bool(self._run([self._release_running(key, token, record)])[0][0])
+
+    def release_taking_waiter(self, key: str, token: str, waiting_key: str,
+                              record: Optional[FinishedRecord] = None) -> Optional[str]:
+        """Release the running lock (``release_running``) and take the key's waiting copy, if any: one round trip."""
+        replies, _ = self._run([self._release_running(key, token, record), Call(scripts.TAKE, waiting_key, ())])
         return _text(replies[1])
+
+    def _release_running(self, key: str, token: str, record: Optional[FinishedRecord]) -> Call:
+        release = Call(scripts.COMPARE_AND_DELETE, key, (token, "prefix"))
+        if record is None or id(self.client) in scripts.REFUSED_MORE_KEYS:
+            return release
+        return Call(scripts.RELEASE_RUNNING, key, (token, *record.args()), (record.key,), release)
+
+    def record_finished(self, record: FinishedRecord) -> None:
+        """Write the finished record of an attempt that ended without the running lock (a rejected duplicate)."""
+        self._run([Call(scripts.RECORD_FINISHED, record.key, record.args())])
 
     def release_all(self, locks: Sequence[tuple[str, str, bool]]) -> None:
         """Release each ``(key, token, prefix)`` its token holds: one round trip."""

@@ -47,6 +47,8 @@ class OnceTask(Task):
     queue_lock_conflict: Optional[str] = None
     #: The arguments that form the lock key, by name; ``None``: all of them.
     lock_args: Optional[Sequence[str]] = None
+    #: Seconds a finished execution is remembered against a redelivered copy; ``None`` takes the configured value.
+    redelivery_guard_timeout: Optional[int] = None
 
     #: Runs in the worker's main process, which cleans up after a pool child that died.
     Request = "celery_once_task.request:OnceTaskRequest"
@@ -144,7 +146,7 @@ class OnceTask(Task):
         # Before anything else: a call without a canonical form fails here,
         # with nothing published and no lock taken.
         digest = self.once_digest(args, kwargs)
-        with_digest(options, digest)
+        with_digest(options, digest, fixed_id=task_id is not None)
         if not self.queue_lock:
             return publish(task_id)
         settings, eager = for_publish(self._get_app(), self)
@@ -240,9 +242,14 @@ class OnceTask(Task):
                 digest = self.once_digest(args, kwargs)
             settings = self.once_settings()
             held = execute.pick_up(self, settings, digest, request)
+        outcome: Optional[BaseException] = None
         try:
             return self.run(*args, **kwargs)
+        except BaseException as exc:
+            outcome = exc  # how it ended decides what a copy of its message gets (see ``redelivery``)
+            raise
         finally:
             if held is not None:
-                execute.release(self, held, request.id)
+                execute.release(self, held, request.id, outcome)
+            outcome = None
 

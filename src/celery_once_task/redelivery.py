@@ -1,0 +1,146 @@
+"""A message that comes back after its execution finished: the finished record, and what the copy gets.
+
+Brokers deliver at least once. RabbitMQ hands a consumer's unacknowledged
+messages out again the moment its connection closes (a network blip, a node
+restart) while the executions that had them may still run or have just
+finished; Redis hands one out again after its ``visibility_timeout``; every
+broker redelivers the messages of a worker that died before it
+acknowledged them (``acks_late``). The copy carries the same task id and the
+same attempt (``retries``).
+
+So an execution that held the running lock records its end when it
+releases it, in the same round trip and the same script: the *finished
+record* ``once_task_done:{<running key>}:<task id>`` (``keys.finished_key``,
+in the running key's Redis Cluster slot), valued
+``<attempt>:<r|n>:<time>:<call>``, kept for ``redelivery_guard_timeout``
+seconds (at least the Redis broker's ``visibility_timeout``):
+
+* the attempt that ended (a later attempt's record is never replaced by an
+  earlier one's);
+* ``r`` where a result is being stored for it, ``n`` where none is (the body
+  ended with ``Ignore``, ``Reject`` or a retry, or the task ignores results);
+* when it ended;
+* which publish of the task id it was (the ``once_task_call`` header, given
+  to calls whose task id the caller fixed, so that a new call made with the
+  same id is not taken for a copy of the old one; ``-`` for the rest).
+
+The pickup reads the record in the script that takes the running lock: a
+copy of a finished attempt is never given the lock, and costs nothing more
+than the pickup it replaces. What the copy then gets (``verdict``):
+
+* ignored (acknowledged, nothing run, its result left as the first
+  execution stored it) -- if a later attempt ended, if no result is kept, or
+  if the result is stored;
+* put off for a moment -- if a result is due and not stored yet: the first
+  execution released its lock a moment ago and is storing it now;
+* run again -- if a result is due, still not stored a lease after the end:
+  the process ended between its release and its result (killed, or its
+  worker lost), and only a run can give the call its result.
+
+An execution that did not end -- its process killed, the worker shut down
+cold -- records nothing, and its copy runs: at least once.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from typing import Any, NamedTuple, Optional
+
+from celery import states
+from celery.exceptions import Ignore, Reject, Retry
+
+from .ownership import Lease
+from .settings import Settings
+
+#: The header of a call whose task id the caller fixed: which publish of that id it is.
+CALL_HEADER = "once_task_call"
+#: The ``call`` of messages without ``CALL_HEADER``.
+NO_CALL = "-"
+
+
+def new_call() -> str:
+    return os.urandom(8).hex()
+
+
+class Finished(NamedTuple):
+    """A finished record: which attempt of which publish ended, when, and whether a result follows."""
+
+    attempt: int
+    stores_result: bool
+    at: float
+    call: str
+
+    def value(self) -> str:
+        return f"{self.attempt}:{'r' if self.stores_result else 'n'}:{self.at:.3f}:{self.call}"
+
+    @classmethod
+    def parse(cls, value: str | bytes) -> Optional[Finished]:
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        try:
+            attempt, kind, at, call = text.split(":", 3)
+            return cls(int(attempt), kind == "r", float(at), call)
+        except ValueError:
+            return None
+
+
+def ended(task: Any, outcome: Optional[BaseException]) -> Optional[Finished]:
+    """The record of a body that ended with ``outcome`` (None: it returned); None if it did not finish.
+
+    A body interrupted by a ``BaseException`` that is not an ``Exception``
+    (the worker shutting down cold, a greenlet killed) did not finish: its
+    copy must run. ``Reject(requeue=True)`` asks for the message to run
+    again: no record either.
+    """
+    if outcome is not None and not isinstance(outcome, Exception):
+        return None
+    if isinstance(outcome, Reject) and outcome.requeue:
+        return None
+    no_result = isinstance(outcome, (Ignore, Reject, Retry)) or not stores_results(task)
+    attempt = task.request.retries or 0
+    return Finished(int(attempt), not no_result, time.time(), call_of(task.request))
+
+
+def call_of(request: Any) -> str:
+    headers = getattr(request, "headers", None)
+    call = headers.get(CALL_HEADER) if headers else None
+    if call is None:
+        call = getattr(request, CALL_HEADER, None)
+    return call if isinstance(call, str) and call else NO_CALL
+
+
+def stores_results(task: Any) -> bool:
+    return not task.ignore_result and type(task.backend).__name__ != "DisabledBackend"
+
+
+def guard_seconds(task: Any, settings: Settings) -> float:
+    """How long a finished record is kept: the setting, or the Redis broker's visibility timeout if longer."""
+    options = getattr(task._get_app().conf, "broker_transport_options", None) or {}
+    visibility = options.get("visibility_timeout")
+    if isinstance(visibility, (int, float)) and not isinstance(visibility, bool):
+        return max(float(settings.redelivery_guard_timeout), float(visibility))
+    return float(settings.redelivery_guard_timeout)
+
+
+class Verdict(enum.Enum):
+    IGNORE = "ignore"
+    DEFER = "defer"
+    RUN = "run"
+
+
+def verdict(task: Any, request: Any, finished: Finished, settings: Settings) -> tuple[Verdict, float]:
+    """What a copy of a finished attempt gets, and for ``DEFER`` how many seconds from now it looks again."""
+    if finished.attempt > (request.retries or 0) or not finished.stores_result or not stores_results(task):
+        return Verdict.IGNORE, 0.0
+    try:
+        state = task.AsyncResult(request.id).state
+    except Exception:
+        return Verdict.DEFER, 1.0  # the result backend cannot tell now
+    if state in states.READY_STATES:
+        return Verdict.IGNORE, 0.0
+    grace = Lease(settings.heartbeat_timeout).ttl
+    waited = time.time() - finished.at
+    if waited < grace:
+        return Verdict.DEFER, max(0.5, min(2.0, grace - waited))
+    return Verdict.RUN, 0.0
