@@ -7,6 +7,8 @@
 #   bash scripts/soak.sh --short            about 75 s of load, 3 workers (what CI runs; 2-3 minutes in all)
 #   bash scripts/soak.sh --minutes 20       a longer soak, 4 workers
 #   bash scripts/soak.sh --policy wait      duplicate executions wait instead of being rejected
+#   bash scripts/soak.sh --pool gevent      gevent workers (their tasks compute without yielding: --body cpu)
+#   bash scripts/soak.sh --broker amqp      RabbitMQ as the broker, with its faults (connections closed, restarts)
 #
 # PYTHON and VENV choose the interpreter and the virtualenv.
 set -euo pipefail
@@ -16,6 +18,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 ensure_redis_server
+case " $* " in *" --broker amqp "*|*" --broker=amqp "*) ensure_rabbitmq_server ;; esac
 # The soak lists a worker's pool processes with pgrep (Debian: procps).
 if ! command -v pgrep >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

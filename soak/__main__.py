@@ -1,9 +1,11 @@
-"""The soak's driver: ``python -m soak [--short|--minutes N] [--policy reject|wait] [--seed S] [--keep]``.
+"""The soak's driver: ``python -m soak [--short|--minutes N] [--policy reject|wait] [--pool P] [--broker B] ...``.
 
 Run it with ``bash scripts/soak.sh``, which installs what it needs. Phases:
 
-1. start three redis-servers (lock store, broker and backend, records) and
-   the workers (3 in short mode, 4 otherwise), and wait until they are ready;
+1. start three redis-servers (lock store, broker and backend, records), with
+   ``--broker amqp`` a RabbitMQ node too (the broker then), and the workers
+   (3 in short mode, 4 otherwise; on ``--pool``, prefork by default), and
+   wait until they are ready;
 2. load: 3 publisher threads make about 20 calls/s over 16 keys while a
    fault is injected every 1.5-3 s (``soak.faults``);
 3. drain: stop both; make sure every worker runs; once the broker's
@@ -15,10 +17,11 @@ Run it with ``bash scripts/soak.sh``, which installs what it needs. Phases:
 
 Then it prints its figures (see ``soak.report``) and exits 1 if two
 executions of one call overlapped, an accepted call's result is not in a
-ready state, a lock was left, or a killed worker's running lock blocked its
-key for more than ``heartbeat_timeout + 5`` seconds (with ``--policy wait``,
-also if an accepted call was not followed by an execution); 2 if the soak
-itself could not run. A message that Celery itself lost (kombu's Redis
+ready state, a lock was left, a call's body ran to its end twice without a
+kill cutting the first run short at its end, or a killed worker's running
+lock blocked its key for more than ``heartbeat_timeout + 5`` seconds (with
+``--policy wait``, also if an accepted call was not followed by an
+execution); 2 if the soak itself could not run. A message that Celery itself lost (kombu's Redis
 transport loses one a worker took off the queue and was killed before it
 recorded it) leaves its result pending and its queue lock in place, whatever
 the library does: those are counted and shown, and fail the soak only with
@@ -54,7 +57,7 @@ from celery_once_task import OnceTask
 from celery_once_task.ownership import Lease
 from soak import report
 from soak.cluster import Servers, SoakWorker
-from soak.faults import KINDS, FaultLog, Faults
+from soak.faults import FaultLog, Faults, kinds
 from soak.load import ACCEPTED, DROPPED, ERROR, REFUSED, Call, Publishers
 
 PUBLISHER_THREADS = 3
@@ -79,6 +82,9 @@ class Plan:
     keep: bool
     #: Fail on messages Celery lost too.
     strict: bool
+    pool: str = "prefork"
+    broker: str = "redis"
+    body: str = "sleep"
 
     @property
     def lease(self) -> Lease:
@@ -92,15 +98,23 @@ def parse(argv: Optional[Sequence[str]]) -> Plan:
     length.add_argument("--minutes", type=float, default=10.0, help="minutes of load (default 10), 4 workers")
     parser.add_argument("--policy", choices=("reject", "wait"), default="reject",
                         help="what a duplicate execution gets (running_lock_conflict)")
+    parser.add_argument("--pool", choices=("prefork", "threads", "gevent", "solo"), default="prefork",
+                        help="the workers' pool")
+    parser.add_argument("--broker", choices=("redis", "amqp"), default="redis",
+                        help="the broker: Redis, or a RabbitMQ node of the soak's own (amqp)")
+    parser.add_argument("--body", choices=("sleep", "cpu"), default=None,
+                        help="what the task does: sleeps, or computes without yielding, one call in five for longer "
+                             "than a lease (default: cpu on gevent, sleep otherwise)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault and key choices")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir even when every check passed")
     parser.add_argument("--strict", action="store_true",
                         help="fail on results left pending and queue locks left by messages Celery lost, too")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    body = args.body or ("cpu" if args.pool == "gevent" else "sleep")
     if args.short:
-        return Plan(75.0, 3, 60.0, args.policy, seed, args.keep, args.strict)
-    return Plan(args.minutes * 60, 4, 120.0, args.policy, seed, args.keep, args.strict)
+        return Plan(75.0, 3, 60.0, args.policy, seed, args.keep, args.strict, args.pool, args.broker, body)
+    return Plan(args.minutes * 60, 4, 120.0, args.policy, seed, args.keep, args.strict, args.pool, args.broker, body)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -134,7 +148,8 @@ class Soak:
     def run(self) -> bool:
         plan = self.plan
         app = importlib.import_module("soak.app")
-        self.log(f"soak: policy {plan.policy}, {plan.workers} workers, {plan.load_seconds:.0f}s of load, seed "
+        self.log(f"soak: policy {plan.policy}, {plan.workers} {plan.pool} workers, broker {plan.broker}, body "
+                 f"{plan.body}, {plan.load_seconds:.0f}s of load, seed "
                  f"{plan.seed}, heartbeat_timeout {HEARTBEAT_TIMEOUT}s (lease ttl {plan.lease.ttl:.1f}s), "
                  f"visibility_timeout {VISIBILITY_TIMEOUT}s; logs in {self.directory}")
         if plan.policy != "reject" and not hasattr(OnceTask, "running_lock_conflict"):
@@ -146,7 +161,7 @@ class Soak:
 
         publishers = Publishers(app.work, threads=PUBLISHER_THREADS, rate=CALLS_PER_SECOND, keys=app.KEYS,
                                 seed=plan.seed)
-        faults = Faults(self.servers, self.workers, self.log, random.Random(plan.seed))
+        faults = Faults(self.servers, self.workers, self.log, random.Random(plan.seed), kinds(plan.pool, plan.broker))
         began = time.time()
         self.log("load: publishing and injecting faults")
         publishers.start()
@@ -193,6 +208,7 @@ class Soak:
         self.log("drain: restarting every worker: a starting consumer restores the unacked messages of killed "
                  "workers")
         for worker in self.workers:
+            faults.restarts.append(time.time())
             killed = worker.terminate(60)
             if killed:
                 faults.record_kills(killed, time.time(), worker.name, "drain", first_is_main=True)
@@ -217,8 +233,8 @@ class Soak:
             # worker can never be ready: seen twice, a second apart, it is
             # not worth the rest of the deadline.
             in_broker = self.in_broker()
-            nowhere = {task_id for task_id in pending if task_id not in in_broker}
-            if len(nowhere) == len(pending) and nowhere <= hopeless:
+            nowhere = {task_id for task_id in pending if in_broker is not None and task_id not in in_broker}
+            if nowhere and len(nowhere) == len(pending) and nowhere <= hopeless:
                 self.log(f"drain: {len(pending)} of {len(ids)} results not ready, and their messages are not in the "
                          "broker any more")
                 break
@@ -270,13 +286,19 @@ class Soak:
                  for outcome in (ACCEPTED, DROPPED, REFUSED, ERROR)}
         # What Celery lost is told apart from what the library did (see report.lost_by_broker).
         logged = {call.result.id for call in stuck if self.log_lines(call.result.id)}
-        lost = report.lost_by_broker(stuck, runs, self.in_broker(), logged, faults.kills)
+        republished = {call.result.id: t for call in stuck if (t := self.republished_last(call.result.id)) is not None}
+        stopped = [kill.t for kill in faults.kills if kill.main] + faults.restarts
+        in_broker = self.in_broker()
+        # Only kombu's Redis transport loses a message that way; RabbitMQ keeps what it handed out.
+        lost = (report.lost_by_broker(stuck, runs, in_broker, logged, republished, stopped)
+                if in_broker is not None else [])
         lost_ids = {call.result.id for call in lost}
         locks_of_lost = [lock for lock in locks_left if lock[0].endswith(":queue") and lock[1] in lost_ids]
         ended_by_kill = sum(1 for run in runs if run.ended_by == "kill")
         without_end = sum(1 for run in runs if run.ended_by == "unknown")
 
-        self.say(f"policy: {plan.policy}; workers: {plan.workers}; seed: {plan.seed}; heartbeat_timeout: "
+        self.say(f"policy: {plan.policy}; workers: {plan.workers} ({plan.pool}); broker: {plan.broker}; body: "
+                 f"{plan.body}; seed: {plan.seed}; heartbeat_timeout: "
                  f"{HEARTBEAT_TIMEOUT}s (lease ttl {plan.lease.ttl:.1f}s); visibility_timeout: {VISIBILITY_TIMEOUT}s")
         self.say(f"calls made: {len(calls)}")
         self.say(f"accepted: {count[ACCEPTED]}")
@@ -286,17 +308,22 @@ class Soak:
         self.say(f"refused: {count[REFUSED]}")
         self.say(f"publish errors: {count[ERROR]}")
         rerun = report.run_again(runs)
+        stored = {str(record["execution"]) for record in records if record["event"] == "stored"}
+        twice, cut_short = report.completed_twice(runs, stored)
         self.say(f"executions run: {len(runs)} ({ended_by_kill} ended by a kill, {without_end} without an end; "
-                 f"{len({run.task_id for run in runs})} task ids, {len(rerun)} run again after a finished execution: "
-                 "redelivered, their worker died before the ack)")
+                 f"{len({run.task_id for run in runs})} task ids, {len(rerun)} run again after an execution that "
+                 "reached its end)")
+        self.say(f"executions completed twice: {len(twice)}" + (
+            f" ({len(cut_short)} of them because the first run's process was killed between its end and its result: "
+            "at least once)" if cut_short else ""))
         self.say(f"rejected (OnceTaskLocked results): {report.rejected(calls, states)}")
-        self.say("faults: " + ", ".join(f"{kind} {faults.counts[kind]}" for kind in KINDS))
+        self.say("faults: " + ", ".join(f"{kind} {faults.counts[kind]}" for kind in faults.kinds))
         self.say(f"duration: {ended - began:.1f}s (load {load_ended - began:.1f}s, drain and lease wait "
                  f"{ended - load_ended:.1f}s)")
         self.say(f"overlaps: {len(overlapping)}")
         self.say(f"results not terminal: {len(stuck)}" + (
-            f" ({len(lost)} of them lost by Celery: messages taken off the broker by a worker SIGKILLed before it "
-            "recorded their delivery)" if lost else ""))
+            f" ({len(lost)} of them lost by Celery: messages taken off the broker by a worker killed or stopped "
+            "before it recorded their delivery)" if lost else ""))
         self.say(f"locks left after heartbeat_timeout: {len(locks_left)}" + (
             f" ({len(locks_of_lost)} of them the queue locks of messages Celery lost; they expire after "
             "queue_lock_timeout)" if locks_of_lost else ""))
@@ -310,6 +337,8 @@ class Soak:
         failures = []
         if overlapping:
             failures.append("overlaps")
+        if twice - cut_short:
+            failures.append("executions completed twice")
         # Celery's losses fail the soak only with --strict: they happen
         # whatever the library does, in a few runs out of ten.
         if len(stuck) > (0 if plan.strict else len(lost)):
@@ -330,7 +359,7 @@ class Soak:
             self.say(f"publish errors seen: {'; '.join(errors[:3])}")
         self.say(f"result: {'FAIL (' + ', '.join(failures) + ')' if failures else 'PASS'}")
 
-        details = self.details(t0, runs, overlapping, stuck, lost_ids, locks_left, unfollowed)
+        details = self.details(t0, runs, overlapping, stuck, lost_ids, locks_left, unfollowed, twice - cut_short)
         self.write_files(records, calls, states, details)
         return not failures
 
@@ -340,9 +369,13 @@ class Soak:
 
     def details(self, t0: float, runs: list[report.Execution], overlapping: list[tuple[report.Execution,
                 report.Execution]], stuck: list[Call], lost_ids: set[str], locks_left: list[tuple[str, str, int]],
-                unfollowed: list[Call]) -> list[str]:
+                unfollowed: list[Call], twice: set[str]) -> list[str]:
         """What a reader needs to reproduce each failure; the first few are printed too."""
         lines: list[str] = [f"times are seconds since {t0:.3f} ({_utc(t0)} UTC), as in faults.log"]
+        for task_id in sorted(twice):
+            ran = [run for run in runs if run.task_id == task_id]
+            lines.append(f"completed twice: task {task_id}: " + " | ".join(report.describe(run, t0) for run in ran))
+            lines.extend(f"    {line}" for line in self.log_lines(task_id))
         for first, second in overlapping:
             lines.append(f"overlap on key {first.key}: {report.describe(first, t0)} | {report.describe(second, t0)}")
         by_task: dict[str, list[report.Execution]] = {}
@@ -374,17 +407,30 @@ class Soak:
                           for item in broker.lrange(key, 0, -1))
         return queued, b"".join(_bytes(item) for item in broker.hvals("unacked"))
 
-    def in_broker(self) -> set[str]:
-        """The task ids of the messages the broker still has, queued or unacked."""
+    def in_broker(self) -> Optional[set[str]]:
+        """The task ids of the messages the broker still has, queued or unacked; None where it cannot be read."""
+        if self.servers.rabbit is not None:
+            return None  # RabbitMQ's messages cannot be read without taking them
         queued, unacked = self.broker_messages()
         return {match.decode() for match in _TASK_ID.findall(queued + unacked)}
 
     def whereabouts(self, task_id: str) -> str:
         """Where the broker has the message: queued, delivered but unacked, or nowhere."""
+        if self.servers.rabbit is not None:
+            return "in RabbitMQ, or not (it cannot be read)"
         queued, unacked = self.broker_messages()
         where = [name for name, blob in (("queued", queued), ("delivered, unacked", unacked))
                  if task_id.encode() in blob]
         return " and ".join(where) if where else "not in the broker"
+
+    def republished_last(self, task_id: str) -> Optional[float]:
+        """When the library last published the call's message again, if no worker logged anything of it after."""
+        lines = sorted((line.split("] ", 1)[0], line) for worker in self.workers
+                       for line in _lines(worker.log_path) if task_id in line and line.startswith("[20"))
+        if not lines or "deferred by" not in lines[-1][1]:
+            return None
+        stamp = lines[-1][0].lstrip("[").split(": ", 1)[0]
+        return time.mktime(time.strptime(stamp.split(",")[0], "%Y-%m-%d %H:%M:%S")) + int(stamp.split(",")[1]) / 1000
 
     def log_lines(self, task_id: str, limit: int = 8) -> list[str]:
         found: list[str] = []
@@ -411,6 +457,11 @@ class Soak:
 _TASK_ID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+def _lines(path: Path) -> list[str]:
+    with open(path, errors="replace") as log:
+        return log.read().splitlines()
+
+
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
@@ -434,12 +485,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(filename=directory / "publisher.log", level=logging.INFO,
                         format="[%(asctime)s: %(levelname)s/%(threadName)s] %(name)s: %(message)s")
     status = 2
-    servers = Servers()
+    servers: Optional[Servers] = None
     workers: list[SoakWorker] = []
     try:
-        env = servers.environment(HEARTBEAT_TIMEOUT, VISIBILITY_TIMEOUT, plan.policy)
+        servers = Servers(plan.broker)
+        env = servers.environment(HEARTBEAT_TIMEOUT, VISIBILITY_TIMEOUT, plan.policy, plan.body)
         os.environ.update(env)  # read by soak.app, here and in the workers
-        workers = [SoakWorker(index, directory, env) for index in range(1, plan.workers + 1)]
+        workers = [SoakWorker(index, directory, env, plan.pool) for index in range(1, plan.workers + 1)]
         status = 0 if Soak(plan, servers, workers, log, directory).run() else 1
     except BaseException:
         traceback.print_exc()
@@ -449,11 +501,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # are collected: let that happen while it still runs.
         gc.collect()
         shut_down(workers)
-        if status:
-            with contextlib.suppress(Exception):
-                servers.locks.resume()
-                shutil.copytree(servers.locks.dir, directory / "lock-store")
-        servers.stop()
+        if servers is not None:
+            if status:
+                with contextlib.suppress(Exception):
+                    servers.locks.resume()
+                    shutil.copytree(servers.locks.dir, directory / "lock-store")
+            servers.stop()
     if status or plan.keep:
         print(f"logs, records and details kept in {directory}", flush=True)
     else:

@@ -6,9 +6,12 @@ the broker's visibility timeout and the policy for a duplicate execution.
 The driver imports it too, to publish.
 
 ``work`` records its start and its end in the records server -- time, pid,
-the pid of its worker's main process, node name, task id, attempt, key -- and
-sleeps between the two, so that the driver can tell afterwards which
-executions of one key ran at the same time.
+the pid of its worker's main process, node name, task id, attempt, key --
+and once its result is stored, that too (``stored``),
+and works between the two: it sleeps, or with ``--body cpu`` it computes
+without yielding to a gevent hub, one call in five for longer than a lease;
+so that the driver can tell afterwards which executions of one key ran at
+the same time.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ VISIBILITY_TIMEOUT = int(os.environ.get("SOAK_VISIBILITY_TIMEOUT", "8"))
 POLICY = os.environ.get("SOAK_POLICY", "reject")
 if POLICY not in POLICIES:
     raise RuntimeError(f"SOAK_POLICY must be one of {', '.join(POLICIES)}, got {POLICY!r}")
+BODY = os.environ.get("SOAK_BODY", "sleep")
 
 app = Celery("soak", broker=BROKER_URL, backend=BACKEND_URL)
 app.conf.update(
@@ -83,8 +87,21 @@ def record(event: str, **fields: Any) -> None:
     _records.rpush(RECORDS_KEY, json.dumps({"event": event, "t": time.time(), **fields}))
 
 
+#: The records of the executions running in this process, by task id: their "stored" event names them.
+_running: dict[str, dict[str, Any]] = {}
+
+
+class RecordedTask(OnceTask):
+    """Records "stored" once Celery has stored an execution's result (``on_success`` runs after that)."""
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        fields = _running.pop(task_id, None)
+        if fields is not None:
+            record("stored", **fields)
+
+
 @app.task(
-    base=OnceTask,
+    base=RecordedTask,
     bind=True,
     name="soak.work",
     acks_late=True,
@@ -103,6 +120,14 @@ def work(self: Any, key_index: int) -> int:
         "worker": self.request.hostname,
     }
     record("start", **fields)
-    time.sleep(random.uniform(0.05, 0.5))  # the work it stands for
+    _running[self.request.id] = fields
+    if BODY == "cpu":
+        # Computes without yielding to a gevent hub: one call in five for longer than a lease.
+        seconds = random.uniform(1.2, 2.4) * HEARTBEAT_TIMEOUT if random.random() < 0.2 else random.uniform(0.05, 0.5)
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            pass
+    else:
+        time.sleep(random.uniform(0.05, 0.5))  # the work it stands for
     record("end", **fields)
     return key_index

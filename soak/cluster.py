@@ -1,13 +1,16 @@
-"""What the soak runs on: its three redis-servers and its worker subprocesses.
+"""What the soak runs on: its redis-servers, its RabbitMQ node, and its worker subprocesses.
 
 * the lock store, kept with an append-only file (``appendfsync always``), so
   that a SIGKILL and a restart keep every lock it acknowledged;
-* the broker and result backend;
+* the broker and result backend: one redis-server for both, or with
+  ``--broker amqp`` a RabbitMQ node of the soak's own (``tests.rabbitmq``)
+  and the redis-server for the results;
 * the records server, where the tasks record their executions; never faulted.
 
-Workers are ``celery worker`` subprocesses running ``soak.app`` (prefork, two
-pool processes). Each keeps one log file across its restarts, in the soak's
-directory, each start headed by a line with its pid.
+Workers are ``celery worker`` subprocesses running ``soak.app`` on the pool
+the soak was given (two processes or threads; solo runs one task at a time).
+Each keeps one log file across its restarts, in the soak's directory, each
+start headed by a line with its pid.
 """
 
 from __future__ import annotations
@@ -21,21 +24,32 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from tests.rabbitmq import RabbitNode
 from tests.support import ROOT, RedisServer
 
 
 class Servers:
-    """The soak's redis-servers, each on a free port in a temp dir of its own."""
+    """The soak's servers, each on free ports in a temp dir of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, broker: str = "redis") -> None:
         self.locks = RedisServer(appendonly=True)
+        #: The broker with ``--broker redis``; the result backend either way.
         self.broker = RedisServer()
         self.records = RedisServer()
+        self.rabbit: Optional[RabbitNode] = None
+        self.vhost = ""
+        if broker == "amqp":
+            self.rabbit = RabbitNode()
+            self.vhost = self.rabbit.add_vhost("soak")
 
-    def environment(self, heartbeat_timeout: int, visibility_timeout: int, policy: str) -> dict[str, str]:
+    @property
+    def broker_url(self) -> str:
+        return self.rabbit.url(self.vhost) if self.rabbit is not None else f"{self.broker.url}/0"
+
+    def environment(self, heartbeat_timeout: int, visibility_timeout: int, policy: str, body: str) -> dict[str, str]:
         """What ``soak.app`` reads."""
         return {
-            "SOAK_BROKER_URL": f"{self.broker.url}/0",
+            "SOAK_BROKER_URL": self.broker_url,
             "SOAK_BACKEND_URL": f"{self.broker.url}/1",
             # Lock operations give up on a stalled store after a second, and
             # are retried by Celery's publish retry policy.
@@ -44,6 +58,7 @@ class Servers:
             "SOAK_HEARTBEAT_TIMEOUT": str(heartbeat_timeout),
             "SOAK_VISIBILITY_TIMEOUT": str(visibility_timeout),
             "SOAK_POLICY": policy,
+            "SOAK_BODY": body,
         }
 
     def stop(self) -> None:
@@ -52,13 +67,19 @@ class Servers:
                 server.stop()
             except Exception as exc:  # the others must stop all the same
                 print(f"redis-server on port {server.port} did not stop: {exc}", file=sys.stderr)
+        if self.rabbit is not None:
+            try:
+                self.rabbit.stop()
+            except Exception as exc:
+                print(f"RabbitMQ node {self.rabbit.name} did not stop: {exc}", file=sys.stderr)
 
 
 class SoakWorker:
     """One ``celery worker`` of the soak, which can be killed and started again under the same node name."""
 
-    def __init__(self, index: int, log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, index: int, log_dir: Path, env: dict[str, str], pool: str = "prefork") -> None:
         self.name = f"soak{index}@{socket.gethostname()}"
+        self.pool = pool
         self.log_path = log_dir / f"worker-soak{index}.log"
         self.env = {**os.environ, **env}
         self.process: Optional[subprocess.Popen[bytes]] = None
@@ -71,7 +92,8 @@ class SoakWorker:
             log.write(f"=== soak: start {self.starts + 1} of {self.name} at {time.time():.3f}\n")
             log.flush()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "soak.app", "worker", "-P", "prefork", "-c", "2",
+                [sys.executable, "-m", "celery", "-A", "soak.app", "worker", "-P", self.pool,
+                 "-c", "1" if self.pool == "solo" else "2",
                  "-n", self.name, "-l", "info", "--without-mingle", "--without-gossip", "--without-heartbeat"],
                 cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )

@@ -9,7 +9,17 @@ Every 1.5-3 s one of:
 * ``lock_stall``: SIGSTOP of the lock store for 2-4 s, then SIGCONT;
 * ``lock_restart``: SIGKILL of the lock store, started again from its
   append-only file;
-* ``broker_stall``: SIGSTOP of the broker and result backend for 2 s.
+* ``broker_stall``: SIGSTOP of the broker and result backend for 2 s (with
+  RabbitMQ as the broker, of the result backend alone);
+* with RabbitMQ as the broker, ``broker_close``: the broker closes every
+  connection (as a network failure or a load balancer would), and the
+  workers' unacknowledged messages are handed out again at once while their
+  executions still run or have just ended;
+* and ``broker_restart``: the RabbitMQ node is stopped and started again,
+  with every message in flight back in its queue.
+
+``child_kill`` needs pool processes: it is made on prefork workers only.
+``kinds(pool, broker)`` says which faults a soak makes.
 
 A fault whose target is still recovering from an earlier one (a stalled
 server, a worker not ready yet) is not chosen, and at least one worker other
@@ -37,13 +47,24 @@ from redis.exceptions import RedisError
 
 from soak.cluster import Servers, SoakWorker
 
-KINDS = ("child_kill", "worker_kill", "warm_restart", "lock_stall", "lock_restart", "broker_stall")
+KINDS = ("child_kill", "worker_kill", "warm_restart", "lock_stall", "lock_restart", "broker_stall", "broker_close",
+         "broker_restart")
 _WORKER_FAULTS = ("child_kill", "worker_kill", "warm_restart")
+_BROKER_FAULTS = ("broker_stall", "broker_close", "broker_restart")
+
+
+def kinds(pool: str, broker: str) -> tuple[str, ...]:
+    """The faults of a soak on ``pool`` workers with ``broker``."""
+    return tuple(kind for kind in KINDS
+                 if (kind != "child_kill" or pool == "prefork")
+                 and (kind not in ("broker_close", "broker_restart") or broker == "amqp"))
 
 #: How long a warm shutdown may take before the worker is SIGKILLed (tasks last 0.5 s at most).
 WARM_SHUTDOWN_TIMEOUT = 30.0
 #: How long after a worker's death its locks are watched: far longer than a lease.
 WATCH_SECONDS = 60.0
+#: At most one RabbitMQ node restart in this many seconds.
+RESTART_EVERY = 25.0
 
 
 def _clock(t: float) -> str:
@@ -101,13 +122,18 @@ class BlockedKey:
 class Faults:
     """The fault thread, and the actions (resumes, restarts) it leaves running in the background."""
 
-    def __init__(self, servers: Servers, workers: list[SoakWorker], log: FaultLog, rng: random.Random) -> None:
+    def __init__(self, servers: Servers, workers: list[SoakWorker], log: FaultLog, rng: random.Random,
+                 kinds: tuple[str, ...] = KINDS) -> None:
+        self.kinds = kinds
         self.servers = servers
         self.workers = workers
         self.log = log
         self.rng = rng
         self.counts: Counter[str] = Counter()
         self.kills: list[Kill] = []
+        #: When each warm restart sent its SIGTERM.
+        self.restarts: list[float] = []
+        self._last_restart = 0.0
         self.blocked: list[BlockedKey] = []
         #: When the last fault ended (a server resumed or started, a worker killed or stopped).
         self.last_fault_at = time.time()
@@ -136,7 +162,7 @@ class Faults:
 
     def _run(self) -> None:
         while not self._stop.wait(self.rng.uniform(1.5, 3.0)):
-            kinds = [kind for kind in KINDS if self._possible(kind)]
+            kinds = [kind for kind in self.kinds if self._possible(kind)]
             if not kinds:
                 continue
             kind = self.rng.choice(kinds)
@@ -150,7 +176,9 @@ class Faults:
             idle = self._idle_workers()
             # A whole worker goes down only while another one runs.
             return len(idle) >= (1 if kind == "child_kill" else 2)
-        target = "broker" if kind == "broker_stall" else "locks"
+        if kind == "broker_restart" and time.time() - self._last_restart < RESTART_EVERY:
+            return False  # a node restart takes seconds: now and then, between the other faults
+        target = "broker" if kind in _BROKER_FAULTS else "locks"
         return target not in self._busy
 
     def _idle_workers(self) -> list[SoakWorker]:
@@ -220,6 +248,7 @@ class Faults:
 
         def restart() -> None:
             self._count("warm_restart")
+            self.restarts.append(time.time())
             self.log(f"warm_restart: SIGTERM {worker.name} pid {worker.pid}")
             began = time.time()
             killed = worker.terminate(WARM_SHUTDOWN_TIMEOUT)
@@ -265,16 +294,44 @@ class Faults:
 
     def _broker_stall(self) -> None:
         server = self.servers.broker
+        what = "result backend" if self.servers.rabbit is not None else "broker and result backend"
 
         def stall() -> None:
             server.pause()
             self._count("broker_stall")
-            self.log("broker_stall: SIGSTOP broker and result backend for 2.0s")
+            self.log(f"broker_stall: SIGSTOP {what} for 2.0s")
             time.sleep(2.0)
             server.resume()
-            self.log("broker_stall: SIGCONT broker and result backend")
+            self.log(f"broker_stall: SIGCONT {what}")
 
         self._later("broker", stall)
+
+    def _broker_close(self) -> None:
+        rabbit = self.servers.rabbit
+        assert rabbit is not None
+
+        def close() -> None:
+            rabbit.close_connections(self.servers.vhost, "soak: broker_close")
+            self._count("broker_close")
+            self.log("broker_close: RabbitMQ closed every connection; unacknowledged messages are handed out again")
+            time.sleep(1.0)
+
+        self._later("broker", close)
+
+    def _broker_restart(self) -> None:
+        rabbit = self.servers.rabbit
+        assert rabbit is not None
+
+        self._last_restart = time.time()
+
+        def restart() -> None:
+            self._count("broker_restart")
+            self.log("broker_restart: stopping the RabbitMQ node")
+            began = time.time()
+            rabbit.restart()
+            self.log(f"broker_restart: RabbitMQ node started again after {time.time() - began:.1f}s")
+
+        self._later("broker", restart)
 
     # -- the locks of a killed worker ---------------------------------------
 

@@ -162,20 +162,35 @@ def describe(run: Execution, t0: float) -> str:
 
 
 def lost_by_broker(stuck: Sequence[Call], runs: Sequence[Execution], in_broker: set[str], logged: set[str],
-                   kills: Iterable[Kill]) -> list[Call]:
+                   republished: Mapping[str, float], consumers_stopped: Sequence[float]) -> list[Call]:
     """The calls not terminal whose message the broker transport lost, not the library.
 
     kombu's Redis transport takes a message off its queue (BRPOP) before it
-    records it as delivered and unacknowledged; a worker killed in between
-    loses it. Such a message never ran, no worker logged it (Celery logs
-    "received" only after recording it), it is neither queued nor
-    unacknowledged, and a worker's main process was SIGKILLed after the call.
+    records it as delivered and unacknowledged; a worker that stops in
+    between loses it -- killed, or (a gevent worker whose hub a computing task
+    starves holds the popped message unread for seconds) shut down. Such a
+    message is neither queued nor unacknowledged, no worker logged it
+    (Celery logs "received" only after recording it), and a worker's main
+    process was killed or stopped after it was published: the call's own
+    message, never run; or a copy the library published again (deferred),
+    whose publishing is the last any worker logged of the call
+    (``republished``: task id -> when).
     """
     ran = {run.task_id for run in runs}
-    consumer_kills = [kill.t for kill in kills if kill.main]
-    return [call for call in stuck
-            if call.result.id not in ran and call.result.id not in in_broker and call.result.id not in logged
-            and any(t >= call.t for t in consumer_kills)]
+
+    def lost(call: Call) -> bool:
+        task_id = call.result.id
+        if task_id in in_broker:
+            return False
+        if task_id in republished:
+            since = republished[task_id]
+        elif task_id not in ran and task_id not in logged:
+            since = call.t
+        else:
+            return False
+        return any(t >= since for t in consumers_stopped)
+
+    return [call for call in stuck if lost(call)]
 
 
 def run_again(runs: Sequence[Execution]) -> set[str]:
@@ -194,6 +209,24 @@ def run_again(runs: Sequence[Execution]) -> set[str]:
         if run.ended_by == "end":
             ended.add(run.task_id)
     return again
+
+
+def completed_twice(runs: Sequence[Execution], stored: set[str]) -> tuple[set[str], set[str]]:
+    """Task ids whose body ran to its end more than once; and those of them whose first run's result was lost.
+
+    ``stored``: the executions whose result Celery stored (their "stored"
+    record). Lost: the first run to end never had its result stored -- its
+    process was killed between the end of its body and its result -- so a
+    second run is the promised at-least-once. Any other is a finished call
+    run again.
+    """
+    ends: dict[str, list[Execution]] = defaultdict(list)
+    for run in runs:
+        if run.ended_by == "end":
+            ends[run.task_id].append(run)
+    twice = {task_id for task_id, ended in ends.items() if len(ended) > 1}
+    lost = {task_id for task_id in twice if min(ends[task_id], key=lambda run: run.until).execution not in stored}
+    return twice, lost
 
 
 def dropped_behind(calls: Sequence[Call], lost: Sequence[Call]) -> int:

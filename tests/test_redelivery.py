@@ -8,6 +8,7 @@ worker that starts once its ``visibility_timeout`` has passed.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -20,7 +21,7 @@ from celery_once_task.ownership import Lease, RunningOwner
 from celery_once_task.redelivery import Finished
 from celery_once_task.store import FinishedCheck, FinishedRecord, LockStore
 from tests import worker_app as tasks
-from tests.support import Worker, events, lock_key_of, running_worker, wait_until
+from tests.support import Worker, events, lock_key_of, running_worker, started, wait_until
 
 #: The core tests run with RabbitMQ as the broker too (see conftest).
 pytestmark = pytest.mark.any_broker
@@ -74,7 +75,15 @@ def test_execution_whose_result_was_lost_with_its_worker_runs_again(redis_server
     assert result.state == states.PENDING  # released, and killed before it stored its result
     with running_worker(redis_server.port, f"heir-{tag[:6]}", queues=queue, env=ENV) as heir:
         assert result.get(timeout=LEASE.ttl + 20) == tag
-        assert f"{result.id}]: lock recovered: this attempt ended but its result was never stored" in heir.read_log()
+        assert f"{result.id}]: lock recovered: this attempt ended but its result was never stored (its worker is " \
+               "gone)" in heir.read_log()
+    assert len(events(recs, tag, "run")) == 2
+
+
+def test_execution_whose_result_was_lost_with_its_pool_process_runs_again(worker: Any, recs: Any) -> None:
+    tag = uuid.uuid4().hex
+    result = tasks.lost_result_in_pool.delay(tag)  # its pool process dies: the broker delivers it again
+    assert result.get(timeout=30) == tag
     assert len(events(recs, tag, "run")) == 2
 
 
@@ -87,13 +96,17 @@ def test_a_new_call_with_the_task_id_of_a_finished_call_runs(worker: Any, recs: 
     wait_until(lambda: len(events(recs, tag, "run")) == 2, what="the second call with the same id to run")
 
 
-def test_a_finished_execution_leaves_its_record_and_no_lock(worker: Any, locks: Any) -> None:
+def test_a_finished_execution_leaves_its_record_and_no_lock(worker: Any, locks: Any, recs: Any) -> None:
     tag = uuid.uuid4().hex
-    result = tasks.echo.delay(tag)
+    result = tasks.gated.delay(tag)
+    started(recs, tag)
+    running = lock_key_of(tasks.gated, "running", tag)
+    holder = json.loads(locks.get(running))
+    recs.rpush(f"gate:{tag}", 1)
     result.get(timeout=20)
-    running = lock_key_of(tasks.echo, "running", tag)
     record = Finished.parse(locks.get(finished_key(running, result.id)))
-    assert record is not None and (record.attempt, record.stores_result, record.call) == (0, True, "-")
+    assert record is not None
+    assert (record.attempt, record.call, record.instance, record.stores_result) == (0, "-", holder["instance"], True)
     assert 3500_000 < locks.pttl(finished_key(running, result.id)) <= 3600_000
     assert locks.exists(running) == 0
 
@@ -115,9 +128,9 @@ def test_an_earlier_attempt_never_replaces_the_record_of_a_later_one(locks: Any)
     # A retry that overtook the attempt that published it may release its lock first.
     for attempt in (1, 0):
         owner = RunningOwner(task_id, attempt, "w@host", "0123456789abcdef", True)
-        store.release_running(running, owner.token, FinishedRecord(key, Finished(attempt, True, 0, "-").value(), 60,
-                                                                   attempt, "-"))
-    assert Finished.parse(locks.get(key)) == Finished(1, True, 0.0, "-")
+        record = Finished(attempt, "-", "0123456789abcdef", 1, True, 0.0)
+        store.release_running(running, owner.token, FinishedRecord(key, record.value(), 60, attempt, "-"))
+    assert Finished.parse(locks.get(key)) == Finished(1, "-", "0123456789abcdef", 1, True, 0.0)
     copy = RunningOwner(task_id, 0, "w@host", "0123456789abcdef", True)
     pickup = store.pickup(None, task_id, running, copy, 60, finished=FinishedCheck(key, 0, "-"))
     assert not pickup.acquired and pickup.finished is not None

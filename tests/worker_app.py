@@ -341,8 +341,18 @@ class DiesBeforeItsResult(OnceTask):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         value = super().__call__(*args, **kwargs)
         if not self.request.called_directly and attempts(f"{args[0]}:deaths") == 1:
-            _die_with_worker()
+            self.die()
         return value
+
+    def die(self) -> None:
+        _die_with_worker()
+
+
+class PoolProcessDiesBeforeItsResult(DiesBeforeItsResult):
+    """Its pool process alone dies after the first execution released its lock, before its result is stored."""
+
+    def die(self) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @app.task(base=DiesBeforeItsAck, acks_late=True)
@@ -359,6 +369,12 @@ def lost_ack_without_result(tag: str) -> str:
 
 @app.task(base=DiesBeforeItsResult, acks_late=True)
 def lost_result(tag: str) -> str:
+    record(tag, "run")
+    return tag
+
+
+@app.task(base=PoolProcessDiesBeforeItsResult, acks_late=True, reject_on_worker_lost=True)
+def lost_result_in_pool(tag: str) -> str:
     record(tag, "run")
     return tag
 

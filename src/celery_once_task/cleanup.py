@@ -16,8 +16,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from .janitor import Cleanup, janitor
-from .keys import DIGEST_HEADER, QUEUE, RUNNING, lock_key, well_formed_digest
+from .keys import DIGEST_HEADER, QUEUE, RUNNING, finished_key, lock_key, well_formed_digest
 from .ownership import RunningOwner
+from .redelivery import call_of_headers, result_stored, writer_instance, writer_prefix
 from .settings import resolve
 from .store import waiting_token
 from .waiting import WAITING
@@ -47,11 +48,14 @@ def release_locks(
     running: bool,
     reason: str,
     pid: Optional[int] = None,
+    unfinished: bool = False,
 ) -> None:
     """Release the queue lock held by ``task_id`` and/or the running lock held by this attempt.
 
     ``pid``: the process that ran the execution; its running lock is released
-    once that process is gone.
+    once that process is gone. ``unfinished``: that process died before its
+    result was stored -- the finished record it may have written goes too,
+    so that a copy of the message runs (see ``redelivery``).
     """
     if not task_id or not is_once_task(task):
         return
@@ -71,8 +75,12 @@ def release_locks(
                 waiting = lock_key(task.name, digest, WAITING)
                 janitor.add(Cleanup(url, waiting, waiting_token(task_id), True, task, task_id, reason, options=options))
         if running:
-            token = RunningOwner.for_execution(task_id, retries).token
-            janitor.add(Cleanup(url, lock_key(task.name, digest, RUNNING), token, True, task, task_id, reason, pid,
-                                options=options))
+            owner = RunningOwner.for_execution(task_id, retries)
+            running_key = lock_key(task.name, digest, RUNNING)
+            janitor.add(Cleanup(url, running_key, owner.token, True, task, task_id, reason, pid, options=options))
+            if unfinished and pid is not None and not result_stored(task, task_id):
+                writer = writer_prefix(owner.retries, call_of_headers(headers), writer_instance(), pid)
+                janitor.add(Cleanup(url, finished_key(running_key, task_id), writer, True, task, task_id, reason, pid,
+                                    options=options))
     except Exception:
         logger.exception("%s[%s]: lock operation failed: could not release its locks (%s)", task.name, task_id, reason)

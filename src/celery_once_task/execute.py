@@ -33,6 +33,7 @@ and the janitor deletes that lock by token as soon as the store answers.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
@@ -47,7 +48,7 @@ from .janitor import Cleanup, janitor
 from .keys import DIGEST_HEADER, QUEUE, RUNNING, finished_key, lock_key
 from .ownership import Lease, RunningOwner
 from .publish import release_or_leave_to_janitor
-from .redelivery import Finished, Verdict, call_of, ended, guard_seconds, verdict
+from .redelivery import Finished, Verdict, call_of, ended, guard_seconds, verdict, writer_instance
 from .settings import Settings
 from .signals import duplicate_execution, lock_recovered
 from .store import FinishedCheck, FinishedRecord, LockStore, RetryPolicy, waiting_token
@@ -147,7 +148,8 @@ def _finished_before(task: Any, settings: Settings, request: Any, store: LockSto
                      owner: RunningOwner, ttl: float, value: str) -> Any:
     """A copy of an attempt that ended: ignored, put off, or -- its result lost with its process -- picked up."""
     record = Finished.parse(value)
-    outcome, seconds = verdict(task, request, record, settings) if record else (Verdict.IGNORE, 0.0)
+    outcome, seconds = verdict(task, request, record, settings, store.instance_alive) if record else (
+        Verdict.IGNORE, 0.0)
     if outcome is Verdict.IGNORE:
         logger.info(
             "%s[%s]: execution ignored: this attempt already ran (a copy of its message delivered again; "
@@ -162,7 +164,7 @@ def _finished_before(task: Any, settings: Settings, request: Any, store: LockSto
         _defer(task, request, {}, seconds)
         raise Ignore()
     logger.warning(
-        "%s[%s]: lock recovered: this attempt ended but its result was never stored (its process ended first): "
+        "%s[%s]: lock recovered: this attempt ended but its result was never stored (its worker is gone): "
         "it runs again (lock %s)", task.name, request.id, running_key,
     )
     if running_key is not None:
@@ -311,7 +313,7 @@ def _wait_here(task: Any, request: Any, store: LockStore, held: Held, owner: Run
 
 
 def _record_rejection(task: Any, settings: Settings, store: LockStore, check: FinishedCheck, request: Any) -> None:
-    finished = Finished(check.attempt, True, time.time(), check.call)
+    finished = Finished(check.attempt, check.call, writer_instance(), os.getpid(), True, time.time())
     try:
         store.record_finished(FinishedRecord(check.key, finished.value(), guard_seconds(task, settings),
                                              check.attempt, check.call))

@@ -12,17 +12,20 @@ So an execution that held the running lock records its end when it
 releases it, in the same round trip and the same script: the *finished
 record* ``once_task_done:{<running key>}:<task id>`` (``keys.finished_key``,
 in the running key's Redis Cluster slot), valued
-``<attempt>:<r|n>:<time>:<call>``, kept for ``redelivery_guard_timeout``
-seconds (at least the Redis broker's ``visibility_timeout``):
+``<attempt>:<call>:<instance>:<pid>:<r|n>:<time>``, kept for
+``redelivery_guard_timeout`` seconds (at least the Redis broker's
+``visibility_timeout``):
 
 * the attempt that ended (a later attempt's record is never replaced by an
   earlier one's);
-* ``r`` where a result is being stored for it, ``n`` where none is (the body
-  ended with ``Ignore``, ``Reject`` or a retry, or the task ignores results);
-* when it ended;
 * which publish of the task id it was (the ``once_task_call`` header, given
   to calls whose task id the caller fixed, so that a new call made with the
-  same id is not taken for a copy of the old one; ``-`` for the rest).
+  same id is not taken for a copy of the old one; ``-`` for the rest);
+* who wrote it: the worker instance (``-`` without the boot step, which
+  keeps no heartbeat) and the process;
+* ``r`` where a result is being stored for it, ``n`` where none is (the body
+  ended with ``Ignore``, ``Reject`` or a retry, or the task ignores results);
+* when it ended.
 
 The pickup reads the record in the script that takes the running lock: a
 copy of a finished attempt is never given the lock, and costs nothing more
@@ -31,14 +34,19 @@ than the pickup it replaces. What the copy then gets (``verdict``):
 * ignored (acknowledged, nothing run, its result left as the first
   execution stored it) -- if a later attempt ended, if no result is kept, or
   if the result is stored;
-* put off for a moment -- if a result is due and not stored yet: the first
-  execution released its lock a moment ago and is storing it now;
-* run again -- if a result is due, still not stored a lease after the end:
-  the process ended between its release and its result (killed, or its
-  worker lost), and only a run can give the call its result.
+* put off for a moment -- if a result is due and not stored yet, and the
+  worker that wrote the record lives: it is storing it (a result backend
+  that stalls, or under gevent a task that computes in the greenlet next to
+  it, can make that take seconds);
+* run again -- if a result is due and the worker that wrote the record is
+  gone (its heartbeat expired; without a heartbeat, once a lease has passed):
+  only a run can give the call its result.
 
-An execution that did not end -- its process killed, the worker shut down
-cold -- records nothing, and its copy runs: at least once.
+A prefork pool process that dies after its release and before its result
+(the worker's main process sees ``WorkerLostError``) leaves its record
+deleted by the main process, unless a result was stored: its copy runs.
+An execution that did not end -- its process killed in the body, the worker
+shut down cold -- records nothing, and its copy runs: at least once.
 """
 
 from __future__ import annotations
@@ -46,12 +54,13 @@ from __future__ import annotations
 import enum
 import os
 import time
-from typing import Any, NamedTuple, Optional
+from collections.abc import Mapping
+from typing import Any, Callable, NamedTuple, Optional
 
 from celery import states
 from celery.exceptions import Ignore, Reject, Retry
 
-from .ownership import Lease
+from .ownership import INSTANCE, Lease, heartbeat_enabled
 from .settings import Settings
 
 #: The header of a call whose task id the caller fixed: which publish of that id it is.
@@ -65,24 +74,35 @@ def new_call() -> str:
 
 
 class Finished(NamedTuple):
-    """A finished record: which attempt of which publish ended, when, and whether a result follows."""
+    """A finished record: which attempt of which publish ended, who wrote it, whether a result follows, when."""
 
     attempt: int
+    call: str
+    #: The worker instance that ran it (``ownership.INSTANCE``); ``-`` where it keeps no heartbeat.
+    instance: str
+    pid: int
     stores_result: bool
     at: float
-    call: str
+
+    def writer(self) -> str:
+        """The value's prefix that names the attempt and the process that wrote it."""
+        return writer_prefix(self.attempt, self.call, self.instance, self.pid)
 
     def value(self) -> str:
-        return f"{self.attempt}:{'r' if self.stores_result else 'n'}:{self.at:.3f}:{self.call}"
+        return f"{self.writer()}{'r' if self.stores_result else 'n'}:{self.at:.3f}"
 
     @classmethod
     def parse(cls, value: str | bytes) -> Optional[Finished]:
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         try:
-            attempt, kind, at, call = text.split(":", 3)
-            return cls(int(attempt), kind == "r", float(at), call)
+            attempt, call, instance, pid, kind, at = text.split(":", 5)
+            return cls(int(attempt), call, instance, int(pid), kind == "r", float(at))
         except ValueError:
             return None
+
+
+def writer_prefix(attempt: int, call: str, instance: str, pid: int) -> str:
+    return f"{attempt}:{call}:{instance}:{pid}:"
 
 
 def ended(task: Any, outcome: Optional[BaseException]) -> Optional[Finished]:
@@ -98,16 +118,36 @@ def ended(task: Any, outcome: Optional[BaseException]) -> Optional[Finished]:
     if isinstance(outcome, Reject) and outcome.requeue:
         return None
     no_result = isinstance(outcome, (Ignore, Reject, Retry)) or not stores_results(task)
-    attempt = task.request.retries or 0
-    return Finished(int(attempt), not no_result, time.time(), call_of(task.request))
+    return Finished(int(task.request.retries or 0), call_of(task.request), writer_instance(), os.getpid(),
+                    not no_result, time.time())
+
+
+def writer_instance() -> str:
+    """This worker instance, as a record names it: ``-`` where it keeps no heartbeat to tell its death by."""
+    return INSTANCE if heartbeat_enabled() else "-"
 
 
 def call_of(request: Any) -> str:
-    headers = getattr(request, "headers", None)
+    """The call a request's message is (``NO_CALL`` without the header)."""
+    call = call_of_headers(getattr(request, "headers", None))
+    if call == NO_CALL:
+        call = call_of_headers({CALL_HEADER: getattr(request, CALL_HEADER, None)})
+    return call
+
+
+def call_of_headers(headers: Optional[Mapping[str, Any]]) -> str:
     call = headers.get(CALL_HEADER) if headers else None
-    if call is None:
-        call = getattr(request, CALL_HEADER, None)
     return call if isinstance(call, str) and call else NO_CALL
+
+
+def result_stored(task: Any, task_id: str) -> bool:
+    """Whether the result backend holds a final state for ``task_id`` (False where it cannot tell)."""
+    if not stores_results(task):
+        return False
+    try:
+        return bool(task.AsyncResult(task_id).state in states.READY_STATES)
+    except Exception:
+        return False
 
 
 def stores_results(task: Any) -> bool:
@@ -129,18 +169,25 @@ class Verdict(enum.Enum):
     RUN = "run"
 
 
-def verdict(task: Any, request: Any, finished: Finished, settings: Settings) -> tuple[Verdict, float]:
-    """What a copy of a finished attempt gets, and for ``DEFER`` how many seconds from now it looks again."""
+#: How long a copy waits before it looks again at a result that is being stored.
+LOOK_AGAIN = 2.0
+
+
+def verdict(task: Any, request: Any, finished: Finished, settings: Settings,
+            alive: Callable[[str], bool]) -> tuple[Verdict, float]:
+    """What a copy of a finished attempt gets, and for ``DEFER`` how many seconds from now it looks again.
+
+    ``alive(instance)``: whether a worker instance's heartbeat lives.
+    """
     if finished.attempt > (request.retries or 0) or not finished.stores_result or not stores_results(task):
         return Verdict.IGNORE, 0.0
     try:
         state = task.AsyncResult(request.id).state
     except Exception:
-        return Verdict.DEFER, 1.0  # the result backend cannot tell now
+        return Verdict.DEFER, LOOK_AGAIN  # the result backend cannot tell now
     if state in states.READY_STATES:
         return Verdict.IGNORE, 0.0
-    grace = Lease(settings.heartbeat_timeout).ttl
-    waited = time.time() - finished.at
-    if waited < grace:
-        return Verdict.DEFER, max(0.5, min(2.0, grace - waited))
-    return Verdict.RUN, 0.0
+    if finished.instance != "-":
+        return (Verdict.DEFER, LOOK_AGAIN) if alive(finished.instance) else (Verdict.RUN, 0.0)
+    grace = Lease(settings.heartbeat_timeout).ttl - (time.time() - finished.at)
+    return (Verdict.DEFER, max(0.5, min(LOOK_AGAIN, grace))) if grace > 0 else (Verdict.RUN, 0.0)

@@ -25,8 +25,12 @@ _CHILD_GONE = (WorkerLostError, TimeLimitExceeded, Terminated, SystemExit, Keybo
 class OnceTaskRequest(Request):
     """The worker's request for a ``OnceTask`` message."""
 
-    def release_running_lock(self, reason: str) -> None:
-        """Release the running lock this message's execution holds in this worker, once its process is gone."""
+    def release_running_lock(self, reason: str, *, unfinished: bool = False) -> None:
+        """Release the running lock this message's execution holds in this worker, once its process is gone.
+
+        ``unfinished``: the process died; a finished record it may have
+        written before its result was stored goes too (see ``redelivery``).
+        """
         release_locks(
             self.task,
             task_id=self.id,
@@ -38,6 +42,7 @@ class OnceTaskRequest(Request):
             running=True,
             reason=reason,
             pid=self.worker_pid,
+            unfinished=unfinished,
         )
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
@@ -46,7 +51,7 @@ class OnceTaskRequest(Request):
         if type(exc).__name__ == "ExceptionWithTraceback":
             exc = exc.exc
         if isinstance(exc, _CHILD_GONE):
-            self.release_running_lock(type(exc).__name__)
+            self.release_running_lock(type(exc).__name__, unfinished=True)
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def on_timeout(self, soft: bool, timeout: float) -> None:

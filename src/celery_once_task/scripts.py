@@ -104,12 +104,12 @@ return 0
 )
 
 #: Lua shared by the scripts below: finished records (see ``redelivery``), valued
-#: ``<attempt>:<r|n>:<time>:<call>``. ``finished`` returns the record if it says that
+#: ``<attempt>:<call>:<instance>:<pid>:<r|n>:<time>``. ``finished`` returns the record if it says that
 #: ``attempt`` of ``call`` (or a later attempt) ended; ``record`` writes one, unless
 #: the key already holds a later attempt of the same call.
 _FINISHED = """
 local function parse_record(value)
-    return string.match(value, '^(%d+):[^:]*:[^:]*:(.*)$')
+    return string.match(value, '^(%d+):([^:]*):')
 end
 local function finished(key, attempt, call)
     local value = redis.call('GET', key)
