@@ -229,6 +229,14 @@ def completed_twice(runs: Sequence[Execution], stored: set[str]) -> tuple[set[st
     return twice, lost
 
 
+def behind_lost(calls: Sequence[Call], lost: Sequence[Call]) -> list[Call]:
+    """Of ``calls``, those Celery lost, and those made after a call of their key that Celery lost."""
+    since: dict[int, float] = {}
+    for call in lost:
+        since[call.key] = min(call.t, since.get(call.key, math.inf))
+    return [call for call in calls if call.t >= since.get(call.key, math.inf)]
+
+
 def dropped_behind(calls: Sequence[Call], lost: Sequence[Call]) -> int:
     """Calls dropped as duplicates of a message Celery lost: its queue lock outlives it."""
     since: dict[int, float] = {}
