@@ -67,7 +67,12 @@ def waiting_probe(tag: str) -> None:
     marks["body"] = sent()
 
 
-PROBES = (probe.name, waiting_probe.name)
+@app.task(base=OnceTask, name="tests.test_round_trips.limited_probe", running_limit=3)
+def limited_probe(tag: str) -> None:
+    marks["body"] = sent()
+
+
+PROBES = (probe.name, waiting_probe.name, limited_probe.name)
 
 
 def on_prerun(task: Any = None, **_: Any) -> None:
@@ -153,6 +158,11 @@ def test_pickup_takes_one_round_trip(solo_worker: None) -> None:
 def test_end_takes_one_round_trip(solo_worker: None) -> None:
     mark = run_probe()
     assert mark["postrun"] - mark["body"] == 1
+
+
+def test_pickup_and_end_of_a_limited_task_take_one_round_trip_each(solo_worker: None) -> None:
+    mark = run_probe(limited_probe)
+    assert (mark["body"] - mark["prerun"], mark["postrun"] - mark["body"]) == (1, 1)
 
 
 def test_existing_duplicate_takes_one_round_trip() -> None:

@@ -391,3 +391,42 @@ class WaitsBeforeItsAck(OnceTask):
 def ack_held(tag: str) -> str:
     record(tag, "run")
     return tag
+
+
+# -- running_limit ----------------------------------------------------------------
+
+
+@app.task(base=OnceTask, queue_lock=False, lock_args=["tenant"], running_limit=2)
+def export_gated(tenant: str, n: int) -> int:
+    """At most two exports of a tenant at once; the others are refused. Runs until its gate opens."""
+    record(tenant, "start", n=n)
+    wait_gate(f"{tenant}:{n}")
+    record(tenant, "end", n=n)
+    return n
+
+
+@app.task(base=OnceTask, queue_lock=False, lock_args=["tenant"], running_limit=3, running_lock_conflict="wait")
+def export(tenant: str, n: int, seconds: float = 0.05) -> int:
+    """At most three exports of a tenant at once; every other call waits its turn."""
+    record(tenant, "start", n=n)
+    time.sleep(seconds)  # the work it stands for
+    record(tenant, "end", n=n)
+    return n
+
+
+@app.task(base=OnceTask, queue_lock=False, lock_args=["tenant"], running_limit=2, running_lock_conflict="wait")
+def export_waiting_gated(tenant: str, n: int) -> int:
+    """``export_gated`` whose calls beyond the limit wait their turn."""
+    record(tenant, "start", n=n)
+    wait_gate(f"{tenant}:{n}")
+    record(tenant, "end", n=n)
+    return n
+
+
+@app.task(base=OnceTask, lock_args=[], running_limit=2, queue_lock=False)
+def partner_call(tag: str, n: int) -> int:
+    """At most two calls to the partner's API in the whole fleet, whatever the arguments; the others are refused."""
+    record(tag, "start", n=n)
+    wait_gate(f"{tag}:{n}")
+    record(tag, "end", n=n)
+    return n

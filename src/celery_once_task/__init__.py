@@ -10,12 +10,16 @@ See README.md for the user guide. The modules, each with one concern:
 ``task``       ``OnceTask``: a thin class over the two paths below
 ``publish``    the queue lock at publish, and what a duplicate call gets
 ``execute``    pickup, the running lock around the body, what a duplicate execution gets
+``deferral``   a message's headers, and publishing it again to run later
+``rejection``  a duplicate execution refused: ``OnceTaskLocked`` and its stored failure
+``redelivery`` a copy of a message whose execution finished: the finished records
 ``janitor``    owner-checked deletes that wait for the store or for a process to exit
 ``request``    cleanup in the worker's main process for children that died
 ``cleanup``    releasing another execution's locks, never raising
 ``renewal``    the worker's lease renewal and heartbeat
 ``native``     an OS thread no pool can starve, for the renewal
-``signals``    the library's signals; revocation and internal-error receivers
+``events``     the library's signals (``duplicate_call``, ...), defined where nothing imports back
+``signals``    the signals for users; revocation and internal-error receivers
 ``waiting``    the waiting copy of ``running_lock_conflict="wait"`` and its hand-over
 ``bootstep``   leases, heartbeat, release at cold shutdown
 ``django``     the Django ``AppConfig``, and ``apps`` for a bare ``"celery_once_task"`` entry

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from .janitor import Cleanup, janitor
 from .keys import DIGEST_HEADER, QUEUE, RUNNING, finished_key, lock_key, well_formed_digest
+from .limits import RESERVE_SECONDS, call_id, keys_of, limit_of, limited
 from .ownership import RunningOwner
 from .redelivery import call_of_headers, result_stored, writer_instance, writer_prefix
 from .settings import resolve
@@ -57,30 +58,40 @@ def release_locks(
     result was stored -- the finished record it may have written goes too,
     so that a copy of the message runs (see ``redelivery``).
     """
-    if not task_id or not is_once_task(task):
-        return
-    queue = queue and task.queue_lock
-    running = running and task.running_lock
-    if not (queue or running):
+    if not task_id or not is_once_task(task) or not (queue or running):
         return
     try:
         digest = digest_from(headers) or task.once_digest(args, kwargs)
         settings = resolve(task._get_app(), task)
         url, options = settings.redis_url, settings.redis_options
-        if queue:
+        if queue and task.queue_lock:
             janitor.add(Cleanup(url, lock_key(task.name, digest, QUEUE), task_id, False, task, task_id, reason,
                                 options=options))
-            if settings.running_lock_conflict == "wait":
+        if not task.running_lock:
+            return
+        owner = RunningOwner.for_execution(task_id, retries)
+        if limited(task, settings):
+            slots, line = keys_of(task, digest)
+            if queue:
+                # A call waiting in the key's line leaves it (or the slot reserved for it).
+                janitor.add(Cleanup(url, slots, call_id(task_id, owner.retries), False, task, task_id, reason,
+                                    options=options, line=line, limit=limit_of(task), reserve=RESERVE_SECONDS,
+                                    forget=True))
+            if running:
+                janitor.add(Cleanup(url, slots, owner.token, True, task, task_id, reason, pid, options=options,
+                                    line=line, limit=limit_of(task), reserve=RESERVE_SECONDS))
+            running_key = slots
+        else:
+            running_key = lock_key(task.name, digest, RUNNING)
+            if queue and task.queue_lock and settings.running_lock_conflict == "wait":
                 # A waiting copy's message, left for the hand-over.
                 waiting = lock_key(task.name, digest, WAITING)
                 janitor.add(Cleanup(url, waiting, waiting_token(task_id), True, task, task_id, reason, options=options))
-        if running:
-            owner = RunningOwner.for_execution(task_id, retries)
-            running_key = lock_key(task.name, digest, RUNNING)
-            janitor.add(Cleanup(url, running_key, owner.token, True, task, task_id, reason, pid, options=options))
-            if unfinished and pid is not None and not result_stored(task, task_id):
-                writer = writer_prefix(owner.retries, call_of_headers(headers), writer_instance(), pid)
-                janitor.add(Cleanup(url, finished_key(running_key, task_id), writer, True, task, task_id, reason, pid,
-                                    options=options))
+            if running:
+                janitor.add(Cleanup(url, running_key, owner.token, True, task, task_id, reason, pid, options=options))
+        if running and unfinished and pid is not None and not result_stored(task, task_id):
+            writer = writer_prefix(owner.retries, call_of_headers(headers), writer_instance(), pid)
+            janitor.add(Cleanup(url, finished_key(running_key, task_id), writer, True, task, task_id, reason, pid,
+                                options=options))
     except Exception:
         logger.exception("%s[%s]: lock operation failed: could not release its locks (%s)", task.name, task_id, reason)

@@ -33,39 +33,29 @@ and the janitor deletes that lock by token as soon as the store answers.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
-import celery
-from celery import Task
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
-from .errors import OnceTaskLocked
-from .janitor import Cleanup, janitor
+from . import limits
+from .deferral import AFTER_HEADER, TAKEOVER_HEADER, defer, header, store_down
+from .events import duplicate_execution, lock_recovered
 from .keys import DIGEST_HEADER, QUEUE, RUNNING, finished_key, lock_key
-from .ownership import Lease, RunningOwner
+from .limits import Slot, limited
+from .ownership import Lease, RunningOwner, running_ttl
 from .publish import release_or_leave_to_janitor
-from .redelivery import Finished, Verdict, call_of, ended, guard_seconds, verdict, writer_instance
+from .redelivery import call_of, copy_of_finished, ended, guard_seconds
+from .rejection import record_rejection, reject_duplicate
 from .settings import Settings
-from .signals import duplicate_execution, lock_recovered
 from .store import FinishedCheck, FinishedRecord, LockStore, RetryPolicy, waiting_token
 from .waiting import WAITER_HEADER, WAITING, entry, hand_over
 
 logger = logging.getLogger("celery_once_task")
 
-#: Celery 5.7 stores FAILURE itself when a task rejects its message for good.
-_CELERY_STORES_REJECTIONS = tuple(celery.VERSION[:3]) >= (5, 7, 0)
 
-#: How long a message waits before it is tried again when the lock store is unreachable at pickup.
-DEFER_SECONDS = 5.0
 
-#: The header of a deferred copy: the owner token its earlier pickup may have taken the lock with.
-TAKEOVER_HEADER = "once_task_takeover"
-#: The header of a redelivered copy that waited: the owner token of the delivery it waited on.
-AFTER_HEADER = "once_task_after"
 
 
 class Held(NamedTuple):
@@ -79,28 +69,12 @@ class Held(NamedTuple):
     finished: Optional[FinishedCheck] = None
 
 
-def header(request: Any, name: str) -> Any:
-    """A message header: in ``request.headers`` on a worker, or flattened onto the request."""
-    headers = getattr(request, "headers", None)
-    value = headers.get(name) if headers else None
-    return value if value is not None else getattr(request, name, None)
 
 
-def running_ttl(settings: Settings, owner: RunningOwner) -> float:
-    """A lease where a worker renews it; else the configured TTL."""
-    if not owner.heartbeat:
-        return settings.running_lock_timeout
-    ttl = _lease_ttls.get(settings.heartbeat_timeout)
-    if ttl is None:
-        ttl = _lease_ttls[settings.heartbeat_timeout] = Lease(settings.heartbeat_timeout).ttl
-    return ttl
-
-
-_lease_ttls: dict[float, float] = {}
-
-
-def pick_up(task: Any, settings: Settings, digest: str, request: Any) -> Optional[Held]:
-    """Release the queue lock and take the running lock; return the lock to release at the end."""
+def pick_up(task: Any, settings: Settings, digest: str, request: Any) -> Optional[Held | Slot]:
+    """Release the queue lock and take the running lock (or a slot: ``limits``); return what to release at the end."""
+    if task.running_lock and limited(task, settings):
+        return limits.pick_up(task, settings, digest, request)
     # Eager calls never took a queue lock, and are never delivered again.
     queue_key = lock_key(task.name, digest, QUEUE) if task.queue_lock and not request.is_eager else None
     running_key = lock_key(task.name, digest, RUNNING) if task.running_lock else None
@@ -119,9 +93,11 @@ def pick_up(task: Any, settings: Settings, digest: str, request: Any) -> Optiona
                                   lambda: RetryPolicy.of_app(task._get_app()))
         pickup = store.pickup(queue_key, request.id, running_key, owner, ttl, takeover, waiting_key, check)
         if pickup.finished is not None:
-            pickup = _finished_before(task, settings, request, store, running_key, owner, ttl, pickup.finished)
+            pickup = copy_of_finished(task, settings, request, store, running_key, pickup.finished,
+                                      lambda: store.pickup(None, request.id, running_key, owner, ttl))
     except RedisError as exc:
-        return _store_down(task, settings, digest, request, running_key, owner, exc)
+        store_down(task, settings, digest, request, running_key, owner, exc)
+        return None
     if running_key is None:
         return None
     held = Held(store, settings, running_key, owner.token, check)
@@ -144,35 +120,7 @@ def pick_up(task: Any, settings: Settings, digest: str, request: Any) -> Optiona
     return _conflict(task, settings, request, store, running_key, owner, pickup.holder or "", check)
 
 
-def _finished_before(task: Any, settings: Settings, request: Any, store: LockStore, running_key: Optional[str],
-                     owner: RunningOwner, ttl: float, value: str) -> Any:
-    """A copy of an attempt that ended: ignored, put off, or -- its result lost with its process -- picked up."""
-    record = Finished.parse(value)
-    outcome, seconds = verdict(task, request, record, settings, store.instance_alive) if record else (
-        Verdict.IGNORE, 0.0)
-    if outcome is Verdict.IGNORE:
-        logger.info(
-            "%s[%s]: execution ignored: this attempt already ran (a copy of its message delivered again; "
-            "finished record %s)", task.name, request.id, value,
-        )
-        raise Ignore()
-    if outcome is Verdict.DEFER:
-        logger.info(
-            "%s[%s]: execution waiting: this attempt ended a moment ago and its result is not stored yet; "
-            "deferred by %.1fs", task.name, request.id, seconds,
-        )
-        _defer(task, request, {}, seconds)
-        raise Ignore()
-    logger.warning(
-        "%s[%s]: lock recovered: this attempt ended but its result was never stored (its worker is gone): "
-        "it runs again (lock %s)", task.name, request.id, running_key,
-    )
-    if running_key is not None:
-        lock_recovered.send(sender=task, key=running_key, holder=value, reason="result lost")
-    return store.pickup(None, request.id, running_key, owner, ttl)
-
-
-def release(task: Any, held: Held, task_id: Optional[str], outcome: Optional[BaseException] = None,
+def release(task: Any, held: Held | Slot, task_id: Optional[str], outcome: Optional[BaseException] = None,
             reason: str = "task ended") -> None:
     """Release the running lock by its owner token, now or as soon as the store answers.
 
@@ -181,6 +129,9 @@ def release(task: Any, held: Held, task_id: Optional[str], outcome: Optional[Bas
     Under ``running_lock_conflict="wait"`` the same round trip takes the key's
     waiting copy, which is then published.
     """
+    if isinstance(held, Slot):
+        limits.release(task, held, task_id, outcome, reason)
+        return
     settings = held.settings
     record = _record(task, held, outcome)
     if settings.running_lock_conflict != "wait" or not task.queue_lock:
@@ -218,7 +169,7 @@ def _conflict(task: Any, settings: Settings, request: Any, store: LockStore, key
         exc = reject_duplicate(task, request, key, holder_value)
         if check is not None:
             # Its result is final (a failure): a copy of its message must not run it after all.
-            _record_rejection(task, settings, store, check, request)
+            record_rejection(task, settings, store, check, request)
         raise exc
     ttl = running_ttl(settings, owner)
     held = Held(store, settings, key, owner.token, check)
@@ -255,7 +206,7 @@ def _conflict(task: Any, settings: Settings, request: Any, store: LockStore, key
         "deferred by %.1fs",
         task.name, owner.task_id, key, holder_value, running_ttl(settings, holder),
     )
-    _defer(task, request, {AFTER_HEADER: holder.token}, running_ttl(settings, holder))
+    defer(task, request, {AFTER_HEADER: holder.token}, running_ttl(settings, holder))
     raise Ignore()
 
 
@@ -278,7 +229,8 @@ def _wait(task: Any, settings: Settings, request: Any, store: LockStore, key: st
     try:
         waited = store.wait(queue_key, request.id, queue_ttl, waiting_key, message, key, owner, ttl)
     except RedisError as exc:
-        return _store_down(task, settings, digest, request, key, owner, exc)
+        store_down(task, settings, digest, request, key, owner, exc)
+        return None
     if waited.acquired:
         # The running copy ended in between: run now, as an ordinary pickup would.
         store.release_all([(queue_key, request.id, False), (waiting_key, waiting_token(request.id), True)])
@@ -294,7 +246,7 @@ def _wait(task: Any, settings: Settings, request: Any, store: LockStore, key: st
         task.name, request.id, key, holder_value,
     )
     # The safety copy: back within a lease if no hand-over brings it sooner.
-    _defer(task, request, headers, Lease(settings.heartbeat_timeout).ttl)
+    defer(task, request, headers, Lease(settings.heartbeat_timeout).ttl)
     raise Ignore()
 
 
@@ -311,83 +263,3 @@ def _wait_here(task: Any, request: Any, store: LockStore, held: Held, owner: Run
             return held
         pause = min(pause * 2, 1.0)
 
-
-def _record_rejection(task: Any, settings: Settings, store: LockStore, check: FinishedCheck, request: Any) -> None:
-    finished = Finished(check.attempt, check.call, writer_instance(), os.getpid(), True, time.time())
-    try:
-        store.record_finished(FinishedRecord(check.key, finished.value(), guard_seconds(task, settings),
-                                             check.attempt, check.call))
-    except RedisError as exc:
-        logger.warning("%s[%s]: lock operation failed: rejection not recorded (%s): %s", task.name, request.id,
-                       check.key, exc)
-
-
-def reject_duplicate(task: Any, request: Any, key: str, holder_value: str) -> OnceTaskLocked:
-    """The rejection of a duplicate execution (stored as a failure on Celery < 5.7)."""
-    holder = RunningOwner.parse(holder_value)
-    holder_id = holder.task_id if holder else holder_value
-    exc = OnceTaskLocked(f"{task.name}[{request.id}]: rejected, task {holder_id} is running (lock {key})")
-    logger.warning(
-        "%s[%s]: execution rejected: running lock %s is held by %s", task.name, request.id, key, holder_value
-    )
-    duplicate_execution.send(sender=task, task_id=request.id, key=key, holder_id=holder_id, policy="reject")
-    if not _CELERY_STORES_REJECTIONS and not request.is_eager:
-        # Older Celery stores nothing for a rejected task: its result
-        # would stay PENDING and .get() would hang.
-        store_errors = not task.ignore_result or task.store_errors_even_if_ignored
-        try:
-            task.backend.mark_as_failure(request.id, exc, request=request, store_result=store_errors)
-        except Exception:
-            logger.exception("%s[%s]: could not store the rejection", task.name, request.id)
-    return exc
-
-
-def _store_down(
-    task: Any,
-    settings: Settings,
-    digest: str,
-    request: Any,
-    running_key: Optional[str],
-    owner: RunningOwner,
-    exc: RedisError,
-) -> Optional[Held]:
-    maybe_applied = getattr(exc, "maybe_applied", True)
-    if running_key is not None and maybe_applied:
-        # A lost reply may have taken the lock in this execution's name.
-        cleanup = Cleanup(settings.redis_url, running_key, owner.token, True, task, request.id, "pickup refused",
-                          options=settings.redis_options)
-        cleanup.uncertain = True
-        janitor.add(cleanup)
-    if settings.fail_open or request.is_eager:
-        logger.warning(
-            "%s[%s]: lock operation failed: the lock store is unreachable; running without running lock %s: %s",
-            task.name, request.id, running_key, exc,
-        )
-        return None
-    # Neither run unguarded nor drop the message: publish it again, same id
-    # and attempt, to run when the lock store is back. If publishing fails
-    # too, the error propagates and the task fails visibly.
-    logger.warning(
-        "%s[%s]: lock operation failed: the lock store is unreachable; deferred by %ss (running lock %s): %s",
-        task.name, request.id, DEFER_SECONDS, running_key, exc,
-    )
-    _defer(task, request, {DIGEST_HEADER: digest, **({TAKEOVER_HEADER: owner.token} if maybe_applied else {})},
-           DEFER_SECONDS)
-    raise Ignore()
-
-
-def _defer(task: Any, request: Any, headers: Mapping[str, Any], countdown: float) -> None:
-    """Publish this message again, same id and attempt, to run ``countdown`` seconds from now.
-
-    Past the queue lock: the caller has decided what the copy holds. If
-    publishing fails the error propagates: the task fails visibly rather
-    than vanish.
-    """
-    headers = {**(getattr(request, "headers", None) or {}), **headers}
-    digest = header(request, DIGEST_HEADER)
-    if digest is not None:
-        headers.setdefault(DIGEST_HEADER, digest)
-    signature = task.signature_from_request(
-        request, request.args, request.kwargs, countdown=countdown, retries=request.retries, headers=headers
-    )
-    Task.apply_async(task, signature.args, signature.kwargs, **signature.options)

@@ -24,7 +24,9 @@ from typing import Any, Optional
 
 from redis.exceptions import RedisError
 
+from .events import lock_recovered
 from .store import FinishedRecord, LockStore
+from .waiting import hand_over_entries
 
 logger = logging.getLogger("celery_once_task")
 
@@ -57,6 +59,13 @@ class Cleanup:
     options: Mapping[str, Any] = field(default_factory=dict)
     #: The finished record of the execution that ended, written with the release (see ``redelivery``).
     record: Optional[FinishedRecord] = None
+    #: A slot of a limited key (see ``limits``): the key's line, its limit, and how long a slot
+    #: handed to a waiting call is reserved for it.
+    line: Optional[str] = None
+    limit: int = 1
+    reserve: float = 0.0
+    #: With ``line``: ``token`` is a revoked call's id, to be taken out of the line (no slot is freed).
+    forget: bool = False
     #: A lock that a command with a lost reply may still write: once the
     #: store answers, commands it held from before run within moments, in any
     #: order with ours, so the delete is made twice, a moment apart.
@@ -131,11 +140,7 @@ class Janitor:
                 )
                 continue
             try:
-                store = LockStore.for_url(cleanup.url, cleanup.options)
-                if cleanup.record is None:
-                    released = store.release(cleanup.key, cleanup.token, prefix=cleanup.prefix)
-                else:
-                    released = store.release_running(cleanup.key, cleanup.token, cleanup.record)
+                released, handed = _release(LockStore.for_url(cleanup.url, cleanup.options), cleanup)
             except RedisError as exc:
                 cleanup.failures += 1
                 backoff = _STORE_BACKOFF[min(cleanup.failures, len(_STORE_BACKOFF)) - 1]
@@ -147,6 +152,8 @@ class Janitor:
                         _name(cleanup.task), cleanup.task_id, cleanup.key, cleanup.reason, exc,
                     )
                 continue
+            if handed and cleanup.task is not None and not isinstance(cleanup.task, str):
+                hand_over_entries(cleanup.task, handed, cleanup.key)
             cleanup.passes += 1
             cleanup.released = cleanup.released or released
             if cleanup.uncertain and cleanup.passes < 2:
@@ -189,13 +196,23 @@ class Janitor:
         self._wake = threading.Event()
 
 
+def _release(store: LockStore, cleanup: Cleanup) -> tuple[bool, list[str]]:
+    """Make one owner-checked delete; whether it deleted, and the waiting calls it handed a slot to."""
+    if cleanup.line is not None and cleanup.forget:
+        return store.slot_forget(cleanup.key, cleanup.line, cleanup.token, cleanup.limit, cleanup.reserve)
+    if cleanup.line is not None:
+        return store.slot_release(cleanup.key, cleanup.line, cleanup.token, cleanup.limit, cleanup.reserve,
+                                  cleanup.record)
+    if cleanup.record is not None:
+        return store.release_running(cleanup.key, cleanup.token, cleanup.record), []
+    return store.release(cleanup.key, cleanup.token, prefix=cleanup.prefix), []
+
+
 def _name(task: Any) -> str:
     return str(getattr(task, "name", task))
 
 
 def _recovered(cleanup: Cleanup) -> None:
-    from .signals import lock_recovered
-
     if cleanup.task is not None and not isinstance(cleanup.task, str):
         lock_recovered.send(
             sender=cleanup.task, key=cleanup.key, holder=cleanup.token, reason=f"released late ({cleanup.reason})"

@@ -54,6 +54,21 @@ def lock_key(task_name: str, digest: str, lock_type: str) -> str:
     return f"{KEY_PREFIX}:{task_name}:{digest}:{lock_type}"
 
 
+#: The lock types of a call whose task has a ``running_limit`` (see ``limits``).
+SLOTS = "slots"
+WAITERS = "waiters"
+
+
+def limited_key(task_name: str, digest: str, lock_type: str) -> str:
+    """``once_task:{task_name}:{{digest}}:{slots|waiters}``: a limited call's keys.
+
+    The braces around the digest are a Redis Cluster hash tag: the slots, the
+    line of waiting calls and the finished records of one call share a hash
+    slot, so that one script can take a slot and hand free ones over.
+    """
+    return f"{KEY_PREFIX}:{task_name}:{{{digest}}}:{lock_type}"
+
+
 #: The prefix of finished records (see ``redelivery``): outside ``once_task:*``, which holds locks only.
 FINISHED_PREFIX = "once_task_done"
 

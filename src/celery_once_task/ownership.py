@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from json.encoder import encode_basestring_ascii
-from typing import Optional
+from typing import Any, Optional
 
 #: This process tree's id. Created at import, before a prefork pool forks, so
 #: a worker's main process and its pool children share it.
@@ -162,3 +162,15 @@ def _tail(owner: RunningOwner) -> str:
         )
     return tail
 
+
+def running_ttl(settings: Any, owner: RunningOwner) -> float:
+    """A running lock's TTL: a lease where a worker renews it; else ``settings.running_lock_timeout``."""
+    if not owner.heartbeat:
+        return float(settings.running_lock_timeout)
+    ttl = _lease_ttls.get(settings.heartbeat_timeout)
+    if ttl is None:
+        ttl = _lease_ttls[settings.heartbeat_timeout] = Lease(settings.heartbeat_timeout).ttl
+    return ttl
+
+
+_lease_ttls: dict[float, float] = {}

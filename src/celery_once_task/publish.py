@@ -32,11 +32,11 @@ from redis.exceptions import RedisError
 
 from .connection import redact_url
 from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskLocked
+from .events import duplicate_call
 from .janitor import Cleanup, janitor
 from .keys import DIGEST_HEADER, QUEUE, lock_key
 from .redelivery import CALL_HEADER, new_call
 from .settings import Settings
-from .signals import duplicate_call
 from .store import Acquired, FinishedRecord, LockStore, RetryPolicy, StoreUnavailable
 
 logger = logging.getLogger("celery_once_task")

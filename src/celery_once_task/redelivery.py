@@ -52,16 +52,23 @@ shut down cold -- records nothing, and its copy runs: at least once.
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
 from celery import states
 from celery.exceptions import Ignore, Reject, Retry
 
+from .deferral import defer
+from .events import lock_recovered
 from .ownership import INSTANCE, Lease, heartbeat_enabled
 from .settings import Settings
+
+logger = logging.getLogger("celery_once_task")
+
+_T = TypeVar("_T")
 
 #: The header of a call whose task id the caller fixed: which publish of that id it is.
 CALL_HEADER = "once_task_call"
@@ -191,3 +198,33 @@ def verdict(task: Any, request: Any, finished: Finished, settings: Settings,
         return (Verdict.DEFER, LOOK_AGAIN) if alive(finished.instance) else (Verdict.RUN, 0.0)
     grace = Lease(settings.heartbeat_timeout).ttl - (time.time() - finished.at)
     return (Verdict.DEFER, max(0.5, min(LOOK_AGAIN, grace))) if grace > 0 else (Verdict.RUN, 0.0)
+
+
+def copy_of_finished(task: Any, settings: Settings, request: Any, store: Any, running_key: Optional[str],
+                     value: str, again: Callable[[], _T]) -> _T:
+    """A copy of an attempt that ended: ignored, put off (both raise ``Ignore``), or -- its result lost with its
+    process -- picked up after all: what ``again()`` returns.
+    """
+    record = Finished.parse(value)
+    outcome, seconds = verdict(task, request, record, settings, store.instance_alive) if record else (
+        Verdict.IGNORE, 0.0)
+    if outcome is Verdict.IGNORE:
+        logger.info(
+            "%s[%s]: execution ignored: this attempt already ran (a copy of its message delivered again; "
+            "finished record %s)", task.name, request.id, value,
+        )
+        raise Ignore()
+    if outcome is Verdict.DEFER:
+        logger.info(
+            "%s[%s]: execution waiting: this attempt ended a moment ago and its result is not stored yet; "
+            "deferred by %.1fs", task.name, request.id, seconds,
+        )
+        defer(task, request, {}, seconds)
+        raise Ignore()
+    logger.warning(
+        "%s[%s]: lock recovered: this attempt ended but its result was never stored (its worker is gone): "
+        "it runs again (lock %s)", task.name, request.id, running_key,
+    )
+    if running_key is not None:
+        lock_recovered.send(sender=task, key=running_key, holder=value, reason="result lost")
+    return again()

@@ -32,6 +32,7 @@ from .cleanup import digest_from, is_once_task
 from .connection import make_client
 from .janitor import janitor
 from .keys import RUNNING, lock_key
+from .limits import keys_of, limited
 from .ownership import INSTANCE, Lease, RunningOwner
 from .settings import resolve
 from .store import LockStore
@@ -55,7 +56,7 @@ class LeaseKeeper:
         self.ended = native.Event()
         self._forget = False
         self._stores: dict[str, LockStore] = {}
-        self._locks: dict[str, Optional[tuple[str, str, str]]] = {}
+        self._locks: dict[str, Optional[tuple[str, str, str, bool]]] = {}
         self._failing = False
         self.url = settings.redis_url
         self._options: dict[str, Mapping[str, Any]] = {settings.redis_url: settings.redis_options}
@@ -101,13 +102,13 @@ class LeaseKeeper:
 
     def renew(self) -> None:
         """One renewal: one round trip per lock store."""
-        by_url: dict[str, list[tuple[str, str]]] = {self.url: []}
+        by_url: dict[str, list[tuple[str, str, bool]]] = {self.url: []}
         active = {}
         for request in list(worker_state.active_requests):
             lock = self._lock_of(request)
             active[request.id] = lock
             if lock is not None and not janitor.owes(lock[1], lock[2]):
-                by_url.setdefault(lock[0], []).append((lock[1], lock[2]))
+                by_url.setdefault(lock[0], []).append(lock[1:])
         self._locks = active  # forget the requests that ended
         try:
             for url, locks in by_url.items():
@@ -124,8 +125,8 @@ class LeaseKeeper:
             logger.info("leases of worker instance %s renewed again", INSTANCE)
         self._failing = False
 
-    def _lock_of(self, request: Any) -> Optional[tuple[str, str, str]]:
-        """(url, key, owner token) of the running lock a request's execution takes, if it takes one."""
+    def _lock_of(self, request: Any) -> Optional[tuple[str, str, str, bool]]:
+        """(url, key, owner token, whether a slot) of the running lock a request's execution takes, if any."""
         if request.id in self._locks:
             return self._locks[request.id]
         lock = None
@@ -137,7 +138,10 @@ class LeaseKeeper:
                 token = RunningOwner.for_execution(request.id, request_dict.get("retries")).token
                 settings = resolve(task._get_app(), task)
                 self._options.setdefault(settings.redis_url, settings.redis_options)
-                lock = (settings.redis_url, lock_key(task.name, digest, RUNNING), token)
+                if limited(task, settings):
+                    lock = (settings.redis_url, keys_of(task, digest)[0], token, True)
+                else:
+                    lock = (settings.redis_url, lock_key(task.name, digest, RUNNING), token, False)
             except Exception:
                 logger.exception("%s[%s]: running lock cannot be renewed", task.name, request.id)
         self._locks[request.id] = lock

@@ -239,7 +239,229 @@ return value
 """,
 )
 
-SCRIPTS = (COMPARE_AND_DELETE, ACQUIRE, RELEASE_RUNNING, RECORD_FINISHED, RENEW, COMPARE_AND_SWAP, TAKE)
+# -- running_limit: slots and the line of waiting calls (see ``limits``) ------------
+#
+# A limited key's slots are a hash, its waiting calls a list, both in one hash
+# slot (``keys.slots_key``). Fields of the hash, each valued with its expiry in
+# server milliseconds first:
+#   s:<owner token>           a running execution's slot: "<expiry>:<since>"
+#   r:<call id>               a slot reserved for a waiting call handed over:
+#                             "<expiry>\x1f<its entry>"
+#   w:<call id>               the call is in the line, valued with its number in the line's
+#                             order (no expiry: the line's TTL governs)
+#   pushed, popped            how many calls joined the line, and left it: a call's place is
+#                             its number less ``popped``
+#   limit                     the limit last written (for operators)
+# A call id is "<task id>\x1f<attempt>"; an entry in the line is "<call id>\x1f<message>".
+# Time is the server's (TIME): leases expire by one clock, whatever the workers' clocks say.
+_SLOTS = r"""
+local function now_ms()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function call_of(entry)
+    local task_id, attempt = string.match(entry, '^([^\31]*)\31([^\31]*)\31')
+    return task_id .. '\31' .. attempt
+end
+local function keep_at_least(key, ms)
+    if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+-- Drop expired slots and reservations (an unclaimed reservation's call goes back to the head of
+-- the line); return the number of live slots and reservations, a slot holder's token, and the token
+-- of a slot held by the same attempt (owner token prefix ``same``), if any.
+local function purge(slots, line, now, same)
+    local fields = redis.call('HGETALL', slots)
+    local live, holder, twin = 0, '', ''
+    for i = 1, #fields, 2 do
+        local name, value = fields[i], fields[i + 1]
+        local kind = string.sub(name, 1, 2)
+        if kind == 's:' or kind == 'r:' then
+            if tonumber(string.match(value, '^(%d+)')) <= now then
+                redis.call('HDEL', slots, name)
+                if kind == 'r:' then
+                    redis.call('LPUSH', line, string.match(value, '^%d+\31(.*)$'))
+                    local popped = redis.call('HINCRBY', slots, 'popped', -1)
+                    redis.call('HSET', slots, 'w:' .. string.sub(name, 3), popped + 1)
+                end
+            else
+                live = live + 1
+                if kind == 's:' then
+                    local token = string.sub(name, 3)
+                    if holder == '' then holder = token end
+                    if same ~= '' and string.sub(token, 1, #same) == same then twin = token end
+                end
+            end
+        end
+    end
+    return live, holder, twin
+end
+-- Hand the free slots to the head of the line, in its order; ``own`` (the caller's call id) is
+-- not handed over but taken in the caller's name: return the slots now used, whether ``own``
+-- got one, and the entries handed over.
+local function advance(slots, line, live, limit, now, reserve, own)
+    local handed, reached = {}, false
+    while live < limit do
+        local entry = redis.call('LINDEX', line, 0)
+        if not entry then break end
+        redis.call('LPOP', line)
+        redis.call('HINCRBY', slots, 'popped', 1)
+        local id = call_of(entry)
+        redis.call('HDEL', slots, 'w:' .. id)
+        live = live + 1
+        if id == own then
+            reached = true
+        else
+            redis.call('HSET', slots, 'r:' .. id, (now + reserve) .. '\31' .. entry)
+            handed[#handed + 1] = entry
+        end
+    end
+    return live, reached, handed
+end
+"""
+
+# KEYS[1] the key's slots, KEYS[2] its line of waiting calls
+# KEYS[3] (optional) the finished record of this attempt's task id
+# ARGV[1] owner token, ARGV[2] when the lock is taken (text), ARGV[3] lease in milliseconds,
+# ARGV[4] the limit, ARGV[5] the call id, ARGV[6] the owner token prefix of this attempt
+# (``{"task_id":...,"retries":N,``), ARGV[7] an entry to join the line with if no slot is
+# free ("" : do not wait), ARGV[8] how long the line is kept (milliseconds), ARGV[9] how
+# long a reservation is kept, ARGV[10] a token whose slot this owner may take over ("" : none),
+# ARGV[11] with KEYS[3]: the attempt, ARGV[12] its call (see ``redelivery``)
+# return  {code, detail, entries handed over...}: code 1 a slot was taken; 2 this attempt
+#         already ended (detail: the record); 3 the call waits in line (detail: its place,
+#         from 1); 4 the same attempt holds a slot (detail: its token); 5 no slot is free
+#         (detail: a holder's token). The entries handed over are the waiting calls that
+#         got a free slot reserved here: the caller publishes them.
+SLOT_ACQUIRE = Script(
+    "slot_acquire",
+    _FINISHED
+    + _SLOTS
+    + """
+if KEYS[3] then
+    local ended = finished(KEYS[3], ARGV[11], ARGV[12])
+    if ended then return {2, ended} end
+end
+local slots, line, limit = KEYS[1], KEYS[2], tonumber(ARGV[4])
+local now, lease = now_ms(), tonumber(ARGV[3])
+local function take(handed, replaced)
+    if replaced ~= '' then redis.call('HDEL', slots, 's:' .. replaced) end
+    redis.call('HSET', slots, 's:' .. ARGV[1], (now + lease) .. ':' .. ARGV[2], 'limit', ARGV[4])
+    keep_at_least(slots, math.max(lease, tonumber(ARGV[8])))
+    return {1, '', unpack(handed)}
+end
+local live, holder, twin = purge(slots, line, now, ARGV[6])
+local reserved = 'r:' .. ARGV[5]
+if redis.call('HEXISTS', slots, reserved) == 1 then
+    redis.call('HDEL', slots, reserved)
+    return take({}, '')
+end
+if ARGV[10] ~= '' and twin ~= '' and string.sub(twin, 1, #ARGV[10]) == ARGV[10] then
+    return take({}, twin)
+end
+if twin ~= '' then return {4, twin} end
+local waiting = redis.call('HEXISTS', slots, 'w:' .. ARGV[5]) == 1
+local function place()
+    local number = tonumber(redis.call('HGET', slots, 'w:' .. ARGV[5]) or '1')
+    return math.max(1, number - tonumber(redis.call('HGET', slots, 'popped') or '0'))
+end
+local reached, handed
+live, reached, handed = advance(slots, line, live, limit, now, tonumber(ARGV[9]), waiting and ARGV[5] or '')
+if reached then return take(handed, '') end
+if waiting then
+    keep_at_least(line, tonumber(ARGV[8]))
+    keep_at_least(slots, tonumber(ARGV[8]))
+    return {3, place(), unpack(handed)}
+end
+if live < limit then return take(handed, '') end
+if ARGV[7] ~= '' then
+    redis.call('RPUSH', line, ARGV[7])
+    local number = redis.call('HINCRBY', slots, 'pushed', 1)
+    redis.call('HSET', slots, 'w:' .. ARGV[5], number, 'limit', ARGV[4])
+    keep_at_least(line, tonumber(ARGV[8]))
+    keep_at_least(slots, tonumber(ARGV[8]))
+    return {3, place(), unpack(handed)}
+end
+return {5, holder, unpack(handed)}
+""",
+)
+
+# KEYS[1] the key's slots, KEYS[2] its line of waiting calls
+# KEYS[3] (optional) the finished record of the execution's task id
+# ARGV[1] owner token, ARGV[2] the limit, ARGV[3] how long a reservation is kept (milliseconds),
+# ARGV[4..7] with KEYS[3]: the record to write, its time to live, the attempt, its call
+# return  {1 if the token held a slot and it is now free else 0, entries handed over...}
+SLOT_RELEASE = Script(
+    "slot_release",
+    _FINISHED
+    + _SLOTS
+    + """
+if KEYS[3] then record(KEYS[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) end
+local slots, line, now = KEYS[1], KEYS[2], now_ms()
+local released = redis.call('HDEL', slots, 's:' .. ARGV[1])
+local live = purge(slots, line, now, '')
+local _, _, handed = advance(slots, line, live, tonumber(ARGV[2]), now, tonumber(ARGV[3]), '')
+return {released, unpack(handed)}
+""",
+)
+
+# KEYS[1] the key's slots
+# ARGV[1] owner token, ARGV[2] lease in milliseconds
+# return  1 if the token holds a slot and its lease was extended, else 0
+SLOT_RENEW = Script(
+    "slot_renew",
+    _SLOTS
+    + """
+local name = 's:' .. ARGV[1]
+local value = redis.call('HGET', KEYS[1], name)
+if not value then return 0 end
+local lease = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], name, (now_ms() + lease) .. string.match(value, '^%d+(:.*)$'))
+keep_at_least(KEYS[1], lease)
+return 1
+""",
+)
+
+# KEYS[1] the key's slots, KEYS[2] its line of waiting calls
+# ARGV[1] the field to delete (``s:<token>``, ``r:<call id>``), ARGV[2] the exact value it must still
+# hold, ARGV[3] the limit, ARGV[4] how long a reservation is kept (milliseconds)
+# return  {1 if the field held the value and is now deleted else 0, entries handed over...}
+SLOT_CLEAR = Script(
+    "slot_clear",
+    _SLOTS
+    + """
+local slots, line, now = KEYS[1], KEYS[2], now_ms()
+local cleared = 0
+if redis.call('HGET', slots, ARGV[1]) == ARGV[2] then cleared = redis.call('HDEL', slots, ARGV[1]) end
+local live = purge(slots, line, now, '')
+local _, _, handed = advance(slots, line, live, tonumber(ARGV[3]), now, tonumber(ARGV[4]), '')
+return {cleared, unpack(handed)}
+""",
+)
+
+# KEYS[1] the key's slots, KEYS[2] its line of waiting calls
+# ARGV[1] a call id whose place in line (or reservation) goes: the call was revoked
+# ARGV[2] the limit, ARGV[3] how long a reservation is kept (milliseconds)
+# return  {1 if the call was in line or held a reservation else 0, entries handed over...}
+SLOT_FORGET = Script(
+    "slot_forget",
+    _SLOTS
+    + """
+local slots, line, now = KEYS[1], KEYS[2], now_ms()
+local forgotten = redis.call('HDEL', slots, 'w:' .. ARGV[1], 'r:' .. ARGV[1])
+for _, entry in ipairs(redis.call('LRANGE', line, 0, -1)) do
+    if call_of(entry) == ARGV[1] then
+        redis.call('LREM', line, 1, entry)
+        redis.call('HINCRBY', slots, 'popped', 1)
+    end
+end
+local live = purge(slots, line, now, '')
+local _, _, handed = advance(slots, line, live, tonumber(ARGV[2]), now, tonumber(ARGV[3]), '')
+return {forgotten > 0 and 1 or 0, unpack(handed)}
+""",
+)
+
+SCRIPTS = (COMPARE_AND_DELETE, ACQUIRE, RELEASE_RUNNING, RECORD_FINISHED, RENEW, COMPARE_AND_SWAP, TAKE,
+           SLOT_ACQUIRE, SLOT_RELEASE, SLOT_RENEW, SLOT_CLEAR, SLOT_FORGET)
 
 
 def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:

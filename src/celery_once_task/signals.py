@@ -1,14 +1,8 @@
-"""The library's own signals, and the receivers that release locks when Celery revokes a task.
+"""The library's signals for users, and the receivers that release locks when Celery revokes a task.
 
-Signals the library sends (Celery's ``Signal`` class, like ``celery.signals``);
-a receiver that raises is logged and never breaks the call or the worker:
-
-``duplicate_call(sender=task, key, holder_id, policy)``
-    in the publishing process, when a call meets a held queue lock;
-``duplicate_execution(sender=task, task_id, key, holder_id, policy)``
-    in the process that meets a held running lock;
-``lock_recovered(sender=task, key, holder, reason)``
-    when the lock of a gone or finished owner is taken over or released late.
+``duplicate_call``, ``duplicate_execution`` and ``lock_recovered`` are defined
+in ``events`` (see there) and offered here: ``from celery_once_task.signals
+import duplicate_call``.
 
 Receivers the library connects (``setup_once_task_signals``):
 
@@ -24,16 +18,19 @@ from __future__ import annotations
 from typing import Any
 
 from celery import signals
-from celery.utils.dispatch import Signal
 
 from .cleanup import release_locks
+from .events import duplicate_call, duplicate_execution, lock_recovered
 from .keys import DIGEST_HEADER
 
-duplicate_call = Signal(name="duplicate_call", providing_args={"key", "holder_id", "policy"})
-duplicate_execution = Signal(
-    name="duplicate_execution", providing_args={"task_id", "key", "holder_id", "policy"}
-)
-lock_recovered = Signal(name="lock_recovered", providing_args={"key", "holder", "reason"})
+__all__ = [
+    "duplicate_call",
+    "duplicate_execution",
+    "lock_recovered",
+    "setup_once_task_signals",
+    "signals_connected",
+    "teardown_once_task_signals",
+]
 
 _REVOKED_UID = "celery_once_task.revoked"
 _INTERNAL_ERROR_UID = "celery_once_task.internal_error"

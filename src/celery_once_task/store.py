@@ -30,6 +30,7 @@ from . import scripts
 from .connection import Client, is_cluster, make_client
 from .ownership import RunningOwner, heartbeat_key
 from .scripts import Call
+from .wire import Arg
 
 _T = TypeVar("_T")
 
@@ -127,6 +128,22 @@ class Acquired(NamedTuple):
     queue_released: bool = False
     #: At pickup: the finished record that says this attempt already ended (nothing was taken).
     finished: Optional[str] = None
+
+
+class SlotPickup(NamedTuple):
+    """What a limited call's pickup found (see ``scripts.SLOT_ACQUIRE`` and ``limits``)."""
+
+    #: 1 a slot taken, 2 this attempt already ended, 3 waiting in line, 4 the same attempt holds
+    #: a slot, 5 no slot free.
+    code: int
+    #: The finished record (2), the place in line (3), or a holder's owner token (4, 5).
+    detail: Any
+    #: The waiting calls' entries given a free slot here: to be published.
+    handed: list[str]
+    queue_released: bool = False
+
+
+TAKEN_SLOT, FINISHED, IN_LINE, SAME_ATTEMPT, FULL = 1, 2, 3, 4, 5
 
 
 class FinishedCheck(NamedTuple):
@@ -348,16 +365,76 @@ class LockStore:
         (reply,), _ = self._run([Call(scripts.COMPARE_AND_SWAP, key, (expected, value, _ms(ttl)))])
         return bool(reply)
 
+    # -- running_limit: slots ----------------------------------------------
+
+    def slot_pickup(self, queue_key: Optional[str], task_id: str, slots: str, line: str, token: str, since: str,
+                    lease: float, limit: int, call_id: str, same: str, *, entry: str = "", line_ttl: float = 0,
+                    reserve: float = 0, takeover: str = "", finished: Optional[FinishedCheck] = None,
+                    queue_ttl: float = 0) -> SlotPickup:
+        """Release the queue lock and take a slot of a limited key, in one round trip (``scripts.SLOT_ACQUIRE``).
+
+        With ``entry`` the call joins the line if no slot is free, and -- with
+        ``queue_ttl`` -- takes its queue lock back, in the same round trip.
+        """
+        calls = []
+        if queue_key is not None:
+            calls.append(Call(scripts.COMPARE_AND_DELETE, queue_key, (task_id, "exact")))
+        args: tuple[Arg, ...] = (token, since, _ms(lease), limit, call_id, same, entry, _ms(line_ttl), _ms(reserve),
+                                 takeover)
+        more: tuple[str, ...] = (line,)
+        if finished is not None:
+            args = (*args, finished.attempt, finished.call)
+            more = (line, finished.key)
+        calls.append(Call(scripts.SLOT_ACQUIRE, slots, args, more))
+        if entry and queue_ttl:
+            calls.append(Call(scripts.ACQUIRE, queue_key or "", (task_id, _ms(queue_ttl), task_id, "exact")))
+        replies, maybe_applied = self._run(calls)
+        reply = replies[1 if queue_key is not None else 0]
+        queue_released = queue_key is not None and (replies[0] == 1 or maybe_applied)
+        code, detail, *handed = reply
+        return SlotPickup(int(code), _text(detail) if isinstance(detail, bytes) else detail,
+                          [str(_text(item)) for item in handed], queue_released)
+
+    def slot_release(self, slots: str, line: str, token: str, limit: int, reserve: float,
+                     record: Optional[FinishedRecord] = None) -> tuple[bool, list[str]]:
+        """Free the token's slot, writing ``record``; hand free slots to the line: one round trip.
+
+        Returns whether the token held a slot, and the entries handed over (to be published).
+        """
+        args: tuple[Arg, ...] = (token, limit, _ms(reserve))
+        more: tuple[str, ...] = (line,)
+        if record is not None:
+            args = (*args, *record.args())
+            more = (line, record.key)
+        (reply,), _ = self._run([Call(scripts.SLOT_RELEASE, slots, args, more)])
+        released, *handed = reply
+        return bool(released), [str(_text(item)) for item in handed]
+
+    def slot_forget(self, slots: str, line: str, call_id: str, limit: int, reserve: float) -> tuple[bool, list[str]]:
+        """Take a (revoked) call out of a key's line, or its reservation back; hand over: one round trip."""
+        (reply,), _ = self._run([Call(scripts.SLOT_FORGET, slots, (call_id, limit, _ms(reserve)), (line,))])
+        forgotten, *handed = reply
+        return bool(forgotten), [str(_text(item)) for item in handed]
+
+    def slot_clear(self, slots: str, line: str, field: str, value: str, limit: int,
+                   reserve: float) -> tuple[bool, list[str]]:
+        """Delete one field of a key's slots (a slot, a reservation) if it still holds ``value``; hand over."""
+        (reply,), _ = self._run([Call(scripts.SLOT_CLEAR, slots, (field, value, limit, _ms(reserve)), (line,))])
+        cleared, *handed = reply
+        return bool(cleared), [str(_text(item)) for item in handed]
+
     # -- worker liveness ----------------------------------------------------
 
-    def renew(self, locks: Iterable[tuple[str, str]], ttl: float, instance: str, heartbeat: str) -> list[bool]:
-        """Extend each ``(key, token)`` lock the token still holds, and write the heartbeat: one round trip.
+    def renew(self, locks: Iterable[tuple[str, str, bool]], ttl: float, instance: str, heartbeat: str) -> list[bool]:
+        """Extend each ``(key, token, slot)`` lock the token still holds, and write the heartbeat: one round trip.
 
-        On a cluster: one pipeline per node, sent together. Returns, per
-        lock, whether it was extended.
+        ``slot``: the lock is a slot of a limited key (``limits``), not a
+        running lock of its own. On a cluster: one pipeline per node, sent
+        together. Returns, per lock, whether it was extended.
         """
         locks = list(locks)
-        calls = [Call(scripts.RENEW, key, (token, _ms(ttl))) for key, token in locks]
+        calls = [Call(scripts.SLOT_RENEW if slot else scripts.RENEW, key, (token, _ms(ttl)))
+                 for key, token, slot in locks]
         if is_cluster(self.client):
             self.client.set(heartbeat_key(instance), heartbeat, px=_ms(ttl))
             replies = scripts.run(self.client, calls) if calls else []

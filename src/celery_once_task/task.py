@@ -19,6 +19,7 @@ from celery.app.task import Context
 from celery.result import EagerResult
 
 from . import execute
+from .deferral import header
 from .errors import OnceTaskLocked
 from .keys import DIGEST_HEADER, call_digest, check_lock_args, lock_key, signature_of, well_formed_digest
 from .publish import as_list, publish_once, with_digest
@@ -49,6 +50,8 @@ class OnceTask(Task):
     lock_args: Optional[Sequence[str]] = None
     #: Seconds a finished execution is remembered against a redelivered copy; ``None`` takes the configured value.
     redelivery_guard_timeout: Optional[int] = None
+    #: At most this many executions of a key at once, fleet-wide (see ``limits``); 1 is the running lock.
+    running_limit: int = 1
 
     #: Runs in the worker's main process, which cleans up after a pool child that died.
     Request = "celery_once_task.request:OnceTaskRequest"
@@ -67,8 +70,13 @@ class OnceTask(Task):
             value = cls.__dict__.get(option)
             if value is not None:
                 validate(option, value, label=f"{label}: {option}")
-        if cls.running_lock_conflict == "wait" and not cls.queue_lock:
-            raise ValueError(f"{label}: running_lock_conflict='wait' needs queue_lock=True (the waiting copy holds it)")
+        limit = cls.__dict__.get("running_limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValueError(f"{label}: running_limit must be a positive integer (executions of a key at once), "
+                             f"got {limit!r}")
+        if cls.running_limit > 1 and not cls.running_lock:
+            raise ValueError(f"{label}: running_limit={cls.running_limit} needs running_lock=True (the limit counts "
+                             "running executions)")
         lock_args = cls.__dict__.get("lock_args")
         if lock_args is not None and "run" in cls.__dict__:
             run = cls.__dict__["run"]
@@ -237,7 +245,7 @@ class OnceTask(Task):
         setattr(request, _ENTERED, True)
         held = None
         if self.queue_lock or self.running_lock:
-            digest = execute.header(request, DIGEST_HEADER)
+            digest = header(request, DIGEST_HEADER)
             if not well_formed_digest(digest):  # app.send_task, beat, other producers
                 digest = self.once_digest(args, kwargs)
             settings = self.once_settings()

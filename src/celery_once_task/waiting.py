@@ -49,11 +49,17 @@ def entry(task: Any, request: Any, headers: dict[str, Any]) -> Optional[str]:
     None where the message cannot be written as JSON (arguments kombu's JSON
     does not know): then only the safety copy brings it back.
     """
+    message = message_of(task, request, headers)
+    return None if message is None else waiting_token(request.id) + message
+
+
+def message_of(task: Any, request: Any, headers: dict[str, Any]) -> Optional[str]:
+    """This execution's message as JSON, to be published again as it is; None where it is not JSON."""
     signature = task.signature_from_request(request, request.args, request.kwargs, headers=headers,
                                             retries=request.retries)
     try:
         message: str = dumps(dict(signature))  # type: ignore[no-untyped-call]
-        return waiting_token(request.id) + message
+        return message
     except (TypeError, ValueError) as exc:
         logger.info("%s[%s]: waiting copy has no hand-over (its message is not JSON): %s", task.name, request.id, exc)
         return None
@@ -62,6 +68,11 @@ def entry(task: Any, request: Any, headers: dict[str, Any]) -> Optional[str]:
 def hand_over(task: Any, value: str, key: str) -> None:
     """Publish the waiting copy a released running lock had behind it."""
     task_id, _, message = value.partition("\x1f")
+    publish(task, task_id, message, key)
+
+
+def publish(task: Any, task_id: str, message: str, key: str) -> None:
+    """Publish a waiting call's message (``message_of``), as it is and under its own task id."""
     try:
         data: Any = loads(message)  # type: ignore[no-untyped-call]
         options = dict(data.get("options") or {})
@@ -74,3 +85,19 @@ def hand_over(task: Any, value: str, key: str) -> None:
         )
         return
     logger.info("%s[%s]: waiting copy handed over (lock %s)", task.name, task_id, key)
+
+
+def hand_over_entries(task: Any, entries: list[str], key: str) -> None:
+    """Publish the calls of a limited key's line that were given a slot (see ``limits``).
+
+    Each entry is ``<task id>\x1f<attempt>\x1f<message>``; one without a
+    message (it was not JSON) is brought by its safety copy.
+    """
+    for value in entries:
+        task_id, _, rest = value.partition("\x1f")
+        _, _, message = rest.partition("\x1f")
+        if message:
+            publish(task, task_id, message, key)
+        else:
+            logger.info("%s[%s]: waiting call has no message to hand over (lock %s); its safety copy brings it",
+                        task.name, task_id, key)

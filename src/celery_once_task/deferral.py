@@ -1,0 +1,98 @@
+"""Putting an execution off: its message's headers, and publishing it again to run later.
+
+A worker that cannot decide now whether an execution may run -- the lock
+store does not answer, another delivery of the same message still runs, a
+result is being stored -- neither runs it nor drops it: it publishes the
+message again, same task id and attempt, with a countdown, and acknowledges
+the delivery in hand (``Ignore``). The copy carries what the decision needs
+in headers of the library's own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from celery import Task
+from celery.exceptions import Ignore
+from redis.exceptions import RedisError
+
+from .janitor import Cleanup, janitor
+from .keys import DIGEST_HEADER
+from .ownership import RunningOwner
+from .settings import Settings
+
+logger = logging.getLogger("celery_once_task")
+
+#: How long a message waits before it is tried again when the lock store is unreachable at pickup.
+DEFER_SECONDS = 5.0
+
+#: The header of a deferred copy: the owner token its earlier pickup may have taken the lock with.
+TAKEOVER_HEADER = "once_task_takeover"
+#: The header of a redelivered copy that waited: the owner token of the delivery it waited on.
+AFTER_HEADER = "once_task_after"
+
+
+def header(request: Any, name: str) -> Any:
+    """A message header: in ``request.headers`` on a worker, or flattened onto the request."""
+    headers = getattr(request, "headers", None)
+    value = headers.get(name) if headers else None
+    return value if value is not None else getattr(request, name, None)
+
+
+def defer(task: Any, request: Any, headers: Mapping[str, Any], countdown: float) -> None:
+    """Publish this message again, same id and attempt, to run ``countdown`` seconds from now.
+
+    Past the queue lock: the caller has decided what the copy holds. If
+    publishing fails the error propagates: the task fails visibly rather
+    than vanish.
+    """
+    headers = {**(getattr(request, "headers", None) or {}), **headers}
+    digest = header(request, DIGEST_HEADER)
+    if digest is not None:
+        headers.setdefault(DIGEST_HEADER, digest)
+    signature = task.signature_from_request(
+        request, request.args, request.kwargs, countdown=countdown, retries=request.retries, headers=headers
+    )
+    Task.apply_async(task, signature.args, signature.kwargs, **signature.options)
+
+
+def store_down(
+    task: Any,
+    settings: Settings,
+    digest: str,
+    request: Any,
+    running_key: Optional[str],
+    owner: RunningOwner,
+    exc: RedisError,
+    lost: Optional[Cleanup] = None,
+) -> None:
+    """The lock store did not answer a pickup: defer the message (or run unguarded with ``fail_open``, eagerly).
+
+    Returns where the execution runs without its lock; raises ``Ignore``
+    where the message was published again.
+    """
+    maybe_applied = getattr(exc, "maybe_applied", True)
+    if running_key is not None and maybe_applied:
+        # A lost reply may have taken the lock in this execution's name.
+        cleanup = lost or Cleanup(settings.redis_url, running_key, owner.token, True, task, request.id,
+                                  "pickup refused", options=settings.redis_options)
+        cleanup.uncertain = True
+        janitor.add(cleanup)
+    if settings.fail_open or request.is_eager:
+        logger.warning(
+            "%s[%s]: lock operation failed: the lock store is unreachable; running without running lock %s: %s",
+            task.name, request.id, running_key, exc,
+        )
+        return
+    # Neither run unguarded nor drop the message: publish it again, same id
+    # and attempt, to run when the lock store is back. If publishing fails
+    # too, the error propagates and the task fails visibly.
+    logger.warning(
+        "%s[%s]: lock operation failed: the lock store is unreachable; deferred by %ss (running lock %s): %s",
+        task.name, request.id, DEFER_SECONDS, running_key, exc,
+    )
+    defer(task, request, {DIGEST_HEADER: digest, **({TAKEOVER_HEADER: owner.token} if maybe_applied else {})},
+           DEFER_SECONDS)
+    raise Ignore()

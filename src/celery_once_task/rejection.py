@@ -1,0 +1,62 @@
+"""A duplicate execution refused: ``OnceTaskLocked``, its failure stored, and its end recorded.
+
+The execution raises ``OnceTaskLocked`` (a ``Reject``: Celery acknowledges the
+message and does not requeue it). Its result is a failure at once -- Celery
+5.7 stores it, this module on older releases -- and its finished record says
+so, so that a copy of its message delivered again does not run it after all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import celery
+from redis.exceptions import RedisError
+
+from .errors import OnceTaskLocked
+from .events import duplicate_execution
+from .ownership import RunningOwner
+from .redelivery import Finished, guard_seconds, writer_instance
+from .settings import Settings
+from .store import FinishedCheck, FinishedRecord, LockStore
+
+logger = logging.getLogger("celery_once_task")
+
+#: Celery 5.7 stores FAILURE itself when a task rejects its message for good.
+_CELERY_STORES_REJECTIONS = tuple(celery.VERSION[:3]) >= (5, 7, 0)
+
+
+def reject_duplicate(task: Any, request: Any, key: str, holder_value: str, why: str = "") -> OnceTaskLocked:
+    """The rejection of a duplicate execution (stored as a failure on Celery < 5.7).
+
+    ``why``: what it met, where not the running lock of one other task.
+    """
+    holder = RunningOwner.parse(holder_value if holder_value.endswith("}") else holder_value + '"since":0}')
+    holder_id = holder.task_id if holder else holder_value
+    exc = OnceTaskLocked(f"{task.name}[{request.id}]: rejected, {why or f'task {holder_id} is running'} (lock {key})")
+    logger.warning(
+        "%s[%s]: execution rejected: running lock %s is held by %s", task.name, request.id, key, holder_value
+    )
+    duplicate_execution.send(sender=task, task_id=request.id, key=key, holder_id=holder_id, policy="reject")
+    if not _CELERY_STORES_REJECTIONS and not request.is_eager:
+        # Older Celery stores nothing for a rejected task: its result
+        # would stay PENDING and .get() would hang.
+        store_errors = not task.ignore_result or task.store_errors_even_if_ignored
+        try:
+            task.backend.mark_as_failure(request.id, exc, request=request, store_result=store_errors)
+        except Exception:
+            logger.exception("%s[%s]: could not store the rejection", task.name, request.id)
+    return exc
+
+
+def record_rejection(task: Any, settings: Settings, store: LockStore, check: FinishedCheck, request: Any) -> None:
+    finished = Finished(check.attempt, check.call, writer_instance(), os.getpid(), True, time.time())
+    try:
+        store.record_finished(FinishedRecord(check.key, finished.value(), guard_seconds(task, settings),
+                                             check.attempt, check.call))
+    except RedisError as exc:
+        logger.warning("%s[%s]: lock operation failed: rejection not recorded (%s): %s", task.name, request.id,
+                       check.key, exc)

@@ -1,0 +1,156 @@
+"""``running_limit``: at most N executions of a key at once, fleet-wide, with every other call kept or refused.
+
+The tasks run on a worker of four processes of this module's own, beside
+the session's shared worker of two: a limit of two or three is reached with
+processes to spare, so that it is the limit, not the pool, that holds calls.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from celery_once_task import OnceTask, OnceTaskLocked
+from celery_once_task.keys import limited_key
+from celery_once_task.ownership import Lease
+from tests import worker_app as tasks
+from tests.support import Worker, events, running_worker, started, wait_until
+
+pytestmark = pytest.mark.any_broker
+
+QUEUE = "limits"
+LEASE = Lease(tasks.HEARTBEAT_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def limit_worker(redis_server: Any) -> Iterator[Worker]:
+    with running_worker(redis_server.port, "limits", queues=QUEUE, concurrency=4) as worker:
+        yield worker
+
+
+def most_at_once(runs: list[dict[str, Any]]) -> int:
+    """The most executions that ran at the same time, from start and end records."""
+    moments = sorted((run["t"], 1 if run["event"] == "start" else -1) for run in runs)
+    most = now = 0
+    for _, step in moments:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def slots_left(locks: Any, task: Any, tenant: str) -> int:
+    digest = task.once_digest((tenant, 0), {})
+    fields = locks.hgetall(limited_key(task.name, digest, "slots"))
+    return sum(1 for name in fields if name.startswith((b"s:", b"r:", b"w:")))
+
+
+def test_bad_running_limit_is_an_error_at_definition_naming_the_task() -> None:
+    with pytest.raises(ValueError, match=r"tests\.bad_limit: running_limit must be a positive integer"):
+        @tasks.app.task(base=OnceTask, name="tests.bad_limit", running_limit=0, shared=False)
+        def bad_limit() -> None: ...
+
+        bad_limit.run  # noqa: B018 - a task is built when first used
+
+
+def test_an_execution_beyond_the_limit_is_refused(limit_worker: Worker, locks: Any, recs: Any) -> None:
+    tenant = uuid.uuid4().hex
+    first = tasks.export_gated.apply_async((tenant, 1), queue=QUEUE)
+    second = tasks.export_gated.apply_async((tenant, 2), queue=QUEUE)
+    started(recs, tenant, count=2)
+    third = tasks.export_gated.apply_async((tenant, 3), queue=QUEUE)
+    with pytest.raises(OnceTaskLocked, match="running_limit 2"):
+        third.get(timeout=20)
+    other = tasks.export_gated.apply_async((f"{tenant}-other", 1), queue=QUEUE)  # another tenant runs meanwhile
+    wait_until(lambda: events(recs, f"{tenant}-other", "start"), what="another tenant's export to start")
+    recs.rpush(f"gate:{tenant}:1", 1)
+    recs.rpush(f"gate:{tenant}:2", 1)
+    recs.rpush(f"gate:{tenant}-other:1", 1)
+    assert (first.get(timeout=20), second.get(timeout=20), other.get(timeout=20)) == (1, 2, 1)
+    assert len(events(recs, tenant, "start")) == 2
+    assert slots_left(locks, tasks.export_gated, tenant) == 0
+
+
+def test_a_fleet_wide_limit_holds_across_workers_and_arguments(limit_worker: Worker, worker: Worker,
+                                                               recs: Any) -> None:
+    tag = uuid.uuid4().hex
+    # One call on each worker, whatever the arguments: lock_args=[] is one key for the task.
+    first = tasks.partner_call.apply_async((tag, 1), queue=QUEUE)
+    second = tasks.partner_call.delay(tag, 2)
+    started(recs, tag, count=2)
+    with pytest.raises(OnceTaskLocked):
+        tasks.partner_call.apply_async((tag, 3), queue=QUEUE).get(timeout=20)
+    for n in (1, 2):
+        recs.rpush(f"gate:{tag}:{n}", 1)
+    assert (first.get(timeout=20), second.get(timeout=20)) == (1, 2)
+
+
+def test_calls_beyond_the_limit_wait_their_turn_and_all_run(limit_worker: Worker, locks: Any, recs: Any) -> None:
+    tenant = uuid.uuid4().hex
+    results = [tasks.export_waiting_gated.apply_async((tenant, n), queue=QUEUE) for n in (1, 2, 3, 4)]
+    started(recs, tenant, count=2)
+    digest = tasks.export_waiting_gated.once_digest((tenant, 0), {})
+    line = limited_key(tasks.export_waiting_gated.name, digest, "waiters")
+    wait_until(lambda: locks.llen(line) == 2, what="the third and fourth calls to wait in line")
+    assert len(events(recs, tenant, "start")) == 2
+    first_two = sorted(event["n"] for event in events(recs, tenant, "start"))
+    for n in first_two:
+        recs.rpush(f"gate:{tenant}:{n}", 1)
+    later = started(recs, tenant, count=4)[2:]
+    # The line keeps call order: the third and fourth calls start in that order.
+    assert [event["n"] for event in later] == [n for n in (1, 2, 3, 4) if n not in first_two]
+    for event in later:
+        recs.rpush(f"gate:{tenant}:{event['n']}", 1)
+    assert [result.get(timeout=20) for result in results] == [1, 2, 3, 4]
+    assert most_at_once(events(recs, tenant, "start") + events(recs, tenant, "end")) == 2
+    assert slots_left(locks, tasks.export_waiting_gated, tenant) == 0
+    assert locks.exists(line) == 0
+
+
+def test_a_hundred_calls_of_one_tenant_all_run_never_more_than_three_at_once(limit_worker: Worker, worker: Worker,
+                                                                           locks: Any, recs: Any) -> None:
+    tenant, other = uuid.uuid4().hex, uuid.uuid4().hex
+    results = [tasks.export.apply_async((tenant, n), queue=QUEUE) for n in range(100)]
+    # Another tenant's calls are not held up behind them.
+    others = [tasks.export.apply_async((other, n), queue=QUEUE) for n in range(3)]
+    assert [result.get(timeout=30) for result in others] == [0, 1, 2]
+    assert len(events(recs, tenant, "end")) < 100
+    assert [result.get(timeout=120) for result in results] == list(range(100))
+    runs = events(recs, tenant, "start") + events(recs, tenant, "end")
+    assert len(events(recs, tenant, "start")) == 100
+    assert most_at_once(runs) == 3
+    assert slots_left(locks, tasks.export, tenant) == 0
+
+
+def test_a_dead_workers_slots_free_within_the_lease_and_the_waiting_calls_run(
+    redis_server: Any, limit_worker: Worker, locks: Any, recs: Any
+) -> None:
+    tenant = uuid.uuid4().hex
+    queue = f"doomed-{tenant[:8]}"
+    doomed = Worker(redis_server.port, f"doomed-{tenant[:6]}", queues=queue, concurrency=2).wait_ready()
+    try:
+        for n in (1, 2):
+            tasks.export_waiting_gated.apply_async((tenant, n), queue=queue)
+        started(recs, tenant, count=2)
+        waiting = [tasks.export_waiting_gated.apply_async((tenant, n), queue=QUEUE) for n in (3, 4)]
+        digest = tasks.export_waiting_gated.once_digest((tenant, 0), {})
+        line = limited_key(tasks.export_waiting_gated.name, digest, "waiters")
+        wait_until(lambda: locks.llen(line) == 2, what="the third and fourth calls to wait in line")
+        doomed.process.kill()  # the whole worker, and the two slots it held
+        killed_at = time.monotonic()
+        doomed.process.wait(10)
+    finally:
+        doomed.stop()
+    slots = limited_key(tasks.export_waiting_gated.name, digest, "slots")
+    wait_until(lambda: not [name for name in locks.hkeys(slots) if name.startswith(b"s:")] or
+               len(events(recs, tenant, "start")) > 2, timeout=LEASE.ttl + 10, what="the dead worker's slots to free")
+    freed_after = time.monotonic() - killed_at
+    later = started(recs, tenant, count=4)[2:]
+    assert sorted(event["n"] for event in later) == [3, 4]
+    for n in (3, 4):
+        recs.rpush(f"gate:{tenant}:{n}", 1)
+    assert [result.get(timeout=20) for result in waiting] == [3, 4]
+    assert freed_after <= LEASE.ttl + 3
