@@ -349,12 +349,17 @@ class Soak:
             failures.append(f"a crashed worker blocked a key for more than {limit}s")
         if plan.policy == "wait":
             unfollowed = report.not_followed(calls, runs)
-            # A call Celery lost, and the calls dropped behind its queue lock, are followed by nothing.
+            # A call Celery lost, and the calls dropped behind its queue lock, are followed by nothing;
+            # so are calls dropped against a call whose publishing then failed (it raised).
             behind = report.behind_lost(unfollowed, lost)
+            failed = self.publish_failures()
+            behind_failed = [call for call in unfollowed if call not in behind and call.holder in failed]
             self.say(f"calls not followed by an execution: {len(unfollowed)}" + (
                 f" ({len(behind)} of them the calls of a key whose message Celery lost, or dropped behind it)"
-                if behind else ""))
-            if len(unfollowed) > (0 if plan.strict else len(behind)):
+                if behind else "") + (
+                f" ({len(behind_failed)} of them dropped as duplicates of a call whose publishing failed)"
+                if behind_failed else ""))
+            if len(unfollowed) > (0 if plan.strict else len(behind) + len(behind_failed)):
                 failures.append("calls not followed by an execution")
         else:
             unfollowed = []
@@ -427,6 +432,14 @@ class Soak:
         where = [name for name, blob in (("queued", queued), ("delivered, unacked", unacked))
                  if task_id.encode() in blob]
         return " and ".join(where) if where else "not in the broker"
+
+    def publish_failures(self) -> set[str]:
+        """The task ids whose publishing failed in this process (the library's log says so)."""
+        found = set()
+        for line in _lines(self.directory / "publisher.log"):
+            if "]: publish failed; queue lock" in line:
+                found.add(line.split("[", 2)[2].split("]", 1)[0])
+        return found
 
     def republished_last(self, task_id: str) -> Optional[float]:
         """When the library last published the call's message again, if no worker logged anything of it after."""

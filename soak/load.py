@@ -15,6 +15,16 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from celery_once_task import LockStoreUnavailable
+from celery_once_task.signals import duplicate_call
+
+#: What the last dropped call of each publisher thread met (``duplicate_call`` is sent in the calling thread).
+_met = threading.local()
+
+
+@duplicate_call.connect
+def _note_holder(sender: Any = None, holder_id: Optional[str] = None, **_: Any) -> None:
+    _met.holder = holder_id
+
 
 ACCEPTED = "accepted"
 DROPPED = "dropped"
@@ -31,6 +41,8 @@ class Call:
     outcome: str
     result: Any = None
     error: Optional[str] = None
+    #: For a dropped call: the task id holding the queue lock it met.
+    holder: Optional[str] = None
 
 
 class Publishers:
@@ -68,13 +80,14 @@ class Publishers:
 
     def _call(self, key: int) -> Call:
         t = time.time()
+        _met.holder = None
         try:
             result = self.task.delay(key)
         except LockStoreUnavailable:
             return Call(t, key, REFUSED)
         except Exception as exc:
             return Call(t, key, ERROR, error=f"{type(exc).__name__}: {exc}")
-        return Call(t, key, DROPPED) if result is None else Call(t, key, ACCEPTED, result)
+        return Call(t, key, DROPPED, holder=_met.holder) if result is None else Call(t, key, ACCEPTED, result)
 
     def _add(self, call: Call) -> None:
         with self._lock:

@@ -102,8 +102,11 @@ def publish_once(
 
     try:
         return publish(task_id)
-    except BaseException:
-        # No message behind the lock: let the next call through.
+    except BaseException as exc:
+        # No message behind the lock: let the next call through. A duplicate
+        # dropped against it meanwhile is lost with it (said in the log).
+        logger.warning("%s[%s]: publish failed; queue lock %s released: %s: %s", task.name, task_id, key,
+                       type(exc).__name__, exc)
         release_or_leave_to_janitor(store, settings, task, task_id, key, task_id, "publish failed")
         raise
 
