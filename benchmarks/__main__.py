@@ -37,6 +37,7 @@ class Config:
     latency_per_round: int
     memory_locks: int
     profile_n: int
+    limits_pairs: int
 
 
 FULL = Config(
@@ -44,14 +45,14 @@ FULL = Config(
     compare_publish_rounds=40, compare_publish_calls=40,
     throughput_rounds=7, throughput_n=1000,
     latency_levels=(1_000, 100_000, 1_000_000), latency_rounds=12, latency_per_round=250,
-    memory_locks=1_000_000, profile_n=3000,
+    memory_locks=1_000_000, profile_n=3000, limits_pairs=3000,
 )
 QUICK = Config(
     publish_rounds=4, publish_calls=200,
     compare_publish_rounds=10, compare_publish_calls=15,
     throughput_rounds=2, throughput_n=400,
     latency_levels=(1_000, 100_000), latency_rounds=3, latency_per_round=100,
-    memory_locks=100_000, profile_n=400,
+    memory_locks=100_000, profile_n=400, limits_pairs=500,
 )
 
 
@@ -93,6 +94,11 @@ def measure(config: Config) -> dict[str, Any]:
 
         log(f"(f) memory with {config.memory_locks:,} locks held ...")
         results["memory"] = locks.memory(config.memory_locks)
+
+        log("(i) concurrency limits: pickup and release at N = 1, 3, 100 ...")
+        from . import limits
+
+        results["limits"] = limits.run(config.limits_pairs)
 
         log("(d) round trips ...")
         results["round_trips"] = round_trips.run(broker)
@@ -155,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="with --compare: rounds of each path per variant")
     parser.add_argument("--pools", default="solo,prefork",
                         help="with --compare: the worker pools to measure, comma-separated, or none")
+    parser.add_argument("--limits", action="store_true",
+                        help="only the concurrency limits' pickup and release at N = 1, 3, 100 (part i)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--from-json", type=Path, help="measure nothing: report the figures of an earlier run")
     args = parser.parse_args(argv)
@@ -169,6 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         print(text(profiled["profile"]))
         if args.json:
             args.json.write_text(json.dumps(profiled, indent=1) + "\n")
+        return 0
+    if args.limits:
+        from . import limits
+
+        cases = limits.run(config.limits_pairs)
+        print(limits.table(cases))
+        if args.json:
+            args.json.write_text(json.dumps({"limits": cases}, indent=1) + "\n")
         return 0
     if args.compare:
         from .report_compare import table

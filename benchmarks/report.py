@@ -427,6 +427,8 @@ def document(results: dict[str, Any], chart_name: str) -> str:
         "",
         *report_profile.section(results.get("profile")),
     ]
+    if "limits" in results:
+        out += ["", *limits_section(results["limits"])]
     if missed:
         out += ["", "## Misses", ""]
         if pub["once_ratio"] > PUBLISH_MAX:
@@ -502,3 +504,28 @@ What would bring a lock under 200 bytes, without changing Redis:
   at most 28 bytes (22 base64 characters: class 48 for the embedded value) brings it to about 193 B.
 * Both changes alter what is stored in Redis (the running-lock format, or key names), which deployed
   workers and operators rely on; they are left as options, not made here."""
+
+
+LIMITS_INTRO = (
+    "`bash scripts/bench.sh --limits` (part (i) of a full run) times a limited key's pickup and release through the "
+    "library's `LockStore`, each in the state that costs the most: at N = 1 the running lock (the queue lock's "
+    "release and the running lock with its finished record, then the release writing the record); at N = 3 and "
+    "100 the last free slot, the other N - 1 held, taken and freed again; at N = 100 with 1,000 calls waiting, a "
+    "release that hands the freed slot to the head of the line, and that call claiming it. Round trips are counted "
+    "on the connection."
+)
+
+
+def limits_section(cases: list[dict[str, Any]]) -> list[str]:
+    from .limits import table as limits_table
+
+    return [
+        "## (i) Concurrency limits",
+        "",
+        LIMITS_INTRO,
+        "",
+        limits_table(cases),
+        "",
+        "One round trip each, whatever the limit and however many calls wait: a slot's pickup reads the key's slots "
+        "(N of them) and nothing of the line but its head, and a waiting call is touched only when a slot frees.",
+    ]

@@ -62,6 +62,8 @@ from soak.load import ACCEPTED, DROPPED, ERROR, REFUSED, Call, Publishers
 
 PUBLISHER_THREADS = 3
 CALLS_PER_SECOND = 20.0
+#: With a running limit every call is kept: a rate the workers keep up with between the faults.
+LIMITED_CALLS_PER_SECOND = 8.0
 HEARTBEAT_TIMEOUT = 5
 VISIBILITY_TIMEOUT = 8
 #: Worker start-up on a busy two-core machine can take a while.
@@ -85,6 +87,7 @@ class Plan:
     pool: str = "prefork"
     broker: str = "redis"
     body: str = "sleep"
+    running_limit: int = 1
 
     @property
     def lease(self) -> Lease:
@@ -105,6 +108,9 @@ def parse(argv: Optional[Sequence[str]]) -> Plan:
     parser.add_argument("--body", choices=("sleep", "cpu"), default=None,
                         help="what the task does: sleeps, or computes without yielding, one call in five for longer "
                              "than a lease (default: cpu on gevent, sleep otherwise)")
+    parser.add_argument("--running-limit", type=int, default=1,
+                        help="at most this many executions of a key at once (running_limit; with more than 1 the "
+                             "calls of 4 keys are all kept: queue_lock=False)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault and key choices")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir even when every check passed")
     parser.add_argument("--strict", action="store_true",
@@ -112,9 +118,13 @@ def parse(argv: Optional[Sequence[str]]) -> Plan:
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     body = args.body or ("cpu" if args.pool == "gevent" else "sleep")
+    if args.running_limit < 1:
+        parser.error("--running-limit must be at least 1")
     if args.short:
-        return Plan(75.0, 3, 60.0, args.policy, seed, args.keep, args.strict, args.pool, args.broker, body)
-    return Plan(args.minutes * 60, 4, 120.0, args.policy, seed, args.keep, args.strict, args.pool, args.broker, body)
+        return Plan(75.0, 3, 60.0, args.policy, seed, args.keep, args.strict, args.pool, args.broker, body,
+                    args.running_limit)
+    return Plan(args.minutes * 60, 4, 120.0, args.policy, seed, args.keep, args.strict, args.pool, args.broker, body,
+                args.running_limit)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -148,8 +158,8 @@ class Soak:
     def run(self) -> bool:
         plan = self.plan
         app = importlib.import_module("soak.app")
-        self.log(f"soak: policy {plan.policy}, {plan.workers} {plan.pool} workers, broker {plan.broker}, body "
-                 f"{plan.body}, {plan.load_seconds:.0f}s of load, seed "
+        self.log(f"soak: policy {plan.policy}, running_limit {plan.running_limit}, {plan.workers} {plan.pool} "
+                 f"workers, broker {plan.broker}, body {plan.body}, {plan.load_seconds:.0f}s of load, seed "
                  f"{plan.seed}, heartbeat_timeout {HEARTBEAT_TIMEOUT}s (lease ttl {plan.lease.ttl:.1f}s), "
                  f"visibility_timeout {VISIBILITY_TIMEOUT}s; logs in {self.directory}")
         if plan.policy != "reject" and not hasattr(OnceTask, "running_lock_conflict"):
@@ -159,8 +169,8 @@ class Soak:
             worker.start()
         self.wait_ready()
 
-        publishers = Publishers(app.work, threads=PUBLISHER_THREADS, rate=CALLS_PER_SECOND, keys=app.KEYS,
-                                seed=plan.seed)
+        rate = CALLS_PER_SECOND if plan.running_limit == 1 else LIMITED_CALLS_PER_SECOND
+        publishers = Publishers(app.work, threads=PUBLISHER_THREADS, rate=rate, keys=app.KEYS, seed=plan.seed)
         faults = Faults(self.servers, self.workers, self.log, random.Random(plan.seed), kinds(plan.pool, plan.broker))
         began = time.time()
         self.log("load: publishing and injecting faults")
@@ -264,9 +274,15 @@ class Soak:
         return found
 
     def locks_left(self) -> list[tuple[str, str, int]]:
+        """Every key left under ``once_task:*``: a lock, or a limited key's slots or line (shown whole)."""
         client = self.servers.locks.client(0, decode_responses=True)
-        return [(str(key), str(client.get(key)), int(client.pttl(key)))
-                for key in sorted(client.scan_iter(match="once_task:*", count=1000))]
+        left = []
+        for key in sorted(client.scan_iter(match="once_task:*", count=1000)):
+            kind = client.type(key)
+            value: Any = (client.get(key) if kind == "string" else client.hgetall(key) if kind == "hash"
+                          else client.lrange(key, 0, -1) if kind == "list" else kind)
+            left.append((str(key), str(value), int(client.pttl(key))))
+        return left
 
     # -- the figures --------------------------------------------------------
 
@@ -278,7 +294,8 @@ class Soak:
         runs = report.executions(records, faults.kills)
         accepted = report.accepted(calls)
         states = self.result_states([call.result.id for call in accepted])
-        overlapping = report.overlaps(runs)
+        overlapping = report.overlaps(runs) if plan.running_limit == 1 else []
+        most, most_key = report.most_at_once(runs)
         stuck = report.not_terminal(calls, states)
         blocked = report.blocking(faults.blocked, ended)
         limit = HEARTBEAT_TIMEOUT + 5
@@ -297,8 +314,8 @@ class Soak:
         ended_by_kill = sum(1 for run in runs if run.ended_by == "kill")
         without_end = sum(1 for run in runs if run.ended_by == "unknown")
 
-        self.say(f"policy: {plan.policy}; workers: {plan.workers} ({plan.pool}); broker: {plan.broker}; body: "
-                 f"{plan.body}; seed: {plan.seed}; heartbeat_timeout: "
+        self.say(f"policy: {plan.policy}; running_limit: {plan.running_limit}; workers: {plan.workers} ({plan.pool}); "
+                 f"broker: {plan.broker}; body: {plan.body}; seed: {plan.seed}; heartbeat_timeout: "
                  f"{HEARTBEAT_TIMEOUT}s (lease ttl {plan.lease.ttl:.1f}s); visibility_timeout: {VISIBILITY_TIMEOUT}s")
         self.say(f"calls made: {len(calls)}")
         self.say(f"accepted: {count[ACCEPTED]}")
@@ -320,7 +337,8 @@ class Soak:
         self.say("faults: " + ", ".join(f"{kind} {faults.counts[kind]}" for kind in faults.kinds))
         self.say(f"duration: {ended - began:.1f}s (load {load_ended - began:.1f}s, drain and lease wait "
                  f"{ended - load_ended:.1f}s)")
-        self.say(f"overlaps: {len(overlapping)}")
+        self.say(f"overlaps: {len(overlapping)}" if plan.running_limit == 1 else
+                 f"most executions of one key at once: {most} (key {most_key}; running_limit {plan.running_limit})")
         self.say(f"results not terminal: {len(stuck)}" + (
             f" ({len(lost)} of them lost by Celery: messages taken off the broker by a worker killed or stopped "
             "before it recorded their delivery)" if lost else ""))
@@ -335,8 +353,8 @@ class Soak:
             self.say(f"crashed worker blocked its keys: max -, median - (no running lock held at "
                      f"{faults.counts['worker_kill']} worker kills)")
         failures = []
-        if overlapping:
-            failures.append("overlaps")
+        if overlapping or most > plan.running_limit:
+            failures.append("overlaps" if plan.running_limit == 1 else f"more than {plan.running_limit} at once")
         if twice - cut_short:
             failures.append("executions completed twice")
         # Celery's losses fail the soak only with --strict: they happen
@@ -507,7 +525,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     workers: list[SoakWorker] = []
     try:
         servers = Servers(plan.broker)
-        env = servers.environment(HEARTBEAT_TIMEOUT, VISIBILITY_TIMEOUT, plan.policy, plan.body)
+        env = servers.environment(HEARTBEAT_TIMEOUT, VISIBILITY_TIMEOUT, plan.policy, plan.body, plan.running_limit)
         os.environ.update(env)  # read by soak.app, here and in the workers
         workers = [SoakWorker(index, directory, env, plan.pool) for index in range(1, plan.workers + 1)]
         status = 0 if Soak(plan, servers, workers, log, directory).run() else 1

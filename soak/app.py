@@ -30,8 +30,11 @@ from celery_once_task import OnceTask, OnceTaskUnlockBootStep, configure, setup_
 
 #: The records list: one JSON object per start or end of an execution.
 RECORDS_KEY = "soak:records"
-#: How many different calls the publishers make: ``work(0)`` to ``work(KEYS - 1)``.
-KEYS = 16
+#: At most this many executions of one key at once (``--running-limit``): 1 is the running lock.
+RUNNING_LIMIT = int(os.environ.get("SOAK_RUNNING_LIMIT", "1"))
+#: How many different calls the publishers make: ``work(0)`` to ``work(KEYS - 1)``; fewer under a
+#: limit, so that calls of one key pile up past it.
+KEYS = 16 if RUNNING_LIMIT == 1 else 4
 POLICIES = ("reject", "wait")
 
 
@@ -77,6 +80,9 @@ app.steps["worker"].add(OnceTaskUnlockBootStep)
 # library that does not know ``running_lock_conflict`` yet still gets it, and
 # honours it as soon as it reads the attribute.
 _POLICY_OPTIONS: dict[str, Any] = {} if POLICY == "reject" else {"running_lock_conflict": POLICY}
+if RUNNING_LIMIT > 1:
+    # Every call kept: under "wait" they wait their turn in the key's line.
+    _POLICY_OPTIONS.update(running_limit=RUNNING_LIMIT, queue_lock=False)
 
 # Longer than a stall of the records server could last: it is never faulted.
 _records = redis.Redis.from_url(RECORDS_URL, socket_timeout=30)

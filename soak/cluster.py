@@ -46,7 +46,8 @@ class Servers:
     def broker_url(self) -> str:
         return self.rabbit.url(self.vhost) if self.rabbit is not None else f"{self.broker.url}/0"
 
-    def environment(self, heartbeat_timeout: int, visibility_timeout: int, policy: str, body: str) -> dict[str, str]:
+    def environment(self, heartbeat_timeout: int, visibility_timeout: int, policy: str, body: str,
+                    running_limit: int = 1) -> dict[str, str]:
         """What ``soak.app`` reads."""
         return {
             "SOAK_BROKER_URL": self.broker_url,
@@ -59,6 +60,7 @@ class Servers:
             "SOAK_VISIBILITY_TIMEOUT": str(visibility_timeout),
             "SOAK_POLICY": policy,
             "SOAK_BODY": body,
+            "SOAK_RUNNING_LIMIT": str(running_limit),
         }
 
     def stop(self) -> None:

@@ -117,6 +117,8 @@ class BlockedKey:
     seen_freed_at: Optional[float] = None
     #: When the key expires by the TTL last seen.
     expires_at: Optional[float] = None
+    #: A slot of a limited key: its field in the key's hash (its value begins with its expiry, server ms).
+    field: Optional[str] = None
 
 
 class Faults:
@@ -354,7 +356,8 @@ class Faults:
         held: Optional[list[BlockedKey]] = None
         while held is None and time.time() < deadline:
             try:
-                held = [BlockedKey(worker, key, value, killed_at) for key, value in _running_locks(client, worker)]
+                held = [BlockedKey(worker, key, value, killed_at, field=field)
+                        for key, field, value in _running_locks(client, worker)]
             except RedisError:
                 time.sleep(0.05)
         held = held or []
@@ -366,8 +369,12 @@ class Faults:
         while held and time.time() < deadline:
             pipe = client.pipeline(transaction=False)
             for blocked in held:
-                pipe.get(blocked.key)
-                pipe.pttl(blocked.key)
+                if blocked.field is None:
+                    pipe.get(blocked.key)
+                    pipe.pttl(blocked.key)
+                else:
+                    pipe.hget(blocked.key, blocked.field)
+                    pipe.time()
             try:
                 replies = pipe.execute()
             except RedisError:
@@ -375,6 +382,10 @@ class Faults:
                 continue
             now = time.time()
             for blocked, value, pttl in zip(held, replies[::2], replies[1::2]):
+                if blocked.field is not None and value == blocked.value:
+                    # A slot holds its key until its expiry passes, by the server's clock (pttl: TIME here).
+                    left = int(value.split(":", 1)[0]) - (int(pttl[0]) * 1000 + int(pttl[1]) // 1000)
+                    value, pttl = (value, left) if left > 0 else (None, 0)
                 if value != blocked.value:
                     blocked.seen_freed_at = now
                     blocked.freed_at = min(now, blocked.expires_at or now)
@@ -396,9 +407,9 @@ def _held_for(item: BlockedKey) -> str:
     return f"{held:.2f}s" if seen - held < 0.2 else f"{held:.2f}s (seen free after {seen:.2f}s: the store was away)"
 
 
-def _running_locks(client: redis.Redis, worker: str) -> list[tuple[str, str]]:
-    """(key, value) of every running lock whose value names ``worker`` (``client`` decodes replies)."""
-    locks = []
+def _running_locks(client: redis.Redis, worker: str) -> list[tuple[str, Optional[str], str]]:
+    """(key, slot field or None, value) of every running lock and slot that names ``worker`` (replies decoded)."""
+    locks: list[tuple[str, Optional[str], str]] = []
     for key in client.scan_iter(match="once_task:*:running", count=1000):
         value = client.get(key)
         if value is None:
@@ -408,5 +419,10 @@ def _running_locks(client: redis.Redis, worker: str) -> list[tuple[str, str]]:
         except ValueError:
             continue
         if isinstance(owner, dict) and owner.get("worker") == worker:
-            locks.append((str(key), str(value)))
+            locks.append((str(key), None, str(value)))
+    marker = f'"worker":{json.dumps(worker)},'
+    for key in client.scan_iter(match="once_task:*:slots", count=1000):
+        for field, value in client.hgetall(key).items():
+            if str(field).startswith("s:") and marker in str(field):
+                locks.append((str(key), str(field), str(value)))
     return locks

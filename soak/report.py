@@ -101,6 +101,22 @@ def overlaps(runs: Sequence[Execution]) -> list[tuple[Execution, Execution]]:
     return pairs
 
 
+def most_at_once(runs: Sequence[Execution]) -> tuple[int, Optional[int]]:
+    """The most executions of one key that ran at the same time, and that key."""
+    by_key: dict[int, list[tuple[float, int]]] = defaultdict(list)
+    for run in runs:
+        by_key[run.key].extend([(run.start, 1), (run.until, -1)])
+    most, where = 0, None
+    for key, moments in by_key.items():
+        now = 0
+        # An end at the same instant as a start comes first: one ended, then the next began.
+        for _, step in sorted(moments, key=lambda moment: (moment[0], moment[1])):
+            now += step
+            if now > most:
+                most, where = now, key
+    return most, where
+
+
 def not_terminal(calls: Sequence[Call], result_states: Mapping[str, tuple[str, Optional[str]]]) -> list[Call]:
     """Accepted calls whose result is not in a ready state."""
     return [call for call in accepted(calls) if result_states.get(call.result.id, (states.PENDING, None))[0]

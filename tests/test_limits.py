@@ -7,6 +7,7 @@ processes to spare, so that it is the limit, not the pool, that holds calls.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from celery_once_task.keys import limited_key
 from celery_once_task.ownership import Lease
 from tests import worker_app as tasks
 from tests.support import Worker, events, running_worker, started, wait_until
+from tests.test_cli import once
 
 pytestmark = pytest.mark.any_broker
 
@@ -43,9 +45,11 @@ def most_at_once(runs: list[dict[str, Any]]) -> int:
 
 
 def slots_left(locks: Any, task: Any, tenant: str) -> int:
+    """The slots held or reserved, and the keys of its line, left at a tenant's key (0: nothing left behind)."""
     digest = task.once_digest((tenant, 0), {})
     fields = locks.hgetall(limited_key(task.name, digest, "slots"))
-    return sum(1 for name in fields if name.startswith((b"s:", b"r:", b"w:")))
+    line = locks.exists(limited_key(task.name, digest, "waiters"), limited_key(task.name, digest, "messages"))
+    return sum(1 for name in fields if name.startswith((b"s:", b"r:"))) + line
 
 
 def test_bad_running_limit_is_an_error_at_definition_naming_the_task() -> None:
@@ -94,7 +98,7 @@ def test_calls_beyond_the_limit_wait_their_turn_and_all_run(limit_worker: Worker
     started(recs, tenant, count=2)
     digest = tasks.export_waiting_gated.once_digest((tenant, 0), {})
     line = limited_key(tasks.export_waiting_gated.name, digest, "waiters")
-    wait_until(lambda: locks.llen(line) == 2, what="the third and fourth calls to wait in line")
+    wait_until(lambda: locks.zcard(line) == 2, what="the third and fourth calls to wait in line")
     assert len(events(recs, tenant, "start")) == 2
     first_two = sorted(event["n"] for event in events(recs, tenant, "start"))
     for n in first_two:
@@ -138,7 +142,7 @@ def test_a_dead_workers_slots_free_within_the_lease_and_the_waiting_calls_run(
         waiting = [tasks.export_waiting_gated.apply_async((tenant, n), queue=QUEUE) for n in (3, 4)]
         digest = tasks.export_waiting_gated.once_digest((tenant, 0), {})
         line = limited_key(tasks.export_waiting_gated.name, digest, "waiters")
-        wait_until(lambda: locks.llen(line) == 2, what="the third and fourth calls to wait in line")
+        wait_until(lambda: locks.zcard(line) == 2, what="the third and fourth calls to wait in line")
         doomed.process.kill()  # the whole worker, and the two slots it held
         killed_at = time.monotonic()
         doomed.process.wait(10)
@@ -154,3 +158,69 @@ def test_a_dead_workers_slots_free_within_the_lease_and_the_waiting_calls_run(
         recs.rpush(f"gate:{tenant}:{n}", 1)
     assert [result.get(timeout=20) for result in waiting] == [3, 4]
     assert freed_after <= LEASE.ttl + 3
+
+
+# -- what operators see ----------------------------------------------------------------
+
+
+def once_json(*args: str) -> Any:
+    done = once(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_locks_show_a_limited_key_slot_by_slot_with_its_waiting_calls(limit_worker: Worker, locks: Any,
+                                                                       recs: Any) -> None:
+    tenant = uuid.uuid4().hex
+    results = [tasks.export_waiting_gated.apply_async((tenant, n), queue=QUEUE) for n in (1, 2, 3)]
+    started(recs, tenant, count=2)
+    digest = tasks.export_waiting_gated.once_digest((tenant, 0), {})
+    key = limited_key(tasks.export_waiting_gated.name, digest, "slots")
+    wait_until(lambda: locks.zcard(limited_key(tasks.export_waiting_gated.name, digest, "waiters")) == 1,
+               what="the third call to wait in line")
+    listed = [lock for lock in once_json("locks", "--type", "slots") if lock["key"] == key]
+    running = {event["n"]: results[event["n"] - 1].id for event in events(recs, tenant, "start")}
+    assert sorted(lock["task_id"] for lock in listed) == sorted(running.values())
+    for lock in listed:
+        assert (lock["type"], lock["limit"], lock["used"], lock["waiting"]) == ("slots", 2, 2, 1)
+        assert (lock["worker"], lock["alive"], lock["attempt"]) == (limit_worker.name, True, 0)
+        assert 0 <= lock["age"] < 60 and 0 < lock["ttl"] <= LEASE.ttl
+    text = once("locks", "--task", tasks.export_waiting_gated.name).stdout
+    assert f"{key}\n    slots 2 of 2 used, 1 waiting; slot held by task " in text
+    assert len(once_json("show", key)) == 2
+    for n in (1, 2, 3):
+        recs.rpush(f"gate:{tenant}:{n}", 1)
+    assert [result.get(timeout=20) for result in results] == [1, 2, 3]
+
+
+def test_clear_frees_one_slot_by_its_holder_and_leaves_the_other(limit_worker: Worker, locks: Any,
+                                                                 recs: Any) -> None:
+    tenant = uuid.uuid4().hex
+    results = [tasks.export_gated.apply_async((tenant, n), queue=QUEUE) for n in (1, 2)]
+    started(recs, tenant, count=2)
+    key = limited_key(tasks.export_gated.name, tasks.export_gated.once_digest((tenant, 0), {}), "slots")
+    done = once("clear", "--key", key, "--holder", results[0].id, "--yes")
+    assert done.returncode == 0, done.stderr
+    assert f"deleted {key} slot (held by task {results[0].id}" in done.stdout
+    holders = [name for name in locks.hkeys(key) if name.startswith(b"s:")]
+    assert len(holders) == 1 and results[1].id.encode() in holders[0]
+    # The freed slot takes a new execution at once.
+    third = tasks.export_gated.apply_async((tenant, 3), queue=QUEUE)
+    started(recs, tenant, count=3)
+    for n in (1, 2, 3):
+        recs.rpush(f"gate:{tenant}:{n}", 1)
+    assert [result.get(timeout=20) for result in [*results, third]] == [1, 2, 3]
+    assert slots_left(locks, tasks.export_gated, tenant) == 0
+
+
+def test_wait_without_a_queue_lock_runs_every_call_one_at_a_time_in_order(limit_worker: Worker, locks: Any,
+                                                                           recs: Any) -> None:
+    tag = uuid.uuid4().hex
+    results = [tasks.in_turn.apply_async((tag, n), queue=QUEUE) for n in range(8)]
+    assert [result.get(timeout=60) for result in results] == list(range(8))
+    runs = events(recs, tag, "start") + events(recs, tag, "end")
+    assert most_at_once(runs) == 1
+    # The calls that waited ran in the order they were made, whatever order the workers picked them up in.
+    waited = [event["n"] for event in events(recs, tag, "start")][1:]
+    assert waited == sorted(waited)
+    assert slots_left(locks, tasks.in_turn, tag) == 0

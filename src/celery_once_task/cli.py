@@ -1,9 +1,13 @@
 """The operators' commands: ``celery -A proj once ...`` and the standalone ``celery-once-task``.
 
-    celery -A proj once locks   [--task NAME] [--type queue|running] [--json]
+    celery -A proj once locks   [--task NAME] [--type queue|running|slots] [--json]
     celery -A proj once show    KEY [--json]
-    celery -A proj once clear   (--task NAME | --key KEY) [--type queue|running] --yes [--json]
+    celery -A proj once clear   (--task NAME | --key KEY [--holder TASK_ID]) [--type ...] --yes [--json]
     celery -A proj once workers [--json]
+
+A key with a ``running_limit`` is shown slot by slot: each slot's holder,
+with the key's limit, the slots used and the calls waiting; ``--holder``
+clears one slot of it.
 
 ``once`` is a Celery subcommand (the ``celery.commands`` entry point): it
 reads the lock store the app is configured with, as a worker of that app
@@ -32,7 +36,7 @@ import redis
 
 from . import locks as lockinfo
 from .connection import redact_url
-from .keys import RUNNING
+from .keys import RUNNING, SLOTS
 from .settings import DEFAULT_REDIS_URL, resolve, validate
 from .store import client_for
 
@@ -122,7 +126,7 @@ def main(ctx: click.Context, url: Optional[str], app_name: Optional[str]) -> Non
 
 
 _type_option = click.option("--type", "lock_type", type=click.Choice(lockinfo.LOCK_TYPES),
-                            help="only queue locks or only running locks")
+                            help="only queue locks, only running locks, or only the slots of limited keys")
 _json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
 
 
@@ -154,39 +158,48 @@ def locks_command(ctx: click.Context, task: Optional[str], lock_type: Optional[s
 @_json_option
 @click.pass_context
 def show_command(ctx: click.Context, key: str, as_json: bool) -> None:
-    """One lock, in full."""
+    """One lock, in full (a limited key: each of its slots)."""
     with _target(ctx).reaching() as client:
-        lock = lockinfo.get_lock(client, key)
+        found = lockinfo.get_locks(client, key)
+    slotted = lockinfo.parse_key(key) is not None and key.endswith(":slots")
     if as_json:
-        click.echo(json.dumps(None if lock is None else lock.as_dict(), indent=2))
-    elif lock is not None:
+        shown: Any = [lock.as_dict() for lock in found] if slotted else (found[0].as_dict() if found else None)
+        click.echo(json.dumps(shown, indent=2))
+    for index, lock in enumerate([] if as_json else found):
+        if index:
+            click.echo("")
         for label, value in _fields(lock):
             click.echo(f"{label + ':':<10} {value}")
-    else:
-        click.echo(f"no lock at {key}", err=True)
-    if lock is None:
+    if not found:
+        if not as_json:
+            click.echo(f"no lock at {key}", err=True)
         ctx.exit(EXIT_NOT_DONE)
 
 
 @click.command(name="clear")
 @click.option("--task", help="the locks of this task (its full dotted name)")
 @click.option("--key", help="the lock at this key")
+@click.option("--holder", help="with --key of a limited key: only the slot this task id holds")
 @_type_option
 @click.option("--yes", is_flag=True, help="delete them (without it, only say what would be deleted)")
 @_json_option
 @click.pass_context
 def clear_command(
-    ctx: click.Context, task: Optional[str], key: Optional[str], lock_type: Optional[str], yes: bool, as_json: bool
+    ctx: click.Context, task: Optional[str], key: Optional[str], holder: Optional[str], lock_type: Optional[str],
+    yes: bool, as_json: bool,
 ) -> None:
     """Delete the locks that match, each only if it still holds the value listed."""
     if (task is None) == (key is None):
         raise click.UsageError("give either --task NAME or --key KEY")
+    if holder is not None and key is None:
+        raise click.UsageError("--holder needs --key")
     with _target(ctx).reaching() as client:
         if key is not None:
-            lock = lockinfo.get_lock(client, key)
-            listed = [lock] if lock is not None and lock_type in (None, lock.type) else []
+            listed = [lock for lock in lockinfo.get_locks(client, key)
+                      if lock_type in (None, lock.type) and holder in (None, lock.task_id)]
         else:
             listed = list(lockinfo.iter_locks(client, task, lock_type))
+        listed = [lock for lock in listed if lock.type != SLOTS or lock.slot is not None]
         if not yes:
             _refuse(ctx, listed, as_json)
             return
@@ -199,7 +212,7 @@ def clear_command(
         }, indent=2))
     else:
         for lock in cleared.deleted:
-            click.echo(f"deleted {lock.key} (held by {lock.describe_owner()})")
+            click.echo(f"deleted {lock.key}{' slot' if lock.slot else ''} (held by {lock.describe_owner()})")
         for lock in cleared.changed_hands:
             click.echo(f"left alone {lock.key}: it changed hands since it was listed")
         for lock in cleared.gone:
@@ -226,7 +239,7 @@ def _refuse(ctx: click.Context, listed: list[lockinfo.Lock], as_json: bool) -> N
 def workers_command(ctx: click.Context, as_json: bool) -> None:
     """The live worker instances: node name, heartbeat, and the running locks each holds."""
     with _target(ctx).reaching() as client:
-        running = list(lockinfo.iter_locks(client, lock_type=RUNNING))
+        running = [*lockinfo.iter_locks(client, lock_type=RUNNING), *lockinfo.iter_locks(client, lock_type=SLOTS)]
         workers = list(lockinfo.iter_workers(client, running))
     if as_json:
         click.echo(json.dumps([
@@ -251,6 +264,12 @@ def workers_command(ctx: click.Context, as_json: bool) -> None:
 
 
 def _describe(lock: lockinfo.Lock) -> str:
+    if lock.type == SLOTS:
+        line = (f"{lock.key}\n    slots {lock.used} of {lock.limit} used, {lock.waiting} waiting; "
+                f"{'slot' if lock.slot else 'no slot'} held by {lock.describe_owner()}")
+        if lock.slot and not lock.reserved:
+            line += f", TTL {_duration(lock.ttl)}, {_liveness(lock.alive)}, {_age(lock.age)}"
+        return line
     line = f"{lock.key}\n    {lock.type} lock, TTL {_duration(lock.ttl)}, held by {lock.describe_owner()}"
     if lock.type == RUNNING:
         line += f", {_liveness(lock.alive)}, {_age(lock.age)}"
@@ -262,8 +281,14 @@ def _fields(lock: lockinfo.Lock) -> Iterable[tuple[str, str]]:
     yield "type", lock.type
     yield "task", lock.task
     yield "digest", lock.digest
+    if lock.type == SLOTS:
+        yield "slots", f"{lock.used} of {lock.limit} used"
+        yield "waiting", str(lock.waiting)
+        if lock.slot is None:
+            return
+        yield "holder", lock.describe_owner()
     yield "task id", lock.task_id
-    if lock.type == RUNNING:
+    if lock.type in (RUNNING, SLOTS) and not lock.reserved:
         yield "attempt", "unknown" if lock.attempt is None else str(lock.attempt)
         yield "worker", lock.worker or "unknown"
         yield "instance", lock.instance or "unknown"

@@ -61,7 +61,7 @@ class Cleanup:
     record: Optional[FinishedRecord] = None
     #: A slot of a limited key (see ``limits``): the key's line, its limit, and how long a slot
     #: handed to a waiting call is reserved for it.
-    line: Optional[str] = None
+    line: Optional[tuple[str, str]] = None
     limit: int = 1
     reserve: float = 0.0
     #: With ``line``: ``token`` is a revoked call's id, to be taken out of the line (no slot is freed).

@@ -57,10 +57,11 @@ def lock_key(task_name: str, digest: str, lock_type: str) -> str:
 #: The lock types of a call whose task has a ``running_limit`` (see ``limits``).
 SLOTS = "slots"
 WAITERS = "waiters"
+MESSAGES = "messages"
 
 
 def limited_key(task_name: str, digest: str, lock_type: str) -> str:
-    """``once_task:{task_name}:{{digest}}:{slots|waiters}``: a limited call's keys.
+    """``once_task:{task_name}:{{digest}}:{slots|waiters|messages}``: a limited call's keys.
 
     The braces around the digest are a Redis Cluster hash tag: the slots, the
     line of waiting calls and the finished records of one call share a hash

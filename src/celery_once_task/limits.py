@@ -45,17 +45,29 @@ from redis.exceptions import RedisError
 from .deferral import AFTER_HEADER, TAKEOVER_HEADER, defer, header, store_down
 from .events import duplicate_execution, lock_recovered
 from .janitor import Cleanup, janitor
-from .keys import QUEUE, SLOTS, WAITERS, finished_key, limited_key, lock_key
+from .keys import MESSAGES, QUEUE, SLOTS, WAITERS, finished_key, limited_key, lock_key
 from .ownership import Lease, RunningOwner, running_ttl
 from .redelivery import call_of, copy_of_finished, ended, guard_seconds
 from .rejection import record_rejection, reject_duplicate
 from .settings import Settings
-from .store import FINISHED, FULL, IN_LINE, SAME_ATTEMPT, FinishedCheck, FinishedRecord, LockStore, RetryPolicy
+from .store import (
+    FINISHED,
+    FULL,
+    IN_LINE,
+    SAME_ATTEMPT,
+    FinishedCheck,
+    FinishedRecord,
+    Joining,
+    LockStore,
+    RetryPolicy,
+)
 from .waiting import hand_over_entries as hand_over
 from .waiting import message_of
 
 logger = logging.getLogger("celery_once_task")
 
+#: The header of a call that may wait in a line: when it was made (the line is in call order).
+CALLED_HEADER = "once_task_called_at"
 #: How long a slot reserved for a waiting call handed over is kept for its message to arrive.
 RESERVE_SECONDS = 60.0
 #: A waiting call's safety copy comes back after a lease, times its place in line over the limit, at most this.
@@ -66,14 +78,20 @@ def limit_of(task: Any) -> int:
     return int(getattr(task, "running_limit", None) or 1)
 
 
+def may_wait_in_line(task: Any) -> bool:
+    """Whether the task's calls may wait in a line, by its own options: they are stamped with their time."""
+    return limit_of(task) > 1 or (task.running_lock_conflict == "wait" and not task.queue_lock)
+
+
 def limited(task: Any, settings: Settings) -> bool:
     """Whether the task's executions take slots (``running_limit > 1``, or a line kept without a queue lock)."""
     return limit_of(task) > 1 or (settings.running_lock_conflict == "wait" and not task.queue_lock)
 
 
-def keys_of(task: Any, digest: str) -> tuple[str, str]:
-    """The slots and the line of a limited call."""
-    return limited_key(task.name, digest, SLOTS), limited_key(task.name, digest, WAITERS)
+def keys_of(task: Any, digest: str) -> tuple[str, tuple[str, str]]:
+    """The slots of a limited call, and its line: the waiting calls, and their messages."""
+    return limited_key(task.name, digest, SLOTS), (limited_key(task.name, digest, WAITERS),
+                                                   limited_key(task.name, digest, MESSAGES))
 
 
 def call_id(task_id: str, attempt: int) -> str:
@@ -93,7 +111,8 @@ class Slot(NamedTuple):
     key: str
     token: str
     finished: Optional[FinishedCheck]
-    line: str
+    #: The key's line of waiting calls, and their messages.
+    line: tuple[str, str]
     limit: int
 
 
@@ -163,13 +182,16 @@ def _full(task: Any, settings: Settings, request: Any, held: Slot, queue_key: Op
     if request.is_eager:
         return _wait_here(task, request, held, owner, lease)
     ident = call_id(request.id, owner.retries)
-    entry = f"{ident}\x1f{message_of(task, request, dict(getattr(request, 'headers', None) or {})) or ''}"
-    line_ttl = settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl
+    joining = Joining(
+        message=message_of(task, request, dict(getattr(request, "headers", None) or {})) or "",
+        called_at=called_at(request),
+        line_ttl=settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl,
+        queue_key=queue_key,
+    )
     try:
         pickup = held.store.slot_pickup(
             None, request.id, held.key, held.line, owner.token, since, lease, held.limit, ident,
-            attempt_prefix(owner), entry=entry, line_ttl=line_ttl, reserve=RESERVE_SECONDS,
-            queue_ttl=line_ttl if queue_key is not None else 0)
+            attempt_prefix(owner), reserve=RESERVE_SECONDS, joining=joining)
     except RedisError as exc:
         store_down(task, settings, digest, request, held.key, owner, exc,
                    Cleanup(settings.redis_url, held.key, owner.token, True, task, request.id, "pickup refused",
@@ -188,6 +210,15 @@ def _full(task: Any, settings: Settings, request: Any, held: Slot, queue_key: Op
         # A slot freed in between: it runs now, and the queue lock it took back goes.
         held.store.release_all([(queue_key, request.id, False)])
     return held
+
+
+def called_at(request: Any) -> float:
+    """When the call was made: its ``CALLED_HEADER`` (a line is in call order), else now."""
+    stamp = header(request, CALLED_HEADER)
+    try:
+        return float(stamp)
+    except (TypeError, ValueError):
+        return time.time()
 
 
 def _come_back(task: Any, settings: Settings, request: Any, place: int, limit: int) -> None:

@@ -2,7 +2,10 @@
 
 Listing walks the keys with ``SCAN`` in batches (never ``KEYS``) and reads each
 batch's values and TTLs in one pipeline, then the heartbeats of the worker
-instances that batch names in a second one. Clearing is owner-checked: a lock
+instances that batch names in a second one. A key with a ``running_limit``
+(``limits``) is listed as one row per slot held or reserved -- each with the
+key's limit, the slots used and the calls waiting in its line -- or as one
+row without a holder where only calls wait. Clearing is owner-checked: a lock
 is deleted only if it still holds the exact value that was listed (the
 library's compare-and-delete), so a lock that changed hands between listing
 and clearing is left alone and reported as such.
@@ -23,14 +26,15 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from .connection import parse_url, scan_keys
-from .keys import KEY_PREFIX, QUEUE, RUNNING
+from .keys import KEY_PREFIX, QUEUE, RUNNING, SLOTS, WAITERS
+from .limits import describe_slots
 from .ownership import HEARTBEAT_PREFIX, heartbeat_key
 from .store import LockStore
 
 #: Keys asked of each SCAN call, and keys read per pipeline.
 BATCH = 500
 
-LOCK_TYPES = (QUEUE, RUNNING)
+LOCK_TYPES = (QUEUE, RUNNING, SLOTS)
 
 
 def iter_keys(client: Any, match: str, count: int) -> Iterator[bytes]:
@@ -65,9 +69,21 @@ class Lock:
     alive: Optional[bool] = None
     #: Seconds since the execution took the lock; None if the value does not say.
     age: Optional[float] = None
+    #: A slot of a limited key: its field in the key's hash (None for a row of waiting calls only),
+    #: the key's limit, the slots used, and the calls waiting in its line.
+    slot: Optional[str] = None
+    limit: Optional[int] = None
+    used: Optional[int] = None
+    waiting: Optional[int] = None
+    #: A slot reserved for a waiting call handed over, whose message is on its way.
+    reserved: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        slots = {} if self.type != SLOTS else {
+            "slot": self.slot, "limit": self.limit, "used": self.used, "waiting": self.waiting,
+            "reserved": self.reserved,
+        }
+        return {**slots,
             "key": self.key,
             "task": self.task,
             "type": self.type,
@@ -83,7 +99,11 @@ class Lock:
         }
 
     def describe_owner(self) -> str:
-        if self.type != RUNNING:
+        if self.type == SLOTS and self.slot is None:
+            return "nobody (calls wait in line)"
+        if self.reserved:
+            return f"task {self.task_id}, attempt {self.attempt}, reserved (handed over, on its way)"
+        if self.type == QUEUE:
             return f"task {self.task_id}"
         attempt = "?" if self.attempt is None else str(self.attempt)
         return f"task {self.task_id}, attempt {attempt}, worker {self.worker or '?'}"
@@ -136,7 +156,7 @@ class Cleared:
 def lock_pattern(task: Optional[str] = None, lock_type: Optional[str] = None) -> str:
     """The SCAN pattern of the locks of ``task`` (every task if None) of ``lock_type``."""
     name = _glob_escape(task) if task else "*"
-    return f"{KEY_PREFIX}:{name}:*:{lock_type or '*'}"
+    return f"{KEY_PREFIX}:{name}:*:{_glob_escape(lock_type) if lock_type else '*'}"
 
 
 def iter_locks(
@@ -153,32 +173,82 @@ def iter_locks(
 
 
 def get_lock(client: Any, key: str) -> Optional[Lock]:
-    """The lock at ``key``, or None if there is none (or ``key`` is not a lock key)."""
-    if parse_key(key) is None:
-        return None
-    found = read_locks(client, [key.encode("utf-8")])
+    """The lock at ``key``, or None if there is none (or ``key`` is not a lock key); a limited key's first slot."""
+    found = get_locks(client, key)
     return found[0] if found else None
+
+
+def get_locks(client: Any, key: str) -> list[Lock]:
+    """The lock at ``key`` -- or, at a limited key, each of its slots -- as a list (empty where none)."""
+    if parse_key(key) is None:
+        return []
+    return read_locks(client, [key.encode("utf-8")])
 
 
 def read_locks(client: Any, keys: Sequence[bytes], *, now: Optional[float] = None) -> list[Lock]:
     """The locks at ``keys``: values and TTLs in one pipeline, heartbeats in another."""
+    keys = [key for key in keys if parse_key(_text(key)) is not None]
     if not keys:
         return []
+    limited = {key for key in keys if _text(key).endswith(f":{SLOTS}")}
     pipe = client.pipeline(transaction=False)
     for key in keys:
-        pipe.get(key)
-        pipe.pttl(key)
+        if key in limited:
+            # A limited key: its slots, and the length of its line. One key per command (Cluster).
+            pipe.hgetall(key)
+            pipe.zcard(_text(key)[: -len(SLOTS)] + WAITERS)
+        else:
+            pipe.get(key)
+            pipe.pttl(key)
+    if limited:
+        pipe.time()  # slots expire by the server's clock
     replies = pipe.execute()
     now = time.time() if now is None else now
+    server_ms = (int(replies[-1][0]) * 1000 + int(replies[-1][1]) // 1000) if limited else 0
     locks: list[Lock] = []
     for index, raw_key in enumerate(keys):
-        value, pttl = replies[2 * index], replies[2 * index + 1]
-        if value is None:  # released or expired since the scan
+        first, second = replies[2 * index], replies[2 * index + 1]
+        if raw_key in limited:
+            locks.extend(_slot_locks(_text(raw_key), first, int(second), server_ms, now))
             continue
-        lock = _make_lock(_text(raw_key), _text(value), pttl, now)
+        if first is None:  # released or expired since the scan
+            continue
+        lock = _make_lock(_text(raw_key), _text(first), second, now)
         if lock is not None:
             locks.append(lock)
     return _with_liveness(client, locks)
+
+
+def _slot_locks(key: str, fields: dict[Any, Any], waiting: int, server_ms: int, now: float) -> list[Lock]:
+    """The rows of a limited key: one per slot held or reserved, or one for its line alone."""
+    parsed = parse_key(key)
+    if parsed is None or not fields:
+        return []
+    task, digest, _ = parsed
+    view = describe_slots({_text(name): _text(value) for name, value in fields.items()})
+    live = [slot for slot in view["held"] + view["reserved"] if slot["expiry_ms"] > server_ms]
+    common = {"task": task, "digest": digest, "type": SLOTS, "limit": view["limit"], "used": len(live),
+              "waiting": waiting}
+    rows = []
+    for slot in live:
+        ttl = round((slot["expiry_ms"] - server_ms) / 1000, 3)
+        if "token" in slot:
+            data = _json_object(slot["token"] + '"since":0}')
+            since = slot["since"]
+            rows.append(Lock(
+                key, value=slot["value"], ttl=ttl, slot="s:" + slot["token"],
+                task_id=str(data.get("task_id", "")), attempt=_optional_int(data.get("retries")),
+                worker=_optional_str(data.get("worker")), instance=_optional_str(data.get("instance")),
+                age=None if since is None else round(max(0.0, now - since), 1), **common,
+            ))
+        else:
+            rows.append(Lock(
+                key, value=slot["value"], ttl=ttl, slot=f"r:{slot['task_id']}\x1f{slot['attempt']}",
+                task_id=slot["task_id"], attempt=_optional_int(slot["attempt"]), reserved=True, **common,
+            ))
+    if not rows and waiting:
+        rows.append(Lock(key, value="", ttl=None, task_id="", **common))
+    return rows
 
 
 DELETED = "deleted"
@@ -186,15 +256,22 @@ CHANGED_HANDS = "changed hands"
 GONE = "gone"
 
 
-def clear_value(client: Any, key: str, value: str) -> str:
-    """Delete the lock at ``key`` if it still holds exactly ``value``.
+def clear_value(client: Any, key: str, value: str, slot: Optional[str] = None) -> str:
+    """Delete the lock at ``key`` (with ``slot``: that slot of a limited key) if it still holds exactly ``value``.
 
     Returns ``DELETED``, ``CHANGED_HANDS`` (another value holds it now: left
     alone) or ``GONE`` (released or expired meanwhile). Only lock keys are
     ever deleted: anything else raises ``ValueError``.
     """
-    if parse_key(key) is None:
+    parsed = parse_key(key)
+    if parsed is None:
         raise ValueError(f"{key!r} is not a celery-once-task lock key")
+    if parsed[2] == SLOTS:
+        if not slot or not slot.startswith(("s:", "r:")):
+            raise ValueError(f"{key!r} is a limited key: name the slot to clear")
+        if LockStore(client).slot_clear(key, slot, value):
+            return DELETED
+        return CHANGED_HANDS if client.hexists(key, slot) else GONE
     if LockStore(client).release(key, value):
         return DELETED
     return CHANGED_HANDS if client.exists(key) else GONE
@@ -204,7 +281,9 @@ def clear(client: Any, locks: Iterable[Lock]) -> Cleared:
     """Delete each lock if it still holds the value listed; leave it alone otherwise."""
     outcomes: dict[str, list[Lock]] = {DELETED: [], CHANGED_HANDS: [], GONE: []}
     for lock in locks:
-        outcomes[clear_value(client, lock.key, lock.value)].append(lock)
+        if lock.type == SLOTS and lock.slot is None:
+            continue  # a line of waiting calls: nothing is held
+        outcomes[clear_value(client, lock.key, lock.value, lock.slot)].append(lock)
     return Cleared(tuple(outcomes[DELETED]), tuple(outcomes[CHANGED_HANDS]), tuple(outcomes[GONE]))
 
 
@@ -214,7 +293,8 @@ def iter_workers(client: Any, locks: Optional[Iterable[Lock]] = None) -> Iterato
     ``locks`` are the running locks to share out (read from the server if None).
     """
     held: dict[str, list[Lock]] = {}
-    for lock in iter_locks(client, lock_type=RUNNING) if locks is None else locks:
+    running = [*iter_locks(client, lock_type=RUNNING), *iter_locks(client, lock_type=SLOTS)] if locks is None else locks
+    for lock in running:
         if lock.instance is not None:
             held.setdefault(lock.instance, []).append(lock)
     batch: list[bytes] = []
@@ -264,7 +344,12 @@ def parse_key(key: str) -> Optional[tuple[str, str, str]]:
     parts = key[len(KEY_PREFIX) + 1:].rsplit(":", 2)
     if len(parts) != 3 or parts[2] not in LOCK_TYPES or not parts[0]:
         return None
-    return parts[0], parts[1], parts[2]
+    digest = parts[1]
+    if parts[2] == SLOTS:  # the digest of a limited key is a hash tag: {digest}
+        if not (digest.startswith("{") and digest.endswith("}")):
+            return None
+        digest = digest[1:-1]
+    return parts[0], digest, parts[2]
 
 
 def _make_lock(key: str, value: str, pttl: int, now: float) -> Optional[Lock]:

@@ -22,6 +22,7 @@ import datetime
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Any, Callable, Optional
@@ -35,6 +36,7 @@ from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskLocked
 from .events import duplicate_call
 from .janitor import Cleanup, janitor
 from .keys import DIGEST_HEADER, QUEUE, lock_key
+from .limits import CALLED_HEADER
 from .redelivery import CALL_HEADER, new_call
 from .settings import Settings
 from .store import Acquired, FinishedRecord, LockStore, RetryPolicy, StoreUnavailable
@@ -233,18 +235,22 @@ _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (4 << 76) | (0x8000 << 48)
 
 
-def with_digest(options: dict[str, Any], digest: str, *, fixed_id: bool = False) -> None:
+def with_digest(options: dict[str, Any], digest: str, *, fixed_id: bool = False, stamped: bool = False) -> None:
     """Put the digest in the message headers, on a copy: canvas members share one dict.
 
     A call whose task id the caller fixed also gets a call id of its own
     (``redelivery.CALL_HEADER``), unless it carries one already -- a retry
     does, and keeps it: so that a new call made with the id of one that
-    finished is not taken for a copy of that one's message.
+    finished is not taken for a copy of that one's message. With ``stamped``
+    (a task whose calls may wait in a line: ``limits``) the call carries
+    when it was made, unless it carries it already (a retry keeps its place).
     """
     headers = dict(options.get("headers") or {})
     headers[DIGEST_HEADER] = digest
     if fixed_id and CALL_HEADER not in headers:
         headers[CALL_HEADER] = new_call()
+    if stamped and CALLED_HEADER not in headers:
+        headers[CALLED_HEADER] = f"{time.time():.3f}"
     options["headers"] = headers
 
 

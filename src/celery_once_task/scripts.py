@@ -241,35 +241,29 @@ return value
 
 # -- running_limit: slots and the line of waiting calls (see ``limits``) ------------
 #
-# A limited key's slots are a hash, its waiting calls a list, both in one hash
-# slot (``keys.slots_key``). Fields of the hash, each valued with its expiry in
-# server milliseconds first:
-#   s:<owner token>           a running execution's slot: "<expiry>:<since>"
-#   r:<call id>               a slot reserved for a waiting call handed over:
-#                             "<expiry>\x1f<its entry>"
-#   w:<call id>               the call is in the line, valued with its number in the line's
-#                             order (no expiry: the line's TTL governs)
-#   pushed, popped            how many calls joined the line, and left it: a call's place is
-#                             its number less ``popped``
-#   limit                     the limit last written (for operators)
-# A call id is "<task id>\x1f<attempt>"; an entry in the line is "<call id>\x1f<message>".
-# Time is the server's (TIME): leases expire by one clock, whatever the workers' clocks say.
+# A limited key has three keys, in one hash slot (``keys.limited_key``):
+#   slots     a hash: s:<owner token> -> "<expiry>:<since>", a running execution's slot;
+#             r:<call id> -> "<expiry>\x1f<when called>\x1f<message>", a slot reserved for a
+#             waiting call handed over; limit -> the limit last written (for operators).
+#             Expiry is in the server's milliseconds (TIME): leases expire by one clock,
+#             whatever the workers' clocks say. Only slots and reservations live here, so
+#             reading them costs N, however long the line.
+#   waiters   a sorted set, the line: call ids scored by when they were called (milliseconds,
+#             the publisher's clock): a slot goes to the call made first.
+#   messages  a hash: call id -> the waiting call's message, published at hand-over.
+# A call id is "<task id>\x1f<attempt>"; an entry handed over is "<call id>\x1f<message>".
 _SLOTS = r"""
 local function now_ms()
     local t = redis.call('TIME')
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function call_of(entry)
-    local task_id, attempt = string.match(entry, '^([^\31]*)\31([^\31]*)\31')
-    return task_id .. '\31' .. attempt
-end
 local function keep_at_least(key, ms)
     if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
 end
--- Drop expired slots and reservations (an unclaimed reservation's call goes back to the head of
--- the line); return the number of live slots and reservations, a slot holder's token, and the token
+-- Drop expired slots and reservations (an unclaimed reservation's call goes back in line, at its
+-- place); return the number of live slots and reservations, a slot holder's token, and the token
 -- of a slot held by the same attempt (owner token prefix ``same``), if any.
-local function purge(slots, line, now, same)
+local function purge(slots, line, messages, now, same)
     local fields = redis.call('HGETALL', slots)
     local live, holder, twin = 0, '', ''
     for i = 1, #fields, 2 do
@@ -279,9 +273,9 @@ local function purge(slots, line, now, same)
             if tonumber(string.match(value, '^(%d+)')) <= now then
                 redis.call('HDEL', slots, name)
                 if kind == 'r:' then
-                    redis.call('LPUSH', line, string.match(value, '^%d+\31(.*)$'))
-                    local popped = redis.call('HINCRBY', slots, 'popped', -1)
-                    redis.call('HSET', slots, 'w:' .. string.sub(name, 3), popped + 1)
+                    local called, message = string.match(value, '^%d+\31([^\31]*)\31(.*)$')
+                    redis.call('ZADD', line, called, string.sub(name, 3))
+                    redis.call('HSET', messages, string.sub(name, 3), message)
                 end
             else
                 live = live + 1
@@ -295,38 +289,44 @@ local function purge(slots, line, now, same)
     end
     return live, holder, twin
 end
--- Hand the free slots to the head of the line, in its order; ``own`` (the caller's call id) is
--- not handed over but taken in the caller's name: return the slots now used, whether ``own``
--- got one, and the entries handed over.
-local function advance(slots, line, live, limit, now, reserve, own)
+-- Hand the free slots to the calls made first; ``own`` (the caller's call id) is not handed over
+-- but taken in the caller's name: return the slots now used, whether ``own`` got one, and the
+-- entries handed over.
+local function advance(slots, line, messages, live, limit, now, reserve, own)
     local handed, reached = {}, false
     while live < limit do
-        local entry = redis.call('LINDEX', line, 0)
-        if not entry then break end
-        redis.call('LPOP', line)
-        redis.call('HINCRBY', slots, 'popped', 1)
-        local id = call_of(entry)
-        redis.call('HDEL', slots, 'w:' .. id)
+        local head = redis.call('ZPOPMIN', line)
+        if #head == 0 then break end
+        local id, called = head[1], head[2]
+        local message = redis.call('HGET', messages, id) or ''
+        redis.call('HDEL', messages, id)
         live = live + 1
         if id == own then
             reached = true
         else
-            redis.call('HSET', slots, 'r:' .. id, (now + reserve) .. '\31' .. entry)
-            handed[#handed + 1] = entry
+            redis.call('HSET', slots, 'r:' .. id, (now + reserve) .. '\31' .. called .. '\31' .. message)
+            handed[#handed + 1] = id .. '\31' .. message
         end
     end
     return live, reached, handed
 end
+-- A key with no slot held or reserved is deleted, and the line's message store once the line is
+-- empty: nothing is left behind.
+local function tidy(slots, line, messages, live)
+    if live == 0 then redis.call('DEL', slots) end
+    if redis.call('ZCARD', line) == 0 then redis.call('DEL', messages) end
+end
 """
 
-# KEYS[1] the key's slots, KEYS[2] its line of waiting calls
-# KEYS[3] (optional) the finished record of this attempt's task id
+# KEYS[1] the key's slots, KEYS[2] its line of waiting calls, KEYS[3] their messages
+# KEYS[4] (optional) the finished record of this attempt's task id
 # ARGV[1] owner token, ARGV[2] when the lock is taken (text), ARGV[3] lease in milliseconds,
 # ARGV[4] the limit, ARGV[5] the call id, ARGV[6] the owner token prefix of this attempt
-# (``{"task_id":...,"retries":N,``), ARGV[7] an entry to join the line with if no slot is
-# free ("" : do not wait), ARGV[8] how long the line is kept (milliseconds), ARGV[9] how
-# long a reservation is kept, ARGV[10] a token whose slot this owner may take over ("" : none),
-# ARGV[11] with KEYS[3]: the attempt, ARGV[12] its call (see ``redelivery``)
+# (``{"task_id":...,"retries":N,``), ARGV[7] "1" to join the line if no slot is free ("" : do
+# not wait), ARGV[8] when the call was made (milliseconds), ARGV[9] its message, ARGV[10] how
+# long the line is kept (milliseconds), ARGV[11] how long a reservation is kept, ARGV[12] a
+# token whose slot this owner may take over ("" : none), ARGV[13] with KEYS[4]: the attempt,
+# ARGV[14] its call (see ``redelivery``)
 # return  {code, detail, entries handed over...}: code 1 a slot was taken; 2 this attempt
 #         already ended (detail: the record); 3 the call waits in line (detail: its place,
 #         from 1); 4 the same attempt holds a slot (detail: its token); 5 no slot is free
@@ -337,69 +337,65 @@ SLOT_ACQUIRE = Script(
     _FINISHED
     + _SLOTS
     + """
-if KEYS[3] then
-    local ended = finished(KEYS[3], ARGV[11], ARGV[12])
+if KEYS[4] then
+    local ended = finished(KEYS[4], ARGV[13], ARGV[14])
     if ended then return {2, ended} end
 end
-local slots, line, limit = KEYS[1], KEYS[2], tonumber(ARGV[4])
-local now, lease = now_ms(), tonumber(ARGV[3])
+local slots, line, messages, limit = KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4])
+local now, lease, line_ttl = now_ms(), tonumber(ARGV[3]), tonumber(ARGV[10])
 local function take(handed, replaced)
     if replaced ~= '' then redis.call('HDEL', slots, 's:' .. replaced) end
     redis.call('HSET', slots, 's:' .. ARGV[1], (now + lease) .. ':' .. ARGV[2], 'limit', ARGV[4])
-    keep_at_least(slots, math.max(lease, tonumber(ARGV[8])))
+    keep_at_least(slots, lease)
+    if redis.call('ZCARD', line) == 0 then redis.call('DEL', messages) end
     return {1, '', unpack(handed)}
 end
-local live, holder, twin = purge(slots, line, now, ARGV[6])
+local live, holder, twin = purge(slots, line, messages, now, ARGV[6])
 local reserved = 'r:' .. ARGV[5]
 if redis.call('HEXISTS', slots, reserved) == 1 then
     redis.call('HDEL', slots, reserved)
     return take({}, '')
 end
-if ARGV[10] ~= '' and twin ~= '' and string.sub(twin, 1, #ARGV[10]) == ARGV[10] then
+if ARGV[12] ~= '' and twin ~= '' and string.sub(twin, 1, #ARGV[12]) == ARGV[12] then
     return take({}, twin)
 end
 if twin ~= '' then return {4, twin} end
-local waiting = redis.call('HEXISTS', slots, 'w:' .. ARGV[5]) == 1
-local function place()
-    local number = tonumber(redis.call('HGET', slots, 'w:' .. ARGV[5]) or '1')
-    return math.max(1, number - tonumber(redis.call('HGET', slots, 'popped') or '0'))
-end
+local waiting = redis.call('ZSCORE', line, ARGV[5]) ~= false
 local reached, handed
-live, reached, handed = advance(slots, line, live, limit, now, tonumber(ARGV[9]), waiting and ARGV[5] or '')
+live, reached, handed = advance(slots, line, messages, live, limit, now, tonumber(ARGV[11]),
+                                waiting and ARGV[5] or '')
 if reached then return take(handed, '') end
-if waiting then
-    keep_at_least(line, tonumber(ARGV[8]))
-    keep_at_least(slots, tonumber(ARGV[8]))
-    return {3, place(), unpack(handed)}
+if not waiting and live < limit then return take(handed, '') end
+if not waiting and ARGV[7] == '' then return {5, holder, unpack(handed)} end
+if not waiting then
+    redis.call('ZADD', line, ARGV[8], ARGV[5])
+    redis.call('HSET', messages, ARGV[5], ARGV[9])
+    redis.call('HSET', slots, 'limit', ARGV[4])
+    keep_at_least(slots, line_ttl)
 end
-if live < limit then return take(handed, '') end
-if ARGV[7] ~= '' then
-    redis.call('RPUSH', line, ARGV[7])
-    local number = redis.call('HINCRBY', slots, 'pushed', 1)
-    redis.call('HSET', slots, 'w:' .. ARGV[5], number, 'limit', ARGV[4])
-    keep_at_least(line, tonumber(ARGV[8]))
-    keep_at_least(slots, tonumber(ARGV[8]))
-    return {3, place(), unpack(handed)}
-end
-return {5, holder, unpack(handed)}
+keep_at_least(line, line_ttl)
+keep_at_least(messages, line_ttl)
+return {3, redis.call('ZRANK', line, ARGV[5]) + 1, unpack(handed)}
 """,
 )
 
-# KEYS[1] the key's slots, KEYS[2] its line of waiting calls
-# KEYS[3] (optional) the finished record of the execution's task id
+# KEYS[1] the key's slots, KEYS[2] its line of waiting calls, KEYS[3] their messages
+# KEYS[4] (optional) the finished record of the execution's task id
 # ARGV[1] owner token, ARGV[2] the limit, ARGV[3] how long a reservation is kept (milliseconds),
-# ARGV[4..7] with KEYS[3]: the record to write, its time to live, the attempt, its call
+# ARGV[4..7] with KEYS[4]: the record to write, its time to live, the attempt, its call
 # return  {1 if the token held a slot and it is now free else 0, entries handed over...}
 SLOT_RELEASE = Script(
     "slot_release",
     _FINISHED
     + _SLOTS
     + """
-if KEYS[3] then record(KEYS[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) end
-local slots, line, now = KEYS[1], KEYS[2], now_ms()
+if KEYS[4] then record(KEYS[4], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) end
+local slots, line, messages, now = KEYS[1], KEYS[2], KEYS[3], now_ms()
 local released = redis.call('HDEL', slots, 's:' .. ARGV[1])
-local live = purge(slots, line, now, '')
-local _, _, handed = advance(slots, line, live, tonumber(ARGV[2]), now, tonumber(ARGV[3]), '')
+local live = purge(slots, line, messages, now, '')
+local reached, handed
+live, reached, handed = advance(slots, line, messages, live, tonumber(ARGV[2]), now, tonumber(ARGV[3]), '')
+tidy(slots, line, messages, live)
 return {released, unpack(handed)}
 """,
 )
@@ -421,24 +417,25 @@ return 1
 """,
 )
 
-# KEYS[1] the key's slots, KEYS[2] its line of waiting calls
-# ARGV[1] the field to delete (``s:<token>``, ``r:<call id>``), ARGV[2] the exact value it must still
-# hold, ARGV[3] the limit, ARGV[4] how long a reservation is kept (milliseconds)
-# return  {1 if the field held the value and is now deleted else 0, entries handed over...}
+# KEYS[1] the key's slots
+# ARGV[1] the field to delete (``s:<token>``, ``r:<call id>``), ARGV[2] the exact value it must still hold
+# return  1 if the field held the value and is now deleted, else 0 (the line moves on at the key's next
+#         pickup or release, or when a waiting call's safety copy comes back)
 SLOT_CLEAR = Script(
     "slot_clear",
-    _SLOTS
-    + """
-local slots, line, now = KEYS[1], KEYS[2], now_ms()
-local cleared = 0
-if redis.call('HGET', slots, ARGV[1]) == ARGV[2] then cleared = redis.call('HDEL', slots, ARGV[1]) end
-local live = purge(slots, line, now, '')
-local _, _, handed = advance(slots, line, live, tonumber(ARGV[3]), now, tonumber(ARGV[4]), '')
-return {cleared, unpack(handed)}
+    """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
+    local kind = string.sub(name, 1, 2)
+    if kind == 's:' or kind == 'r:' then return 1 end
+end
+redis.call('DEL', KEYS[1])
+return 1
 """,
 )
 
-# KEYS[1] the key's slots, KEYS[2] its line of waiting calls
+# KEYS[1] the key's slots, KEYS[2] its line of waiting calls, KEYS[3] their messages
 # ARGV[1] a call id whose place in line (or reservation) goes: the call was revoked
 # ARGV[2] the limit, ARGV[3] how long a reservation is kept (milliseconds)
 # return  {1 if the call was in line or held a reservation else 0, entries handed over...}
@@ -446,16 +443,13 @@ SLOT_FORGET = Script(
     "slot_forget",
     _SLOTS
     + """
-local slots, line, now = KEYS[1], KEYS[2], now_ms()
-local forgotten = redis.call('HDEL', slots, 'w:' .. ARGV[1], 'r:' .. ARGV[1])
-for _, entry in ipairs(redis.call('LRANGE', line, 0, -1)) do
-    if call_of(entry) == ARGV[1] then
-        redis.call('LREM', line, 1, entry)
-        redis.call('HINCRBY', slots, 'popped', 1)
-    end
-end
-local live = purge(slots, line, now, '')
-local _, _, handed = advance(slots, line, live, tonumber(ARGV[2]), now, tonumber(ARGV[3]), '')
+local slots, line, messages, now = KEYS[1], KEYS[2], KEYS[3], now_ms()
+local forgotten = redis.call('HDEL', slots, 'r:' .. ARGV[1]) + redis.call('ZREM', line, ARGV[1])
+redis.call('HDEL', messages, ARGV[1])
+local live = purge(slots, line, messages, now, '')
+local reached, handed
+live, reached, handed = advance(slots, line, messages, live, tonumber(ARGV[2]), now, tonumber(ARGV[3]), '')
+tidy(slots, line, messages, live)
 return {forgotten > 0 and 1 or 0, unpack(handed)}
 """,
 )

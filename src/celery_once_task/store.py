@@ -146,6 +146,19 @@ class SlotPickup(NamedTuple):
 TAKEN_SLOT, FINISHED, IN_LINE, SAME_ATTEMPT, FULL = 1, 2, 3, 4, 5
 
 
+class Joining(NamedTuple):
+    """How a call joins a limited key's line when no slot is free (see ``limits``)."""
+
+    #: The call's message, published when a slot is handed to it ("" where it is not JSON).
+    message: str
+    #: When the call was made (seconds since the epoch): the line's order.
+    called_at: float
+    #: How long the line is kept without being touched.
+    line_ttl: float
+    #: The call's queue lock, taken back while it waits (None: the task has none).
+    queue_key: Optional[str] = None
+
+
 class FinishedCheck(NamedTuple):
     """What a pickup reads to tell a copy of an attempt that ended (see ``redelivery``)."""
 
@@ -367,27 +380,30 @@ class LockStore:
 
     # -- running_limit: slots ----------------------------------------------
 
-    def slot_pickup(self, queue_key: Optional[str], task_id: str, slots: str, line: str, token: str, since: str,
-                    lease: float, limit: int, call_id: str, same: str, *, entry: str = "", line_ttl: float = 0,
-                    reserve: float = 0, takeover: str = "", finished: Optional[FinishedCheck] = None,
-                    queue_ttl: float = 0) -> SlotPickup:
+    def slot_pickup(self, queue_key: Optional[str], task_id: str, slots: str, line: tuple[str, str], token: str,
+                    since: str, lease: float, limit: int, call_id: str, same: str, *, reserve: float = 0,
+                    takeover: str = "", finished: Optional[FinishedCheck] = None,
+                    joining: Optional[Joining] = None) -> SlotPickup:
         """Release the queue lock and take a slot of a limited key, in one round trip (``scripts.SLOT_ACQUIRE``).
 
-        With ``entry`` the call joins the line if no slot is free, and -- with
-        ``queue_ttl`` -- takes its queue lock back, in the same round trip.
+        With ``joining`` the call joins the line if no slot is free (and takes
+        its queue lock back while it waits), in the same round trip.
         """
         calls = []
         if queue_key is not None:
             calls.append(Call(scripts.COMPARE_AND_DELETE, queue_key, (task_id, "exact")))
-        args: tuple[Arg, ...] = (token, since, _ms(lease), limit, call_id, same, entry, _ms(line_ttl), _ms(reserve),
-                                 takeover)
-        more: tuple[str, ...] = (line,)
+        wait, called, message, line_ttl = ("1", _ms(joining.called_at), joining.message, _ms(joining.line_ttl)) \
+            if joining is not None else ("", 0, "", 0)
+        args: tuple[Arg, ...] = (token, since, _ms(lease), limit, call_id, same, wait, called, message, line_ttl,
+                                 _ms(reserve), takeover)
+        more: tuple[str, ...] = line
         if finished is not None:
             args = (*args, finished.attempt, finished.call)
-            more = (line, finished.key)
+            more = (*line, finished.key)
         calls.append(Call(scripts.SLOT_ACQUIRE, slots, args, more))
-        if entry and queue_ttl:
-            calls.append(Call(scripts.ACQUIRE, queue_key or "", (task_id, _ms(queue_ttl), task_id, "exact")))
+        if joining is not None and joining.queue_key is not None:
+            ttl = _ms(joining.line_ttl)
+            calls.append(Call(scripts.ACQUIRE, joining.queue_key, (task_id, ttl, task_id, "exact")))
         replies, maybe_applied = self._run(calls)
         reply = replies[1 if queue_key is not None else 0]
         queue_released = queue_key is not None and (replies[0] == 1 or maybe_applied)
@@ -395,33 +411,33 @@ class LockStore:
         return SlotPickup(int(code), _text(detail) if isinstance(detail, bytes) else detail,
                           [str(_text(item)) for item in handed], queue_released)
 
-    def slot_release(self, slots: str, line: str, token: str, limit: int, reserve: float,
+    def slot_release(self, slots: str, line: tuple[str, str], token: str, limit: int, reserve: float,
                      record: Optional[FinishedRecord] = None) -> tuple[bool, list[str]]:
         """Free the token's slot, writing ``record``; hand free slots to the line: one round trip.
 
-        Returns whether the token held a slot, and the entries handed over (to be published).
+        ``line``: the key's line and its messages. Returns whether the token held
+        a slot, and the entries handed over (to be published).
         """
         args: tuple[Arg, ...] = (token, limit, _ms(reserve))
-        more: tuple[str, ...] = (line,)
+        more: tuple[str, ...] = line
         if record is not None:
             args = (*args, *record.args())
-            more = (line, record.key)
+            more = (*line, record.key)
         (reply,), _ = self._run([Call(scripts.SLOT_RELEASE, slots, args, more)])
         released, *handed = reply
         return bool(released), [str(_text(item)) for item in handed]
 
-    def slot_forget(self, slots: str, line: str, call_id: str, limit: int, reserve: float) -> tuple[bool, list[str]]:
+    def slot_forget(self, slots: str, line: tuple[str, str], call_id: str, limit: int,
+                    reserve: float) -> tuple[bool, list[str]]:
         """Take a (revoked) call out of a key's line, or its reservation back; hand over: one round trip."""
-        (reply,), _ = self._run([Call(scripts.SLOT_FORGET, slots, (call_id, limit, _ms(reserve)), (line,))])
+        (reply,), _ = self._run([Call(scripts.SLOT_FORGET, slots, (call_id, limit, _ms(reserve)), line)])
         forgotten, *handed = reply
         return bool(forgotten), [str(_text(item)) for item in handed]
 
-    def slot_clear(self, slots: str, line: str, field: str, value: str, limit: int,
-                   reserve: float) -> tuple[bool, list[str]]:
-        """Delete one field of a key's slots (a slot, a reservation) if it still holds ``value``; hand over."""
-        (reply,), _ = self._run([Call(scripts.SLOT_CLEAR, slots, (field, value, limit, _ms(reserve)), (line,))])
-        cleared, *handed = reply
-        return bool(cleared), [str(_text(item)) for item in handed]
+    def slot_clear(self, slots: str, field: str, value: str) -> bool:
+        """Delete one field of a key's slots (a slot, a reservation) if it still holds ``value``."""
+        (reply,), _ = self._run([Call(scripts.SLOT_CLEAR, slots, (field, value))])
+        return bool(reply)
 
     # -- worker liveness ----------------------------------------------------
 

@@ -22,6 +22,7 @@ from . import execute
 from .deferral import header
 from .errors import OnceTaskLocked
 from .keys import DIGEST_HEADER, call_digest, check_lock_args, lock_key, signature_of, well_formed_digest
+from .limits import may_wait_in_line
 from .publish import as_list, publish_once, with_digest
 from .settings import TASK_OPTIONS, Settings, for_publish, resolve, validate
 
@@ -59,6 +60,9 @@ class OnceTask(Task):
     #: Lets the rest of the library recognise these tasks without importing this module.
     __once_task__ = True
 
+    #: Whether the task's calls may wait in a line (``limits``): they carry when they were made.
+    _once_in_line = False
+
     #: (signature, whether ``lock_arguments`` picks the key's arguments), made on first use.
     _once_spec: Optional[tuple[Any, bool]] = None
 
@@ -74,6 +78,7 @@ class OnceTask(Task):
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValueError(f"{label}: running_limit must be a positive integer (executions of a key at once), "
                              f"got {limit!r}")
+        cls._once_in_line = may_wait_in_line(cls)
         if cls.running_limit > 1 and not cls.running_lock:
             raise ValueError(f"{label}: running_limit={cls.running_limit} needs running_lock=True (the limit counts "
                              "running executions)")
@@ -154,7 +159,7 @@ class OnceTask(Task):
         # Before anything else: a call without a canonical form fails here,
         # with nothing published and no lock taken.
         digest = self.once_digest(args, kwargs)
-        with_digest(options, digest, fixed_id=task_id is not None)
+        with_digest(options, digest, fixed_id=task_id is not None, stamped=self._once_in_line)
         if not self.queue_lock:
             return publish(task_id)
         settings, eager = for_publish(self._get_app(), self)

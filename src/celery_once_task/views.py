@@ -88,10 +88,12 @@ locks_page: Callable[[HttpRequest], HttpResponse] = staff_member_required(
 def _clear(request: HttpRequest, url: str) -> HttpResponse:
     key = request.POST.get("key", "")
     value = request.POST.get("value", "")
-    if lockinfo.parse_key(key) is None:
-        return HttpResponse("not a celery-once-task lock key", status=400, content_type="text/plain")
+    slot = request.POST.get("slot") or None
+    parsed = lockinfo.parse_key(key)
+    if parsed is None or (parsed[2] == "slots" and not (slot or "").startswith(("s:", "r:"))):
+        return HttpResponse("not a celery-once-task lock key (or slot)", status=400, content_type="text/plain")
     try:
-        outcome = lockinfo.clear_value(client_for(url, _lock_store().redis_options), key, value)
+        outcome = lockinfo.clear_value(client_for(url, _lock_store().redis_options), key, value, slot)
     except (redis.RedisError, OSError):
         messages.error(request, f"The lock store at {lockinfo.address_of(url)} cannot be reached: nothing cleared.",
                        fail_silently=True)
