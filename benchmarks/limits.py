@@ -149,7 +149,7 @@ def _fill_line(store: LockStore, slots: str, line: tuple[str, str], limit: int, 
         me = owner(task_id)
         store.slot_pickup(None, task_id, slots, line, me.token, "0", LEASE, limit, call_id(task_id, 0),
                           attempt_prefix(me), reserve=RESERVE_SECONDS,
-                          joining=Joining("{}", time.time(), 3600))
+                          joining=Joining("{}", time.time_ns() // 1000, 3600))
 
 
 def _a_holder(client: Any, slots: str) -> str:

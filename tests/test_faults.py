@@ -26,6 +26,9 @@ from celery_once_task.ownership import Lease
 from tests import worker_app as tasks
 from tests.support import ROOT, RedisServer, Worker, events, lock_key_of, running_worker, started, wait_until
 
+#: The core tests run with RabbitMQ as the broker too (see conftest).
+pytestmark = pytest.mark.any_broker
+
 LEASE = Lease(tasks.HEARTBEAT_TIMEOUT)
 
 
@@ -212,9 +215,6 @@ def test_pickup_whose_reply_was_lost_runs_once_the_store_answers(lock_server: Re
 FIRST_CALLS = """
 import json, threading
 from tests import worker_app as tasks
-
-#: The core tests run with RabbitMQ as the broker too (see conftest).
-pytestmark = pytest.mark.any_broker
 
 barrier = threading.Barrier(32)
 results, errors = [], []

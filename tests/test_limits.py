@@ -101,13 +101,14 @@ def test_calls_beyond_the_limit_wait_their_turn_and_all_run(limit_worker: Worker
     wait_until(lambda: locks.zcard(line) == 2, what="the third and fourth calls to wait in line")
     assert len(events(recs, tenant, "start")) == 2
     first_two = sorted(event["n"] for event in events(recs, tenant, "start"))
-    for n in first_two:
+    waiting = [n for n in (1, 2, 3, 4) if n not in first_two]
+    # A slot that frees goes to the call made first.
+    recs.rpush(f"gate:{tenant}:{first_two[0]}", 1)
+    assert started(recs, tenant, count=3)[2]["n"] == waiting[0]
+    recs.rpush(f"gate:{tenant}:{first_two[1]}", 1)
+    assert started(recs, tenant, count=4)[3]["n"] == waiting[1]
+    for n in waiting:
         recs.rpush(f"gate:{tenant}:{n}", 1)
-    later = started(recs, tenant, count=4)[2:]
-    # The line keeps call order: the third and fourth calls start in that order.
-    assert [event["n"] for event in later] == [n for n in (1, 2, 3, 4) if n not in first_two]
-    for event in later:
-        recs.rpush(f"gate:{tenant}:{event['n']}", 1)
     assert [result.get(timeout=20) for result in results] == [1, 2, 3, 4]
     assert most_at_once(events(recs, tenant, "start") + events(recs, tenant, "end")) == 2
     assert slots_left(locks, tasks.export_waiting_gated, tenant) == 0
@@ -213,14 +214,19 @@ def test_clear_frees_one_slot_by_its_holder_and_leaves_the_other(limit_worker: W
     assert slots_left(locks, tasks.export_gated, tenant) == 0
 
 
-def test_wait_without_a_queue_lock_runs_every_call_one_at_a_time_in_order(limit_worker: Worker, locks: Any,
-                                                                           recs: Any) -> None:
+def test_wait_without_a_queue_lock_runs_every_call_one_at_a_time_in_call_order(limit_worker: Worker, locks: Any,
+                                                                                recs: Any) -> None:
     tag = uuid.uuid4().hex
-    results = [tasks.in_turn.apply_async((tag, n), queue=QUEUE) for n in range(8)]
-    assert [result.get(timeout=60) for result in results] == list(range(8))
-    runs = events(recs, tag, "start") + events(recs, tag, "end")
-    assert most_at_once(runs) == 1
-    # The calls that waited ran in the order they were made, whatever order the workers picked them up in.
-    waited = [event["n"] for event in events(recs, tag, "start")][1:]
-    assert waited == sorted(waited)
+    first = tasks.in_turn.apply_async((tag, 0), queue=QUEUE)
+    started(recs, tag)
+    later = [tasks.in_turn.apply_async((tag, n), queue=QUEUE) for n in range(1, 6)]
+    digest = tasks.in_turn.once_digest((tag, 0), {})
+    wait_until(lambda: locks.zcard(limited_key(tasks.in_turn.name, digest, "waiters")) == 5,
+               what="the five later calls to wait in line")
+    # Whatever order the workers picked them up in, they run in the order they were made.
+    for count, n in enumerate(range(6), start=1):
+        assert [event["n"] for event in started(recs, tag, count=count)] == list(range(count))
+        recs.rpush(f"gate:{tag}:{n}", 1)
+    assert [result.get(timeout=20) for result in [first, *later]] == list(range(6))
+    assert most_at_once(events(recs, tag, "start") + events(recs, tag, "end")) == 1
     assert slots_left(locks, tasks.in_turn, tag) == 0

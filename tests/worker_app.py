@@ -434,8 +434,8 @@ def partner_call(tag: str, n: int) -> int:
 
 @app.task(base=OnceTask, queue_lock=False, lock_args=["tag"], running_lock_conflict="wait")
 def in_turn(tag: str, n: int) -> int:
-    """One at a time per tag, every call kept, in call order (the line, with running_limit=1)."""
+    """One at a time per tag, every call kept, in call order (the line, with running_limit=1); until its gate opens."""
     record(tag, "start", n=n)
-    time.sleep(0.05)  # the work it stands for
+    wait_gate(f"{tag}:{n}")
     record(tag, "end", n=n)
     return n

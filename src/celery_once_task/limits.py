@@ -212,13 +212,15 @@ def _full(task: Any, settings: Settings, request: Any, held: Slot, queue_key: Op
     return held
 
 
-def called_at(request: Any) -> float:
-    """When the call was made: its ``CALLED_HEADER`` (a line is in call order), else now."""
+def called_at(request: Any) -> int:
+    """When the call was made, in microseconds: its ``CALLED_HEADER`` (a line is in call order), else now."""
     stamp = header(request, CALLED_HEADER)
+    if isinstance(stamp, int) and not isinstance(stamp, bool):
+        return stamp
     try:
-        return float(stamp)
+        return int(stamp)
     except (TypeError, ValueError):
-        return time.time()
+        return time.time_ns() // 1000
 
 
 def _come_back(task: Any, settings: Settings, request: Any, place: int, limit: int) -> None:

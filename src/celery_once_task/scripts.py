@@ -248,7 +248,7 @@ return value
 #             Expiry is in the server's milliseconds (TIME): leases expire by one clock,
 #             whatever the workers' clocks say. Only slots and reservations live here, so
 #             reading them costs N, however long the line.
-#   waiters   a sorted set, the line: call ids scored by when they were called (milliseconds,
+#   waiters   a sorted set, the line: call ids scored by when they were called (microseconds,
 #             the publisher's clock): a slot goes to the call made first.
 #   messages  a hash: call id -> the waiting call's message, published at hand-over.
 # A call id is "<task id>\x1f<attempt>"; an entry handed over is "<call id>\x1f<message>".
@@ -323,7 +323,7 @@ end
 # ARGV[1] owner token, ARGV[2] when the lock is taken (text), ARGV[3] lease in milliseconds,
 # ARGV[4] the limit, ARGV[5] the call id, ARGV[6] the owner token prefix of this attempt
 # (``{"task_id":...,"retries":N,``), ARGV[7] "1" to join the line if no slot is free ("" : do
-# not wait), ARGV[8] when the call was made (milliseconds), ARGV[9] its message, ARGV[10] how
+# not wait), ARGV[8] when the call was made (microseconds), ARGV[9] its message, ARGV[10] how
 # long the line is kept (milliseconds), ARGV[11] how long a reservation is kept, ARGV[12] a
 # token whose slot this owner may take over ("" : none), ARGV[13] with KEYS[4]: the attempt,
 # ARGV[14] its call (see ``redelivery``)

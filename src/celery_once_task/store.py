@@ -151,8 +151,8 @@ class Joining(NamedTuple):
 
     #: The call's message, published when a slot is handed to it ("" where it is not JSON).
     message: str
-    #: When the call was made (seconds since the epoch): the line's order.
-    called_at: float
+    #: When the call was made (microseconds since the epoch): the line's order.
+    called_at: int
     #: How long the line is kept without being touched.
     line_ttl: float
     #: The call's queue lock, taken back while it waits (None: the task has none).
@@ -392,7 +392,7 @@ class LockStore:
         calls = []
         if queue_key is not None:
             calls.append(Call(scripts.COMPARE_AND_DELETE, queue_key, (task_id, "exact")))
-        wait, called, message, line_ttl = ("1", _ms(joining.called_at), joining.message, _ms(joining.line_ttl)) \
+        wait, called, message, line_ttl = ("1", joining.called_at, joining.message, _ms(joining.line_ttl)) \
             if joining is not None else ("", 0, "", 0)
         args: tuple[Arg, ...] = (token, since, _ms(lease), limit, call_id, same, wait, called, message, line_ttl,
                                  _ms(reserve), takeover)
