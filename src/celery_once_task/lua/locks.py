@@ -1,0 +1,168 @@
+"""The queue and running locks, and the finished records of the executions that held them."""
+
+from __future__ import annotations
+
+from . import Script
+
+#: Lua shared by the scripts below: whether a lock value belongs to an owner.
+#: Queue locks are matched whole (the value is the task id). A running lock's
+#: value is its owner token followed by the time it was taken, so it is
+#: matched by the token as a prefix (``mode`` "prefix").
+_HOLDS = """
+local function holds(value, token, mode)
+    if not value then return false end
+    if mode == 'prefix' then return string.sub(value, 1, string.len(token)) == token end
+    return value == token
+end
+"""
+
+# KEYS[1] lock key
+# ARGV[1] owner token
+# ARGV[2] "exact" or "prefix": how the token is matched against the lock's value
+# return  1 if the lock was the token's and is now deleted, else 0
+COMPARE_AND_DELETE = Script(
+    "compare_and_delete",
+    _HOLDS
+    + """
+if holds(redis.call('GET', KEYS[1]), ARGV[1], ARGV[2]) then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+""",
+)
+
+#: Lua shared by the scripts below: finished records (see ``redelivery``), valued
+#: ``<attempt>:<call>:<instance>:<pid>:<r|n>:<time>``. ``finished`` returns the record if it says that
+#: ``attempt`` of ``call`` (or a later attempt) ended; ``record`` writes one, unless
+#: the key already holds a later attempt of the same call.
+FINISHED_LUA = """
+local function parse_record(value)
+    return string.match(value, '^(%d+):([^:]*):')
+end
+local function finished(key, attempt, call)
+    local value = redis.call('GET', key)
+    if not value then return false end
+    local done, done_call = parse_record(value)
+    if done_call == call and tonumber(done) >= tonumber(attempt) then return value end
+    return false
+end
+local function record(key, value, ttl, attempt, call)
+    local old = redis.call('GET', key)
+    if old then
+        local done, done_call = parse_record(old)
+        if done_call == call and tonumber(done) > tonumber(attempt) then return end
+    end
+    redis.call('SET', key, value, 'PX', ttl)
+end
+"""
+
+# KEYS[1] lock key
+# KEYS[2] (running locks, optional) the finished record of this attempt's task id
+# ARGV[1] value to write: the new owner's token (plus, for running locks, when it was taken)
+# ARGV[2] time to live in milliseconds
+# ARGV[3] a token whose lock this owner may take over, or "" for none
+#         (a retry renewing its own queue lock, a deferred copy taking over
+#         the lock its earlier pickup may have taken)
+# ARGV[4] "exact" or "prefix": how ARGV[3] is matched
+# ARGV[5] with KEYS[2]: the attempt (Celery's retries), ARGV[6] the call (see ``redelivery``)
+# return  1 if the lock was free or taken over and now holds ARGV[1]; {record} (an array)
+#         if KEYS[2] says that this attempt already ended, and nothing was taken;
+#         else the holder's value
+ACQUIRE = Script(
+    "acquire",
+    _HOLDS
+    + FINISHED_LUA
+    + """
+if KEYS[2] then
+    local ended = finished(KEYS[2], ARGV[5], ARGV[6])
+    if ended then return {ended} end
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return 1
+end
+local holder = redis.call('GET', KEYS[1])
+if ARGV[3] ~= '' and holds(holder, ARGV[3], ARGV[4]) then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+return holder
+""",
+)
+
+# KEYS[1] running lock key
+# KEYS[2] the finished record of the execution's task id (in KEYS[1]'s slot)
+# ARGV[1] owner token (matched as a prefix of the lock's value)
+# ARGV[2] the record to write, ARGV[3] its time to live in milliseconds
+# ARGV[4] the attempt that ended, ARGV[5] its call
+# return  1 if the token held the lock and it is now deleted, else 0; the record is
+#         written either way (the execution ended even where its lock was lost)
+RELEASE_RUNNING = Script(
+    "release_running",
+    _HOLDS
+    + FINISHED_LUA
+    + """
+record(KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+if holds(redis.call('GET', KEYS[1]), ARGV[1], 'prefix') then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+""",
+)
+
+# KEYS[1] a finished record
+# ARGV[1] the record to write, ARGV[2] its time to live in milliseconds
+# ARGV[3] the attempt that ended, ARGV[4] its call
+# return  1
+RECORD_FINISHED = Script(
+    "record_finished",
+    FINISHED_LUA
+    + """
+record(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+return 1
+""",
+)
+
+# KEYS[1] running lock key
+# ARGV[1] owner token (matched as a prefix of the lock's value)
+# ARGV[2] time to live in milliseconds
+# return  1 if the token holds the lock and its lease was extended, else 0
+RENEW = Script(
+    "renew",
+    _HOLDS
+    + """
+if holds(redis.call('GET', KEYS[1]), ARGV[1], 'prefix') then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+""",
+)
+
+# KEYS[1] lock key
+# ARGV[1] token expected to hold the lock (matched as a prefix)
+# ARGV[2] value to write
+# ARGV[3] time to live in milliseconds
+# return  1 if the lock held the expected token and now holds the new value, else 0
+COMPARE_AND_SWAP = Script(
+    "compare_and_swap",
+    _HOLDS
+    + """
+if holds(redis.call('GET', KEYS[1]), ARGV[1], 'prefix') then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    return 1
+end
+return 0
+""",
+)
+
+# KEYS[1] a waiting copy's entry
+# return  its value, deleted; or nil if there is none
+TAKE = Script(
+    "take",
+    """
+local value = redis.call('GET', KEYS[1])
+if value then
+    redis.call('DEL', KEYS[1])
+end
+return value
+""",
+)

@@ -1,0 +1,221 @@
+"""``running_limit``: the slots and the line of waiting calls of a limited key (see ``limits``)."""
+
+from __future__ import annotations
+
+from . import Script
+from .locks import FINISHED_LUA
+
+# -- running_limit: slots and the line of waiting calls (see ``limits``) ------------
+#
+# A limited key has three keys, in one hash slot (``keys.limited_key``):
+#   slots     a hash: s:<owner token> -> "<expiry>:<since>", a running execution's slot;
+#             r:<call id> -> "<expiry>\x1f<when called>\x1f<message>", a slot reserved for a
+#             waiting call handed over; limit -> the limit last written (for operators).
+#             Expiry is in the server's milliseconds (TIME): leases expire by one clock,
+#             whatever the workers' clocks say. Only slots and reservations live here, so
+#             reading them costs N, however long the line.
+#   waiters   a sorted set, the line: call ids scored by when they were called (microseconds,
+#             the publisher's clock): a slot goes to the call made first.
+#   messages  a hash: call id -> the waiting call's message, published at hand-over.
+# A call id is "<task id>\x1f<attempt>"; an entry handed over is "<call id>\x1f<message>".
+_SLOTS = r"""
+local function now_ms()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function keep_at_least(key, ms)
+    if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+-- Drop expired slots and reservations (an unclaimed reservation's call goes back in line, at its
+-- place); return the number of live slots and reservations, a slot holder's token, and the token
+-- of a slot held by the same attempt (owner token prefix ``same``), if any.
+local function purge(slots, line, messages, now, same)
+    local fields = redis.call('HGETALL', slots)
+    local live, holder, twin = 0, '', ''
+    for i = 1, #fields, 2 do
+        local name, value = fields[i], fields[i + 1]
+        local kind = string.sub(name, 1, 2)
+        if kind == 's:' or kind == 'r:' then
+            if tonumber(string.match(value, '^(%d+)')) <= now then
+                redis.call('HDEL', slots, name)
+                if kind == 'r:' then
+                    local called, message = string.match(value, '^%d+\31([^\31]*)\31(.*)$')
+                    redis.call('ZADD', line, called, string.sub(name, 3))
+                    redis.call('HSET', messages, string.sub(name, 3), message)
+                end
+            else
+                live = live + 1
+                if kind == 's:' then
+                    local token = string.sub(name, 3)
+                    if holder == '' then holder = token end
+                    if same ~= '' and string.sub(token, 1, #same) == same then twin = token end
+                end
+            end
+        end
+    end
+    return live, holder, twin
+end
+-- Hand the free slots to the calls made first; ``own`` (the caller's call id) is not handed over
+-- but taken in the caller's name: return the slots now used, whether ``own`` got one, and the
+-- entries handed over.
+local function advance(slots, line, messages, live, limit, now, reserve, own)
+    local handed, reached = {}, false
+    while live < limit do
+        local head = redis.call('ZPOPMIN', line)
+        if #head == 0 then break end
+        local id, called = head[1], head[2]
+        local message = redis.call('HGET', messages, id) or ''
+        redis.call('HDEL', messages, id)
+        live = live + 1
+        if id == own then
+            reached = true
+        else
+            redis.call('HSET', slots, 'r:' .. id, (now + reserve) .. '\31' .. called .. '\31' .. message)
+            handed[#handed + 1] = id .. '\31' .. message
+        end
+    end
+    return live, reached, handed
+end
+-- A key with no slot held or reserved is deleted, and the line's message store once the line is
+-- empty: nothing is left behind.
+local function tidy(slots, line, messages, live)
+    if live == 0 then redis.call('DEL', slots) end
+    if redis.call('ZCARD', line) == 0 then redis.call('DEL', messages) end
+end
+"""
+
+# KEYS[1] the key's slots, KEYS[2] its line of waiting calls, KEYS[3] their messages
+# KEYS[4] (optional) the finished record of this attempt's task id
+# ARGV[1] owner token, ARGV[2] when the lock is taken (text), ARGV[3] lease in milliseconds,
+# ARGV[4] the limit, ARGV[5] the call id, ARGV[6] the owner token prefix of this attempt
+# (``{"task_id":...,"retries":N,``), ARGV[7] "1" to join the line if no slot is free ("" : do
+# not wait), ARGV[8] when the call was made (microseconds), ARGV[9] its message, ARGV[10] how
+# long the line is kept (milliseconds), ARGV[11] how long a reservation is kept, ARGV[12] a
+# token whose slot this owner may take over ("" : none), ARGV[13] with KEYS[4]: the attempt,
+# ARGV[14] its call (see ``redelivery``)
+# return  {code, detail, entries handed over...}: code 1 a slot was taken; 2 this attempt
+#         already ended (detail: the record); 3 the call waits in line (detail: its place,
+#         from 1); 4 the same attempt holds a slot (detail: its token); 5 no slot is free
+#         (detail: a holder's token). The entries handed over are the waiting calls that
+#         got a free slot reserved here: the caller publishes them.
+SLOT_ACQUIRE = Script(
+    "slot_acquire",
+    FINISHED_LUA
+    + _SLOTS
+    + """
+if KEYS[4] then
+    local ended = finished(KEYS[4], ARGV[13], ARGV[14])
+    if ended then return {2, ended} end
+end
+local slots, line, messages, limit = KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4])
+local now, lease, line_ttl = now_ms(), tonumber(ARGV[3]), tonumber(ARGV[10])
+local function take(handed, replaced)
+    if replaced ~= '' then redis.call('HDEL', slots, 's:' .. replaced) end
+    redis.call('HSET', slots, 's:' .. ARGV[1], (now + lease) .. ':' .. ARGV[2], 'limit', ARGV[4])
+    keep_at_least(slots, lease)
+    if redis.call('ZCARD', line) == 0 then redis.call('DEL', messages) end
+    return {1, '', unpack(handed)}
+end
+local live, holder, twin = purge(slots, line, messages, now, ARGV[6])
+local reserved = 'r:' .. ARGV[5]
+if redis.call('HEXISTS', slots, reserved) == 1 then
+    redis.call('HDEL', slots, reserved)
+    return take({}, '')
+end
+if ARGV[12] ~= '' and twin ~= '' and string.sub(twin, 1, #ARGV[12]) == ARGV[12] then
+    return take({}, twin)
+end
+if twin ~= '' then return {4, twin} end
+local waiting = redis.call('ZSCORE', line, ARGV[5]) ~= false
+local reached, handed
+live, reached, handed = advance(slots, line, messages, live, limit, now, tonumber(ARGV[11]),
+                                waiting and ARGV[5] or '')
+if reached then return take(handed, '') end
+if not waiting and live < limit then return take(handed, '') end
+if not waiting and ARGV[7] == '' then return {5, holder, unpack(handed)} end
+if not waiting then
+    redis.call('ZADD', line, ARGV[8], ARGV[5])
+    redis.call('HSET', messages, ARGV[5], ARGV[9])
+    redis.call('HSET', slots, 'limit', ARGV[4])
+    keep_at_least(slots, line_ttl)
+end
+keep_at_least(line, line_ttl)
+keep_at_least(messages, line_ttl)
+return {3, redis.call('ZRANK', line, ARGV[5]) + 1, unpack(handed)}
+""",
+)
+
+# KEYS[1] the key's slots, KEYS[2] its line of waiting calls, KEYS[3] their messages
+# KEYS[4] (optional) the finished record of the execution's task id
+# ARGV[1] owner token, ARGV[2] the limit, ARGV[3] how long a reservation is kept (milliseconds),
+# ARGV[4..7] with KEYS[4]: the record to write, its time to live, the attempt, its call
+# return  {1 if the token held a slot and it is now free else 0, entries handed over...}
+SLOT_RELEASE = Script(
+    "slot_release",
+    FINISHED_LUA
+    + _SLOTS
+    + """
+if KEYS[4] then record(KEYS[4], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) end
+local slots, line, messages, now = KEYS[1], KEYS[2], KEYS[3], now_ms()
+local released = redis.call('HDEL', slots, 's:' .. ARGV[1])
+local live = purge(slots, line, messages, now, '')
+local reached, handed
+live, reached, handed = advance(slots, line, messages, live, tonumber(ARGV[2]), now, tonumber(ARGV[3]), '')
+tidy(slots, line, messages, live)
+return {released, unpack(handed)}
+""",
+)
+
+# KEYS[1] the key's slots
+# ARGV[1] owner token, ARGV[2] lease in milliseconds
+# return  1 if the token holds a slot and its lease was extended, else 0
+SLOT_RENEW = Script(
+    "slot_renew",
+    _SLOTS
+    + """
+local name = 's:' .. ARGV[1]
+local value = redis.call('HGET', KEYS[1], name)
+if not value then return 0 end
+local lease = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], name, (now_ms() + lease) .. string.match(value, '^%d+(:.*)$'))
+keep_at_least(KEYS[1], lease)
+return 1
+""",
+)
+
+# KEYS[1] the key's slots
+# ARGV[1] the field to delete (``s:<token>``, ``r:<call id>``), ARGV[2] the exact value it must still hold
+# return  1 if the field held the value and is now deleted, else 0 (the line moves on at the key's next
+#         pickup or release, or when a waiting call's safety copy comes back)
+SLOT_CLEAR = Script(
+    "slot_clear",
+    """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
+    local kind = string.sub(name, 1, 2)
+    if kind == 's:' or kind == 'r:' then return 1 end
+end
+redis.call('DEL', KEYS[1])
+return 1
+""",
+)
+
+# KEYS[1] the key's slots, KEYS[2] its line of waiting calls, KEYS[3] their messages
+# ARGV[1] a call id whose place in line (or reservation) goes: the call was revoked
+# ARGV[2] the limit, ARGV[3] how long a reservation is kept (milliseconds)
+# return  {1 if the call was in line or held a reservation else 0, entries handed over...}
+SLOT_FORGET = Script(
+    "slot_forget",
+    _SLOTS
+    + """
+local slots, line, messages, now = KEYS[1], KEYS[2], KEYS[3], now_ms()
+local forgotten = redis.call('HDEL', slots, 'r:' .. ARGV[1]) + redis.call('ZREM', line, ARGV[1])
+redis.call('HDEL', messages, ARGV[1])
+local live = purge(slots, line, messages, now, '')
+local reached, handed
+live, reached, handed = advance(slots, line, messages, live, tonumber(ARGV[2]), now, tonumber(ARGV[3]), '')
+tidy(slots, line, messages, live)
+return {forgotten > 0 and 1 or 0, unpack(handed)}
+""",
+)
