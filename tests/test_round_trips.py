@@ -165,6 +165,17 @@ def test_pickup_and_end_of_a_limited_task_take_one_round_trip_each(solo_worker: 
     assert (mark["body"] - mark["prerun"], mark["postrun"] - mark["body"]) == (1, 1)
 
 
+def test_a_call_in_an_open_burst_takes_one_round_trip_and_publishes_nothing(broker: Any) -> None:
+    doc = uuid.uuid4().hex
+    first = worker_app.parked_reindex.delay(doc, 0)  # starts the burst, and publishes its message
+    queued = broker.llen("parked")
+    before = sent()
+    results = [worker_app.parked_reindex.delay(doc, version) for version in range(1, 101)]
+    assert sent() - before == 100
+    assert broker.llen("parked") == queued
+    assert {result.id for result in results} == {first.id}
+
+
 def test_existing_duplicate_takes_one_round_trip() -> None:
     tag = uuid.uuid4().hex
     first = worker_app.parked_existing.delay(tag)

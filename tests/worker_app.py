@@ -34,7 +34,7 @@ app = Celery("tests", broker=BROKER_URL, backend=BACKEND_URL)
 app.conf.update(
     task_routes={name: {"queue": "parked"} for name in (
         "tests.worker_app.parked", "tests.worker_app.parked_existing", "tests.worker_app.parked_raising",
-        "tests.worker_app.charge", "tests.worker_app.rebuild_index",
+        "tests.worker_app.charge", "tests.worker_app.rebuild_index", "tests.worker_app.parked_reindex",
     )},
     broker_transport_options={"visibility_timeout": int(os.environ.get("ONCE_TEST_VISIBILITY", "3600"))},
     worker_prefetch_multiplier=1,
@@ -439,3 +439,35 @@ def in_turn(tag: str, n: int) -> int:
     wait_gate(f"{tag}:{n}")
     record(tag, "end", n=n)
     return n
+
+
+# -- debounce -------------------------------------------------------------------------
+
+
+@app.task(base=OnceTask, lock_args=["doc_id"], debounce=1.0, debounce_max=3.0)
+def reindex(doc_id: str, version: int) -> int:
+    """Re-indexes a document once after a burst of edits, with the newest version."""
+    record(doc_id, "run", version=version)
+    return version
+
+
+@app.task(base=OnceTask, lock_args=["doc_id"], debounce=0.5)
+def reindex_gated(doc_id: str, version: int) -> int:
+    """``reindex`` that runs until its gate opens."""
+    record(doc_id, "start", version=version)
+    wait_gate(f"{doc_id}:{version}")
+    record(doc_id, "end", version=version)
+    return version
+
+
+@app.task(base=OnceTask, lock_args=["doc_id"], debounce=1.0, acks_late=True)
+def reindex_late(doc_id: str, version: int) -> int:
+    """``reindex`` whose message goes back to the broker if its worker dies."""
+    record(doc_id, "run", version=version)
+    return version
+
+
+@app.task(base=OnceTask, lock_args=["doc_id"], debounce=30.0)
+def parked_reindex(doc_id: str, version: int) -> int:
+    """Routed to a queue no worker consumes: a burst that stays open."""
+    return version

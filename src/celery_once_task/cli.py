@@ -1,13 +1,14 @@
 """The operators' commands: ``celery -A proj once ...`` and the standalone ``celery-once-task``.
 
-    celery -A proj once locks   [--task NAME] [--type queue|running|slots] [--json]
+    celery -A proj once locks   [--task NAME] [--type queue|running|slots|burst] [--json]
     celery -A proj once show    KEY [--json]
     celery -A proj once clear   (--task NAME | --key KEY [--holder TASK_ID]) [--type ...] --yes [--json]
     celery -A proj once workers [--json]
 
 A key with a ``running_limit`` is shown slot by slot: each slot's holder,
 with the key's limit, the slots used and the calls waiting; ``--holder``
-clears one slot of it.
+clears one slot of it. A debounced key shows its open burst (its task id,
+the calls it covers, when it is due) and each burst whose execution runs.
 
 ``once`` is a Celery subcommand (the ``celery.commands`` entry point): it
 reads the lock store the app is configured with, as a worker of that app
@@ -36,7 +37,7 @@ import redis
 
 from . import locks as lockinfo
 from .connection import redact_url
-from .keys import RUNNING, SLOTS
+from .keys import BURST, RUNNING, SLOTS
 from .settings import DEFAULT_REDIS_URL, resolve, validate
 from .store import client_for
 
@@ -126,7 +127,7 @@ def main(ctx: click.Context, url: Optional[str], app_name: Optional[str]) -> Non
 
 
 _type_option = click.option("--type", "lock_type", type=click.Choice(lockinfo.LOCK_TYPES),
-                            help="only queue locks, only running locks, or only the slots of limited keys")
+                            help="only queue locks, running locks, the slots of limited keys, or bursts")
 _json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
 
 
@@ -264,6 +265,8 @@ def workers_command(ctx: click.Context, as_json: bool) -> None:
 
 
 def _describe(lock: lockinfo.Lock) -> str:
+    if lock.type == BURST:
+        return f"{lock.key}\n    {lock.describe_owner()}, TTL {_duration(lock.ttl)}"
     if lock.type == SLOTS:
         line = (f"{lock.key}\n    slots {lock.used} of {lock.limit} used, {lock.waiting} waiting; "
                 f"{'slot' if lock.slot else 'no slot'} held by {lock.describe_owner()}")
@@ -281,6 +284,8 @@ def _fields(lock: lockinfo.Lock) -> Iterable[tuple[str, str]]:
     yield "type", lock.type
     yield "task", lock.task
     yield "digest", lock.digest
+    if lock.type == BURST:
+        yield "burst", lock.describe_owner()
     if lock.type == SLOTS:
         yield "slots", f"{lock.used} of {lock.limit} used"
         yield "waiting", str(lock.waiting)

@@ -58,6 +58,8 @@ def lock_key(task_name: str, digest: str, lock_type: str) -> str:
 SLOTS = "slots"
 WAITERS = "waiters"
 MESSAGES = "messages"
+#: The lock type of a debounced call's burst (see ``debounce``).
+BURST = "burst"
 
 
 def limited_key(task_name: str, digest: str, lock_type: str) -> str:

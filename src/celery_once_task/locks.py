@@ -26,7 +26,7 @@ from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from .connection import parse_url, scan_keys
-from .keys import KEY_PREFIX, QUEUE, RUNNING, SLOTS, WAITERS
+from .keys import BURST, KEY_PREFIX, QUEUE, RUNNING, SLOTS, WAITERS
 from .limits import describe_slots
 from .ownership import HEARTBEAT_PREFIX, heartbeat_key
 from .store import LockStore
@@ -34,7 +34,7 @@ from .store import LockStore
 #: Keys asked of each SCAN call, and keys read per pipeline.
 BATCH = 500
 
-LOCK_TYPES = (QUEUE, RUNNING, SLOTS)
+LOCK_TYPES = (QUEUE, RUNNING, SLOTS, BURST)
 
 
 def iter_keys(client: Any, match: str, count: int) -> Iterator[bytes]:
@@ -77,13 +77,12 @@ class Lock:
     waiting: Optional[int] = None
     #: A slot reserved for a waiting call handed over, whose message is on its way.
     reserved: bool = False
+    #: A burst of a debounced key: the calls it covers, and seconds until it is due (None once it runs).
+    calls: Optional[int] = None
+    due_in: Optional[float] = None
 
     def as_dict(self) -> dict[str, Any]:
-        slots = {} if self.type != SLOTS else {
-            "slot": self.slot, "limit": self.limit, "used": self.used, "waiting": self.waiting,
-            "reserved": self.reserved,
-        }
-        return {**slots,
+        found = {
             "key": self.key,
             "task": self.task,
             "type": self.type,
@@ -97,8 +96,17 @@ class Lock:
             "digest": self.digest,
             "value": self.value,
         }
+        if self.type == SLOTS:
+            found.update(slot=self.slot, limit=self.limit, used=self.used, waiting=self.waiting,
+                         reserved=self.reserved)
+        if self.type == BURST:
+            found.update(calls=self.calls, due_in=self.due_in)
+        return found
 
     def describe_owner(self) -> str:
+        if self.type == BURST:
+            state = "running" if self.due_in is None else f"due in {self.due_in:.1f}s"
+            return f"burst {self.task_id} ({self.calls if self.calls is not None else '?'} calls, {state})"
         if self.type == SLOTS and self.slot is None:
             return "nobody (calls wait in line)"
         if self.reserved:
@@ -191,23 +199,31 @@ def read_locks(client: Any, keys: Sequence[bytes], *, now: Optional[float] = Non
     if not keys:
         return []
     limited = {key for key in keys if _text(key).endswith(f":{SLOTS}")}
+    bursts = {key for key in keys if _text(key).endswith(f":{BURST}")}
     pipe = client.pipeline(transaction=False)
     for key in keys:
-        if key in limited:
+        if key in bursts:
+            pipe.hgetall(key)
+            pipe.pttl(key)
+        elif key in limited:
             # A limited key: its slots, and the length of its line. One key per command (Cluster).
             pipe.hgetall(key)
             pipe.zcard(_text(key)[: -len(SLOTS)] + WAITERS)
         else:
             pipe.get(key)
             pipe.pttl(key)
-    if limited:
-        pipe.time()  # slots expire by the server's clock
+    timed = limited or bursts
+    if timed:
+        pipe.time()  # slots expire, and bursts fall due, by the server's clock
     replies = pipe.execute()
     now = time.time() if now is None else now
-    server_ms = (int(replies[-1][0]) * 1000 + int(replies[-1][1]) // 1000) if limited else 0
+    server_ms = (int(replies[-1][0]) * 1000 + int(replies[-1][1]) // 1000) if timed else 0
     locks: list[Lock] = []
     for index, raw_key in enumerate(keys):
         first, second = replies[2 * index], replies[2 * index + 1]
+        if raw_key in bursts:
+            locks.extend(_burst_locks(_text(raw_key), first, second, server_ms))
+            continue
         if raw_key in limited:
             locks.extend(_slot_locks(_text(raw_key), first, int(second), server_ms, now))
             continue
@@ -217,6 +233,27 @@ def read_locks(client: Any, keys: Sequence[bytes], *, now: Optional[float] = Non
         if lock is not None:
             locks.append(lock)
     return _with_liveness(client, locks)
+
+
+def _burst_locks(key: str, fields: dict[Any, Any], pttl: Any, server_ms: int) -> list[Lock]:
+    """The rows of a debounced key: its open burst, and each burst whose execution runs."""
+    parsed = parse_key(key)
+    if parsed is None or not fields:
+        return []
+    task, digest, _ = parsed
+    data = {_text(name): _text(value) for name, value in fields.items()}
+    rows = []
+    if "id" in data:
+        due = _optional_int(data.get("due"))
+        rows.append(Lock(
+            key, task, digest, BURST, value=data["id"], ttl=_seconds(pttl), task_id=data["id"],
+            calls=_optional_int(data.get("count")),
+            due_in=None if due is None else round(max(0.0, (due - server_ms) / 1000), 3),
+        ))
+    for name in sorted(data):
+        if name.startswith("closed:"):
+            rows.append(Lock(key, task, digest, BURST, value=name, ttl=_seconds(pttl), task_id=name[len("closed:"):]))
+    return rows
 
 
 def _slot_locks(key: str, fields: dict[Any, Any], waiting: int, server_ms: int, now: float) -> list[Lock]:
@@ -266,6 +303,12 @@ def clear_value(client: Any, key: str, value: str, slot: Optional[str] = None) -
     parsed = parse_key(key)
     if parsed is None:
         raise ValueError(f"{key!r} is not a celery-once-task lock key")
+    if parsed[2] == BURST:
+        which = "closed" if value.startswith("closed:") else "open"
+        task_id = value[len("closed:"):] if which == "closed" else value
+        if LockStore(client).burst_forget(key, task_id, which):
+            return DELETED
+        return CHANGED_HANDS if client.exists(key) else GONE
     if parsed[2] == SLOTS:
         if not slot or not slot.startswith(("s:", "r:")):
             raise ValueError(f"{key!r} is a limited key: name the slot to clear")
@@ -345,7 +388,7 @@ def parse_key(key: str) -> Optional[tuple[str, str, str]]:
     if len(parts) != 3 or parts[2] not in LOCK_TYPES or not parts[0]:
         return None
     digest = parts[1]
-    if parts[2] == SLOTS:  # the digest of a limited key is a hash tag: {digest}
+    if parts[2] in (SLOTS, BURST):  # the digest of a limited or debounced key is a hash tag: {digest}
         if not (digest.startswith("{") and digest.endswith("}")):
             return None
         digest = digest[1:-1]

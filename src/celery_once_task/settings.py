@@ -53,12 +53,14 @@ APP_CONF_NAMES = {
     "queue_lock_conflict": "once_queue_lock_conflict",
     "redis_options": "once_redis_options",
     "redelivery_guard_timeout": "once_redelivery_guard_timeout",
+    "debounce": "once_debounce",
+    "debounce_max": "once_debounce_max",
 }
 
 #: Settings a task may set for itself (decorator keyword or subclass attribute).
 TASK_OPTIONS = (
     "queue_lock_timeout", "running_lock_timeout", "running_lock_conflict", "queue_lock_conflict",
-    "redelivery_guard_timeout",
+    "redelivery_guard_timeout", "debounce", "debounce_max",
 )
 
 
@@ -79,6 +81,10 @@ class Settings:
     redis_options: Mapping[str, Any] = field(default_factory=dict)
     #: Seconds a finished execution is remembered, so that a copy of its message delivered again does not run.
     redelivery_guard_timeout: int = DEFAULT_REDELIVERY_GUARD_TIMEOUT
+    #: Seconds apart that calls of one key form a burst, run once after it (see ``debounce``); None: off.
+    debounce: Optional[float] = None
+    #: The longest a burst may put its execution off, from its first call; None: no bound.
+    debounce_max: Optional[float] = None
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: never show a password.
@@ -88,7 +94,8 @@ class Settings:
             f"fail_open={self.fail_open!r}, heartbeat_timeout={self.heartbeat_timeout!r}, "
             f"running_lock_conflict={self.running_lock_conflict!r}, queue_lock_conflict={self.queue_lock_conflict!r}, "
             f"redis_options={connection.redact_options(self.redis_options)!r}, "
-            f"redelivery_guard_timeout={self.redelivery_guard_timeout!r})"
+            f"redelivery_guard_timeout={self.redelivery_guard_timeout!r}, debounce={self.debounce!r}, "
+            f"debounce_max={self.debounce_max!r})"
         )
 
 
@@ -110,6 +117,10 @@ def validate(name: str, value: Any, *, label: str | None = None) -> Any:
     if name in ("queue_lock_timeout", "running_lock_timeout", "heartbeat_timeout", "redelivery_guard_timeout"):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{label} must be a positive integer number of seconds, got {value!r}")
+        return value
+    if name in ("debounce", "debounce_max"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10**7:
+            raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
         return value
     if name in ("running_lock_conflict", "queue_lock_conflict"):
         choices = RUNNING_LOCK_CONFLICTS if name == "running_lock_conflict" else QUEUE_LOCK_CONFLICTS
@@ -176,6 +187,8 @@ def configure(
     queue_lock_conflict: str | None = None,
     redis_options: Mapping[str, Any] | None = None,
     redelivery_guard_timeout: int | None = None,
+    debounce: float | None = None,
+    debounce_max: float | None = None,
 ) -> None:
     """Set the process-wide configuration; only the arguments given change.
 
@@ -193,6 +206,8 @@ def configure(
         "queue_lock_conflict": queue_lock_conflict,
         "redis_options": redis_options,
         "redelivery_guard_timeout": redelivery_guard_timeout,
+        "debounce": debounce,
+        "debounce_max": debounce_max,
     }
     _configured.update({name: validate(name, value) for name, value in given.items() if value is not None})
 
@@ -270,4 +285,8 @@ def _resolve(conf: Any, task: Any) -> Settings:
             value = getattr(task, name, None)
             if value is not None:
                 values[name] = validate(name, value, label=f"{task.name}.{name}")
+    debounce, most = values.get("debounce"), values.get("debounce_max")
+    if debounce and most and most < debounce:
+        where = getattr(task, "name", "the configuration")
+        raise ValueError(f"{where}: debounce_max ({most!r}) must be at least debounce ({debounce!r})")
     return Settings(**values)

@@ -439,6 +439,29 @@ class LockStore:
         (reply,), _ = self._run([Call(scripts.SLOT_CLEAR, slots, (field, value))])
         return bool(reply)
 
+    # -- debounce: bursts ----------------------------------------------------
+
+    def burst_call(self, key: str, task_id: str, debounce_ms: int, most_ms: int, arguments: str, keep_ms: int,
+                   overdue_ms: int) -> tuple[int, str, int]:
+        """Join the key's open burst, or start one under ``task_id``: one round trip (``lua.bursts.BURST_CALL``).
+
+        Returns (0 joined | 1 started | 2 joined an overdue burst, the burst's task id, ms until it is due).
+        """
+        (reply,), _ = self._run([Call(scripts.BURST_CALL, key, (task_id, debounce_ms, most_ms, arguments, keep_ms,
+                                                                 overdue_ms))])
+        code, burst_id, due_ms = reply
+        return int(code), str(_text(burst_id)), int(due_ms)
+
+    def burst_take(self, key: str, task_id: str, keep_ms: int) -> tuple[int, Any]:
+        """Close the burst ``task_id`` runs if it is due (``lua.bursts.BURST_TAKE``): (code, ms until due or args)."""
+        (reply,), _ = self._run([Call(scripts.BURST_TAKE, key, (task_id, keep_ms))])
+        return int(reply[0]), (_text(reply[1]) if len(reply) > 1 else None)
+
+    def burst_forget(self, key: str, task_id: str, which: str) -> bool:
+        """Forget the open burst ``task_id`` (``which="open"``) or the arguments its execution ran with ("closed")."""
+        (reply,), _ = self._run([Call(scripts.BURST_FORGET, key, (task_id, which))])
+        return bool(reply)
+
     # -- worker liveness ----------------------------------------------------
 
     def renew(self, locks: Iterable[tuple[str, str, bool]], ttl: float, instance: str, heartbeat: str) -> list[bool]:

@@ -18,7 +18,7 @@ from celery import Task, states
 from celery.app.task import Context
 from celery.result import EagerResult
 
-from . import execute
+from . import debounce, execute
 from .deferral import header
 from .errors import OnceTaskLocked
 from .keys import DIGEST_HEADER, call_digest, check_lock_args, lock_key, signature_of, well_formed_digest
@@ -53,6 +53,10 @@ class OnceTask(Task):
     redelivery_guard_timeout: Optional[int] = None
     #: At most this many executions of a key at once, fleet-wide (see ``limits``); 1 is the running lock.
     running_limit: int = 1
+    #: Calls of a key this many seconds apart form a burst, run once after it (see ``debounce``); ``None``:
+    #: the configured value (off by default). ``debounce_max``: the longest a burst puts its execution off.
+    debounce: Optional[float] = None
+    debounce_max: Optional[float] = None
 
     #: Runs in the worker's main process, which cleans up after a pool child that died.
     Request = "celery_once_task.request:OnceTaskRequest"
@@ -79,6 +83,9 @@ class OnceTask(Task):
             raise ValueError(f"{label}: running_limit must be a positive integer (executions of a key at once), "
                              f"got {limit!r}")
         cls._once_in_line = may_wait_in_line(cls)
+        if cls.debounce and cls.debounce_max and cls.debounce_max < cls.debounce:
+            raise ValueError(f"{label}: debounce_max ({cls.debounce_max!r}) must be at least debounce "
+                             f"({cls.debounce!r})")
         if cls.running_limit > 1 and not cls.running_lock:
             raise ValueError(f"{label}: running_limit={cls.running_limit} needs running_lock=True (the limit counts "
                              "running executions)")
@@ -160,10 +167,11 @@ class OnceTask(Task):
         # with nothing published and no lock taken.
         digest = self.once_digest(args, kwargs)
         with_digest(options, digest, fixed_id=task_id is not None, stamped=self._once_in_line)
-        if not self.queue_lock:
-            return publish(task_id)
         settings, eager = for_publish(self._get_app(), self)
-        if eager:  # nothing is queued: no queue lock
+        if debounce.debounced(settings, task_id, eager):
+            return debounce.publish(self, settings, digest, args, kwargs, options, lambda burst_id, opts: super(
+                OnceTask, self).apply_async(args, kwargs, burst_id, producer, link, link_error, shadow, **opts))
+        if not self.queue_lock or eager:  # eager: nothing is queued, no queue lock
             return publish(task_id)
         return publish_once(self, settings, digest, args, kwargs, task_id, link, link_error, options, publish)
 
@@ -248,13 +256,20 @@ class OnceTask(Task):
             # A plain function call, or the body calling itself: no locks.
             return super().__call__(*args, **kwargs)
         setattr(request, _ENTERED, True)
-        held = None
+        held = burst = None
         if self.queue_lock or self.running_lock:
             digest = header(request, DIGEST_HEADER)
             if not well_formed_digest(digest):  # app.send_task, beat, other producers
                 digest = self.once_digest(args, kwargs)
             settings = self.once_settings()
-            held = execute.pick_up(self, settings, digest, request)
+            if settings.debounce and not request.is_eager:
+                burst, args, kwargs = debounce.take(self, settings, digest, request, args, dict(kwargs))
+            try:
+                held = execute.pick_up(self, settings, digest, request)
+            except OnceTaskLocked:
+                if burst is not None:  # refused for good: its burst's arguments are of no more use
+                    debounce.done(self, burst)
+                raise
         outcome: Optional[BaseException] = None
         try:
             return self.run(*args, **kwargs)
@@ -264,5 +279,7 @@ class OnceTask(Task):
         finally:
             if held is not None:
                 execute.release(self, held, request.id, outcome)
+            if burst is not None:
+                debounce.done(self, burst)
             outcome = None
 

@@ -1,0 +1,177 @@
+"""``debounce``: a burst of calls becomes one execution, after the burst, with the last call's arguments.
+
+Calls of one key (as ``lock_args`` chooses it) less than ``debounce``
+seconds apart form a *burst*. The burst is a hash in the lock store
+(``keys.limited_key(..., "burst")``: its task id, when it began, its last
+call, when it is due, how many calls it covers, and the last call's
+arguments); ``lua.bursts`` owns its scripts.
+
+* **A call** is one round trip (``BURST_CALL``). The first call of a burst
+  makes it, under a new task id, and publishes one message, to run
+  ``debounce`` seconds later. A later call joins it -- it moves the burst's
+  due time to ``debounce`` after itself, never later than ``debounce_max``
+  after the first call, and leaves its arguments as the burst's -- and
+  publishes nothing. Every call of a burst returns the burst's
+  ``AsyncResult``: they all reach the final state of the one execution.
+* **The message**, when it arrives (``BURST_TAKE``): if the burst is due, it
+  is closed -- a call made from now on starts a new burst -- and the
+  execution runs with the burst's last arguments; if calls moved the due
+  time on, the message is published again to arrive then (at most once
+  per move: a burst publishes a bounded number of messages). The running
+  lock, its conflict policy and ``running_limit`` apply to the execution as
+  to any other.
+* **Faults.** The closed burst's arguments are kept until its execution ends,
+  so that a copy of its message delivered again (its worker died) runs with
+  them; the finished record and the running lock keep it from running
+  twice. A burst whose message is overdue by ``queue_lock_timeout`` (its
+  publisher died before publishing it, or the broker lost it) has it
+  published again by the next call that joins it. A call that finds the lock
+  store unreachable is refused (``LockStoreUnavailable``), or -- with
+  ``fail_open`` -- published at once, undebounced.
+
+Calls whose task id is fixed in advance (``apply_async(task_id=...)``,
+canvas members, retries) and eager calls are not debounced: something waits
+on that id, or on the call itself. The queue lock has no part in a
+debounced call: the burst takes its place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, NamedTuple, Optional
+
+from celery.exceptions import Ignore
+from kombu.utils.json import dumps, loads
+from redis.exceptions import RedisError
+
+from .connection import redact_url
+from .deferral import defer, header
+from .errors import LockStoreUnavailable
+from .keys import BURST, limited_key
+from .ownership import Lease
+from .publish import new_task_id
+from .settings import Settings
+from .store import LockStore, RetryPolicy
+
+logger = logging.getLogger("celery_once_task")
+
+#: The header of a burst's message: this message runs a burst.
+BURST_HEADER = "once_task_burst"
+
+
+class Burst(NamedTuple):
+    """The burst an execution runs: its key, forgotten when the execution ends."""
+
+    store: LockStore
+    key: str
+    task_id: str
+
+
+def burst_key(task: Any, digest: str) -> str:
+    return limited_key(task.name, digest, BURST)
+
+
+def debounced(settings: Settings, task_id: Optional[str], eager: bool) -> bool:
+    """Whether a call is debounced: the task has a ``debounce``, and the call neither a fixed id nor eager."""
+    return bool(settings.debounce) and task_id is None and not eager
+
+
+def publish(task: Any, settings: Settings, digest: str, args: Optional[Sequence[Any]],
+            kwargs: Optional[Mapping[str, Any]], options: dict[str, Any],
+            send: Callable[[Optional[str], dict[str, Any]], Any]) -> Any:
+    """Join the key's open burst, or start one and publish its message; the burst's result."""
+    key = burst_key(task, digest)
+    try:
+        arguments: str = dumps({"args": list(args or ()), "kwargs": dict(kwargs or {})})  # type: ignore[no-untyped-call]
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{task.name}: a debounced call's arguments must be JSON (kombu's): {exc}") from None
+    debounce_ms = _ms(settings.debounce or 0)
+    most_ms = _ms(settings.debounce_max) if settings.debounce_max else 0
+    keep_ms = _ms(settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl)
+    try:
+        store = LockStore.for_url(settings.redis_url, settings.redis_options,
+                                  lambda: RetryPolicy.of_app(task._get_app()))
+        code, burst_id, due_ms = store.burst_call(key, new_task_id(), debounce_ms, most_ms, arguments, keep_ms,
+                                                  _ms(settings.queue_lock_timeout))
+    except RedisError as exc:
+        if settings.fail_open:
+            logger.warning("%s: lock operation failed: the lock store is unreachable; published at once, not "
+                           "debounced (burst %s): %s", task.name, key, exc)
+            return send(None, options)
+        raise LockStoreUnavailable(
+            f"{task.name}: the lock store {redact_url(settings.redis_url)} is unreachable, so the call was not "
+            f"published (burst {key}): {exc}"
+        ) from exc
+    if code == 0:
+        logger.info("%s[%s]: call joined burst %s; due in %.3fs", task.name, burst_id, key, due_ms / 1000)
+        return task.AsyncResult(burst_id)
+    headers = {**(options.get("headers") or {}), BURST_HEADER: "1"}
+    message_options = {**options, "headers": headers, "countdown": due_ms / 1000}
+    message_options.pop("eta", None)
+    if code == 2:
+        logger.warning("%s[%s]: burst %s is overdue and its message was never seen: published again",
+                       task.name, burst_id, key)
+    try:
+        result = send(burst_id, message_options)
+    except BaseException:
+        if code == 1:
+            # No message behind the burst: the next call starts a new one.
+            try:
+                store.burst_forget(key, burst_id, "open")
+            except RedisError as exc:
+                logger.warning("%s[%s]: lock operation failed: burst %s not forgotten after its message could "
+                               "not be published: %s", task.name, burst_id, key, exc)
+        raise
+    if code == 1:
+        logger.info("%s[%s]: burst %s started; due in %.3fs", task.name, burst_id, key, due_ms / 1000)
+    return result
+
+
+def take(task: Any, settings: Settings, digest: str, request: Any, args: tuple[Any, ...],
+         kwargs: dict[str, Any]) -> tuple[Optional[Burst], tuple[Any, ...], dict[str, Any]]:
+    """Close the burst this message runs, if it is due; the burst, and the arguments to run with.
+
+    Not due (later calls moved it on): the message is published again to
+    arrive when it is, and this delivery ends (``Ignore``).
+    """
+    if not header(request, BURST_HEADER):
+        return None, args, kwargs
+    key = burst_key(task, digest)
+    keep = settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl
+    store = LockStore.for_url(settings.redis_url, settings.redis_options, lambda: RetryPolicy.of_app(task._get_app()))
+    try:
+        code, detail = store.burst_take(key, request.id, _ms(keep))
+    except RedisError as exc:
+        # Neither run with arguments that may be stale nor drop it: look again in a moment.
+        logger.warning("%s[%s]: lock operation failed: burst %s unreachable; deferred by %.1fs: %s",
+                       task.name, request.id, key, Lease(settings.heartbeat_timeout).interval, exc)
+        defer(task, request, {}, Lease(settings.heartbeat_timeout).interval)
+        raise Ignore() from None
+    if code == 0:
+        seconds = int(detail) / 1000
+        logger.info("%s[%s]: execution waiting: burst %s was extended; due in %.3fs", task.name, request.id, key,
+                    seconds)
+        defer(task, request, {}, seconds)
+        raise Ignore()
+    if code == 2:
+        # No such burst: the lock store lost it, or its execution ended (a copy of its message, which the
+        # finished record turns away). It runs with the message's own arguments.
+        logger.info("%s[%s]: burst %s not found: runs with its message's arguments", task.name, request.id, key)
+        return Burst(store, key, request.id), args, kwargs
+    data: Any = loads(detail)  # type: ignore[no-untyped-call]
+    logger.info("%s[%s]: burst %s runs with its last call's arguments", task.name, request.id, key)
+    return Burst(store, key, request.id), tuple(data.get("args") or ()), dict(data.get("kwargs") or {})
+
+
+def done(task: Any, burst: Burst) -> None:
+    """The burst's execution ended: forget the arguments it ran with."""
+    try:
+        burst.store.burst_forget(burst.key, burst.task_id, "closed")
+    except RedisError as exc:  # they expire with the burst
+        logger.warning("%s[%s]: lock operation failed: burst %s not cleared: %s", task.name, burst.task_id,
+                       burst.key, exc)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))

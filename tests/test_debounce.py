@@ -1,0 +1,132 @@
+"""``debounce``: a burst of calls becomes one execution, after the burst, with the last call's arguments."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+from celery import states
+
+from celery_once_task import OnceTask
+from celery_once_task.keys import limited_key
+from tests import worker_app as tasks
+from tests.support import Worker, events, running_worker, started, wait_until
+from tests.test_cli import once
+
+#: The core tests run with RabbitMQ as the broker too (see conftest).
+pytestmark = pytest.mark.any_broker
+
+
+def burst_key(task: Any, doc: str) -> str:
+    return limited_key(task.name, task.once_digest((doc, 0), {}), "burst")
+
+
+def test_a_burst_of_calls_runs_once_after_it_with_the_last_calls_arguments(worker: Worker, recs: Any) -> None:
+    doc = uuid.uuid4().hex
+    results = []
+    for version in range(1, 8):
+        results.append(tasks.reindex.delay(doc, version))
+        time.sleep(0.1)  # an edit every tenth of a second: one burst
+    last_call = time.time()
+    assert len({result.id for result in results}) == 1  # every call of the burst has the burst's result
+    assert [result.get(timeout=20) for result in results] == [7] * 7
+    (run,) = events(recs, doc, "run")
+    assert run["version"] == 7
+    assert run["t"] >= last_call + 1.0 - 0.2  # debounce after the last call (clocks of one machine)
+
+
+def test_a_burst_runs_no_later_than_debounce_max_after_its_first_call(worker: Worker, recs: Any) -> None:
+    doc = uuid.uuid4().hex
+    first_call = time.time()
+    results = []
+    while time.time() - first_call < 5:  # calls every half second, for longer than debounce_max (3 s)
+        results.append(tasks.reindex.delay(doc, len(results)))
+        time.sleep(0.5)
+    wait_until(lambda: all(result.ready() for result in results), timeout=20, what="every call's result")
+    runs = events(recs, doc, "run")
+    assert 2 <= len(runs) <= 3
+    assert runs[0]["t"] - first_call <= 3.0 + 1.0
+    # Each call reached the end of the execution that covered it: one result per burst, in order.
+    bursts = [result.id for result in results]
+    assert len(set(bursts)) == len(runs)
+    assert [results[bursts.index(burst_id)].get() for burst_id in dict.fromkeys(bursts)] == [
+        run["version"] for run in runs]
+
+
+def test_a_call_made_while_the_execution_runs_starts_a_new_burst(worker: Worker, recs: Any) -> None:
+    doc = uuid.uuid4().hex
+    first = tasks.reindex_gated.delay(doc, 1)
+    started(recs, doc)
+    second = tasks.reindex_gated.delay(doc, 2)
+    assert second.id != first.id
+    recs.rpush(f"gate:{doc}:1", 1)
+    assert first.get(timeout=20) == 1
+    started(recs, doc, count=2)
+    recs.rpush(f"gate:{doc}:2", 1)
+    assert second.get(timeout=20) == 2
+    assert [event["version"] for event in events(recs, doc, "start")] == [1, 2]
+
+
+def test_a_burst_runs_once_though_the_worker_holding_its_message_died(redis_server: Any, locks: Any,
+                                                                      recs: Any) -> None:
+    doc = uuid.uuid4().hex
+    queue = f"doomed-{doc[:8]}"
+    env = {"ONCE_TEST_VISIBILITY": "2"}
+    doomed = Worker(redis_server.port, f"doomed-{doc[:6]}", queues=queue, concurrency=1, env=env).wait_ready()
+    try:
+        results = [tasks.reindex_late.apply_async((doc, version), queue=queue) for version in (1, 2, 3)]
+        wait_until(lambda: results[0].id in doomed.read_log(), what="the doomed worker to hold the burst's message")
+        doomed.process.kill()  # before the burst is due: its message goes back to the broker
+        doomed.process.wait(10)
+    finally:
+        doomed.stop()
+    # The Redis transport hands an unacknowledged message out again once it is this old (RabbitMQ at once).
+    deadline = time.time() + 2.5
+    wait_until(lambda: time.time() > deadline, what="the visibility timeout to pass")
+    with running_worker(redis_server.port, f"heir-{doc[:6]}", queues=queue, env=env):
+        assert [result.get(timeout=30) for result in results] == [3, 3, 3]
+    assert [event["version"] for event in events(recs, doc, "run")] == [3]
+    assert locks.exists(burst_key(tasks.reindex_late, doc)) == 0
+
+
+def test_an_open_burst_is_listed_with_its_deadline_and_calls() -> None:
+    doc = uuid.uuid4().hex
+    results = [tasks.parked_reindex.delay(doc, version) for version in (1, 2, 3)]
+    key = burst_key(tasks.parked_reindex, doc)
+    done = once("locks", "--type", "burst", "--json")
+    assert done.returncode == 0, done.stderr
+    (burst,) = [lock for lock in json.loads(done.stdout) if lock["key"] == key]
+    assert (burst["type"], burst["task_id"], burst["calls"]) == ("burst", results[0].id, 3)
+    assert 25 < burst["due_in"] <= 30
+
+
+def test_eager_calls_and_calls_with_a_fixed_id_are_not_debounced(worker: Worker, recs: Any) -> None:
+    doc = uuid.uuid4().hex
+    assert tasks.reindex.apply((doc, 1)).get() == 1
+    fixed = str(uuid.uuid4())
+    result = tasks.reindex.apply_async((doc, 2), task_id=fixed)
+    assert result.id == fixed and result.get(timeout=20) == 2
+    assert [event["version"] for event in events(recs, doc, "run")] == [1, 2]
+
+
+def test_a_debounced_execution_keeps_its_running_lock(worker: Worker, recs: Any) -> None:
+    doc = uuid.uuid4().hex
+    first = tasks.reindex_gated.delay(doc, 1)
+    started(recs, doc)
+    # The same call sent by name (no burst): it meets the running lock, and is refused.
+    duplicate = tasks.app.send_task(tasks.reindex_gated.name, args=[doc, 1])
+    wait_until(lambda: duplicate.ready(), timeout=20, what="the duplicate to be refused")
+    assert duplicate.state == states.FAILURE
+    recs.rpush(f"gate:{doc}:1", 1)
+    assert first.get(timeout=20) == 1
+
+
+def test_bad_debounce_values_are_errors_naming_the_task() -> None:
+    with pytest.raises(ValueError, match=r"tests\.bad_debounce: debounce must be a positive number of seconds"):
+        @tasks.app.task(base=OnceTask, name="tests.bad_debounce", debounce=0, shared=False)
+        def bad_debounce() -> None: ...
+
+        bad_debounce.run  # noqa: B018 - a task is built when first used
