@@ -100,6 +100,11 @@ def measure(config: Config) -> dict[str, Any]:
 
         results["limits"] = limits.run(config.limits_pairs)
 
+        log("(j) debounce: a burst of 1,000 calls ...")
+        from . import bursts
+
+        results["bursts"] = bursts.run(server=server)
+
         log("(d) round trips ...")
         results["round_trips"] = round_trips.run(broker)
 
@@ -163,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --compare: the worker pools to measure, comma-separated, or none")
     parser.add_argument("--limits", action="store_true",
                         help="only the concurrency limits' pickup and release at N = 1, 3, 100 (part i)")
+    parser.add_argument("--debounce", action="store_true",
+                        help="only a burst of 1,000 debounced calls: round trips, messages, time per call (part j)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--from-json", type=Path, help="measure nothing: report the figures of an earlier run")
     args = parser.parse_args(argv)
@@ -185,6 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         print(limits.table(cases))
         if args.json:
             args.json.write_text(json.dumps({"limits": cases}, indent=1) + "\n")
+        return 0
+    if args.debounce:
+        from . import bursts
+
+        burst = bursts.run()
+        print(bursts.text(burst))
+        if args.json:
+            args.json.write_text(json.dumps({"bursts": burst}, indent=1) + "\n")
         return 0
     if args.compare:
         from .report_compare import table

@@ -429,6 +429,8 @@ def document(results: dict[str, Any], chart_name: str) -> str:
     ]
     if "limits" in results:
         out += ["", *limits_section(results["limits"])]
+    if "bursts" in results:
+        out += ["", *bursts_section(results["bursts"])]
     if missed:
         out += ["", "## Misses", ""]
         if pub["once_ratio"] > PUBLISH_MAX:
@@ -528,4 +530,24 @@ def limits_section(cases: list[dict[str, Any]]) -> list[str]:
         "",
         "One round trip each, whatever the limit and however many calls wait: a slot's pickup reads the key's slots "
         "(N of them) and nothing of the line but its head, and a waiting call is touched only when a slot frees.",
+    ]
+
+
+def bursts_section(burst: dict[str, Any]) -> list[str]:
+    from .bursts import text as bursts_table
+
+    return [
+        "## (j) Debounce: a burst of 1,000 calls",
+        "",
+        "`bash scripts/bench.sh --debounce` calls a debounced task (`debounce=30`, its messages in a queue no worker "
+        "consumes) 1,001 times for one document: the first call starts the burst and publishes its message; the "
+        "1,000 after it join the burst. Each call is timed on its own; the lock client's round trips are counted on "
+        "its connection and the messages in the broker's queue. Beside them, in the same run: a plain Celery publish "
+        "of a call, and a `OnceTask` call dropped as a duplicate.",
+        "",
+        bursts_table(burst),
+        "",
+        "A call that joins a burst costs one round trip and publishes nothing. It costs more than a dropped "
+        "duplicate, which sends a native `SET NX GET`: the burst's script also keeps the call's arguments (the last "
+        "call's are the ones the execution runs with), written as JSON on every call.",
     ]

@@ -81,3 +81,8 @@ def once_probe(run: str, i: int, n: int) -> None:
 def _announce_ready(sender: Any = None, **_: Any) -> None:
     # Workers run with -l warning, which hides Celery's "ready." line.
     records().rpush("ready", str(getattr(sender, "hostname", "")))
+
+
+@app.task(base=OnceTask, name="benchmarks.tasks.reindex", lock_args=["doc_id"], debounce=30.0, queue="bursts")
+def reindex(doc_id: str, version: int) -> None:
+    """A debounced task whose messages nobody consumes: a burst that stays open while the benchmark calls."""

@@ -8,6 +8,7 @@
 #   bash scripts/bench.sh --quick    a short run, for trying a change (rougher figures, about 2 minutes)
 #   bash scripts/bench.sh --profile  profile the publish, duplicate and worker paths (py-spy)
 #   bash scripts/bench.sh --limits   only the concurrency limits' pickup and release at N = 1, 3, 100
+#   bash scripts/bench.sh --debounce only a burst of 1,000 debounced calls: round trips, messages, time per call
 #   bash scripts/bench.sh --compare [--variants plain,once-task,once-task-1.0.0] [--rounds 30] [--pools none]
 #                                    only the implementations side by side, interleaved round by round
 #                                    (--pools none: the publishing paths alone, in under a minute)
