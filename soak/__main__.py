@@ -88,6 +88,7 @@ class Plan:
     broker: str = "redis"
     body: str = "sleep"
     running_limit: int = 1
+    debounce: float = 0.0
 
     @property
     def lease(self) -> Lease:
@@ -111,6 +112,8 @@ def parse(argv: Optional[Sequence[str]]) -> Plan:
     parser.add_argument("--running-limit", type=int, default=1,
                         help="at most this many executions of a key at once (running_limit; with more than 1 the "
                              "calls of 4 keys are all kept: queue_lock=False)")
+    parser.add_argument("--debounce", type=float, default=0.0,
+                        help="seconds apart that calls of a key form a burst, run once after it (debounce_max 4x)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault and key choices")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir even when every check passed")
     parser.add_argument("--strict", action="store_true",
@@ -122,9 +125,9 @@ def parse(argv: Optional[Sequence[str]]) -> Plan:
         parser.error("--running-limit must be at least 1")
     if args.short:
         return Plan(75.0, 3, 60.0, args.policy, seed, args.keep, args.strict, args.pool, args.broker, body,
-                    args.running_limit)
+                    args.running_limit, args.debounce)
     return Plan(args.minutes * 60, 4, 120.0, args.policy, seed, args.keep, args.strict, args.pool, args.broker, body,
-                args.running_limit)
+                args.running_limit, args.debounce)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -158,7 +161,8 @@ class Soak:
     def run(self) -> bool:
         plan = self.plan
         app = importlib.import_module("soak.app")
-        self.log(f"soak: policy {plan.policy}, running_limit {plan.running_limit}, {plan.workers} {plan.pool} "
+        self.log(f"soak: policy {plan.policy}, running_limit {plan.running_limit}, debounce {plan.debounce or 'off'}, "
+                 f"{plan.workers} {plan.pool} "
                  f"workers, broker {plan.broker}, body {plan.body}, {plan.load_seconds:.0f}s of load, seed "
                  f"{plan.seed}, heartbeat_timeout {HEARTBEAT_TIMEOUT}s (lease ttl {plan.lease.ttl:.1f}s), "
                  f"visibility_timeout {VISIBILITY_TIMEOUT}s; logs in {self.directory}")
@@ -310,11 +314,13 @@ class Soak:
         lost = (report.lost_by_broker(stuck, runs, in_broker, logged, republished, stopped)
                 if in_broker is not None else [])
         lost_ids = {call.result.id for call in lost}
-        locks_of_lost = [lock for lock in locks_left if lock[0].endswith(":queue") and lock[1] in lost_ids]
+        locks_of_lost = [lock for lock in locks_left if (lock[0].endswith(":queue") and lock[1] in lost_ids)
+                         or (lock[0].endswith(":burst") and any(f"'id': '{i}'" in lock[1] for i in lost_ids))]
         ended_by_kill = sum(1 for run in runs if run.ended_by == "kill")
         without_end = sum(1 for run in runs if run.ended_by == "unknown")
 
-        self.say(f"policy: {plan.policy}; running_limit: {plan.running_limit}; workers: {plan.workers} ({plan.pool}); "
+        self.say(f"policy: {plan.policy}; running_limit: {plan.running_limit}; debounce: {plan.debounce or 'off'}; "
+                 f"workers: {plan.workers} ({plan.pool}); "
                  f"broker: {plan.broker}; body: {plan.body}; seed: {plan.seed}; heartbeat_timeout: "
                  f"{HEARTBEAT_TIMEOUT}s (lease ttl {plan.lease.ttl:.1f}s); visibility_timeout: {VISIBILITY_TIMEOUT}s")
         self.say(f"calls made: {len(calls)}")
@@ -381,6 +387,19 @@ class Soak:
                 failures.append("calls not followed by an execution")
         else:
             unfollowed = []
+        if plan.debounce:
+            total, wrong, unrun = report.bursts(calls, runs, records, states, lost)
+            self.say(f"bursts: {total}; without an execution: {len(unrun)}; run with other than their last call's "
+                     f"arguments: {len(wrong)}; executed twice: {len(twice - cut_short)}")
+            if unrun:
+                failures.append("bursts without an execution")
+            if wrong:
+                failures.append("bursts run with other than their last call's arguments")
+            for burst in (wrong + unrun)[:SHOWN]:
+                covered = sorted(call.seq for call in calls if call.result is not None and call.result.id == burst)
+                ran = [record.get("seq") for record in records if record["event"] == "start" and
+                       record["task_id"] == burst]
+                self.say(f"burst {burst}: calls {covered}; ran with {ran}")
         if count[ERROR]:
             errors = sorted({call.error or "" for call in calls if call.outcome == ERROR})
             self.say(f"publish errors seen: {'; '.join(errors[:3])}")
@@ -482,7 +501,8 @@ class Soak:
         with open(self.directory / "calls.jsonl", "w") as out:
             for call in calls:
                 task_id = call.result.id if call.result is not None else None
-                out.write(json.dumps({"t": call.t, "key": call.key, "outcome": call.outcome, "task_id": task_id,
+                out.write(json.dumps({"t": call.t, "key": call.key, "seq": call.seq, "outcome": call.outcome,
+                                      "task_id": task_id,
                                       "state": states.get(task_id or "", (None, None))[0],
                                       "error": call.error}) + "\n")
         (self.directory / "details.txt").write_text("\n".join(details) + "\n")
@@ -525,7 +545,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     workers: list[SoakWorker] = []
     try:
         servers = Servers(plan.broker)
-        env = servers.environment(HEARTBEAT_TIMEOUT, VISIBILITY_TIMEOUT, plan.policy, plan.body, plan.running_limit)
+        env = servers.environment(HEARTBEAT_TIMEOUT, VISIBILITY_TIMEOUT, plan.policy, plan.body, plan.running_limit,
+                                  plan.debounce)
         os.environ.update(env)  # read by soak.app, here and in the workers
         workers = [SoakWorker(index, directory, env, plan.pool) for index in range(1, plan.workers + 1)]
         status = 0 if Soak(plan, servers, workers, log, directory).run() else 1

@@ -57,6 +57,8 @@ POLICY = os.environ.get("SOAK_POLICY", "reject")
 if POLICY not in POLICIES:
     raise RuntimeError(f"SOAK_POLICY must be one of {', '.join(POLICIES)}, got {POLICY!r}")
 BODY = os.environ.get("SOAK_BODY", "sleep")
+#: Seconds apart that calls of one key form a burst, run once after it (``--debounce``); 0: off.
+DEBOUNCE = float(os.environ.get("SOAK_DEBOUNCE", "0"))
 
 app = Celery("soak", broker=BROKER_URL, backend=BACKEND_URL)
 app.conf.update(
@@ -83,6 +85,8 @@ _POLICY_OPTIONS: dict[str, Any] = {} if POLICY == "reject" else {"running_lock_c
 if RUNNING_LIMIT > 1:
     # Every call kept: under "wait" they wait their turn in the key's line.
     _POLICY_OPTIONS.update(running_limit=RUNNING_LIMIT, queue_lock=False)
+if DEBOUNCE:
+    _POLICY_OPTIONS.update(debounce=DEBOUNCE, debounce_max=4 * DEBOUNCE)
 
 # Longer than a stall of the records server could last: it is never faulted.
 _records = redis.Redis.from_url(RECORDS_URL, socket_timeout=30)
@@ -112,15 +116,21 @@ class RecordedTask(OnceTask):
     name="soak.work",
     acks_late=True,
     reject_on_worker_lost=True,
+    lock_args=["key_index"],
     **_POLICY_OPTIONS,
 )
-def work(self: Any, key_index: int) -> int:
-    """One execution of the call ``work(key_index)``, recorded at its start and its end."""
+def work(self: Any, key_index: int, seq: int = 0) -> int:
+    """One execution of the call ``work(key_index)``, recorded at its start and its end.
+
+    ``seq`` numbers the calls (it is not part of the key): a debounced
+    execution records the one it runs with, its burst's last.
+    """
     fields = {
         "execution": uuid.uuid4().hex,
         "task_id": self.request.id,
         "retries": self.request.retries,
         "key": key_index,
+        "seq": seq,
         "pid": os.getpid(),
         "ppid": os.getppid(),
         "worker": self.request.hostname,

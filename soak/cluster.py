@@ -47,7 +47,7 @@ class Servers:
         return self.rabbit.url(self.vhost) if self.rabbit is not None else f"{self.broker.url}/0"
 
     def environment(self, heartbeat_timeout: int, visibility_timeout: int, policy: str, body: str,
-                    running_limit: int = 1) -> dict[str, str]:
+                    running_limit: int = 1, debounce: float = 0) -> dict[str, str]:
         """What ``soak.app`` reads."""
         return {
             "SOAK_BROKER_URL": self.broker_url,
@@ -61,6 +61,7 @@ class Servers:
             "SOAK_POLICY": policy,
             "SOAK_BODY": body,
             "SOAK_RUNNING_LIMIT": str(running_limit),
+            "SOAK_DEBOUNCE": str(debounce),
         }
 
     def stop(self) -> None:

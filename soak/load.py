@@ -43,6 +43,10 @@ class Call:
     error: Optional[str] = None
     #: For a dropped call: the task id holding the queue lock it met.
     holder: Optional[str] = None
+    #: The call's number, in the order the calls were made (``work``'s ``seq``).
+    seq: int = 0
+    #: When the call returned: a call made after it reached the lock store after it.
+    done: float = 0.0
 
 
 class Publishers:
@@ -53,6 +57,7 @@ class Publishers:
         self.keys = keys
         self.interval = threads / rate
         self.calls: list[Call] = []
+        self._seq = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [
@@ -81,13 +86,18 @@ class Publishers:
     def _call(self, key: int) -> Call:
         t = time.time()
         _met.holder = None
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
         try:
-            result = self.task.delay(key)
+            result = self.task.delay(key, seq)
         except LockStoreUnavailable:
-            return Call(t, key, REFUSED)
+            return Call(t, key, REFUSED, seq=seq)
         except Exception as exc:
-            return Call(t, key, ERROR, error=f"{type(exc).__name__}: {exc}")
-        return Call(t, key, DROPPED, holder=_met.holder) if result is None else Call(t, key, ACCEPTED, result)
+            return Call(t, key, ERROR, error=f"{type(exc).__name__}: {exc}", seq=seq)
+        if result is None:
+            return Call(t, key, DROPPED, holder=_met.holder, seq=seq, done=time.time())
+        return Call(t, key, ACCEPTED, result, seq=seq, done=time.time())
 
     def _add(self, call: Call) -> None:
         with self._lock:

@@ -253,6 +253,37 @@ def behind_lost(calls: Sequence[Call], lost: Sequence[Call]) -> list[Call]:
     return [call for call in calls if call.t >= since.get(call.key, math.inf)]
 
 
+def bursts(calls: Sequence[Call], runs: Sequence[Execution], records: Iterable[Mapping[str, Any]],
+           states_of: Mapping[str, tuple[str, Optional[str]]],
+           lost: Sequence[Call]) -> tuple[int, list[str], list[str]]:
+    """Debounced calls: how many bursts; those that ran with other than their last call's arguments; and
+    those with no execution and no final result (but for the calls Celery lost).
+
+    A burst is the calls that returned one task id.
+    """
+    members: dict[str, list[Call]] = defaultdict(list)
+    for call in accepted(calls):
+        members[call.result.id].append(call)
+    ran_with: dict[str, list[int]] = defaultdict(list)
+    for record in records:
+        if record["event"] == "start":
+            ran_with[str(record["task_id"])].append(int(record.get("seq") or 0))
+    lost_ids = {call.result.id for call in lost}
+
+    def could_be_last(seq: int, covered: list[Call]) -> bool:
+        # Calls made at once from several threads reach the lock store in any order: a call is the
+        # burst's last unless another call of the burst began after it had returned.
+        call = next((call for call in covered if call.seq == seq), None)
+        return call is not None and not any(other.t > call.done for other in covered)
+
+    wrong = [burst for burst, covered in members.items()
+             if ran_with.get(burst) and not any(could_be_last(seq, covered) for seq in ran_with[burst])]
+    unrun = [burst for burst in members
+             if not ran_with.get(burst) and burst not in lost_ids
+             and states_of.get(burst, (states.PENDING, None))[0] not in states.READY_STATES]
+    return len(members), wrong, unrun
+
+
 def dropped_behind(calls: Sequence[Call], lost: Sequence[Call]) -> int:
     """Calls dropped as duplicates of a message Celery lost: its queue lock outlives it."""
     since: dict[int, float] = {}

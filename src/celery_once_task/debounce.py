@@ -23,9 +23,9 @@ arguments); ``lua.bursts`` owns its scripts.
 * **Faults.** The closed burst's arguments are kept until its execution ends,
   so that a copy of its message delivered again (its worker died) runs with
   them; the finished record and the running lock keep it from running
-  twice. A burst whose message is overdue by ``queue_lock_timeout`` (its
-  publisher died before publishing it, or the broker lost it) has it
-  published again by the next call that joins it. A call that finds the lock
+  twice. A burst whose message is overdue by two leases (its publisher died
+  before publishing it, or the broker lost it) has it published again by
+  the next call that joins it, at most once per two leases. A call that finds the lock
   store unreachable is refused (``LockStoreUnavailable``), or -- with
   ``fail_open`` -- published at once, undebounced.
 
@@ -92,8 +92,11 @@ def publish(task: Any, settings: Settings, digest: str, args: Optional[Sequence[
     try:
         store = LockStore.for_url(settings.redis_url, settings.redis_options,
                                   lambda: RetryPolicy.of_app(task._get_app()))
+        # A message overdue by two leases is taken for lost (a duplicate of one that was merely late
+        # runs once all the same: see ``take``).
+        overdue_ms = _ms(2 * Lease(settings.heartbeat_timeout).ttl)
         code, burst_id, due_ms = store.burst_call(key, new_task_id(), debounce_ms, most_ms, arguments, keep_ms,
-                                                  _ms(settings.queue_lock_timeout))
+                                                  overdue_ms)
     except RedisError as exc:
         if settings.fail_open:
             logger.warning("%s: lock operation failed: the lock store is unreachable; published at once, not "
@@ -110,7 +113,7 @@ def publish(task: Any, settings: Settings, digest: str, args: Optional[Sequence[
     message_options = {**options, "headers": headers, "countdown": due_ms / 1000}
     message_options.pop("eta", None)
     if code == 2:
-        logger.warning("%s[%s]: burst %s is overdue and its message was never seen: published again",
+        logger.warning("%s[%s]: burst %s is overdue and its message was not seen: published again",
                        task.name, burst_id, key)
     try:
         result = send(burst_id, message_options)

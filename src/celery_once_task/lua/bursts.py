@@ -23,10 +23,11 @@ end
 # KEYS[1] the key's burst
 # ARGV[1] a new task id, ARGV[2] debounce in milliseconds, ARGV[3] debounce_max in milliseconds
 # (0: none), ARGV[4] the call's arguments, ARGV[5] how long past its due time a burst is kept,
-# ARGV[6] how long past its due time a burst is taken for one whose message was lost
+# ARGV[6] how long past its due time (and past its last rescue) a burst is taken for one whose
+#         message was lost
 # return  {1, id, ms until due}: a new burst, under the new task id (the caller publishes its
 #         message); {0, id, ms until due}: the call joined the open burst; {2, id, ms}: it joined
-#         a burst whose message is long overdue (the caller publishes it again, once per burst)
+#         a burst whose message is overdue (the caller publishes it again: at most once per ARGV[6])
 BURST_CALL = Script(
     "burst_call",
     _BURST
@@ -42,7 +43,11 @@ if not id then
 end
 local first, due = tonumber(redis.call('HGET', burst, 'first')), tonumber(redis.call('HGET', burst, 'due'))
 local code = 0
-if now > due + tonumber(ARGV[6]) and redis.call('HSETNX', burst, 'rescued', '1') == 1 then code = 2 end
+local rescued = tonumber(redis.call('HGET', burst, 'rescued') or '0')
+if now > math.max(due, rescued) + tonumber(ARGV[6]) then
+    code = 2
+    redis.call('HSET', burst, 'rescued', now)
+end
 local later = now + debounce
 if most > 0 then later = math.min(later, first + most) end
 later = math.max(later, due)
