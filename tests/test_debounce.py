@@ -12,6 +12,7 @@ from celery import states
 
 from celery_once_task import OnceTask
 from celery_once_task.keys import limited_key
+from celery_once_task.store import LockStore
 from tests import worker_app as tasks
 from tests.support import Worker, events, running_worker, started, wait_until
 from tests.test_cli import once
@@ -89,7 +90,14 @@ def test_a_burst_runs_once_though_the_worker_holding_its_message_died(redis_serv
     with running_worker(redis_server.port, f"heir-{doc[:6]}", queues=queue, env=env):
         assert [result.get(timeout=30) for result in results] == [3, 3, 3]
     assert [event["version"] for event in events(recs, doc, "run")] == [3]
-    assert locks.exists(burst_key(tasks.reindex_late, doc)) == 0
+    assert locks.hkeys(burst_key(tasks.reindex_late, doc)) == [b"prev"]  # its last call, for a lease
+
+
+def test_a_retried_burst_retries_with_its_last_calls_arguments(worker: Worker, recs: Any) -> None:
+    doc = uuid.uuid4().hex
+    results = [tasks.reindex_retrying.delay(doc, version) for version in (1, 2, 3)]
+    assert results[0].get(timeout=20) == 3
+    assert [(event["version"], event["retries"]) for event in events(recs, doc, "run")] == [(3, 0), (3, 1)]
 
 
 def test_an_open_burst_is_listed_with_its_deadline_and_calls() -> None:
@@ -122,6 +130,36 @@ def test_a_debounced_execution_keeps_its_running_lock(worker: Worker, recs: Any)
     assert duplicate.state == states.FAILURE
     recs.rpush(f"gate:{doc}:1", 1)
     assert first.get(timeout=20) == 1
+
+
+def _sent_again(locks: Any, key: str, token: str) -> tuple[int, str, int]:
+    """A call's BURST_CALL sent again with its token, as after a lost reply (debounce 50 ms)."""
+    return LockStore(locks).burst_call(key, token, 50, 0, json.dumps({"args": [token], "kwargs": {}}), 60_000, 60_000)
+
+
+def test_a_call_sent_again_while_it_is_the_bursts_last_is_counted_once(locks: Any) -> None:
+    key = burst_key(tasks.parked_reindex, uuid.uuid4().hex)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    assert _sent_again(locks, key, first)[:2] == (1, first)
+    assert _sent_again(locks, key, second)[:2] == (0, first)
+    assert _sent_again(locks, key, second)[:2] == (0, first)
+    assert locks.hget(key, "count") == b"2"
+
+
+def test_a_call_sent_again_after_its_burst_closed_does_not_start_another(locks: Any) -> None:
+    key = burst_key(tasks.parked_reindex, uuid.uuid4().hex)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    _sent_again(locks, key, first)
+    _sent_again(locks, key, second)
+    store = LockStore(locks)
+    wait_until(lambda: store.burst_take(key, first, 60_000)[0] == 1, what="the burst to close")
+    # Its arguments run in the closed burst: the call is answered as its first try was.
+    assert _sent_again(locks, key, second) == (0, first, 0)
+    assert not locks.hexists(key, "id")
+    # Its execution ended: the call is still recognised, for as long as its retries may last.
+    store.burst_forget(key, first, "closed", remember_ms=5_000)
+    assert _sent_again(locks, key, second) == (0, first, 0)
+    assert locks.hkeys(key) == [b"prev"] and 0 < locks.pttl(key) <= 5_000
 
 
 def test_bad_debounce_values_are_errors_naming_the_task() -> None:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import pytest
 from celery import Celery
 
 from celery_once_task import LockStoreUnavailable, OnceTask, OnceTaskLocked
+from celery_once_task.keys import limited_key
 from celery_once_task.ownership import Lease
 from tests import worker_app as tasks
 from tests.support import ROOT, RedisServer, Worker, events, lock_key_of, running_worker, started, wait_until
@@ -141,6 +143,31 @@ def test_release_missed_while_the_store_was_down_is_made_when_it_is_back(lock_se
     assert [entry["reason"] for entry in recovered if entry["key"] == running] == ["released late (task ended)"]
 
 
+def test_burst_arguments_kept_while_the_store_was_down_are_forgotten_when_it_is_back(
+        lock_server: RedisServer, recs: Any) -> None:
+    doc = uuid.uuid4().hex
+    queue = f"away-burst-{doc[:8]}"
+    locks = lock_server.client(2)
+    app = Celery("away-burst", broker=tasks.BROKER_URL, backend=tasks.BACKEND_URL, set_as_current=False)
+    app.conf.update(once_redis_url=f"{lock_server.url}/2", task_default_queue=queue)
+    reindex_gated = app.task(base=OnceTask, name=tasks.reindex_gated.name, lock_args=["doc_id"], debounce=0.5,
+                             shared=False)(tasks.reindex_gated.run)
+    burst = limited_key(reindex_gated.name, reindex_gated.once_digest((doc, 1), {}), "burst")
+    env = {"ONCE_TEST_LOCKS_URL": f"{lock_server.url}/2"}
+    with running_worker(tasks.PORT, f"away-burst-{doc[:6]}", pool="solo", queues=queue, env=env) as worker:
+        result = reindex_gated.delay(doc, 1)
+        started(recs, doc)
+        assert any(field.startswith(b"closed:") for field in locks.hkeys(burst))
+        lock_server.kill()
+        recs.rpush(f"gate:{doc}:1", 1)
+        assert result.get(timeout=20) == 1
+        wait_until(lambda: "not cleared; left to the janitor" in worker.read_log(), what="the failed forget")
+        lock_server.start()
+        wait_until(lambda: not any(field.startswith(b"closed:") for field in locks.hkeys(burst)), timeout=15,
+                   what="the janitor to forget the burst's arguments")
+        assert f"{result.id}]: released lock {burst} (task ended)" in worker.read_log()
+
+
 def _lost_reply_app(lock_server: RedisServer, queue: str) -> tuple[Celery, Any]:
     """A publisher whose lock client gives up on a reply after half a second, retrying once."""
     app = Celery("lost-reply", broker=tasks.BROKER_URL, backend=tasks.BACKEND_URL, set_as_current=False)
@@ -187,6 +214,31 @@ def test_connection_killed_between_calls_is_retried(lock_server: RedisServer, br
     assert lost.delay(f"{tag}-2") is not None
     assert lock_server.client(2).exists(lock_key_of(lost, "queue", f"{tag}-2")) == 1
     assert broker.llen(queue) == 2
+
+
+def test_debounced_call_whose_reply_was_lost_publishes_the_burst_it_started(lock_server: RedisServer,
+                                                                           recs: Any) -> None:
+    doc = uuid.uuid4().hex
+    queue = f"lost-burst-{doc[:8]}"
+    app, _ = _lost_reply_app(lock_server, queue)
+    app.conf.task_publish_retry_policy = {"max_retries": 3, "interval_start": 0, "interval_step": 0.1}
+    # The worker's own task, as a publisher whose lock client gives up on a reply after half a second.
+    reindex = app.task(base=OnceTask, name=tasks.reindex.name, lock_args=["doc_id"], debounce=1.0,
+                       shared=False)(tasks.reindex.run)
+    env = {"ONCE_TEST_LOCKS_URL": f"{lock_server.url}/2"}
+    with running_worker(tasks.PORT, f"lost-burst-{doc[:6]}", pool="solo", queues=queue, env=env):
+        assert reindex.delay(f"{doc}-first", 0).get(timeout=20) == 0  # connected, the script loaded
+        lock_server.pause()
+        # The first try starts the burst once the server runs again; its reply is lost and the
+        # retry finds the burst its own: it still publishes the burst's message.
+        resume = threading.Timer(0.8, lock_server.resume)
+        resume.start()
+        try:
+            result = reindex.delay(doc, 1)
+        finally:
+            resume.join()
+        assert result.get(timeout=20) == 1
+    assert [event["version"] for event in events(recs, doc, "run")] == [1]
 
 
 def test_pickup_whose_reply_was_lost_runs_once_the_store_answers(lock_server: RedisServer, recs: Any) -> None:

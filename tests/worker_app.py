@@ -467,6 +467,15 @@ def reindex_late(doc_id: str, version: int) -> int:
     return version
 
 
+@app.task(base=OnceTask, lock_args=["doc_id"], debounce=0.5, bind=True)
+def reindex_retrying(self: Any, doc_id: str, version: int) -> int:
+    """``reindex`` whose first try asks to be retried."""
+    record(doc_id, "run", version=version, retries=self.request.retries)
+    if not self.request.retries:
+        raise self.retry(countdown=0.1)
+    return version
+
+
 @app.task(base=OnceTask, lock_args=["doc_id"], debounce=30.0)
 def parked_reindex(doc_id: str, version: int) -> int:
     """Routed to a queue no worker consumes: a burst that stays open."""

@@ -15,6 +15,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
+from . import debounce
+from .debounce import BURST_HEADER
 from .janitor import Cleanup, janitor
 from .keys import DIGEST_HEADER, QUEUE, RUNNING, finished_key, lock_key, well_formed_digest
 from .limits import RESERVE_SECONDS, call_id, keys_of, limit_of, limited
@@ -50,13 +52,16 @@ def release_locks(
     reason: str,
     pid: Optional[int] = None,
     unfinished: bool = False,
+    final: bool = False,
 ) -> None:
     """Release the queue lock held by ``task_id`` and/or the running lock held by this attempt.
 
     ``pid``: the process that ran the execution; its running lock is released
     once that process is gone. ``unfinished``: that process died before its
     result was stored -- the finished record it may have written goes too,
-    so that a copy of the message runs (see ``redelivery``).
+    so that a copy of the message runs (see ``redelivery``). ``final``: no
+    copy of the message will run again -- the arguments a debounced burst ran
+    with, kept for such a copy, go too (see ``debounce``).
     """
     if not task_id or not is_once_task(task) or not (queue or running):
         return
@@ -89,6 +94,8 @@ def release_locks(
                 janitor.add(Cleanup(url, waiting, waiting_token(task_id), True, task, task_id, reason, options=options))
             if running:
                 janitor.add(Cleanup(url, running_key, owner.token, True, task, task_id, reason, pid, options=options))
+        if running and final and headers and headers.get(BURST_HEADER):
+            janitor.add(debounce.ended(task, settings, debounce.burst_key(task, digest), task_id, reason, pid))
         if running and unfinished and pid is not None and not result_stored(task, task_id):
             writer = writer_prefix(owner.retries, call_of_headers(headers), writer_instance(), pid)
             janitor.add(Cleanup(url, finished_key(running_key, task_id), writer, True, task, task_id, reason, pid,

@@ -48,6 +48,7 @@ from redis.exceptions import RedisError
 from .connection import redact_url
 from .deferral import defer, header
 from .errors import LockStoreUnavailable
+from .janitor import Cleanup, janitor
 from .keys import BURST, limited_key
 from .ownership import Lease
 from .publish import new_task_id
@@ -64,6 +65,7 @@ class Burst(NamedTuple):
     """The burst an execution runs: its key, forgotten when the execution ends."""
 
     store: LockStore
+    settings: Settings
     key: str
     task_id: str
 
@@ -121,7 +123,10 @@ def publish(task: Any, settings: Settings, digest: str, args: Optional[Sequence[
         if code == 1:
             # No message behind the burst: the next call starts a new one.
             try:
-                store.burst_forget(key, burst_id, "open")
+                if not store.burst_forget(key, burst_id, "open"):
+                    logger.error("%s[%s]: burst %s kept for the calls that joined it: its message could not be "
+                                 "published; the next call made %.1fs after it was due publishes it again",
+                                 task.name, burst_id, key, overdue_ms / 1000)
             except RedisError as exc:
                 logger.warning("%s[%s]: lock operation failed: burst %s not forgotten after its message could "
                                "not be published: %s", task.name, burst_id, key, exc)
@@ -161,19 +166,31 @@ def take(task: Any, settings: Settings, digest: str, request: Any, args: tuple[A
         # No such burst: the lock store lost it, or its execution ended (a copy of its message, which the
         # finished record turns away). It runs with the message's own arguments.
         logger.info("%s[%s]: burst %s not found: runs with its message's arguments", task.name, request.id, key)
-        return Burst(store, key, request.id), args, kwargs
+        return Burst(store, settings, key, request.id), args, kwargs
     data: Any = loads(detail)  # type: ignore[no-untyped-call]
     logger.info("%s[%s]: burst %s runs with its last call's arguments", task.name, request.id, key)
-    return Burst(store, key, request.id), tuple(data.get("args") or ()), dict(data.get("kwargs") or {})
+    return Burst(store, settings, key, request.id), tuple(data.get("args") or ()), dict(data.get("kwargs") or {})
 
 
 def done(task: Any, burst: Burst) -> None:
-    """The burst's execution ended: forget the arguments it ran with."""
+    """The burst's execution ended: forget the arguments it ran with (the janitor does, if the store is away)."""
     try:
-        burst.store.burst_forget(burst.key, burst.task_id, "closed")
-    except RedisError as exc:  # they expire with the burst
-        logger.warning("%s[%s]: lock operation failed: burst %s not cleared: %s", task.name, burst.task_id,
-                       burst.key, exc)
+        burst.store.burst_forget(burst.key, burst.task_id, "closed", remember_ms(burst.settings))
+    except RedisError as exc:
+        logger.warning("%s[%s]: lock operation failed: burst %s not cleared; left to the janitor: %s", task.name,
+                       burst.task_id, burst.key, exc)
+        janitor.add(ended(task, burst.settings, burst.key, burst.task_id, "task ended"))
+
+
+def ended(task: Any, settings: Settings, key: str, task_id: str, reason: str, pid: Optional[int] = None) -> Cleanup:
+    """The janitor's delete of the arguments an execution ran with, for when it cannot forget them itself."""
+    return Cleanup(settings.redis_url, key, task_id, False, task, task_id, reason, pid, options=settings.redis_options,
+                   burst=True)
+
+
+def remember_ms(settings: Settings) -> int:
+    """How long an ended burst's last call is recognised if sent again: one lease (its retries are over by then)."""
+    return _ms(Lease(settings.heartbeat_timeout).ttl)
 
 
 def _ms(seconds: float) -> int:

@@ -66,6 +66,9 @@ class Cleanup:
     reserve: float = 0.0
     #: With ``line``: ``token`` is a revoked call's id, to be taken out of the line (no slot is freed).
     forget: bool = False
+    #: ``key`` is a debounced key's burst: forget the arguments the execution ``token`` ran with
+    #: (see ``debounce``).
+    burst: bool = False
     #: A lock that a command with a lost reply may still write: once the
     #: store answers, commands it held from before run within moments, in any
     #: order with ours, so the delete is made twice, a moment apart.
@@ -198,6 +201,8 @@ class Janitor:
 
 def _release(store: LockStore, cleanup: Cleanup) -> tuple[bool, list[str]]:
     """Make one owner-checked delete; whether it deleted, and the waiting calls it handed a slot to."""
+    if cleanup.burst:
+        return store.burst_forget(cleanup.key, cleanup.token, "closed"), []
     if cleanup.line is not None and cleanup.forget:
         return store.slot_forget(cleanup.key, cleanup.line, cleanup.token, cleanup.limit, cleanup.reserve)
     if cleanup.line is not None:

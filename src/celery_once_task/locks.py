@@ -304,7 +304,7 @@ def clear_value(client: Any, key: str, value: str, slot: Optional[str] = None) -
     if parsed is None:
         raise ValueError(f"{key!r} is not a celery-once-task lock key")
     if parsed[2] == BURST:
-        which = "closed" if value.startswith("closed:") else "open"
+        which = "closed" if value.startswith("closed:") else "drop"
         task_id = value[len("closed:"):] if which == "closed" else value
         if LockStore(client).burst_forget(key, task_id, which):
             return DELETED

@@ -25,11 +25,12 @@ _CHILD_GONE = (WorkerLostError, TimeLimitExceeded, Terminated, SystemExit, Keybo
 class OnceTaskRequest(Request):
     """The worker's request for a ``OnceTask`` message."""
 
-    def release_running_lock(self, reason: str, *, unfinished: bool = False) -> None:
+    def release_running_lock(self, reason: str, *, unfinished: bool = False, final: bool = True) -> None:
         """Release the running lock this message's execution holds in this worker, once its process is gone.
 
         ``unfinished``: the process died; a finished record it may have
         written before its result was stored goes too (see ``redelivery``).
+        ``final``: the message is not delivered again.
         """
         release_locks(
             self.task,
@@ -43,6 +44,7 @@ class OnceTaskRequest(Request):
             reason=reason,
             pid=self.worker_pid,
             unfinished=unfinished,
+            final=final,
         )
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
@@ -51,7 +53,10 @@ class OnceTaskRequest(Request):
         if type(exc).__name__ == "ExceptionWithTraceback":
             exc = exc.exc
         if isinstance(exc, _CHILD_GONE):
-            self.release_running_lock(type(exc).__name__, unfinished=True)
+            # Celery requeues the message of a lost child only for acks_late with reject_on_worker_lost.
+            requeued = bool(self.task.acks_late and self.task.reject_on_worker_lost
+                            and isinstance(exc, WorkerLostError))
+            self.release_running_lock(type(exc).__name__, unfinished=True, final=not requeued)
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def on_timeout(self, soft: bool, timeout: float) -> None:

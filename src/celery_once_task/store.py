@@ -457,9 +457,12 @@ class LockStore:
         (reply,), _ = self._run([Call(scripts.BURST_TAKE, key, (task_id, keep_ms))])
         return int(reply[0]), (_text(reply[1]) if len(reply) > 1 else None)
 
-    def burst_forget(self, key: str, task_id: str, which: str) -> bool:
-        """Forget the open burst ``task_id`` (``which="open"``) or the arguments its execution ran with ("closed")."""
-        (reply,), _ = self._run([Call(scripts.BURST_FORGET, key, (task_id, which))])
+    def burst_forget(self, key: str, task_id: str, which: str, remember_ms: int = 60_000) -> bool:
+        """Forget the open burst ``task_id`` ("open": unless others joined it; "drop") or its execution's ("closed").
+
+        ``remember_ms``: how long an ended burst's last call is still recognised, should it be sent again.
+        """
+        (reply,), _ = self._run([Call(scripts.BURST_FORGET, key, (task_id, which, remember_ms))])
         return bool(reply)
 
     # -- worker liveness ----------------------------------------------------

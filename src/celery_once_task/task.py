@@ -264,6 +264,8 @@ class OnceTask(Task):
             settings = self.once_settings()
             if settings.debounce and not request.is_eager:
                 burst, args, kwargs = debounce.take(self, settings, digest, request, args, dict(kwargs))
+                if burst is not None:  # what self.retry() publishes again
+                    request.args, request.kwargs = list(args), kwargs
             try:
                 held = execute.pick_up(self, settings, digest, request)
             except OnceTaskLocked:
