@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
-from celery import states
+from celery import chain, states
 
 from celery_once_task import OnceTask
 from celery_once_task.keys import limited_key
@@ -118,6 +118,41 @@ def test_eager_calls_and_calls_with_a_fixed_id_are_not_debounced(worker: Worker,
     result = tasks.reindex.apply_async((doc, 2), task_id=fixed)
     assert result.id == fixed and result.get(timeout=20) == 2
     assert [event["version"] for event in events(recs, doc, "run")] == [1, 2]
+
+
+def test_canvas_members_are_not_debounced(worker: Worker, recs: Any) -> None:
+    doc = uuid.uuid4().hex
+    result = chain(tasks.reindex.si(doc, 1), tasks.reindex.si(doc, 2)).delay()
+    assert result.get(timeout=20) == 2
+    assert [event["version"] for event in events(recs, doc, "run")] == [1, 2]
+
+
+def test_a_burst_that_meets_a_running_execution_waits_for_it_under_the_wait_policy(worker: Worker,
+                                                                                   recs: Any) -> None:
+    doc = uuid.uuid4().hex
+    first = tasks.reindex_waiting.delay(doc, 1)
+    started(recs, doc)
+    later = [tasks.reindex_waiting.delay(doc, version) for version in (2, 3)]
+    assert later[0].id == later[1].id != first.id
+    wait_until(lambda: f"{later[0].id}]: execution waiting: running lock" in worker.read_log(), timeout=10,
+               what="the burst's execution to wait")
+    recs.rpush(f"gate:{doc}:1", 1)
+    assert first.get(timeout=20) == 1
+    started(recs, doc, count=2)
+    recs.rpush(f"gate:{doc}:3", 1)
+    assert [result.get(timeout=20) for result in later] == [3, 3]
+    assert [event["version"] for event in events(recs, doc, "start")] == [1, 3]
+
+
+def test_bursts_of_a_key_run_side_by_side_up_to_its_running_limit(worker: Worker, recs: Any) -> None:
+    doc = uuid.uuid4().hex
+    first = tasks.reindex_two.delay(doc, 1)
+    started(recs, doc)
+    second = tasks.reindex_two.delay(doc, 2)  # a new burst: the first one's execution runs
+    started(recs, doc, count=2)  # beside it, the limit being two
+    for version in (1, 2):
+        recs.rpush(f"gate:{doc}:{version}", 1)
+    assert (first.get(timeout=20), second.get(timeout=20)) == (1, 2)
 
 
 def test_a_debounced_execution_keeps_its_running_lock(worker: Worker, recs: Any) -> None:

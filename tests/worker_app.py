@@ -476,6 +476,22 @@ def reindex_retrying(self: Any, doc_id: str, version: int) -> int:
     return version
 
 
+@app.task(base=OnceTask, lock_args=["doc_id"], debounce=0.5, running_lock_conflict="wait")
+def reindex_waiting(doc_id: str, version: int) -> int:
+    """``reindex_gated`` whose execution waits for a running one of its key."""
+    record(doc_id, "start", version=version)
+    wait_gate(f"{doc_id}:{version}")
+    return version
+
+
+@app.task(base=OnceTask, lock_args=["doc_id"], debounce=0.5, running_limit=2, queue_lock=False)
+def reindex_two(doc_id: str, version: int) -> int:
+    """``reindex_gated`` with two executions of a key at once."""
+    record(doc_id, "start", version=version)
+    wait_gate(f"{doc_id}:{version}")
+    return version
+
+
 @app.task(base=OnceTask, lock_args=["doc_id"], debounce=30.0)
 def parked_reindex(doc_id: str, version: int) -> int:
     """Routed to a queue no worker consumes: a burst that stays open."""
