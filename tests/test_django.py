@@ -292,6 +292,8 @@ def test_unset_settings_take_the_documented_defaults() -> None:
         "queue_lock_conflict": "drop",
         "redis_options": {},
         "redelivery_guard_timeout": 3600,
+        "debounce": None,
+        "debounce_max": None,
     }
 
 
