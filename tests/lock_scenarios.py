@@ -37,7 +37,7 @@ def topology_worker(broker_port: int, name: str, url: str, options: Mapping[str,
 
     With the default heartbeat_timeout (30 s): a manual Sentinel failover
     leaves the old master taking writes for about ten seconds, and a lease
-    must outlast that window to survive it (see the README's topology table).
+    must outlast that window to survive it (see the topology table of docs/topologies.md).
     """
     env = {"ONCE_TEST_LOCKS_URL": url, "ONCE_TEST_LOCKS_OPTIONS": json.dumps(dict(options)),
            "ONCE_TEST_HEARTBEAT_TIMEOUT": "30"}

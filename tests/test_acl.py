@@ -1,4 +1,4 @@
-"""Locks held by a Redis user whose ACL allows only the library's keys and commands (README: ACL rules)."""
+"""Locks held by a Redis user whose ACL allows only the library's keys and commands (docs/topologies.md)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tests.topologies import Server
 from tests.worker_app import echo, gated
 
 PASSWORD = "S3cret-lock-pw"
-#: The README's ACL rules, word for word.
+#: The ACL rules of docs/topologies.md, word for word.
 ACL_RULES = (
     "~once_task:* ~once_task_worker:* ~once_task_done:* resetchannels -@all "
     "+get +set +del +exists +pttl +pexpire +evalsha +script|load +scan +ping +select"
@@ -37,7 +37,7 @@ def add_user(server: Server, name: str, rules: str) -> str:
     """A user with ``rules``; its URL."""
     user = ("ACL", "SETUSER", name, "reset", "on", f">{PASSWORD}", *rules.split())
     try:
-        # Redis 7.2+ and Valkey: redis-py names itself when it connects (README: optional rule).
+        # Redis 7.2+ and Valkey: redis-py names itself when it connects (docs/topologies.md: the optional rule).
         server.client.execute_command(*user, "+client|setinfo")
     except redis.ResponseError:  # a server without CLIENT SETINFO
         server.client.execute_command(*user)

@@ -28,7 +28,7 @@ from tests.support import RedisServer, Worker, events, free_port, wait_until
 from tests.topologies import ClusterTopology, Server
 from tests.worker_app import echo
 
-#: The README's ACL rules for a cluster, word for word.
+#: The ACL rules for a cluster of docs/topologies.md, word for word.
 CLUSTER_ACL_RULES = (
     "~once_task:* ~once_task_worker:* resetchannels -@all "
     "+get +set +del +exists +pttl +pexpire +evalsha +script|load +scan +ping +select "

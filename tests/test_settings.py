@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from celery_once_task import configure
 from celery_once_task.settings import (
+    APP_CONF_NAMES,
     DEFAULT_QUEUE_LOCK_TIMEOUT,
     DEFAULT_REDIS_URL,
     DEFAULT_RUNNING_LOCK_TIMEOUT,
+    TASK_OPTIONS,
     Settings,
     reset_configuration,
     resolve,
 )
 from tests import worker_app as tasks
+
+REFERENCE = Path(__file__).parent.parent / "docs" / "configuration.md"
 
 
 @pytest.fixture(autouse=True)
@@ -105,3 +110,18 @@ def test_invalid_app_configuration_is_named_at_the_call() -> None:
     tasks.app.conf.once_queue_lock_timeout = "soon"
     with pytest.raises(ValueError, match=r"app\.conf\.once_queue_lock_timeout must be a positive integer"):
         tasks.parked.delay(uuid.uuid4().hex)
+
+
+@pytest.mark.parametrize("name", sorted(APP_CONF_NAMES))
+def test_the_configuration_reference_gives_every_setting_in_its_three_spellings(name: str) -> None:
+    text = REFERENCE.read_text()
+    assert f"### `{name}`\n" in text, f"docs/configuration.md has no section for {name}"
+    section = text.split(f"### `{name}`\n", 1)[1].split("\n### ", 1)[0]
+    spellings = f"`configure({name}=...)` · `app.conf.{APP_CONF_NAMES[name]}` · `CELERY_ONCE_{name.upper()}`"
+    assert spellings in section, f"docs/configuration.md does not give {name} in its three spellings"
+
+
+@pytest.mark.parametrize("option", sorted({*TASK_OPTIONS, "queue_lock", "running_lock", "lock_args", "running_limit"}))
+def test_the_configuration_reference_lists_every_task_option(option: str) -> None:
+    options = REFERENCE.read_text().split("## Task options\n", 1)[1]
+    assert f"`{option}`" in options, f"docs/configuration.md does not list the task option {option}"

@@ -1,15 +1,22 @@
 """celery-once-task: stop duplicate Celery task execution with Redis locks.
 
-See README.md for the user guide. The modules, each with one concern:
+The user guide is the documentation site (``docs/``). The modules, each with one concern:
 
 ``settings``   defaults, validation, ``configure()``, precedence
+``errors``     the library's exceptions
 ``keys``       canonical arguments, digest, key format
-``scripts``    every Lua script, and running them in one round trip
-``store``      the Redis client, every lock operation, retries of transient errors
+``connection`` lock-store URLs (one server, Sentinel, Cluster, TLS) and their clients
+``wire``       lock commands packed and written straight onto a connection
+``lua``        every Lua script, a module per concern, each headed by its KEYS/ARGV/return
+``scripts``    running the scripts in one round trip, reloading them where a node lost them
+``store``      every lock operation, retries of transient errors
 ``ownership``  the owner tokens stored as lock values, and the lease timing
-``task``       ``OnceTask``: a thin class over the two paths below
+``task``       ``OnceTask``: a thin class over the paths below
 ``publish``    the queue lock at publish, and what a duplicate call gets
 ``execute``    pickup, the running lock around the body, what a duplicate execution gets
+``waiting``    the waiting copy of ``running_lock_conflict="wait"`` and its hand-over
+``limits``     ``running_limit``: a key's slots and its line of waiting calls
+``debounce``   ``debounce``: a burst of calls becomes one execution, with the last call's arguments
 ``deferral``   a message's headers, and publishing it again to run later
 ``rejection``  a duplicate execution refused: ``OnceTaskLocked`` and its stored failure
 ``redelivery`` a copy of a message whose execution finished: the finished records
@@ -20,7 +27,6 @@ See README.md for the user guide. The modules, each with one concern:
 ``native``     an OS thread no pool can starve, for the renewal
 ``events``     the library's signals (``duplicate_call``, ...), defined where nothing imports back
 ``signals``    the signals for users; revocation and internal-error receivers
-``waiting``    the waiting copy of ``running_lock_conflict="wait"`` and its hand-over
 ``bootstep``   leases, heartbeat, release at cold shutdown
 ``django``     the Django ``AppConfig``, and ``apps`` for a bare ``"celery_once_task"`` entry
 ``locks``      reading and clearing locks, for operators
