@@ -15,7 +15,8 @@ from celery import Celery
 from kombu import serialization
 
 from celery_once_task import OnceTask, OnceTaskLocked
-from celery_once_task.keys import DIGEST_HEADER, canonical_call, signature_of
+from celery_once_task.headers import DIGEST_HEADER
+from celery_once_task.keys import canonical_call, signature_of
 from tests import worker_app as tasks
 from tests.support import events, wait_until
 
@@ -212,3 +213,20 @@ def test_worker_derives_the_publishers_key_for_a_message_without_the_header(work
     finally:
         recs.rpush(f"gate:{tag}", 1)
     assert running.get(timeout=20) == tag
+
+
+@pytest.mark.parametrize("layout", ["in request.headers", "flattened onto the request (Celery 5.0)"])
+def test_a_copy_published_again_keeps_the_librarys_headers_wherever_celery_put_them(layout: str) -> None:
+    from celery.app.task import Context
+
+    from celery_once_task.headers import BURST_HEADER, LIBRARY_HEADERS, message_headers
+
+    ours = {DIGEST_HEADER: "0123456789abcdef", BURST_HEADER: "1"}
+    if layout == "in request.headers":
+        request = Context(headers={**ours, "tenant": "acme"})
+    else:
+        request = Context(headers=None, tenant="acme", **ours)
+    request.once_task_entered = True  # as the library marks a request it runs
+    headers = message_headers(request)
+    assert {name: headers[name] for name in LIBRARY_HEADERS if name in headers} == ours
+    assert "once_task_entered" not in headers  # the request's own state is no header

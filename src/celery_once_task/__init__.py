@@ -17,7 +17,8 @@ The user guide is the documentation site (``docs/``). The modules, each with one
 ``waiting``    the waiting copy of ``running_lock_conflict="wait"`` and its hand-over
 ``limits``     ``running_limit``: a key's slots and its line of waiting calls
 ``debounce``   ``debounce``: a burst of calls becomes one execution, with the last call's arguments
-``deferral``   a message's headers, and publishing it again to run later
+``headers``    the library's message headers, read off a request on every Celery release
+``deferral``   publishing a message again to run later
 ``rejection``  a duplicate execution refused: ``OnceTaskLocked`` and its stored failure
 ``redelivery`` a copy of a message whose execution finished: the finished records
 ``janitor``    owner-checked deletes that wait for the store or for a process to exit

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from . import debounce
-from .debounce import BURST_HEADER
+from .headers import BURST_HEADER, DIGEST_HEADER
 from .janitor import Cleanup, janitor
-from .keys import DIGEST_HEADER, QUEUE, RUNNING, finished_key, lock_key, well_formed_digest
+from .keys import QUEUE, RUNNING, finished_key, lock_key, well_formed_digest
 from .limits import RESERVE_SECONDS, call_id, keys_of, limit_of, limited
 from .ownership import RunningOwner
 from .redelivery import call_of_headers, result_stored, writer_instance, writer_prefix

@@ -46,8 +46,9 @@ from kombu.utils.json import dumps, loads
 from redis.exceptions import RedisError
 
 from .connection import redact_url
-from .deferral import defer, header
+from .deferral import defer
 from .errors import LockStoreUnavailable
+from .headers import BURST_HEADER, header
 from .janitor import Cleanup, janitor
 from .keys import BURST, limited_key
 from .ownership import Lease
@@ -56,9 +57,6 @@ from .settings import Settings
 from .store import LockStore, RetryPolicy
 
 logger = logging.getLogger("celery_once_task")
-
-#: The header of a burst's message: this message runs a burst.
-BURST_HEADER = "once_task_burst"
 
 
 class Burst(NamedTuple):

@@ -1,4 +1,4 @@
-"""Putting an execution off: its message's headers, and publishing it again to run later.
+"""Putting an execution off: publishing its message again, to run later.
 
 A worker that cannot decide now whether an execution may run -- the lock
 store does not answer, another delivery of the same message still runs, a
@@ -18,8 +18,8 @@ from celery import Task
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
+from .headers import DIGEST_HEADER, TAKEOVER_HEADER, message_headers
 from .janitor import Cleanup, janitor
-from .keys import DIGEST_HEADER
 from .ownership import RunningOwner
 from .settings import Settings
 
@@ -28,17 +28,6 @@ logger = logging.getLogger("celery_once_task")
 #: How long a message waits before it is tried again when the lock store is unreachable at pickup.
 DEFER_SECONDS = 5.0
 
-#: The header of a deferred copy: the owner token its earlier pickup may have taken the lock with.
-TAKEOVER_HEADER = "once_task_takeover"
-#: The header of a redelivered copy that waited: the owner token of the delivery it waited on.
-AFTER_HEADER = "once_task_after"
-
-
-def header(request: Any, name: str) -> Any:
-    """A message header: in ``request.headers`` on a worker, or flattened onto the request."""
-    headers = getattr(request, "headers", None)
-    value = headers.get(name) if headers else None
-    return value if value is not None else getattr(request, name, None)
 
 
 def defer(task: Any, request: Any, headers: Mapping[str, Any], countdown: float) -> None:
@@ -48,10 +37,7 @@ def defer(task: Any, request: Any, headers: Mapping[str, Any], countdown: float)
     publishing fails the error propagates: the task fails visibly rather
     than vanish.
     """
-    headers = {**(getattr(request, "headers", None) or {}), **headers}
-    digest = header(request, DIGEST_HEADER)
-    if digest is not None:
-        headers.setdefault(DIGEST_HEADER, digest)
+    headers = {**message_headers(request), **headers}
     signature = task.signature_from_request(
         request, request.args, request.kwargs, countdown=countdown, retries=request.retries, headers=headers
     )

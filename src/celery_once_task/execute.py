@@ -40,9 +40,10 @@ from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
 from . import limits
-from .deferral import AFTER_HEADER, TAKEOVER_HEADER, defer, header, store_down
+from .deferral import defer, store_down
 from .events import duplicate_execution, lock_recovered
-from .keys import DIGEST_HEADER, QUEUE, RUNNING, finished_key, lock_key
+from .headers import AFTER_HEADER, DIGEST_HEADER, TAKEOVER_HEADER, WAITER_HEADER, header, message_headers
+from .keys import QUEUE, RUNNING, finished_key, lock_key
 from .limits import Slot, limited
 from .ownership import Lease, RunningOwner, running_ttl
 from .publish import release_or_leave_to_janitor
@@ -50,7 +51,7 @@ from .redelivery import call_of, copy_of_finished, ended, guard_seconds
 from .rejection import record_rejection, reject_duplicate
 from .settings import Settings
 from .store import FinishedCheck, FinishedRecord, LockStore, RetryPolicy, waiting_token
-from .waiting import WAITER_HEADER, WAITING, entry, hand_over
+from .waiting import WAITING, entry, hand_over
 
 logger = logging.getLogger("celery_once_task")
 
@@ -224,7 +225,7 @@ def _wait(task: Any, settings: Settings, request: Any, store: LockStore, key: st
     headers = {DIGEST_HEADER: digest, WAITER_HEADER: "1"}
     queue_key = key[: -len(RUNNING)] + QUEUE
     waiting_key = key[: -len(RUNNING)] + WAITING
-    message = entry(task, request, {**(getattr(request, "headers", None) or {}), **headers})
+    message = entry(task, request, {**message_headers(request), **headers})
     queue_ttl = settings.queue_lock_timeout + ttl
     try:
         waited = store.wait(queue_key, request.id, queue_ttl, waiting_key, message, key, owner, ttl)

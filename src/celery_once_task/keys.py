@@ -37,8 +37,6 @@ RUNNING = "running"
 DIGEST_LENGTH = 16
 _DIGEST = re.compile(f"[0-9a-f]{{{DIGEST_LENGTH}}}")
 
-#: The message header that carries the digest from the publisher to the worker.
-DIGEST_HEADER = "once_task_digest"
 
 #: ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)``, made once.
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -42,8 +42,9 @@ from typing import Any, NamedTuple, Optional
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
-from .deferral import AFTER_HEADER, TAKEOVER_HEADER, defer, header, store_down
+from .deferral import defer, store_down
 from .events import duplicate_execution, lock_recovered
+from .headers import AFTER_HEADER, CALLED_HEADER, TAKEOVER_HEADER, header, message_headers
 from .janitor import Cleanup, janitor
 from .keys import MESSAGES, QUEUE, SLOTS, WAITERS, finished_key, limited_key, lock_key
 from .ownership import Lease, RunningOwner, running_ttl
@@ -66,8 +67,6 @@ from .waiting import message_of
 
 logger = logging.getLogger("celery_once_task")
 
-#: The header of a call that may wait in a line: when it was made (the line is in call order).
-CALLED_HEADER = "once_task_called_at"
 #: How long a slot reserved for a waiting call handed over is kept for its message to arrive.
 RESERVE_SECONDS = 60.0
 #: A waiting call's safety copy comes back after a lease, times its place in line over the limit, at most this.
@@ -183,7 +182,7 @@ def _full(task: Any, settings: Settings, request: Any, held: Slot, queue_key: Op
         return _wait_here(task, request, held, owner, lease)
     ident = call_id(request.id, owner.retries)
     joining = Joining(
-        message=message_of(task, request, dict(getattr(request, "headers", None) or {})) or "",
+        message=message_of(task, request, message_headers(request)) or "",
         called_at=called_at(request),
         line_ttl=settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl,
         queue_key=queue_key,

@@ -34,10 +34,10 @@ from redis.exceptions import RedisError
 from .connection import redact_url
 from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskLocked
 from .events import duplicate_call
+from .headers import CALL_HEADER, CALLED_HEADER, DIGEST_HEADER
 from .janitor import Cleanup, janitor
-from .keys import DIGEST_HEADER, QUEUE, lock_key
-from .limits import CALLED_HEADER
-from .redelivery import CALL_HEADER, new_call
+from .keys import QUEUE, lock_key
+from .redelivery import new_call
 from .settings import Settings
 from .store import Acquired, FinishedRecord, LockStore, RetryPolicy, StoreUnavailable
 

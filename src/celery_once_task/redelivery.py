@@ -63,6 +63,7 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from .deferral import defer
 from .events import lock_recovered
+from .headers import CALL_HEADER, header
 from .ownership import INSTANCE, Lease, heartbeat_enabled
 from .settings import Settings
 
@@ -70,8 +71,6 @@ logger = logging.getLogger("celery_once_task")
 
 _T = TypeVar("_T")
 
-#: The header of a call whose task id the caller fixed: which publish of that id it is.
-CALL_HEADER = "once_task_call"
 #: The ``call`` of messages without ``CALL_HEADER``.
 NO_CALL = "-"
 
@@ -136,10 +135,7 @@ def writer_instance() -> str:
 
 def call_of(request: Any) -> str:
     """The call a request's message is (``NO_CALL`` without the header)."""
-    call = call_of_headers(getattr(request, "headers", None))
-    if call == NO_CALL:
-        call = call_of_headers({CALL_HEADER: getattr(request, CALL_HEADER, None)})
-    return call
+    return call_of_headers({CALL_HEADER: header(request, CALL_HEADER)})
 
 
 def call_of_headers(headers: Optional[Mapping[str, Any]]) -> str:

@@ -21,7 +21,7 @@ from celery import signals
 
 from .cleanup import release_locks
 from .events import duplicate_call, duplicate_execution, lock_recovered
-from .keys import DIGEST_HEADER
+from .headers import message_headers
 
 __all__ = [
     "duplicate_call",
@@ -45,7 +45,7 @@ def on_task_revoked(sender: Any = None, request: Any = None, terminated: bool = 
         retries=getattr(request, "retries", 0),
         args=request.args,
         kwargs=request.kwargs,
-        headers=_headers(request),
+        headers=message_headers(request),
         queue=True,
         # A terminated execution's running lock is released by its request
         # (OnceTaskRequest.terminate), once the process running it is gone.
@@ -63,19 +63,11 @@ def on_task_internal_error(
         retries=getattr(request, "retries", 0),
         args=args,
         kwargs=kwargs,
-        headers=_headers(request),
+        headers=message_headers(request),
         queue=True,
         running=True,
         reason="internal error",
     )
-
-
-def _headers(request: Any) -> dict[str, Any]:
-    headers = dict(getattr(request, "headers", None) or {})
-    value = getattr(request, DIGEST_HEADER, None)
-    if value is not None:
-        headers.setdefault(DIGEST_HEADER, value)
-    return headers
 
 
 def setup_once_task_signals() -> None:

@@ -19,9 +19,9 @@ from celery.app.task import Context
 from celery.result import EagerResult
 
 from . import debounce, execute
-from .deferral import header
 from .errors import OnceTaskLocked
-from .keys import DIGEST_HEADER, call_digest, check_lock_args, lock_key, signature_of, well_formed_digest
+from .headers import DIGEST_HEADER, header
+from .keys import call_digest, check_lock_args, lock_key, signature_of, well_formed_digest
 from .limits import may_wait_in_line
 from .publish import as_list, publish_once, with_digest
 from .settings import TASK_OPTIONS, Settings, for_publish, resolve, validate

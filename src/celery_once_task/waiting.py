@@ -39,8 +39,6 @@ logger = logging.getLogger("celery_once_task")
 
 WAITING = "waiting"
 
-#: The header that marks a waiting copy's message.
-WAITER_HEADER = "once_task_waiter"
 
 
 def entry(task: Any, request: Any, headers: dict[str, Any]) -> Optional[str]:
