@@ -9,6 +9,8 @@
 #   bash scripts/soak.sh --policy wait      duplicate executions wait instead of being rejected
 #   bash scripts/soak.sh --pool gevent      gevent workers (their tasks compute without yielding: --body cpu)
 #   bash scripts/soak.sh --broker amqp      RabbitMQ as the broker, with its faults (connections closed, restarts)
+#   bash scripts/soak.sh --running-limit 2  a task with running_limit=2: reports the most executions of a key at once
+#   bash scripts/soak.sh --debounce 1       debounced calls: bursts without an execution, or executed twice
 #
 # PYTHON and VENV choose the interpreter and the virtualenv.
 set -euo pipefail
