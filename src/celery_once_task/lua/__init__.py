@@ -36,3 +36,16 @@ class Script:
             head = self._heads[(keys, argc)] = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n$%d\r\n%b\r\n" % (
                 keys + argc + 3, self.sha.encode("ascii"), len(numkeys), numkeys)
         return head
+
+
+#: Lua helpers of the scripts that keep time (``now_ms``: the server's clock, in milliseconds) and
+#: stretch a key's TTL (``keep_at_least``: never shortens it).
+CLOCK_LUA = r"""
+local function now_ms()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function keep_at_least(key, ms)
+    if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+"""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import Script
+from . import CLOCK_LUA, Script
 
 # -- debounce: bursts of calls (see ``debounce``) ----------------------------------------
 #
@@ -17,15 +17,6 @@ from . import Script
 # is sent again with the same token, and must not count twice: its own open burst (id),
 # the burst it is still the last call of (by), or the execution its arguments run in
 # (ran:<token>, then prev) answer it as the first try was answered.
-_BURST = r"""
-local function now_ms()
-    local t = redis.call('TIME')
-    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function keep_at_least(key, ms)
-    if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
-end
-"""
 
 # KEYS[1] the key's burst
 # ARGV[1] a new task id, ARGV[2] debounce in milliseconds, ARGV[3] debounce_max in milliseconds
@@ -39,7 +30,7 @@ end
 #         publishes it again: at most once per ARGV[6])
 BURST_CALL = Script(
     "burst_call",
-    _BURST
+    CLOCK_LUA
     + """
 local burst, now = KEYS[1], now_ms()
 local debounce, most = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -83,7 +74,7 @@ return {code, id, later - now}
 #         with these arguments; {2}: no such burst (lost, or ended and cleared)
 BURST_TAKE = Script(
     "burst_take",
-    _BURST
+    CLOCK_LUA
     + """
 local burst, now = KEYS[1], now_ms()
 if redis.call('HGET', burst, 'id') == ARGV[1] then

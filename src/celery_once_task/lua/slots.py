@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import Script
+from . import CLOCK_LUA, Script
 from .locks import FINISHED_LUA
 
 # -- running_limit: slots and the line of waiting calls (see ``limits``) ------------
@@ -18,14 +18,7 @@ from .locks import FINISHED_LUA
 #             the publisher's clock): a slot goes to the call made first.
 #   messages  a hash: call id -> the waiting call's message, published at hand-over.
 # A call id is "<task id>\x1f<attempt>"; an entry handed over is "<call id>\x1f<message>".
-_SLOTS = r"""
-local function now_ms()
-    local t = redis.call('TIME')
-    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function keep_at_least(key, ms)
-    if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
-end
+_SLOTS = CLOCK_LUA + r"""
 -- Drop expired slots and reservations (an unclaimed reservation's call goes back in line, at its
 -- place); return the number of live slots and reservations, a slot holder's token, and the token
 -- of a slot held by the same attempt (owner token prefix ``same``), if any.
