@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import celery
 import pytest
 
 from tests import worker_app as tasks
@@ -41,6 +42,21 @@ def deliveries(workers: list[Worker], task_id: str) -> int:
     return len(re.findall(rf"Received task: \S+\[{task_id}\]|Task \S+\[{task_id}\] received", logs(workers)))
 
 
+#: Celery 5.0's prefork pool forgets which of its processes are busy when the broker connection is
+#: lost (``AsynPool.flush`` clears ``_busy_workers``; later releases keep the ones still running), so
+#: the copy delivered again can be written to the process that runs the first execution, and waits
+#: there until it ends: it never meets that execution, and runs only after it (ignored as already run).
+POOL_HOLDS_THE_COPY_BACK = celery.VERSION[:2] == (5, 0)
+
+
+def copy_meets_the_running_execution(workers: list[Worker], task_id: str, timeout: float) -> None:
+    """The message is delivered again while its first execution runs, and the copy meets its running lock."""
+    wait_until(lambda: deliveries(workers, task_id) >= 2, timeout=timeout, what="the message to be delivered again")
+    if not POOL_HOLDS_THE_COPY_BACK:
+        wait_until(lambda: f"{task_id}]: execution waiting: another delivery of this task holds running lock"
+                   in logs(workers), timeout=timeout, what="the redelivered copy to meet the running execution")
+
+
 def test_connection_closed_under_a_running_task_never_runs_a_copy_beside_it(
     rabbit: Any, vhost: str, two_workers: tuple[str, list[Worker]], locks: Any, recs: Any
 ) -> None:
@@ -50,8 +66,7 @@ def test_connection_closed_under_a_running_task_never_runs_a_copy_beside_it(
     started(recs, tag)
     rabbit.close_connections(vhost, "the network failed")
     # The broker hands the message out again while the first execution runs.
-    wait_until(lambda: f"{result.id}]: execution waiting: another delivery of this task holds running lock"
-               in logs(workers), timeout=30, what="the redelivered copy to meet the running execution")
+    copy_meets_the_running_execution(workers, result.id, timeout=30)
     recs.rpush(f"gate:{tag}", 1)
     assert result.get(timeout=30) == tag
     wait_until(lambda: f"{result.id}]: execution ignored: this attempt already ran" in logs(workers),
@@ -83,10 +98,7 @@ def test_node_restart_under_a_running_task_never_runs_it_twice(
     result = tasks.gated_late.apply_async((tag,), queue=queue)
     started(recs, tag)
     rabbit.restart()  # every message in flight goes back to its queue
-    # Delivered again while the first execution runs. (Where the copy goes to the busy worker,
-    # Celery 5.0's prefork pool holds it back until that execution ends; later releases run it
-    # at once, and it meets the running lock: test_connection_closed_under_a_running_task...)
-    wait_until(lambda: deliveries(workers, result.id) >= 2, timeout=60, what="the message to be delivered again")
+    copy_meets_the_running_execution(workers, result.id, timeout=60)
     recs.rpush(f"gate:{tag}", 1)
     assert result.get(timeout=30) == tag
     wait_until(lambda: f"{result.id}]: execution ignored: this attempt already ran" in logs(workers),
