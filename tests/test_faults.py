@@ -261,6 +261,31 @@ def test_pickup_whose_reply_was_lost_runs_once_the_store_answers(lock_server: Re
     assert locks.exists(lock_key_of(tasks.echo, "running", tag, 7)) == 0
 
 
+def test_slot_pickup_whose_reply_was_lost_takes_its_own_slot_when_sent_again(lock_server: RedisServer,
+                                                                             recs: Any) -> None:
+    tenant = uuid.uuid4().hex
+    queue = f"slot-pickup-{tenant[:8]}"
+    env = {"ONCE_TEST_LOCKS_URL": f"{lock_server.url}/2?socket_timeout=0.5&socket_connect_timeout=0.5"}
+    with running_worker(tasks.PORT, f"slot-pickup-{tenant[:6]}", pool="solo", queues=queue, env=env) as worker:
+        first = tasks.app.send_task(tasks.export.name, args=[tenant, 0], queue=queue)
+        assert first.get(timeout=20) == 0  # connected, the scripts loaded
+        lock_server.pause()
+        # The pickup's first try runs once the server runs again, taking a slot; its reply is lost,
+        # and the try sent again finds that slot its own (same token, same moment): it runs now.
+        resume = threading.Timer(0.8, lock_server.resume)
+        resume.start()
+        try:
+            result = tasks.app.send_task(tasks.export.name, args=[tenant, 1], queue=queue)
+            assert result.get(timeout=20) == 1
+        finally:
+            resume.join()
+        log = worker.read_log()
+    assert f"{result.id}]: execution waiting" not in log
+    assert [event["n"] for event in events(recs, tenant, "start")] == [0, 1]
+    slots = limited_key(tasks.export.name, tasks.export.once_digest((tenant, 0), {}), "slots")
+    assert not any(name.startswith(b"s:") for name in lock_server.client(2).hkeys(slots))  # released
+
+
 # -- the first calls of a process --------------------------------------------------------------
 
 

@@ -88,7 +88,9 @@ end
 # ARGV[14] its call (see ``redelivery``)
 # return  {code, detail, entries handed over...}: code 1 a slot was taken; 2 this attempt
 #         already ended (detail: the record); 3 the call waits in line (detail: its place,
-#         from 1); 4 the same attempt holds a slot (detail: its token); 5 no slot is free
+#         from 1); 4 another delivery of the same attempt holds a slot (detail: its token; a
+#         slot this very pickup took, sent again after a lost reply -- the same token and
+#         the same ARGV[2] -- is taken again: code 1); 5 no slot is free
 #         (detail: a holder's token). The entries handed over are the waiting calls that
 #         got a free slot reserved here: the caller publishes them.
 SLOT_ACQUIRE = Script(
@@ -110,6 +112,10 @@ local function take(handed, replaced)
     return {1, '', unpack(handed)}
 end
 local live, holder, twin = purge(slots, line, messages, now, ARGV[6])
+if twin == ARGV[1] then
+    local value = redis.call('HGET', slots, 's:' .. twin)
+    if value and string.match(value, '^%d+:(.*)$') == ARGV[2] then return take({}, '') end
+end
 local reserved = 'r:' .. ARGV[5]
 if redis.call('HEXISTS', slots, reserved) == 1 then
     redis.call('HDEL', slots, reserved)
