@@ -26,7 +26,7 @@ from celery.utils import uuid
 
 from celery_once_task.settings import resolve
 from celery_once_task.store import client_for
-from celery_once_task.wire import set_nx_get
+from celery_once_task.store.wire import set_nx_get
 
 from . import tasks
 from .stats import median, percentile, rotation

@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from celery_once_task import OnceTaskLocked
-from celery_once_task.connection import make_client
 from celery_once_task.keys import finished_key
+from celery_once_task.store.connection import make_client
 from tests.lock_scenarios import (
     TOPOLOGY_QUEUE,
     duplicate_call_is_dropped,

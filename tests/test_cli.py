@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import redis
 
-from celery_once_task import locks as lockinfo
+from celery_once_task.ops import locks as lockinfo
 from tests import worker_app as tasks
 from tests.support import ROOT, Worker, free_port, gated_run, wait_until
 

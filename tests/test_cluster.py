@@ -11,9 +11,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from celery_once_task import LockStoreUnavailable
-from celery_once_task.connection import make_client, scan_keys
 from celery_once_task.ownership import RunningOwner
 from celery_once_task.store import LockStore
+from celery_once_task.store.connection import make_client, scan_keys
 from tests.lock_scenarios import (
     TOPOLOGY_QUEUE,
     assert_no_locks_left,

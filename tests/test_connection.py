@@ -10,7 +10,9 @@ from collections.abc import Iterator
 import pytest
 
 from celery_once_task import LockStoreUnavailable, configure
-from celery_once_task.connection import (
+from celery_once_task.settings import reset_configuration, resolve
+from celery_once_task.store import client_for
+from celery_once_task.store.connection import (
     CLUSTER,
     SENTINEL,
     SERVER,
@@ -19,8 +21,6 @@ from celery_once_task.connection import (
     parse_url,
     redact_url,
 )
-from celery_once_task.settings import reset_configuration, resolve
-from celery_once_task.store import client_for
 from tests import worker_app as tasks
 from tests.support import RedisServer, free_port
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from redis.exceptions import ResponseError
 
-from celery_once_task import LockStoreUnavailable, OnceTaskError, configure, scripts, wire
+from celery_once_task import LockStoreUnavailable, OnceTaskError, configure
 from celery_once_task.ownership import RunningOwner
 from celery_once_task.settings import reset_configuration
-from celery_once_task.store import LockStore
+from celery_once_task.store import LockStore, scripts, wire
 from tests import worker_app as tasks
 from tests.support import RedisServer, events, free_port, running_worker, wait_until
 

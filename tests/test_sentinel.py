@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from celery_once_task import OnceTaskLocked
-from celery_once_task.connection import make_client
+from celery_once_task.store.connection import make_client
 from tests.lock_scenarios import (
     TOPOLOGY_QUEUE,
     assert_no_locks_left,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis
 
-from celery_once_task.connection import make_client
+from celery_once_task.store.connection import make_client
 from tests.lock_scenarios import (
     duplicate_call_is_dropped,
     duplicate_execution_is_rejected,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import redis
 
-from celery_once_task import scripts, wire
-from celery_once_task.connection import make_client
+from celery_once_task.store import scripts, wire
+from celery_once_task.store.connection import make_client
 from tests.support import RedisServer
 
 

@@ -1,6 +1,6 @@
 """``python -m celery_once_task``: the standalone operators' command (see ``cli``)."""
 
-from .cli import main
+from .ops.cli import main
 
 if __name__ == "__main__":
     main(prog_name="celery-once-task")

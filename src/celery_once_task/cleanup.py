@@ -67,7 +67,7 @@ def release_locks(
         return
     try:
         digest = digest_from(headers) or task.once_digest(args, kwargs)
-        settings = resolve(task._get_app(), task)
+        settings = resolve(task.app, task)
         url, options = settings.redis_url, settings.redis_options
         if queue and task.queue_lock:
             janitor.add(Cleanup(url, lock_key(task.name, digest, QUEUE), task_id, False, task, task_id, reason,

@@ -45,7 +45,6 @@ from celery.exceptions import Ignore
 from kombu.utils.json import dumps, loads
 from redis.exceptions import RedisError
 
-from .connection import redact_url
 from .deferral import defer
 from .errors import LockStoreUnavailable
 from .headers import BURST_HEADER, header
@@ -55,6 +54,7 @@ from .ownership import Lease
 from .publish import new_task_id
 from .settings import Settings
 from .store import LockStore, RetryPolicy
+from .store.connection import redact_url
 
 logger = logging.getLogger("celery_once_task")
 
@@ -91,7 +91,7 @@ def publish(task: Any, settings: Settings, digest: str, args: Optional[Sequence[
     keep_ms = _ms(settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl)
     try:
         store = LockStore.for_url(settings.redis_url, settings.redis_options,
-                                  lambda: RetryPolicy.of_app(task._get_app()))
+                                  lambda: RetryPolicy.of_app(task.app))
         # A message overdue by two leases is taken for lost (a duplicate of one that was merely late
         # runs once all the same: see ``take``).
         overdue_ms = _ms(2 * Lease(settings.heartbeat_timeout).ttl)
@@ -145,7 +145,7 @@ def take(task: Any, settings: Settings, digest: str, request: Any, args: tuple[A
         return None, args, kwargs
     key = burst_key(task, digest)
     keep = settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl
-    store = LockStore.for_url(settings.redis_url, settings.redis_options, lambda: RetryPolicy.of_app(task._get_app()))
+    store = LockStore.for_url(settings.redis_url, settings.redis_options, lambda: RetryPolicy.of_app(task.app))
     try:
         code, detail = store.burst_take(key, request.id, _ms(keep))
     except RedisError as exc:

@@ -91,7 +91,7 @@ def pick_up(task: Any, settings: Settings, digest: str, request: Any) -> Optiona
     try:
         # Inside the try: a Redis Cluster client connects when it is made.
         store = LockStore.for_url(settings.redis_url, settings.redis_options,
-                                  lambda: RetryPolicy.of_app(task._get_app()))
+                                  lambda: RetryPolicy.of_app(task.app))
         pickup = store.pickup(queue_key, request.id, running_key, owner, ttl, takeover, waiting_key, check)
         if pickup.finished is not None:
             pickup = copy_of_finished(task, settings, request, store, running_key, pickup.finished,

@@ -160,7 +160,7 @@ def pick_up(task: Any, settings: Settings, digest: str, request: Any) -> Optiona
 
 
 def _store(task: Any, settings: Settings) -> LockStore:
-    return LockStore.for_url(settings.redis_url, settings.redis_options, lambda: RetryPolicy.of_app(task._get_app()))
+    return LockStore.for_url(settings.redis_url, settings.redis_options, lambda: RetryPolicy.of_app(task.app))
 
 
 def _full(task: Any, settings: Settings, request: Any, held: Slot, queue_key: Optional[str], digest: str,

@@ -31,7 +31,6 @@ import celery
 from celery.app.task import Context
 from redis.exceptions import RedisError
 
-from .connection import redact_url
 from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskLocked
 from .events import duplicate_call
 from .headers import CALL_HEADER, CALLED_HEADER, DIGEST_HEADER
@@ -40,6 +39,7 @@ from .keys import QUEUE, lock_key
 from .redelivery import new_call
 from .settings import Settings
 from .store import Acquired, FinishedRecord, LockStore, RetryPolicy, StoreUnavailable
+from .store.connection import redact_url
 
 logger = logging.getLogger("celery_once_task")
 
@@ -89,7 +89,7 @@ def publish_once(
     try:
         # Inside the try: a Redis Cluster client connects when it is made.
         store = LockStore.for_url(settings.redis_url, settings.redis_options,
-                                  lambda: RetryPolicy.of_app(task._get_app()))
+                                  lambda: RetryPolicy.of_app(task.app))
         # A retry is never dropped; it takes the queue lock, or renews its own,
         # so that new calls are de-duplicated against it while it waits.
         outcome = store.acquire_queue(key, task_id, ttl, renew=retry)

@@ -159,7 +159,7 @@ def stores_results(task: Any) -> bool:
 
 def guard_seconds(task: Any, settings: Settings) -> float:
     """How long a finished record is kept: the setting, or the Redis broker's visibility timeout if longer."""
-    options = getattr(task._get_app().conf, "broker_transport_options", None) or {}
+    options = getattr(task.app.conf, "broker_transport_options", None) or {}
     visibility = options.get("visibility_timeout")
     if isinstance(visibility, (int, float)) and not isinstance(visibility, bool):
         return max(float(settings.redelivery_guard_timeout), float(visibility))

@@ -29,13 +29,13 @@ from redis.exceptions import RedisError
 
 from . import native
 from .cleanup import digest_from, is_once_task
-from .connection import make_client
 from .janitor import janitor
 from .keys import RUNNING, lock_key
 from .limits import keys_of, limited
 from .ownership import INSTANCE, Lease, RunningOwner
 from .settings import resolve
 from .store import LockStore
+from .store.connection import make_client
 
 logger = logging.getLogger("celery_once_task")
 
@@ -136,7 +136,7 @@ class LeaseKeeper:
                 request_dict = getattr(request, "request_dict", None) or {}
                 digest = digest_from(request_dict) or task.once_digest(request.args, request.kwargs)
                 token = RunningOwner.for_execution(request.id, request_dict.get("retries")).token
-                settings = resolve(task._get_app(), task)
+                settings = resolve(task.app, task)
                 self._options.setdefault(settings.redis_url, settings.redis_options)
                 if limited(task, settings):
                     lock = (settings.redis_url, keys_of(task, digest)[0], token, True)

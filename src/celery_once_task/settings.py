@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from . import connection
+from .store import connection
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/3"
 DEFAULT_QUEUE_LOCK_TIMEOUT = 3600

@@ -139,7 +139,7 @@ class OnceTask(Task):
         return lock_key(self.name, self.once_digest(args, kwargs), lock_type)
 
     def once_settings(self) -> Settings:
-        return resolve(self._get_app(), self)
+        return resolve(self.app, self)
 
     # -- publish ------------------------------------------------------------
 
@@ -167,7 +167,7 @@ class OnceTask(Task):
         # with nothing published and no lock taken.
         digest = self.once_digest(args, kwargs)
         with_digest(options, digest, fixed_id=task_id is not None, stamped=self._once_in_line)
-        settings, eager = for_publish(self._get_app(), self)
+        settings, eager = for_publish(self.app, self)
         if debounce.debounced(settings, task_id, eager):
             return debounce.publish(self, settings, digest, args, kwargs, options, lambda burst_id, opts: super(
                 OnceTask, self).apply_async(args, kwargs, burst_id, producer, link, link_error, shadow, **opts))
@@ -243,7 +243,7 @@ class OnceTask(Task):
                 self.backend.mark_as_failure(result.id, exc, traceback=None, request=request, store_result=False)
             except Exception:
                 logger.exception("%s[%s]: an errback of the duplicate failed", self.name, result.id)
-        if self._get_app().conf.task_eager_propagates if throw is None else throw:
+        if self.app.conf.task_eager_propagates if throw is None else throw:
             raise exc
         # The same result in state FAILURE, rebuilt from its own constructor
         # arguments (traceback, and the task name on newer Celery releases).

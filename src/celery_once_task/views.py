@@ -28,11 +28,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
-from . import locks as lockinfo
-from .connection import redact_url
 from .models import CLEAR_PERMISSION
+from .ops import locks as lockinfo
 from .settings import resolve
 from .store import client_for
+from .store.connection import redact_url
 
 #: Rows shown at most: the page must stay quick with a million locks held.
 MAX_ROWS = 500

@@ -26,9 +26,9 @@ from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
 from redis import exceptions
 
+from ..ownership import RunningOwner, heartbeat_key
 from . import scripts
 from .connection import Client, is_cluster, make_client
-from .ownership import RunningOwner, heartbeat_key
 from .scripts import Call
 from .wire import Arg
 
