@@ -19,6 +19,7 @@ ran must not run twice.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional
 
@@ -36,7 +37,8 @@ from .wire import Arg, pack_args, send_packed, set_nx_get
 __all__ = [
     "ACQUIRE", "BURST_CALL", "BURST_FORGET", "BURST_TAKE", "COMPARE_AND_DELETE", "COMPARE_AND_SWAP",
     "RECORD_FINISHED", "RELEASE_RUNNING", "RENEW", "SCRIPTS", "SLOT_ACQUIRE", "SLOT_CLEAR", "SLOT_FORGET",
-    "SLOT_RELEASE", "SLOT_RENEW", "TAKE", "Call", "Script", "acquire_free", "run", "run_in",
+    "SLOT_RELEASE", "SLOT_RENEW", "TAKE", "Call", "Script", "acquire_free", "refuses_more_keys", "run",
+    "run_in",
 ]
 
 logger = logging.getLogger("celery_once_task")
@@ -88,15 +90,28 @@ def _refused(error: ResponseError) -> bool:
     return (refused is not None and isinstance(error, refused)) or str(error).startswith("NOPERM")
 
 
-#: ``id()`` of the clients whose server refused a call's ``more_keys``: callers leave them out from then on.
+#: The clients whose server refused a call's ``more_keys``: callers leave them out from then on.
+#: Held weakly, by the client object itself (redis-py's clients hash by identity): a later client
+#: that happens to get a dead one's ``id()`` starts with a clean record.
+_REFUSED_MORE_KEYS: weakref.WeakSet[Any] = weakref.WeakSet()
+#: Kept in step with ``_REFUSED_MORE_KEYS`` until every caller asks ``refuses_more_keys``.
 REFUSED_MORE_KEYS: set[int] = set()
+
+
+def refuses_more_keys(client: Any) -> bool:
+    """Whether ``client``'s server refused a call's ``more_keys`` (its ACL user lacks their key pattern).
+
+    Callers leave the extra keys out for that client from then on.
+    """
+    return client in _REFUSED_MORE_KEYS
 
 
 def _instead(client: Any, call: Call, error: ResponseError) -> Any:
     """The reply of ``call``'s fallback where the server refused its extra keys; else raise ``error``."""
     if call.fallback is None or not _refused(error):
         raise error
-    if id(client) not in REFUSED_MORE_KEYS:
+    if client not in _REFUSED_MORE_KEYS:
+        _REFUSED_MORE_KEYS.add(client)
         REFUSED_MORE_KEYS.add(id(client))
         logger.warning(
             "lock operation refused: the lock store's user may not touch %s (%s); finished executions are "
