@@ -1,28 +1,51 @@
-"""configure(), its validation, and which value wins where several are set."""
+"""configure(), its validation, which value wins where several are set, and the one table of settings.
+
+Where Python's typing needs a setting's name written out (the ``Settings``
+fields, ``configure()``'s keywords, ``OnceTask``'s options) and where it is
+documented (their docstrings, docs/configuration.md), the tests at the end
+hold it to ``settings.SETTINGS``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional, get_type_hints
 
 import pytest
 
-from celery_once_task import configure
+from celery_once_task import OnceTask, configure
 from celery_once_task.settings import (
     APP_CONF_NAMES,
     DEFAULT_QUEUE_LOCK_TIMEOUT,
     DEFAULT_REDIS_URL,
     DEFAULT_RUNNING_LOCK_TIMEOUT,
+    SETTINGS,
     TASK_OPTIONS,
     Settings,
+    SettingSpec,
     reset_configuration,
     resolve,
 )
 from tests import worker_app as tasks
 
 REFERENCE = Path(__file__).parent.parent / "docs" / "configuration.md"
+#: The options of ``OnceTask`` that are not settings: a task's alone.
+TASK_ONLY_OPTIONS = ("queue_lock", "running_lock", "lock_args", "running_limit")
+#: The type of a setting's value in ``Settings``, by its kind (a choice: the ``Literal`` of its values).
+KIND_TYPES: dict[str, Any] = {
+    "url": str, "options": Mapping[str, Any], "int_seconds": int, "seconds": Optional[float], "bool": bool,
+}
+#: What the configuration reference says of each kind of value.
+KIND_PHRASES = {
+    "url": "Any other form is an error.", "options": "Must be a dict with string keys.",
+    "int_seconds": "A positive integer (seconds)", "seconds": "A positive number of seconds",
+    "bool": "`True` or `False`.",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -112,16 +135,108 @@ def test_invalid_app_configuration_is_named_at_the_call() -> None:
         tasks.parked.delay(uuid.uuid4().hex)
 
 
-@pytest.mark.parametrize("name", sorted(APP_CONF_NAMES))
-def test_the_configuration_reference_gives_every_setting_in_its_three_spellings(name: str) -> None:
+def spec_id(spec: SettingSpec) -> str:
+    return spec.name
+
+
+def field_type(spec: SettingSpec) -> Any:
+    return Literal[spec.choices] if spec.kind == "choice" else KIND_TYPES[spec.kind]
+
+
+def docstring_entries(obj: Any, section: str) -> dict[str, str]:
+    """The entries of a Google-style docstring section (``Args:``, ``Attributes:``): name -> text, in order."""
+    lines = (inspect.getdoc(obj) or "").splitlines()
+    assert f"{section}:" in lines, f"{obj.__qualname__}'s docstring has no {section} section"
+    entries: dict[str, str] = {}
+    name = ""
+    for line in lines[lines.index(f"{section}:") + 1:]:
+        if not line.startswith("    "):
+            break
+        if line.startswith("        "):  # the entry goes on
+            entries[name] += " " + line.strip()
+        else:
+            name, _, text = line.strip().partition(": ")
+            entries[name] = text
+    return entries
+
+
+def test_the_table_derives_the_names_and_the_task_options() -> None:
+    assert {spec.name: f"once_{spec.name}" for spec in SETTINGS} == APP_CONF_NAMES
+    assert tuple(spec.name for spec in SETTINGS if spec.task_option) == TASK_OPTIONS
+    assert [spec.django_name for spec in SETTINGS] == [f"CELERY_ONCE_{spec.name.upper()}" for spec in SETTINGS]
+    assert all((spec.kind == "choice") == bool(spec.choices) for spec in SETTINGS)
+
+
+def test_the_settings_fields_are_the_table() -> None:
+    fields = dataclasses.fields(Settings)
+    assert [field.name for field in fields] == [spec.name for spec in SETTINGS]
+    hints = get_type_hints(Settings)
+    for field, spec in zip(fields, SETTINGS):
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[operator]
+        assert default == spec.default, f"Settings.{spec.name} defaults to {default!r}, the table to {spec.default!r}"
+        assert hints[spec.name] == field_type(spec), f"Settings.{spec.name} is a {hints[spec.name]}"
+        if spec.default is not None:  # None is "not set", never checked
+            assert spec.check(spec.default, spec.name) == spec.default, f"{spec.name}'s default is not valid"
+
+
+def test_configure_takes_every_setting_and_documents_it() -> None:
+    parameters = inspect.signature(configure).parameters
+    assert list(parameters) == [spec.name for spec in SETTINGS]
+    # The first three stay positional, as they were before the others came.
+    assert [p.kind for p in parameters.values()] == (
+        [inspect.Parameter.POSITIONAL_OR_KEYWORD] * 3 + [inspect.Parameter.KEYWORD_ONLY] * (len(SETTINGS) - 3))
+    assert all(p.default is None for p in parameters.values())
+    hints = get_type_hints(configure)
+    for spec in SETTINGS:
+        assert hints[spec.name] == Optional[field_type(spec)], f"configure({spec.name}) takes a {hints[spec.name]}"
+    documented = docstring_entries(configure, "Args")
+    assert list(documented) == [spec.name for spec in SETTINGS]
+    for spec in SETTINGS:
+        assert documented[spec.name].startswith(spec.doc), f"configure()'s docstring: {spec.name} is not {spec.doc!r}"
+    assert "ValueError" in docstring_entries(configure, "Raises")
+
+
+def test_the_task_options_of_oncetask_are_those_of_the_table() -> None:
+    options = [name for name in OnceTask.__annotations__ if not name.startswith("_")]
+    assert sorted(options) == sorted({*TASK_OPTIONS, *TASK_ONLY_OPTIONS})
+    assert not [spec.name for spec in SETTINGS if not spec.task_option and hasattr(OnceTask, spec.name)]
+    hints = get_type_hints(OnceTask)
+    for spec in SETTINGS:
+        if spec.task_option:
+            assert getattr(OnceTask, spec.name) is None, f"OnceTask.{spec.name} must default to None (the setting)"
+            assert hints[spec.name] == Optional[field_type(spec)], f"OnceTask.{spec.name} is a {hints[spec.name]}"
+    documented = docstring_entries(OnceTask, "Attributes")
+    assert list(documented) == options, "OnceTask's docstring documents its options, in their order"
+    for name in TASK_OPTIONS:
+        doc = next(spec.doc for spec in SETTINGS if spec.name == name)
+        assert documented[name].startswith(doc), f"OnceTask's docstring: {name} is not {doc!r}"
+
+
+def test_a_task_option_is_checked_where_the_task_is_defined() -> None:
+    with pytest.raises(ValueError, match=r"^\S+\.Bad: running_lock_conflict must be one of 'reject', 'wait', "
+                                         r"got 'later'$"):
+        class Bad(OnceTask):
+            running_lock_conflict = "later"  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("spec", SETTINGS, ids=spec_id)
+def test_the_configuration_reference_gives_every_setting_in_its_three_spellings(spec: SettingSpec) -> None:
+    name = spec.name
     text = REFERENCE.read_text()
     assert f"### `{name}`\n" in text, f"docs/configuration.md has no section for {name}"
-    section = text.split(f"### `{name}`\n", 1)[1].split("\n### ", 1)[0]
+    section = " ".join(text.split(f"### `{name}`\n", 1)[1].split("\n### ", 1)[0].split())
     spellings = f"`configure({name}=...)` · `app.conf.{APP_CONF_NAMES[name]}` · `CELERY_ONCE_{name.upper()}`"
     assert spellings in section, f"docs/configuration.md does not give {name} in its three spellings"
+    # What the table says of the setting, the reference says too.
+    shown = json.dumps(spec.default) if isinstance(spec.default, str) else repr(spec.default)
+    assert f"Default: `{shown}`" in section, f"docs/configuration.md does not give {name}'s default, {shown}"
+    kind = (f"One of {', '.join(f'`{json.dumps(choice)}`' for choice in spec.choices)}." if spec.kind == "choice"
+            else KIND_PHRASES[spec.kind])
+    assert kind in section, f"docs/configuration.md does not say of {name}: {kind}"
+    assert ("Also a task option." in section) == spec.task_option, f"docs/configuration.md: is {name} a task option?"
 
 
-@pytest.mark.parametrize("option", sorted({*TASK_OPTIONS, "queue_lock", "running_lock", "lock_args", "running_limit"}))
+@pytest.mark.parametrize("option", sorted({*TASK_OPTIONS, *TASK_ONLY_OPTIONS}))
 def test_the_configuration_reference_lists_every_task_option(option: str) -> None:
     options = REFERENCE.read_text().split("## Task options\n", 1)[1]
     assert f"`{option}`" in options, f"docs/configuration.md does not list the task option {option}"

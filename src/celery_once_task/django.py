@@ -19,11 +19,11 @@ from typing import Any
 from django.apps import AppConfig
 from django.core.exceptions import ImproperlyConfigured
 
-from .settings import APP_CONF_NAMES, set_integration_source, settings_changed, validate
+from .settings import SETTINGS, set_integration_source, settings_changed, validate
 from .signals import setup_once_task_signals
 
 #: Django setting -> library setting: ``CELERY_ONCE_`` and the setting's name in capitals, for every setting.
-DJANGO_SETTINGS = {f"CELERY_ONCE_{name.upper()}": name for name in APP_CONF_NAMES}
+DJANGO_SETTINGS = {spec.django_name: spec.name for spec in SETTINGS}
 
 
 def django_settings() -> Mapping[str, Any]:

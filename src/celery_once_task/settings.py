@@ -1,11 +1,18 @@
-"""Settings: their defaults, validation, ``configure()`` and where each value comes from.
+"""Settings: the table that declares each of them, and everything derived from it.
+
+``SETTINGS`` is the one place a setting is declared: its name, default, kind
+of value (which decides its validation and its error message), whether a task
+may set it for itself, whether it is secret, and what it means. From it come
+the ``once_*`` names of the Celery app's configuration, Django's
+``CELERY_ONCE_*`` names (``django``), ``validate()``, ``configure()``,
+``Settings``' repr and ``resolve()``. Where Python's typing needs a name
+written out -- the ``Settings`` fields, ``configure()``'s keywords, the
+``OnceTask`` options -- tests/test_settings.py holds it to the table.
 
 One value of each setting is resolved, for every lock operation, in this order:
 
-1. the task's own option (``queue_lock_timeout``, ``running_lock_timeout``,
-   ``running_lock_conflict``, ``queue_lock_conflict``,
-   ``redelivery_guard_timeout``, passed to the task decorator or set on a
-   ``OnceTask`` subclass);
+1. the task's own option (a setting declared ``task_option``, passed to the
+   task decorator or set on a ``OnceTask`` subclass);
 2. the Celery app's configuration (``app.conf.once_redis_url`` ...; Django
    projects that load settings with ``namespace="CELERY"`` get
    ``CELERY_ONCE_REDIS_URL`` ... here);
@@ -23,9 +30,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional, get_args
 
 from .store import connection
+
+#: What an execution that meets a running copy of its call gets.
+RunningLockConflict = Literal["reject", "wait"]
+#: What a call that meets a queued copy of itself gets.
+QueueLockConflict = Literal["drop", "existing", "raise"]
+RUNNING_LOCK_CONFLICTS: tuple[str, ...] = get_args(RunningLockConflict)
+QUEUE_LOCK_CONFLICTS: tuple[str, ...] = get_args(QueueLockConflict)
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/3"
 DEFAULT_QUEUE_LOCK_TIMEOUT = 3600
@@ -34,69 +48,126 @@ DEFAULT_FAIL_OPEN = False
 DEFAULT_HEARTBEAT_TIMEOUT = 30
 #: The Redis broker's default visibility_timeout: how late a redelivery comes there.
 DEFAULT_REDELIVERY_GUARD_TIMEOUT = 3600
-#: What an execution that meets a running copy of its call gets.
-RUNNING_LOCK_CONFLICTS = ("reject", "wait")
-#: What a call that meets a queued copy of itself gets.
-QUEUE_LOCK_CONFLICTS = ("drop", "existing", "raise")
-DEFAULT_RUNNING_LOCK_CONFLICT = "reject"
-DEFAULT_QUEUE_LOCK_CONFLICT = "drop"
+DEFAULT_RUNNING_LOCK_CONFLICT: RunningLockConflict = "reject"
+DEFAULT_QUEUE_LOCK_CONFLICT: QueueLockConflict = "drop"
 
-#: Setting name -> name in the Celery app's configuration (``once_`` and the name). Django's
-#: ``CELERY_ONCE_`` spelling of each (``django.DJANGO_SETTINGS``) is made from these names.
-APP_CONF_NAMES = {
-    "redis_url": "once_redis_url",
-    "queue_lock_timeout": "once_queue_lock_timeout",
-    "running_lock_timeout": "once_running_lock_timeout",
-    "fail_open": "once_fail_open",
-    "heartbeat_timeout": "once_heartbeat_timeout",
-    "running_lock_conflict": "once_running_lock_conflict",
-    "queue_lock_conflict": "once_queue_lock_conflict",
-    "redis_options": "once_redis_options",
-    "redelivery_guard_timeout": "once_redelivery_guard_timeout",
-    "debounce": "once_debounce",
-    "debounce_max": "once_debounce_max",
-}
+#: The kinds of value a setting takes; each has its validation and error message (``SettingSpec.check``).
+#: ``None`` is never validated: at every level it means "not set", so a ``None`` default means off.
+Kind = Literal["url", "options", "int_seconds", "seconds", "choice", "bool"]
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One setting, declared once: everything the library knows of it."""
+
+    name: str
+    default: Any
+    kind: Kind
+    #: One line: what the setting means (``configure()``'s and ``OnceTask``'s docstrings begin with it).
+    doc: str
+    #: A task may set it for itself, as a decorator keyword or a ``OnceTask`` attribute.
+    task_option: bool = False
+    #: The values of a ``"choice"`` setting.
+    choices: tuple[str, ...] = ()
+    #: How a secret setting is shown in ``Settings``' repr; ``None``: as it is.
+    redact: Optional[Callable[[Any], Any]] = None
+
+    @property
+    def conf_name(self) -> str:
+        """The name in the Celery app's configuration: ``once_<name>``."""
+        return f"once_{self.name}"
+
+    @property
+    def django_name(self) -> str:
+        """The name in Django's settings: ``CELERY_ONCE_<NAME>``."""
+        return f"CELERY_ONCE_{self.name.upper()}"
+
+    def check(self, value: Any, label: str) -> Any:
+        """``value`` (a ``dict`` for ``"options"``) if it is valid here, else a ``ValueError`` naming ``label``."""
+        kind = self.kind
+        if kind == "url":
+            # The master name of a sentinel:// URL comes from redis_options: checked with it when a client is made.
+            connection.parse_url(value, {"master_name": "-"}, label=label)
+        elif kind == "options":
+            if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+                raise ValueError(f"{label} must be a dict of keyword arguments for the Redis client, got {type(value)}")
+            return dict(value)
+        elif kind == "int_seconds":
+            # bool is an int to Python, never a number of seconds to anyone.
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{label} must be a positive integer number of seconds, got {value!r}")
+        elif kind == "seconds":
+            # Bounded above: NaN and infinity fail the comparison, and so does a wait of over 115 days.
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10**7:
+                raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
+        elif kind == "choice":
+            if value not in self.choices:
+                raise ValueError(f"{label} must be one of {', '.join(map(repr, self.choices))}, got {value!r}")
+        elif not isinstance(value, bool):  # "bool"
+            raise ValueError(f"{label} must be True or False, got {value!r}")
+        return value
+
+    def shown(self, value: Any) -> Any:
+        return value if self.redact is None else self.redact(value)
+
+
+#: Every setting, in the order of ``Settings``' fields (positional arguments, repr).
+SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec("redis_url", DEFAULT_REDIS_URL, "url", redact=connection.redact_url,
+                doc="Where the locks live: a ``redis://``, ``rediss://``, ``unix://``, Sentinel or Cluster URL."),
+    SettingSpec("queue_lock_timeout", DEFAULT_QUEUE_LOCK_TIMEOUT, "int_seconds", task_option=True,
+                doc="Seconds a call whose message never starts keeps blocking its duplicates."),
+    SettingSpec("running_lock_timeout", DEFAULT_RUNNING_LOCK_TIMEOUT, "int_seconds", task_option=True,
+                doc="Seconds a running lock lasts where no worker's lease renews it."),
+    SettingSpec("fail_open", DEFAULT_FAIL_OPEN, "bool",
+                doc="Publish and run without a lock (with a warning) while Redis is unreachable."),
+    SettingSpec("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT, "int_seconds",
+                doc="Seconds without a heartbeat after which a worker's running locks are free."),
+    SettingSpec("running_lock_conflict", DEFAULT_RUNNING_LOCK_CONFLICT, "choice", task_option=True,
+                choices=RUNNING_LOCK_CONFLICTS,
+                doc='A duplicate execution fails (``"reject"``: ``OnceTaskLocked``) or runs after (``"wait"``).'),
+    SettingSpec("queue_lock_conflict", DEFAULT_QUEUE_LOCK_CONFLICT, "choice", task_option=True,
+                choices=QUEUE_LOCK_CONFLICTS,
+                doc='A duplicate call gets ``None`` (``"drop"``), the queued ``AsyncResult`` (``"existing"``) or '
+                    '``OnceTaskDuplicate`` (``"raise"``).'),
+    SettingSpec("redis_options", {}, "options", redact=connection.redact_options,
+                doc="The lock client's extra keyword arguments; they win over the URL's."),
+    SettingSpec("redelivery_guard_timeout", DEFAULT_REDELIVERY_GUARD_TIMEOUT, "int_seconds", task_option=True,
+                doc="Seconds a finished execution is remembered, so that its message delivered again does not run."),
+    SettingSpec("debounce", None, "seconds", task_option=True,
+                doc="Calls of a key less than this many seconds apart form a burst, run once after it."),
+    SettingSpec("debounce_max", None, "seconds", task_option=True,
+                doc="The most seconds a burst may put its execution off, from its first call."),
+)
+_BY_NAME = {spec.name: spec for spec in SETTINGS}
+
+#: Setting name -> name in the Celery app's configuration (``once_`` and the name).
+APP_CONF_NAMES = {spec.name: spec.conf_name for spec in SETTINGS}
 
 #: Settings a task may set for itself (decorator keyword or subclass attribute).
-TASK_OPTIONS = (
-    "queue_lock_timeout", "running_lock_timeout", "running_lock_conflict", "queue_lock_conflict",
-    "redelivery_guard_timeout", "debounce", "debounce_max",
-)
+TASK_OPTIONS = tuple(spec.name for spec in SETTINGS if spec.task_option)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The settings in force for one lock operation."""
+    """The settings in force for one lock operation: a field for each of ``SETTINGS``, in its order."""
 
     redis_url: str = DEFAULT_REDIS_URL
     queue_lock_timeout: int = DEFAULT_QUEUE_LOCK_TIMEOUT
     running_lock_timeout: int = DEFAULT_RUNNING_LOCK_TIMEOUT
-    #: Publish and run without a lock (with a warning) when Redis is unreachable.
     fail_open: bool = DEFAULT_FAIL_OPEN
-    #: Seconds without a heartbeat after which a worker is gone and its running locks are free.
     heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
-    running_lock_conflict: str = DEFAULT_RUNNING_LOCK_CONFLICT
-    queue_lock_conflict: str = DEFAULT_QUEUE_LOCK_CONFLICT
-    #: The lock client's extra keyword arguments (see ``connection``).
+    running_lock_conflict: RunningLockConflict = DEFAULT_RUNNING_LOCK_CONFLICT
+    queue_lock_conflict: QueueLockConflict = DEFAULT_QUEUE_LOCK_CONFLICT
     redis_options: Mapping[str, Any] = field(default_factory=dict)
-    #: Seconds a finished execution is remembered, so that a copy of its message delivered again does not run.
     redelivery_guard_timeout: int = DEFAULT_REDELIVERY_GUARD_TIMEOUT
-    #: Seconds apart that calls of one key form a burst, run once after it (see ``debounce``); None: off.
     debounce: Optional[float] = None
-    #: The longest a burst may put its execution off, from its first call; None: no bound.
     debounce_max: Optional[float] = None
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: never show a password.
-        return (
-            f"Settings(redis_url={connection.redact_url(self.redis_url)!r}, "
-            f"queue_lock_timeout={self.queue_lock_timeout!r}, running_lock_timeout={self.running_lock_timeout!r}, "
-            f"fail_open={self.fail_open!r}, heartbeat_timeout={self.heartbeat_timeout!r}, "
-            f"running_lock_conflict={self.running_lock_conflict!r}, queue_lock_conflict={self.queue_lock_conflict!r}, "
-            f"redis_options={connection.redact_options(self.redis_options)!r}, "
-            f"redelivery_guard_timeout={self.redelivery_guard_timeout!r}, debounce={self.debounce!r}, "
-            f"debounce_max={self.debounce_max!r})"
-        )
+        shown = ", ".join(f"{spec.name}={spec.shown(getattr(self, spec.name))!r}" for spec in SETTINGS)
+        return f"Settings({shown})"
 
 
 def validate(name: str, value: Any, *, label: str | None = None) -> Any:
@@ -106,32 +177,10 @@ def validate(name: str, value: Any, *, label: str | None = None) -> Any:
     (``CELERY_ONCE_REDIS_URL``, ``app.conf.once_redis_url``).
     """
     label = label or name
-    if name == "redis_url":
-        # The master name of a sentinel:// URL comes from redis_options: checked with it when a client is made.
-        connection.parse_url(value, {"master_name": "-"}, label=label)
-        return value
-    if name == "redis_options":
-        if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
-            raise ValueError(f"{label} must be a dict of keyword arguments for the Redis client, got {type(value)}")
-        return dict(value)
-    if name in ("queue_lock_timeout", "running_lock_timeout", "heartbeat_timeout", "redelivery_guard_timeout"):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{label} must be a positive integer number of seconds, got {value!r}")
-        return value
-    if name in ("debounce", "debounce_max"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10**7:
-            raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
-        return value
-    if name in ("running_lock_conflict", "queue_lock_conflict"):
-        choices = RUNNING_LOCK_CONFLICTS if name == "running_lock_conflict" else QUEUE_LOCK_CONFLICTS
-        if value not in choices:
-            raise ValueError(f"{label} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-        return value
-    if name == "fail_open":
-        if not isinstance(value, bool):
-            raise ValueError(f"{label} must be True or False, got {value!r}")
-        return value
-    raise ValueError(f"unknown setting {label!r}")
+    spec = _BY_NAME.get(name)
+    if spec is None:
+        raise ValueError(f"unknown setting {label!r}")
+    return spec.check(value, label)
 
 
 class _Configured:
@@ -177,38 +226,48 @@ _configured = _Configured()
 
 
 def configure(
-    redis_url: str | None = None,
-    queue_lock_timeout: int | None = None,
-    running_lock_timeout: int | None = None,
+    redis_url: Optional[str] = None,
+    queue_lock_timeout: Optional[int] = None,
+    running_lock_timeout: Optional[int] = None,
     *,
-    fail_open: bool | None = None,
-    heartbeat_timeout: int | None = None,
-    running_lock_conflict: str | None = None,
-    queue_lock_conflict: str | None = None,
-    redis_options: Mapping[str, Any] | None = None,
-    redelivery_guard_timeout: int | None = None,
-    debounce: float | None = None,
-    debounce_max: float | None = None,
+    fail_open: Optional[bool] = None,
+    heartbeat_timeout: Optional[int] = None,
+    running_lock_conflict: Optional[RunningLockConflict] = None,
+    queue_lock_conflict: Optional[QueueLockConflict] = None,
+    redis_options: Optional[Mapping[str, Any]] = None,
+    redelivery_guard_timeout: Optional[int] = None,
+    debounce: Optional[float] = None,
+    debounce_max: Optional[float] = None,
 ) -> None:
     """Set the process-wide configuration; only the arguments given change.
 
     Every value is validated here, so a mistake fails at start-up with a
     ``ValueError`` that names the setting. A later call takes effect from the
-    next lock operation on.
+    next lock operation on. An argument left ``None`` leaves its setting as it
+    is.
+
+    Args:
+        redis_url: Where the locks live: a ``redis://``, ``rediss://``, ``unix://``, Sentinel or Cluster URL.
+        queue_lock_timeout: Seconds a call whose message never starts keeps blocking its duplicates.
+        running_lock_timeout: Seconds a running lock lasts where no worker's lease renews it.
+        fail_open: Publish and run without a lock (with a warning) while Redis is unreachable.
+        heartbeat_timeout: Seconds without a heartbeat after which a worker's running locks are free.
+        running_lock_conflict: A duplicate execution fails (``"reject"``: ``OnceTaskLocked``) or runs after
+            (``"wait"``).
+        queue_lock_conflict: A duplicate call gets ``None`` (``"drop"``), the queued ``AsyncResult``
+            (``"existing"``) or ``OnceTaskDuplicate`` (``"raise"``).
+        redis_options: The lock client's extra keyword arguments; they win over the URL's.
+        redelivery_guard_timeout: Seconds a finished execution is remembered, so that its message delivered
+            again does not run.
+        debounce: Calls of a key less than this many seconds apart form a burst, run once after it.
+        debounce_max: The most seconds a burst may put its execution off, from its first call.
+
+    Raises:
+        ValueError: A value is not valid for its setting (the message names it); nothing changes then.
     """
-    given = {
-        "redis_url": redis_url,
-        "queue_lock_timeout": queue_lock_timeout,
-        "running_lock_timeout": running_lock_timeout,
-        "fail_open": fail_open,
-        "heartbeat_timeout": heartbeat_timeout,
-        "running_lock_conflict": running_lock_conflict,
-        "queue_lock_conflict": queue_lock_conflict,
-        "redis_options": redis_options,
-        "redelivery_guard_timeout": redelivery_guard_timeout,
-        "debounce": debounce,
-        "debounce_max": debounce_max,
-    }
+    # Nothing but the parameters is bound yet, so these are exactly the settings (a test holds the
+    # signature to SETTINGS); copied, as a frame's locals may change under iteration before Python 3.13.
+    given = dict(locals())
     _configured.update({name: validate(name, value) for name, value in given.items() if value is not None})
 
 
@@ -262,6 +321,9 @@ def _kept(app: Any, task: Any) -> tuple[Settings, bool]:
 
 #: The app.conf names whose values a task's kept settings depend on.
 _FINGERPRINTED = ("task_always_eager", *APP_CONF_NAMES.values())
+#: What ``_resolve`` walks, made once: (name, app.conf name, spec) of each setting and task option.
+_CONF_SPECS = tuple((spec.name, spec.conf_name, spec) for spec in SETTINGS)
+_TASK_SPECS = tuple((spec.name, spec) for spec in SETTINGS if spec.task_option)
 
 
 def _resolve(conf: Any, task: Any) -> Settings:
@@ -271,7 +333,7 @@ def _resolve(conf: Any, task: Any) -> Settings:
         values.update(integration())
     values.update(_configured.values())
     if conf is not None:
-        for name, conf_name in APP_CONF_NAMES.items():
+        for name, conf_name, spec in _CONF_SPECS:
             # ``in`` first: these settings are usually absent, and Celery's
             # conf answers ``in`` for an absent key without raising and
             # catching a KeyError for every map and spelling of the key.
@@ -279,12 +341,12 @@ def _resolve(conf: Any, task: Any) -> Settings:
                 continue
             value = conf.get(conf_name)
             if value is not None:
-                values[name] = validate(name, value, label=f"app.conf.{conf_name}")
+                values[name] = spec.check(value, f"app.conf.{conf_name}")
     if task is not None:
-        for name in TASK_OPTIONS:
+        for name, spec in _TASK_SPECS:
             value = getattr(task, name, None)
             if value is not None:
-                values[name] = validate(name, value, label=f"{task.name}.{name}")
+                values[name] = spec.check(value, f"{task.name}.{name}")
     debounce, most = values.get("debounce"), values.get("debounce_max")
     if debounce and most and most < debounce:
         where = getattr(task, "name", "the configuration")

@@ -24,7 +24,7 @@ from .headers import DIGEST_HEADER, header
 from .keys import call_digest, check_lock_args, lock_key, signature_of, well_formed_digest
 from .limits import may_wait_in_line
 from .publish import as_list, publish_once, with_digest
-from .settings import TASK_OPTIONS, Settings, for_publish, resolve, validate
+from .settings import SETTINGS, QueueLockConflict, RunningLockConflict, Settings, for_publish, resolve
 
 logger = logging.getLogger("celery_once_task")
 
@@ -32,29 +32,43 @@ _ENTERED = "once_task_entered"
 
 
 class OnceTask(Task):
-    """A Celery task that is queued at most once and runs at most once at a time per arguments."""
+    """A Celery task that is queued at most once and runs at most once at a time per arguments.
 
-    #: Take the queue lock in ``apply_async()``/``delay()``.
+    Each option below is a keyword of the task decorator
+    (``@shared_task(base=OnceTask, queue_lock_timeout=600)``) or an attribute
+    of a subclass. A bad value is a ``ValueError`` naming the task and the
+    option, raised where the task is defined. An option left ``None`` takes the
+    configured value (see ``configure``); a task's own option wins over it.
+
+    Attributes:
+        queue_lock: Take the queue lock in ``apply_async()``/``delay()``.
+        running_lock: Take the running lock while the task body runs.
+        queue_lock_timeout: Seconds a call whose message never starts keeps blocking its duplicates.
+        running_lock_timeout: Seconds a running lock lasts where no worker's lease renews it.
+        running_lock_conflict: A duplicate execution fails (``"reject"``: ``OnceTaskLocked``) or runs after
+            (``"wait"``).
+        queue_lock_conflict: A duplicate call gets ``None`` (``"drop"``), the queued ``AsyncResult``
+            (``"existing"``) or ``OnceTaskDuplicate`` (``"raise"``).
+        lock_args: The arguments that form the lock key, by parameter name; ``None``: all of them.
+        redelivery_guard_timeout: Seconds a finished execution is remembered, so that its message delivered
+            again does not run.
+        running_limit: At most this many executions of a key at once, fleet-wide (see ``limits``); 1 is the
+            running lock.
+        debounce: Calls of a key less than this many seconds apart form a burst, run once after it.
+        debounce_max: The most seconds a burst may put its execution off, from its first call.
+    """
+
+    # The task options, documented above. Those that are also settings must be the task options of
+    # ``settings.SETTINGS``, with the same types: tests/test_settings.py holds them to it.
     queue_lock: bool = True
-    #: Take the running lock while the task body runs.
     running_lock: bool = True
-    #: Per-task TTLs in seconds; ``None`` takes the configured value.
     queue_lock_timeout: Optional[int] = None
     running_lock_timeout: Optional[int] = None
-    #: What an execution that meets a running copy gets: "reject" (fail with
-    #: ``OnceTaskLocked``) or "wait" (run after it); ``None`` takes the configured value.
-    running_lock_conflict: Optional[str] = None
-    #: What a call that meets a queued copy gets: "drop" (``None``), "existing"
-    #: (the queued call's ``AsyncResult``) or "raise" (``OnceTaskDuplicate``).
-    queue_lock_conflict: Optional[str] = None
-    #: The arguments that form the lock key, by name; ``None``: all of them.
+    running_lock_conflict: Optional[RunningLockConflict] = None
+    queue_lock_conflict: Optional[QueueLockConflict] = None
     lock_args: Optional[Sequence[str]] = None
-    #: Seconds a finished execution is remembered against a redelivered copy; ``None`` takes the configured value.
     redelivery_guard_timeout: Optional[int] = None
-    #: At most this many executions of a key at once, fleet-wide (see ``limits``); 1 is the running lock.
     running_limit: int = 1
-    #: Calls of a key this many seconds apart form a burst, run once after it (see ``debounce``); ``None``:
-    #: the configured value (off by default). ``debounce_max``: the longest a burst puts its execution off.
     debounce: Optional[float] = None
     debounce_max: Optional[float] = None
 
@@ -74,10 +88,10 @@ class OnceTask(Task):
         """Check the task's own options where it is defined: a bad one names the task and the option."""
         super().__init_subclass__(**kwargs)
         label = cls.__dict__.get("name") or f"{cls.__module__}.{cls.__qualname__}"
-        for option in TASK_OPTIONS:
-            value = cls.__dict__.get(option)
-            if value is not None:
-                validate(option, value, label=f"{label}: {option}")
+        for spec in SETTINGS:
+            value = cls.__dict__.get(spec.name)
+            if spec.task_option and value is not None:
+                spec.check(value, f"{label}: {spec.name}")
         limit = cls.__dict__.get("running_limit")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValueError(f"{label}: running_limit must be a positive integer (executions of a key at once), "
