@@ -496,3 +496,46 @@ def reindex_two(doc_id: str, version: int) -> int:
 def parked_reindex(doc_id: str, version: int) -> int:
     """Routed to a queue no worker consumes: a burst that stays open."""
     return version
+
+
+# -- the library's own republish ---------------------------------------------------------
+
+
+#: The header ``StampedOnCall.apply_async`` puts on every call.
+STAMP_HEADER = "tests_stamped_on_call"
+
+
+class StampedOnCall(OnceTask):
+    """A user's ``apply_async`` override: stamps a header on each call and counts the calls (by the tag).
+
+    Every delivery of its messages is recorded, with the stamp it carries, once it is over: it ran, or the
+    library put it off or ignored it.
+    """
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        tag = args[0]
+        _records.incr(f"applied:{tag}")
+        options["headers"] = {**(options.get("headers") or {}), STAMP_HEADER: tag}
+        return super().apply_async(args, kwargs, **options)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.request.called_directly:
+            return super().__call__(*args, **kwargs)
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            record(args[0], "delivered", value=args[1], id=self.request.id, stamp=stamp_of(self.request))
+
+
+def stamp_of(request: Any) -> Any:
+    """The stamp of the message a request runs: Celery 5.0 puts custom headers on the request itself."""
+    return (request.headers or {}).get(STAMP_HEADER) or getattr(request, STAMP_HEADER, None)
+
+
+@app.task(base=StampedOnCall, running_lock_conflict="wait", lock_args=["tag"])
+def stamped_waiting_gated(tag: str, value: Any = None) -> str:
+    """``waiting_gated`` whose calls go through a user's ``apply_async`` override."""
+    record(tag, "start", value=value)
+    wait_gate(tag)
+    record(tag, "end", value=value)
+    return tag

@@ -1,0 +1,931 @@
+"""Each Lua script's contract, as its header states it, against a real redis-server: no worker, no wrapper.
+
+The scripts (``celery_once_task.store.lua``) are run as the library runs
+them, with ``scripts.run``, their ARGV built position by position as the
+headers document them. Every test has keys of its own on the session's
+redis-server, and reads the server's clock, the one the scripts keep time
+by: where time must pass, leases and debounces are a few milliseconds, and
+the test waits for the server's clock to pass them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import pytest
+import redis
+
+from celery_once_task.store import scripts
+from celery_once_task.store.lua import Script
+from celery_once_task.store.lua.bursts import BURST_CALL, BURST_FORGET, BURST_TAKE
+from celery_once_task.store.lua.locks import (
+    ACQUIRE,
+    COMPARE_AND_DELETE,
+    COMPARE_AND_SWAP,
+    RECORD_FINISHED,
+    RELEASE_RUNNING,
+    RENEW,
+    TAKE,
+)
+from celery_once_task.store.lua.slots import SLOT_ACQUIRE, SLOT_CLEAR, SLOT_FORGET, SLOT_RELEASE, SLOT_RENEW
+from tests.support import RedisServer, wait_until
+
+#: A time to live, lease or debounce that does not run out during a test (milliseconds).
+LONG = 60_000
+#: A database of the session's server that no other test uses.
+DB = 7
+
+
+class Keys:
+    """The keys of one test: a prefix of its own."""
+
+    def __init__(self) -> None:
+        prefix = f"scripts:{uuid.uuid4().hex}:"
+        self.lock = prefix + "lock"
+        self.record = prefix + "record"
+        self.entry = prefix + "entry"
+        self.slots = prefix + "slots"
+        self.line = prefix + "line"
+        self.messages = prefix + "messages"
+        self.burst = prefix + "burst"
+
+
+@pytest.fixture(scope="module")
+def client(redis_server: RedisServer) -> Any:
+    """The scripts' client: replies in bytes, as the library's lock store has them."""
+    client = redis_server.client(DB)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def view(redis_server: RedisServer) -> Any:
+    """A client to set up and read the keys with, in text."""
+    view = redis_server.client(DB, decode_responses=True)
+    yield view
+    view.close()
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys()
+
+
+def text(reply: Any) -> Any:
+    """A script's reply with its strings decoded."""
+    if isinstance(reply, bytes):
+        return reply.decode()
+    if isinstance(reply, list):
+        return [text(item) for item in reply]
+    return reply
+
+
+def run(client: redis.Redis, script: Script, key: str, *args: str | int, more_keys: Sequence[str] = ()) -> Any:
+    """The reply of ``script`` on KEYS ``key, *more_keys`` with ARGV ``args``, run as the library runs it."""
+    return text(scripts.run(client, [scripts.Call(script, key, args, more_keys)])[0])
+
+
+def server_ms(view: redis.Redis) -> int:
+    """The server's clock, in milliseconds: the scripts' ``now_ms()``."""
+    seconds, micros = view.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def wait_for_server_time_past(view: redis.Redis, ms: int) -> None:
+    wait_until(lambda: server_ms(view) > ms, timeout=5, interval=0.001, what=f"the server's clock to pass {ms}")
+
+
+def finished(attempt: int, call: str) -> str:
+    """A finished record: ``<attempt>:<call>:<instance>:<pid>:<r|n>:<time>``."""
+    return f"{attempt}:{call}:instance-1:4242:r:1700000000000"
+
+
+# -- COMPARE_AND_DELETE ------------------------------------------------------------------------------------------
+
+
+def test_compare_and_delete_deletes_the_lock_its_token_holds(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.lock, "task-1")
+    assert run(client, COMPARE_AND_DELETE, keys.lock, "task-1", "exact") == 1
+    assert view.exists(keys.lock) == 0
+
+
+def test_compare_and_delete_matches_a_running_lock_by_its_token_as_a_prefix(client: Any, view: Any,
+                                                                           keys: Keys) -> None:
+    view.set(keys.lock, "owner-1|1700000000.5")
+    assert run(client, COMPARE_AND_DELETE, keys.lock, "owner-1", "prefix") == 1
+    assert view.exists(keys.lock) == 0
+
+
+def test_compare_and_delete_leaves_a_lock_another_token_holds(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.lock, "task-2")
+    assert run(client, COMPARE_AND_DELETE, keys.lock, "task-1", "exact") == 0
+    assert view.get(keys.lock) == "task-2"
+
+
+def test_compare_and_delete_exact_does_not_match_a_value_the_token_only_begins(client: Any, view: Any,
+                                                                               keys: Keys) -> None:
+    view.set(keys.lock, "task-1|more")
+    assert run(client, COMPARE_AND_DELETE, keys.lock, "task-1", "exact") == 0
+    assert view.get(keys.lock) == "task-1|more"
+
+
+def test_compare_and_delete_of_a_free_lock_is_0(client: Any, view: Any, keys: Keys) -> None:
+    assert run(client, COMPARE_AND_DELETE, keys.lock, "task-1", "prefix") == 0
+    assert view.exists(keys.lock) == 0
+
+
+# -- ACQUIRE -----------------------------------------------------------------------------------------------------
+
+
+def acquire(client: Any, keys: Keys, value: str, *, ttl: int = LONG, takeover: str = "", mode: str = "exact",
+            attempt: Optional[int] = None, call: str = "call-1") -> Any:
+    """ACQUIRE; with ``attempt``, KEYS[2] (the finished record) and ARGV[5], ARGV[6]."""
+    args: tuple[str | int, ...] = (
+        value,  # ARGV[1] value to write
+        ttl,  # ARGV[2] time to live
+        takeover,  # ARGV[3] a token whose lock this owner may take over, or ""
+        mode,  # ARGV[4] how ARGV[3] is matched
+    )
+    if attempt is None:
+        return run(client, ACQUIRE, keys.lock, *args)
+    return run(client, ACQUIRE, keys.lock, *args, attempt, call, more_keys=[keys.record])
+
+
+def test_acquire_takes_a_free_lock(client: Any, view: Any, keys: Keys) -> None:
+    assert acquire(client, keys, "task-1", ttl=LONG) == 1
+    assert view.get(keys.lock) == "task-1"
+    assert 0 < view.pttl(keys.lock) <= LONG
+
+
+def test_acquire_names_the_holder_of_a_held_lock(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.lock, "task-2")
+    assert acquire(client, keys, "task-1") == "task-2"
+    assert view.get(keys.lock) == "task-2"
+
+
+def test_acquire_takes_over_the_lock_of_the_token_it_names(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.lock, "task-1", px=1000)
+    assert acquire(client, keys, "task-1b", ttl=LONG, takeover="task-1", mode="exact") == 1
+    assert view.get(keys.lock) == "task-1b"
+    assert view.pttl(keys.lock) > 1000
+
+
+def test_acquire_takes_over_a_running_lock_its_token_begins(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.lock, "owner-1|1700000000.5")
+    assert acquire(client, keys, "owner-2|1700000001.5", takeover="owner-1", mode="prefix") == 1
+    assert view.get(keys.lock) == "owner-2|1700000001.5"
+
+
+def test_acquire_takes_over_no_lock_another_token_holds(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.lock, "owner-3|1700000000.5")
+    assert acquire(client, keys, "owner-2|1700000001.5", takeover="owner-1", mode="prefix") == "owner-3|1700000000.5"
+    assert view.get(keys.lock) == "owner-3|1700000000.5"
+
+
+def test_acquire_exact_takeover_does_not_match_a_value_the_token_only_begins(client: Any, view: Any,
+                                                                             keys: Keys) -> None:
+    view.set(keys.lock, "owner-1|1700000000.5")
+    assert acquire(client, keys, "owner-2", takeover="owner-1", mode="exact") == "owner-1|1700000000.5"
+
+
+def test_acquire_returns_the_record_of_this_attempt_that_ended_and_takes_nothing(client: Any, view: Any,
+                                                                                keys: Keys) -> None:
+    view.set(keys.record, finished(2, "call-1"))
+    assert acquire(client, keys, "owner-1", attempt=2, call="call-1") == [finished(2, "call-1")]
+    assert view.exists(keys.lock) == 0
+
+
+def test_acquire_returns_the_record_of_a_later_attempt_and_takes_nothing(client: Any, view: Any,
+                                                                         keys: Keys) -> None:
+    view.set(keys.record, finished(3, "call-1"))
+    assert acquire(client, keys, "owner-1", attempt=2, call="call-1") == [finished(3, "call-1")]
+    assert view.exists(keys.lock) == 0
+
+
+def test_acquire_takes_the_lock_past_the_record_of_an_earlier_attempt(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.record, finished(1, "call-1"))
+    assert acquire(client, keys, "owner-1", attempt=2, call="call-1") == 1
+    assert view.get(keys.lock) == "owner-1"
+
+
+def test_acquire_takes_the_lock_past_the_record_of_another_call(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.record, finished(2, "call-0"))
+    assert acquire(client, keys, "owner-1", attempt=2, call="call-1") == 1
+    assert view.get(keys.lock) == "owner-1"
+
+
+def test_acquire_with_no_record_takes_a_free_lock(client: Any, view: Any, keys: Keys) -> None:
+    assert acquire(client, keys, "owner-1", attempt=0, call="call-1") == 1
+    assert view.get(keys.lock) == "owner-1"
+
+
+# -- acquire_free: ACQUIRE without a takeover, sent as SET NX GET ------------------------------------------------
+
+
+def test_acquire_free_takes_a_free_lock_as_acquire_does(client: Any, view: Any, keys: Keys) -> None:
+    scripted = Keys()
+    assert scripts.acquire_free(client, keys.lock, "task-1", LONG) == acquire(client, scripted, "task-1") == 1
+    assert view.get(keys.lock) == view.get(scripted.lock) == "task-1"
+    assert 0 < view.pttl(keys.lock) <= LONG
+
+
+def test_acquire_free_names_the_holder_as_acquire_does(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.lock, "task-2")
+    assert text(scripts.acquire_free(client, keys.lock, "task-1", LONG)) == acquire(client, keys, "task-1")
+    assert view.get(keys.lock) == "task-2"
+
+
+def test_acquire_free_sent_again_finds_its_own_value_as_acquire_does(client: Any, view: Any, keys: Keys) -> None:
+    assert scripts.acquire_free(client, keys.lock, "task-1", LONG) == 1
+    assert text(scripts.acquire_free(client, keys.lock, "task-1", LONG)) == acquire(client, keys, "task-1") == "task-1"
+
+
+# -- RELEASE_RUNNING ---------------------------------------------------------------------------------------------
+
+
+def release_running(client: Any, keys: Keys, token: str, record: str, *, attempt: int = 0,
+                    call: str = "call-1") -> Any:
+    return run(client, RELEASE_RUNNING, keys.lock,
+               token,  # ARGV[1] owner token (a prefix of the lock's value)
+               record,  # ARGV[2] the record to write
+               LONG,  # ARGV[3] its time to live
+               attempt,  # ARGV[4] the attempt that ended
+               call,  # ARGV[5] its call
+               more_keys=[keys.record])
+
+
+def test_release_running_deletes_its_own_lock_and_writes_the_record(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.lock, "owner-1|1700000000.5")
+    assert release_running(client, keys, "owner-1", finished(0, "call-1")) == 1
+    assert view.exists(keys.lock) == 0
+    assert view.get(keys.record) == finished(0, "call-1")
+    assert 0 < view.pttl(keys.record) <= LONG
+
+
+def test_release_running_leaves_a_lock_another_token_holds_and_writes_the_record_still(
+        client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.lock, "owner-2|1700000001.5")
+    assert release_running(client, keys, "owner-1", finished(0, "call-1")) == 0
+    assert view.get(keys.lock) == "owner-2|1700000001.5"
+    assert view.get(keys.record) == finished(0, "call-1")
+
+
+def test_release_running_of_a_lost_lock_writes_the_record(client: Any, view: Any, keys: Keys) -> None:
+    assert release_running(client, keys, "owner-1", finished(0, "call-1")) == 0
+    assert view.exists(keys.lock) == 0
+    assert view.get(keys.record) == finished(0, "call-1")
+
+
+def test_release_running_never_replaces_the_record_of_a_later_attempt(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.lock, "owner-1|1700000000.5")
+    view.set(keys.record, finished(3, "call-1"))
+    assert release_running(client, keys, "owner-1", finished(2, "call-1"), attempt=2) == 1
+    assert view.get(keys.record) == finished(3, "call-1")
+
+
+# -- RECORD_FINISHED ---------------------------------------------------------------------------------------------
+
+
+def record_finished(client: Any, keys: Keys, record: str, attempt: int, call: str = "call-1") -> Any:
+    return run(client, RECORD_FINISHED, keys.record,
+               record,  # ARGV[1] the record to write
+               LONG,  # ARGV[2] its time to live
+               attempt,  # ARGV[3] the attempt that ended
+               call)  # ARGV[4] its call
+
+
+def test_record_finished_writes_the_record_with_its_time_to_live(client: Any, view: Any, keys: Keys) -> None:
+    assert record_finished(client, keys, finished(0, "call-1"), 0) == 1
+    assert view.get(keys.record) == finished(0, "call-1")
+    assert 0 < view.pttl(keys.record) <= LONG
+
+
+def test_record_finished_never_replaces_a_later_attempt_of_the_same_call(client: Any, view: Any,
+                                                                         keys: Keys) -> None:
+    view.set(keys.record, finished(3, "call-1"))
+    assert record_finished(client, keys, finished(2, "call-1"), 2) == 1
+    assert view.get(keys.record) == finished(3, "call-1")
+
+
+def test_record_finished_replaces_an_earlier_attempt_of_the_same_call(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.record, finished(1, "call-1"))
+    assert record_finished(client, keys, finished(2, "call-1"), 2) == 1
+    assert view.get(keys.record) == finished(2, "call-1")
+
+
+def test_record_finished_replaces_a_later_attempt_of_another_call(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.record, finished(3, "call-0"))
+    assert record_finished(client, keys, finished(0, "call-1"), 0) == 1
+    assert view.get(keys.record) == finished(0, "call-1")
+
+
+# -- RENEW -------------------------------------------------------------------------------------------------------
+
+
+def test_renew_extends_the_lease_of_the_lock_its_token_holds(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.lock, "owner-1|1700000000.5", px=1000)
+    assert run(client, RENEW, keys.lock, "owner-1", LONG) == 1
+    assert view.pttl(keys.lock) > 1000
+    assert view.get(keys.lock) == "owner-1|1700000000.5"
+
+
+def test_renew_leaves_the_lease_of_a_lock_another_token_holds(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.lock, "owner-2|1700000001.5", px=1000)
+    assert run(client, RENEW, keys.lock, "owner-1", LONG) == 0
+    assert view.pttl(keys.lock) <= 1000
+
+
+def test_renew_does_not_bring_back_a_lost_lock(client: Any, view: Any, keys: Keys) -> None:
+    assert run(client, RENEW, keys.lock, "owner-1", LONG) == 0
+    assert view.exists(keys.lock) == 0
+
+
+# -- COMPARE_AND_SWAP --------------------------------------------------------------------------------------------
+
+
+def test_compare_and_swap_writes_the_new_value_over_the_expected_token(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.lock, "owner-1|1700000000.5", px=1000)
+    assert run(client, COMPARE_AND_SWAP, keys.lock, "owner-1", "owner-2|1700000001.5", LONG) == 1
+    assert view.get(keys.lock) == "owner-2|1700000001.5"
+    assert 1000 < view.pttl(keys.lock) <= LONG
+
+
+def test_compare_and_swap_leaves_a_lock_another_token_holds(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.lock, "owner-3|1700000000.5")
+    assert run(client, COMPARE_AND_SWAP, keys.lock, "owner-1", "owner-2|1700000001.5", LONG) == 0
+    assert view.get(keys.lock) == "owner-3|1700000000.5"
+
+
+def test_compare_and_swap_does_not_take_a_free_lock(client: Any, view: Any, keys: Keys) -> None:
+    assert run(client, COMPARE_AND_SWAP, keys.lock, "owner-1", "owner-2|1700000001.5", LONG) == 0
+    assert view.exists(keys.lock) == 0
+
+
+# -- TAKE --------------------------------------------------------------------------------------------------------
+
+
+def test_take_returns_the_waiting_entry_and_deletes_it(client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.entry, "task-1\x1f{}")
+    assert run(client, TAKE, keys.entry) == "task-1\x1f{}"
+    assert view.exists(keys.entry) == 0
+
+
+def test_take_of_no_entry_is_nil(client: Any, keys: Keys) -> None:
+    assert run(client, TAKE, keys.entry) is None
+
+
+# -- running_limit: SLOT_ACQUIRE ---------------------------------------------------------------------------------
+
+
+def attempt_prefix(task: str, retries: int = 0) -> str:
+    """The owner token prefix of an attempt: ``{"task_id":...,"retries":N,``."""
+    return f'{{"task_id":"{task}","retries":{retries},'
+
+
+def owner(task: str, retries: int = 0, delivery: int = 1) -> str:
+    """An owner token: its attempt's prefix, then what tells that attempt's deliveries apart."""
+    return f'{attempt_prefix(task, retries)}"delivery":{delivery}}}'
+
+
+def call_id(task: str, retries: int = 0) -> str:
+    return f"{task}\x1f{retries}"
+
+
+def message(task: str) -> str:
+    return f'{{"message of":"{task}"}}'
+
+
+def handed(task: str, retries: int = 0) -> str:
+    """An entry handed over: ``<call id>\\x1f<message>``."""
+    return f"{call_id(task, retries)}\x1f{message(task)}"
+
+
+def slot_acquire(client: Any, keys: Keys, task: str, *, retries: int = 0, delivery: int = 1, taken: str = "since-1",
+                 lease: int = LONG, limit: int = 1, wait: bool = False, called: int = 0, reserve: int = LONG,
+                 takeover: str = "", with_record: bool = False, call: str = "call-1") -> Any:
+    return run(client, SLOT_ACQUIRE, keys.slots,
+               owner(task, retries, delivery),  # ARGV[1] owner token
+               taken,  # ARGV[2] when the lock is taken
+               lease,  # ARGV[3] lease
+               limit,  # ARGV[4] the limit
+               call_id(task, retries),  # ARGV[5] the call id
+               attempt_prefix(task, retries),  # ARGV[6] the owner token prefix of this attempt
+               "1" if wait else "",  # ARGV[7] join the line if no slot is free
+               called,  # ARGV[8] when the call was made (microseconds)
+               message(task),  # ARGV[9] its message
+               LONG,  # ARGV[10] how long the line is kept
+               reserve,  # ARGV[11] how long a reservation is kept
+               takeover,  # ARGV[12] a token whose slot this owner may take over
+               retries,  # ARGV[13] the attempt
+               call,  # ARGV[14] its call
+               more_keys=[keys.line, keys.messages, *([keys.record] if with_record else [])])
+
+
+def slot_release(client: Any, keys: Keys, task: str, *, delivery: int = 1, limit: int = 1, reserve: int = LONG,
+                 record: Optional[str] = None) -> Any:
+    args: tuple[str | int, ...] = (
+        owner(task, 0, delivery),  # ARGV[1] owner token
+        limit,  # ARGV[2] the limit
+        reserve,  # ARGV[3] how long a reservation is kept
+    )
+    if record is None:
+        return run(client, SLOT_RELEASE, keys.slots, *args, more_keys=[keys.line, keys.messages])
+    # ARGV[4..7] the record to write, its time to live, the attempt, its call
+    return run(client, SLOT_RELEASE, keys.slots, *args, record, LONG, 0, "call-1",
+               more_keys=[keys.line, keys.messages, keys.record])
+
+
+def slot_fields(view: Any, keys: Keys) -> list[str]:
+    """The slots' and reservations' fields (``s:<token>``, ``r:<call id>``), sorted."""
+    return sorted(name for name in view.hkeys(keys.slots) if name[:2] in ("s:", "r:"))
+
+
+def expiry(view: Any, keys: Keys, field: str) -> int:
+    """When a slot or a reservation expires, in the server's milliseconds."""
+    value = view.hget(keys.slots, field)
+    return int(value.split(":" if field.startswith("s:") else "\x1f")[0])
+
+
+def test_slot_acquire_takes_a_free_slot_with_its_lease(client: Any, view: Any, keys: Keys) -> None:
+    before = server_ms(view)
+    assert slot_acquire(client, keys, "task-a", lease=LONG, taken="since-1") == [1, ""]
+    after = server_ms(view)
+    assert slot_fields(view, keys) == [f"s:{owner('task-a')}"]
+    assert view.hget(keys.slots, f"s:{owner('task-a')}").endswith(":since-1")
+    assert before + LONG <= expiry(view, keys, f"s:{owner('task-a')}") <= after + LONG
+    assert view.hget(keys.slots, "limit") == "1"
+
+
+def test_slot_acquire_returns_the_record_of_this_attempt_that_ended_and_takes_nothing(
+        client: Any, view: Any, keys: Keys) -> None:
+    view.set(keys.record, finished(0, "call-1"))
+    assert slot_acquire(client, keys, "task-a", with_record=True, call="call-1") == [2, finished(0, "call-1")]
+    assert view.exists(keys.slots) == 0
+
+
+def test_slot_acquire_puts_a_call_that_waits_in_line_and_answers_its_place(client: Any, view: Any,
+                                                                          keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    assert slot_acquire(client, keys, "task-b", wait=True, called=200) == [3, 1]
+    assert slot_acquire(client, keys, "task-c", wait=True, called=300) == [3, 2]
+    assert view.zrange(keys.line, 0, -1) == [call_id("task-b"), call_id("task-c")]
+    assert view.hget(keys.messages, call_id("task-b")) == message("task-b")
+
+
+def test_slot_acquire_orders_the_line_by_when_the_calls_were_made(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    assert slot_acquire(client, keys, "task-b", wait=True, called=300) == [3, 1]
+    assert slot_acquire(client, keys, "task-c", wait=True, called=200) == [3, 1]
+    assert view.zrange(keys.line, 0, -1) == [call_id("task-c"), call_id("task-b")]
+
+
+def test_slot_acquire_answers_a_call_back_in_line_with_its_place_and_adds_it_once(client: Any, view: Any,
+                                                                                 keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    slot_acquire(client, keys, "task-b", wait=True, called=200)
+    slot_acquire(client, keys, "task-c", wait=True, called=300)
+    assert slot_acquire(client, keys, "task-b", wait=True, called=200) == [3, 1]
+    assert view.zcard(keys.line) == 2
+
+
+def test_slot_acquire_refuses_another_delivery_of_an_attempt_that_holds_a_slot(client: Any, view: Any,
+                                                                                keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a", delivery=1, limit=2)
+    assert slot_acquire(client, keys, "task-a", delivery=2, limit=2) == [4, owner("task-a", delivery=1)]
+    assert slot_fields(view, keys) == [f"s:{owner('task-a', delivery=1)}"]
+
+
+def test_slot_acquire_sent_again_after_a_lost_reply_takes_its_own_slot_again(client: Any, view: Any,
+                                                                              keys: Keys) -> None:
+    assert slot_acquire(client, keys, "task-a", taken="since-1") == [1, ""]
+    assert slot_acquire(client, keys, "task-a", taken="since-1") == [1, ""]
+    assert slot_fields(view, keys) == [f"s:{owner('task-a')}"]
+
+
+def test_slot_acquire_with_the_same_token_taken_at_another_time_is_another_delivery(client: Any, view: Any,
+                                                                                    keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a", taken="since-1", limit=2)
+    assert slot_acquire(client, keys, "task-a", taken="since-2", limit=2) == [4, owner("task-a")]
+    assert view.hget(keys.slots, f"s:{owner('task-a')}").endswith(":since-1")
+
+
+def test_slot_acquire_takes_over_the_slot_of_the_token_it_names(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a", delivery=1)
+    assert slot_acquire(client, keys, "task-a", delivery=2, takeover=owner("task-a", delivery=1)) == [1, ""]
+    assert slot_fields(view, keys) == [f"s:{owner('task-a', delivery=2)}"]
+
+
+def test_slot_acquire_refuses_a_call_when_no_slot_is_free_naming_a_holder(client: Any, view: Any,
+                                                                          keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    assert slot_acquire(client, keys, "task-b", wait=False) == [5, owner("task-a")]
+    assert view.exists(keys.line) == 0
+    assert slot_fields(view, keys) == [f"s:{owner('task-a')}"]
+
+
+def test_slot_acquire_takes_a_slot_under_a_limit_of_two_beside_another(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a", limit=2)
+    assert slot_acquire(client, keys, "task-b", limit=2) == [1, ""]
+    assert slot_fields(view, keys) == sorted([f"s:{owner('task-a')}", f"s:{owner('task-b')}"])
+
+
+def test_slot_acquire_claims_the_slot_reserved_for_a_call_handed_over(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    slot_acquire(client, keys, "task-b", wait=True)
+    assert slot_release(client, keys, "task-a") == [1, handed("task-b")]
+    assert slot_acquire(client, keys, "task-b") == [1, ""]
+    assert slot_fields(view, keys) == [f"s:{owner('task-b')}"]
+
+
+def test_slot_acquire_hands_a_free_slot_to_the_first_call_in_line_not_to_a_newcomer(client: Any, view: Any,
+                                                                                    keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a", limit=1)
+    slot_acquire(client, keys, "task-b", wait=True)
+    # The limit is now two: the slot that came free is the waiting call's.
+    assert slot_acquire(client, keys, "task-c", limit=2) == [5, owner("task-a"), handed("task-b")]
+    assert slot_fields(view, keys) == sorted([f"s:{owner('task-a')}", f"r:{call_id('task-b')}"])
+    assert view.exists(keys.line) == 0
+
+
+def test_slot_acquire_purges_an_expired_slot_and_takes_it(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a", lease=5)
+    wait_for_server_time_past(view, expiry(view, keys, f"s:{owner('task-a')}"))
+    assert slot_acquire(client, keys, "task-b") == [1, ""]
+    assert slot_fields(view, keys) == [f"s:{owner('task-b')}"]
+
+
+def test_slot_acquire_gives_a_waiting_call_back_in_line_the_slot_that_came_free(client: Any, view: Any,
+                                                                                keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a", lease=5)
+    slot_acquire(client, keys, "task-b", wait=True)
+    wait_for_server_time_past(view, expiry(view, keys, f"s:{owner('task-a')}"))
+    assert slot_acquire(client, keys, "task-b", wait=True) == [1, ""]
+    assert slot_fields(view, keys) == [f"s:{owner('task-b')}"]
+    assert view.exists(keys.line, keys.messages) == 0
+
+
+def test_slot_acquire_puts_a_call_whose_reservation_expired_back_in_line_at_its_place(client: Any, view: Any,
+                                                                                     keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    slot_acquire(client, keys, "task-b", wait=True, called=100)
+    slot_acquire(client, keys, "task-c", wait=True, called=200)
+    assert slot_release(client, keys, "task-a", reserve=5) == [1, handed("task-b")]
+    wait_for_server_time_past(view, expiry(view, keys, f"r:{call_id('task-b')}"))
+    # Back at its place, ahead of task-c: the slot is handed to it again, and the newcomer waits behind task-c.
+    assert slot_acquire(client, keys, "task-d", wait=True, called=300) == [3, 2, handed("task-b")]
+    assert view.zrange(keys.line, 0, -1) == [call_id("task-c"), call_id("task-d")]
+
+
+# -- running_limit: SLOT_RELEASE ---------------------------------------------------------------------------------
+
+
+def test_slot_release_frees_the_slot_its_token_holds(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    assert slot_release(client, keys, "task-a") == [1]
+    assert slot_acquire(client, keys, "task-b") == [1, ""]
+
+
+def test_slot_release_of_a_token_without_a_slot_is_0(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-b")
+    assert slot_release(client, keys, "task-a") == [0]
+    assert slot_fields(view, keys) == [f"s:{owner('task-b')}"]
+
+
+def test_slot_release_hands_the_free_slot_to_the_call_made_first(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    slot_acquire(client, keys, "task-b", wait=True, called=300)
+    slot_acquire(client, keys, "task-c", wait=True, called=200)
+    assert slot_release(client, keys, "task-a") == [1, handed("task-c")]
+    reservation = view.hget(keys.slots, f"r:{call_id('task-c')}")
+    assert reservation.split("\x1f")[1:] == ["200", message("task-c")]
+    assert view.zrange(keys.line, 0, -1) == [call_id("task-b")]
+
+
+def test_slot_release_hands_every_free_slot_in_call_order(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    slot_acquire(client, keys, "task-b", wait=True, called=300)
+    slot_acquire(client, keys, "task-c", wait=True, called=200)
+    slot_acquire(client, keys, "task-d", wait=True, called=100)
+    assert slot_release(client, keys, "task-a", limit=2) == [1, handed("task-d"), handed("task-c")]
+    assert view.zrange(keys.line, 0, -1) == [call_id("task-b")]
+
+
+def test_slot_release_writes_the_finished_record(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    assert slot_release(client, keys, "task-a", record=finished(0, "call-1")) == [1]
+    assert view.get(keys.record) == finished(0, "call-1")
+    assert 0 < view.pttl(keys.record) <= LONG
+
+
+def test_slot_release_leaves_no_key_behind_once_nothing_is_held_or_waiting(client: Any, view: Any,
+                                                                          keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    slot_acquire(client, keys, "task-b", wait=True)
+    slot_release(client, keys, "task-a")
+    slot_acquire(client, keys, "task-b")
+    assert slot_release(client, keys, "task-b") == [1]
+    assert view.exists(keys.slots, keys.line, keys.messages) == 0
+
+
+# -- running_limit: SLOT_RENEW, SLOT_CLEAR, SLOT_FORGET ----------------------------------------------------------
+
+
+def test_slot_renew_extends_the_lease_of_the_slot_its_token_holds(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a", lease=1000, taken="since-1")
+    before = server_ms(view)
+    assert run(client, SLOT_RENEW, keys.slots, owner("task-a"), LONG) == 1
+    assert expiry(view, keys, f"s:{owner('task-a')}") >= before + LONG
+    assert view.hget(keys.slots, f"s:{owner('task-a')}").endswith(":since-1")
+    assert view.pttl(keys.slots) > 1000
+
+
+def test_slot_renew_of_a_token_without_a_slot_is_0(client: Any, view: Any, keys: Keys) -> None:
+    assert run(client, SLOT_RENEW, keys.slots, owner("task-a"), LONG) == 0
+    assert view.exists(keys.slots) == 0
+
+
+def test_slot_clear_deletes_a_field_that_still_holds_the_value(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a", limit=2)
+    slot_acquire(client, keys, "task-b", limit=2)
+    field = f"s:{owner('task-a')}"
+    assert run(client, SLOT_CLEAR, keys.slots, field, view.hget(keys.slots, field)) == 1
+    assert slot_fields(view, keys) == [f"s:{owner('task-b')}"]
+
+
+def test_slot_clear_leaves_a_field_whose_value_changed(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    field = f"s:{owner('task-a')}"
+    assert run(client, SLOT_CLEAR, keys.slots, field, "1:since-0") == 0
+    assert slot_fields(view, keys) == [field]
+
+
+def test_slot_clear_deletes_the_key_once_no_slot_or_reservation_is_left(client: Any, view: Any,
+                                                                        keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    field = f"s:{owner('task-a')}"
+    assert run(client, SLOT_CLEAR, keys.slots, field, view.hget(keys.slots, field)) == 1
+    assert view.exists(keys.slots) == 0
+
+
+def slot_forget(client: Any, keys: Keys, task: str, *, limit: int = 1) -> Any:
+    return run(client, SLOT_FORGET, keys.slots,
+               call_id(task),  # ARGV[1] the call id whose place or reservation goes
+               limit,  # ARGV[2] the limit
+               LONG,  # ARGV[3] how long a reservation is kept
+               more_keys=[keys.line, keys.messages])
+
+
+def test_slot_forget_takes_a_call_out_of_the_line(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    slot_acquire(client, keys, "task-b", wait=True, called=100)
+    slot_acquire(client, keys, "task-c", wait=True, called=200)
+    assert slot_forget(client, keys, "task-b") == [1]
+    assert view.zrange(keys.line, 0, -1) == [call_id("task-c")]
+    assert view.hget(keys.messages, call_id("task-b")) is None
+
+
+def test_slot_forget_gives_a_forgotten_reservation_to_the_next_call_in_line(client: Any, view: Any,
+                                                                          keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    slot_acquire(client, keys, "task-b", wait=True, called=100)
+    slot_acquire(client, keys, "task-c", wait=True, called=200)
+    slot_release(client, keys, "task-a")
+    assert slot_forget(client, keys, "task-b") == [1, handed("task-c")]
+    assert slot_fields(view, keys) == [f"r:{call_id('task-c')}"]
+
+
+def test_slot_forget_of_a_call_neither_in_line_nor_reserved_is_0(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    assert slot_forget(client, keys, "task-b") == [0]
+    assert slot_fields(view, keys) == [f"s:{owner('task-a')}"]
+
+
+def test_slot_forget_leaves_no_key_behind_once_nothing_is_held_or_waiting(client: Any, view: Any,
+                                                                         keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    slot_acquire(client, keys, "task-b", wait=True)
+    slot_release(client, keys, "task-a")
+    assert slot_forget(client, keys, "task-b") == [1]
+    assert view.exists(keys.slots, keys.line, keys.messages) == 0
+
+
+# -- debounce: BURST_CALL ----------------------------------------------------------------------------------------
+
+
+def burst_call(client: Any, keys: Keys, token: str, arguments: str = "[]", *, debounce: int = LONG, most: int = 0,
+               overdue: int = LONG) -> Any:
+    return run(client, BURST_CALL, keys.burst,
+               token,  # ARGV[1] a new task id
+               debounce,  # ARGV[2] debounce
+               most,  # ARGV[3] debounce_max (0: none)
+               arguments,  # ARGV[4] the call's arguments
+               LONG,  # ARGV[5] how long past its due time a burst is kept
+               overdue)  # ARGV[6] how long past its due time a burst is taken for one whose message was lost
+
+
+def burst_take(client: Any, keys: Keys, burst_id: str) -> Any:
+    return run(client, BURST_TAKE, keys.burst,
+               burst_id,  # ARGV[1] the burst's task id
+               LONG)  # ARGV[2] how long a started burst's arguments are kept
+
+
+def burst_forget(client: Any, keys: Keys, burst_id: str, what: str, keep: int = LONG) -> Any:
+    return run(client, BURST_FORGET, keys.burst,
+               burst_id,  # ARGV[1] a burst's task id
+               what,  # ARGV[2] "open", "drop" or "closed"
+               keep)  # ARGV[3] with "closed": how long the ended burst's last call is remembered
+
+
+def due(view: Any, keys: Keys) -> int:
+    return int(view.hget(keys.burst, "due"))
+
+
+def closed_burst(client: Any, view: Any, keys: Keys) -> None:
+    """Burst ``t1``, joined by ``t2`` with arguments ``[2]``, due and taken: its execution runs."""
+    burst_call(client, keys, "t1", "[1]", debounce=1)
+    burst_call(client, keys, "t2", "[2]", debounce=1)
+    wait_for_server_time_past(view, due(view, keys))
+    assert burst_take(client, keys, "t1") == [1, "[2]"]
+
+
+def test_burst_call_starts_a_burst_under_its_task_id(client: Any, view: Any, keys: Keys) -> None:
+    assert burst_call(client, keys, "t1", "[1]", debounce=LONG) == [1, "t1", LONG]
+    burst = view.hgetall(keys.burst)
+    assert (burst["id"], burst["count"], burst["args"], burst["by"]) == ("t1", "1", "[1]", "t1")
+    assert int(burst["due"]) == int(burst["first"]) + LONG
+
+
+def test_burst_call_joins_the_open_burst_with_its_arguments(client: Any, view: Any, keys: Keys) -> None:
+    burst_call(client, keys, "t1", "[1]")
+    code, burst_id, ms = burst_call(client, keys, "t2", "[2]")
+    assert (code, burst_id) == (0, "t1")
+    assert 0 < ms <= LONG
+    burst = view.hgetall(keys.burst)
+    assert (burst["id"], burst["count"], burst["args"], burst["by"]) == ("t1", "2", "[2]", "t2")
+
+
+def test_burst_call_puts_the_burst_off_by_the_debounce_at_each_join(client: Any, view: Any, keys: Keys) -> None:
+    burst_call(client, keys, "t1", debounce=1000)
+    first_due = due(view, keys)
+    wait_for_server_time_past(view, int(view.hget(keys.burst, "first")) + 2)
+    before = server_ms(view)
+    burst_call(client, keys, "t2", debounce=1000)
+    assert due(view, keys) >= before + 1000 > first_due
+
+
+def test_burst_call_puts_the_burst_off_no_later_than_debounce_max_after_its_first_call(client: Any, view: Any,
+                                                                                      keys: Keys) -> None:
+    burst_call(client, keys, "t1", debounce=1000, most=1010)
+    first = int(view.hget(keys.burst, "first"))
+    wait_for_server_time_past(view, first + 20)
+    code, _, ms = burst_call(client, keys, "t2", debounce=1000, most=1010)
+    assert code == 0
+    assert due(view, keys) == first + 1010
+    assert ms <= 990
+
+
+def test_burst_call_sent_again_by_the_call_that_started_the_burst_counts_once(client: Any, view: Any,
+                                                                              keys: Keys) -> None:
+    burst_call(client, keys, "t1")
+    code, burst_id, _ = burst_call(client, keys, "t1")
+    assert (code, burst_id) == (1, "t1")
+    assert view.hget(keys.burst, "count") == "1"
+
+
+def test_burst_call_sent_again_by_the_last_call_counts_once(client: Any, view: Any, keys: Keys) -> None:
+    burst_call(client, keys, "t1")
+    burst_call(client, keys, "t2")
+    code, burst_id, _ = burst_call(client, keys, "t2")
+    assert (code, burst_id) == (0, "t1")
+    assert view.hget(keys.burst, "count") == "2"
+
+
+def test_burst_call_sent_again_by_a_call_whose_arguments_run_is_answered_with_that_burst(
+        client: Any, view: Any, keys: Keys) -> None:
+    closed_burst(client, view, keys)
+    assert burst_call(client, keys, "t2") == [0, "t1", 0]
+    assert view.hget(keys.burst, "id") is None
+
+
+def test_burst_call_sent_again_by_the_last_call_of_an_ended_burst_is_answered_with_it(
+        client: Any, view: Any, keys: Keys) -> None:
+    closed_burst(client, view, keys)
+    burst_forget(client, keys, "t1", "closed")
+    assert burst_call(client, keys, "t2") == [0, "t1", 0]
+    assert view.hget(keys.burst, "id") is None
+
+
+def test_burst_call_joining_an_overdue_burst_asks_for_its_message_again(client: Any, view: Any,
+                                                                        keys: Keys) -> None:
+    burst_call(client, keys, "t1", debounce=1, overdue=20)
+    wait_for_server_time_past(view, due(view, keys) + 20)
+    code, burst_id, _ = burst_call(client, keys, "t2", debounce=1, overdue=20)
+    assert (code, burst_id) == (2, "t1")
+    assert view.hget(keys.burst, "count") == "2"
+
+
+def test_burst_call_asks_for_an_overdue_message_at_most_once_per_overdue_interval(client: Any, view: Any,
+                                                                                  keys: Keys) -> None:
+    overdue = 200
+    burst_call(client, keys, "t1", debounce=1, overdue=overdue)
+    wait_for_server_time_past(view, due(view, keys) + overdue)
+    assert burst_call(client, keys, "t2", debounce=1, overdue=overdue)[0] == 2
+    assert burst_call(client, keys, "t3", debounce=1, overdue=overdue)[0] == 0
+    rescued = int(view.hget(keys.burst, "rescued"))
+    assert server_ms(view) <= rescued + overdue, "the second join came too late to show the interval"
+    wait_for_server_time_past(view, max(due(view, keys), rescued) + overdue)
+    assert burst_call(client, keys, "t4", debounce=1, overdue=overdue)[0] == 2
+
+
+# -- debounce: BURST_TAKE ----------------------------------------------------------------------------------------
+
+
+def test_burst_take_of_a_burst_not_yet_due_answers_how_long_until_it_is(client: Any, view: Any,
+                                                                        keys: Keys) -> None:
+    burst_call(client, keys, "t1", debounce=LONG)
+    code, ms = burst_take(client, keys, "t1")
+    assert code == 0
+    assert 0 < ms <= LONG
+    assert view.hget(keys.burst, "id") == "t1"
+
+
+def test_burst_take_of_a_due_burst_runs_it_with_the_last_calls_arguments(client: Any, view: Any,
+                                                                         keys: Keys) -> None:
+    burst_call(client, keys, "t1", "[1]", debounce=1)
+    burst_call(client, keys, "t2", "[2]", debounce=1)
+    wait_for_server_time_past(view, due(view, keys))
+    assert burst_take(client, keys, "t1") == [1, "[2]"]
+
+
+def test_burst_take_of_a_due_burst_closes_it_so_that_a_new_call_starts_a_new_burst(client: Any, view: Any,
+                                                                                   keys: Keys) -> None:
+    closed_burst(client, view, keys)
+    assert view.hget(keys.burst, "id") is None
+    assert burst_call(client, keys, "t3", debounce=LONG) == [1, "t3", LONG]
+
+
+def test_burst_take_by_a_copy_of_a_closed_bursts_message_runs_the_same_arguments(client: Any, view: Any,
+                                                                                 keys: Keys) -> None:
+    closed_burst(client, view, keys)
+    assert burst_take(client, keys, "t1") == [1, "[2]"]
+
+
+def test_burst_take_of_no_burst_is_2(client: Any, keys: Keys) -> None:
+    assert burst_take(client, keys, "t1") == [2]
+
+
+def test_burst_take_of_another_burst_than_the_open_one_is_2(client: Any, view: Any, keys: Keys) -> None:
+    burst_call(client, keys, "t1", debounce=1)
+    wait_for_server_time_past(view, due(view, keys))
+    assert burst_take(client, keys, "t9") == [2]
+    assert view.hget(keys.burst, "id") == "t1"
+
+
+# -- debounce: BURST_FORGET --------------------------------------------------------------------------------------
+
+
+def test_burst_forget_open_forgets_a_burst_no_other_call_joined(client: Any, view: Any, keys: Keys) -> None:
+    burst_call(client, keys, "t1")
+    assert burst_forget(client, keys, "t1", "open") == 1
+    assert view.hget(keys.burst, "id") is None
+
+
+def test_burst_forget_open_keeps_a_burst_another_call_joined(client: Any, view: Any, keys: Keys) -> None:
+    burst_call(client, keys, "t1")
+    burst_call(client, keys, "t2")
+    assert burst_forget(client, keys, "t1", "open") == 0
+    assert view.hget(keys.burst, "id") == "t1"
+
+
+def test_burst_forget_drop_forgets_the_open_burst_even_when_joined(client: Any, view: Any, keys: Keys) -> None:
+    burst_call(client, keys, "t1")
+    burst_call(client, keys, "t2")
+    assert burst_forget(client, keys, "t1", "drop") == 1
+    assert view.hget(keys.burst, "id") is None
+
+
+def test_burst_forget_of_another_burst_than_the_open_one_is_0(client: Any, view: Any, keys: Keys) -> None:
+    burst_call(client, keys, "t1")
+    assert burst_forget(client, keys, "t9", "drop") == 0
+    assert view.hget(keys.burst, "id") == "t1"
+
+
+def test_burst_forget_closed_forgets_the_arguments_its_execution_ran_with(client: Any, view: Any,
+                                                                          keys: Keys) -> None:
+    closed_burst(client, view, keys)
+    assert burst_forget(client, keys, "t1", "closed") == 1
+    assert burst_take(client, keys, "t1") == [2]
+
+
+def test_burst_forget_closed_remembers_only_the_ended_bursts_last_call_for_the_time_given(
+        client: Any, view: Any, keys: Keys) -> None:
+    closed_burst(client, view, keys)
+    burst_forget(client, keys, "t1", "closed", keep=5000)
+    assert view.hgetall(keys.burst) == {"prev": "t2 t1"}
+    assert 0 < view.pttl(keys.burst) <= 5000
+
+
+def test_burst_forget_closed_of_a_burst_not_running_is_0(client: Any, keys: Keys) -> None:
+    assert burst_forget(client, keys, "t1", "closed") == 0
