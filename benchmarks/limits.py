@@ -115,7 +115,7 @@ def _case(store: LockStore, client: Any, limit: int, waiting: int, pairs: int) -
         started = time.perf_counter()
         if limit == 1:
             running = lock_key(TASK, digest, RUNNING)
-            store.pickup(lock_key(TASK, digest, QUEUE), task_id, running, me, LEASE,
+            store.locks.pickup(lock_key(TASK, digest, QUEUE), task_id, running, me, LEASE,
                          finished=FinishedCheck(finished_key(running, task_id), 0, "-"))
         else:
             store.slot_pickup(None, task_id, slots, line, me.token, f"{time.time():.3f}", LEASE, limit,
@@ -127,7 +127,7 @@ def _case(store: LockStore, client: Any, limit: int, waiting: int, pairs: int) -
         started = time.perf_counter()
         if limit == 1:
             running = lock_key(TASK, digest, RUNNING)
-            store.release_running(running, me.token, _record(running, me.token))
+            store.locks.release_running(running, me.token, _record(running, me.token))
         else:
             store.slot_release(slots, line, me.token, limit, RESERVE_SECONDS, _record(slots, me.token))
         releases.append((time.perf_counter() - started) * 1e6)

@@ -113,14 +113,14 @@ def test_a_lock_whose_slot_moved_to_another_node_is_found_there(
     topology, _ = cluster
     store = LockStore(locks)
     queue_key, running_key = lock_keys(echo, new_tag("cluster-moved"))
-    assert store.acquire_queue(queue_key, "id-1", 60).acquired
+    assert store.locks.acquire_queue(queue_key, "id-1", 60).acquired
     topology.move_slot_of(queue_key)  # behind the client's back: its slot map is now stale
     redirected_before = error_replies(topology, "MOVED")
 
-    assert store.pickup(queue_key, "id-1", running_key, OWNER_1, 60).acquired
+    assert store.locks.pickup(queue_key, "id-1", running_key, OWNER_1, 60).acquired
     assert error_replies(topology, "MOVED") > redirected_before
     assert not locks.exists(queue_key)
-    assert store.release(running_key, OWNER_1.token, prefix=True)
+    assert store.locks.release(running_key, OWNER_1.token, prefix=True)
 
 
 def test_a_lock_call_whose_reply_was_lost_is_not_sent_again_behind_the_librarys_back(
@@ -132,8 +132,8 @@ def test_a_lock_call_whose_reply_was_lost_is_not_sent_again_behind_the_librarys_
     node = topology.node_of(running_key)
     sent_to_node = sum(topology.node_of(key) is node for key in (queue_key, running_key))
     # Scripts loaded on the nodes first: a NOSCRIPT reply would mean the call never ran.
-    assert store.pickup(queue_key, "id-0", running_key, OWNER_0, 60).acquired
-    assert store.release(running_key, OWNER_0.token, prefix=True)
+    assert store.locks.pickup(queue_key, "id-0", running_key, OWNER_0, 60).acquired
+    assert store.locks.release(running_key, OWNER_0.token, prefix=True)
     runs_before = script_runs(node)
     # The node stops answering for longer than the client waits, then runs what it was sent.
     sleeper = node.make_client().connection_pool.get_connection()
@@ -142,12 +142,12 @@ def test_a_lock_call_whose_reply_was_lost_is_not_sent_again_behind_the_librarys_
     wait_until(lambda: not answers(probe), what="the node to sleep")
 
     with pytest.raises(redis.RedisError):  # the timeout, after the store's tries (none here)
-        store.pickup(queue_key, "id-1", running_key, OWNER_1, 60)
+        store.locks.pickup(queue_key, "id-1", running_key, OWNER_1, 60)
     assert sleeper.read_response() == b"OK"
     wait_until(lambda: OWNER_1.holds((locks.get(running_key) or b"").decode()), what="the node to run the call")
     # Once: sent again, the call would have found its own token and reported a duplicate.
     assert script_runs(node) - runs_before == sent_to_node
-    assert store.release(running_key, OWNER_1.token, prefix=True)
+    assert store.locks.release(running_key, OWNER_1.token, prefix=True)
 
 
 def script_runs(node: Server) -> int:
@@ -184,9 +184,9 @@ def test_a_user_limited_to_the_library_takes_and_releases_locks_on_every_node(
     tags = tags_on_every_node(store.client, "cluster-acl")
     for tag in tags:
         queue_key, running_key = lock_keys(echo, tag)
-        assert store.acquire_queue(queue_key, "id-1", 60).acquired
-        assert store.pickup(queue_key, "id-1", running_key, OWNER_1, 60).acquired
-        assert store.release(running_key, OWNER_1.token, prefix=True)
+        assert store.locks.acquire_queue(queue_key, "id-1", 60).acquired
+        assert store.locks.pickup(queue_key, "id-1", running_key, OWNER_1, 60).acquired
+        assert store.locks.release(running_key, OWNER_1.token, prefix=True)
     assert list(scan_keys(store.client, "once_task:*cluster-acl*")) == []
     assert [entry for node in topology.nodes for entry in node.client.acl_log()] == []
 

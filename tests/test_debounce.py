@@ -174,7 +174,9 @@ def test_a_debounced_execution_keeps_its_running_lock(worker: Worker, recs: Any)
 
 def _sent_again(locks: Any, key: str, token: str) -> tuple[int, str, int]:
     """A call's BURST_CALL sent again with its token, as after a lost reply (debounce 50 ms)."""
-    return LockStore(locks).burst_call(key, token, 50, 0, json.dumps({"args": [token], "kwargs": {}}), 60_000, 60_000)
+    return tuple(LockStore(locks).bursts.call(key, token, debounce=0.05, most=None,
+                                              arguments=json.dumps({"args": [token], "kwargs": {}}), keep=60,
+                                              overdue=60))  # type: ignore[return-value]
 
 
 def test_a_call_sent_again_while_it_is_the_bursts_last_is_counted_once(locks: Any) -> None:
@@ -192,12 +194,12 @@ def test_a_call_sent_again_after_its_burst_closed_does_not_start_another(locks: 
     _sent_again(locks, key, first)
     _sent_again(locks, key, second)
     store = LockStore(locks)
-    wait_until(lambda: store.burst_take(key, first, 60_000)[0] == 1, what="the burst to close")
+    wait_until(lambda: store.bursts.take(key, first, 60).code == 1, what="the burst to close")
     # Its arguments run in the closed burst: the call is answered as its first try was.
     assert _sent_again(locks, key, second) == (0, first, 0)
     assert not locks.hexists(key, "id")
     # Its execution ended: the call is still recognised, for as long as its retries may last.
-    store.burst_forget(key, first, "closed", remember_ms=5_000)
+    store.bursts.forget(key, first, "closed", remember=5)
     assert _sent_again(locks, key, second) == (0, first, 0)
     assert locks.hkeys(key) == [b"prev"] and 0 < locks.pttl(key) <= 5_000
 

@@ -79,7 +79,7 @@ def test_retry_whose_earlier_attempt_released_in_between_takes_the_lock(locks: A
     """The race a retry with countdown=0 can meet: the takeover finds the lock already free."""
     from celery.app.task import Context
 
-    from celery_once_task import execute
+    from celery_once_task import running as running_lock
     from celery_once_task.ownership import RunningOwner
     from celery_once_task.store import LockStore
 
@@ -89,8 +89,10 @@ def test_retry_whose_earlier_attempt_released_in_between_takes_the_lock(locks: A
     retry = RunningOwner.for_execution(task_id, 1)
     store = LockStore(locks)
     # The retry saw the earlier attempt's token; the earlier attempt has since released it.
-    held = execute._conflict(tasks.retrying, tasks.retrying.once_settings(), Context(id=task_id, retries=1), store,
-                             running, retry, earlier.value())
+    settings = tasks.retrying.once_settings()
+    held = running_lock._conflict(tasks.retrying, Context(id=task_id, retries=1),
+                                  running_lock.RunningLock(store, settings, running, running.rsplit(":", 2)[1], retry),
+                                  earlier.value())
     assert held.token == retry.token
     assert retry.holds(locks.get(running).decode())
     locks.delete(running)

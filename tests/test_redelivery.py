@@ -129,9 +129,9 @@ def test_an_earlier_attempt_never_replaces_the_record_of_a_later_one(locks: Any)
     for attempt in (1, 0):
         owner = RunningOwner(task_id, attempt, "w@host", "0123456789abcdef", True)
         record = Finished(attempt, "-", "0123456789abcdef", 1, True, 0.0)
-        store.release_running(running, owner.token, FinishedRecord(key, record.value(), 60, attempt, "-"))
+        store.locks.release_running(running, owner.token, FinishedRecord(key, record.value(), 60, attempt, "-"))
     assert Finished.parse(locks.get(key)) == Finished(1, "-", "0123456789abcdef", 1, True, 0.0)
     copy = RunningOwner(task_id, 0, "w@host", "0123456789abcdef", True)
-    pickup = store.pickup(None, task_id, running, copy, 60, finished=FinishedCheck(key, 0, "-"))
+    pickup = store.locks.pickup(None, task_id, running, copy, 60, finished=FinishedCheck(key, 0, "-"))
     assert not pickup.acquired and pickup.finished is not None
     assert locks.exists(running) == 0

@@ -18,13 +18,11 @@ from typing import Any, Optional
 from . import debounce
 from .headers import BURST_HEADER, DIGEST_HEADER
 from .janitor import Cleanup, janitor
-from .keys import QUEUE, RUNNING, finished_key, lock_key, well_formed_digest
-from .limits import RESERVE_SECONDS, call_id, keys_of, limit_of, limited
+from .keys import QUEUE, RUNNING, WAITING, call_id, finished_key, lock_key, waiting_token, well_formed_digest
+from .limits import RESERVE_SECONDS, limit_of, limited, slots_key
 from .ownership import RunningOwner
 from .redelivery import call_of_headers, result_stored, writer_instance, writer_prefix
 from .settings import resolve
-from .store import waiting_token
-from .waiting import WAITING
 
 logger = logging.getLogger("celery_once_task")
 
@@ -76,15 +74,15 @@ def release_locks(
             return
         owner = RunningOwner.for_execution(task_id, retries)
         if limited(task, settings):
-            slots, line = keys_of(task, digest)
+            slots = slots_key(task, digest)
             if queue:
                 # A call waiting in the key's line leaves it (or the slot reserved for it).
                 janitor.add(Cleanup(url, slots, call_id(task_id, owner.retries), False, task, task_id, reason,
-                                    options=options, line=line, limit=limit_of(task), reserve=RESERVE_SECONDS,
+                                    options=options, slot=True, limit=limit_of(task), reserve=RESERVE_SECONDS,
                                     forget=True))
             if running:
                 janitor.add(Cleanup(url, slots, owner.token, True, task, task_id, reason, pid, options=options,
-                                    line=line, limit=limit_of(task), reserve=RESERVE_SECONDS))
+                                    slot=True, limit=limit_of(task), reserve=RESERVE_SECONDS))
             running_key = slots
         else:
             running_key = lock_key(task.name, digest, RUNNING)

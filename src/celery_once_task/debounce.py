@@ -49,12 +49,12 @@ from .deferral import defer
 from .errors import LockStoreUnavailable
 from .headers import BURST_HEADER, header
 from .janitor import Cleanup, janitor
-from .keys import BURST, limited_key
+from .keys import BURST, limited_key, new_task_id
 from .ownership import Lease
-from .publish import new_task_id
 from .settings import Settings
-from .store import LockStore, RetryPolicy
+from .store import LockStore, store_for
 from .store.connection import redact_url
+from .store.lua.bursts import Called, Taken
 
 logger = logging.getLogger("celery_once_task")
 
@@ -86,17 +86,14 @@ def publish(task: Any, settings: Settings, digest: str, args: Optional[Sequence[
         arguments: str = dumps({"args": list(args or ()), "kwargs": dict(kwargs or {})})  # type: ignore[no-untyped-call]
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{task.name}: a debounced call's arguments must be JSON (kombu's): {exc}") from None
-    debounce_ms = _ms(settings.debounce or 0)
-    most_ms = _ms(settings.debounce_max) if settings.debounce_max else 0
-    keep_ms = _ms(settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl)
+    # A message overdue by two leases is taken for lost (a duplicate of one that was merely late
+    # runs once all the same: see ``take``).
+    overdue = 2 * Lease(settings.heartbeat_timeout).ttl
     try:
-        store = LockStore.for_url(settings.redis_url, settings.redis_options,
-                                  lambda: RetryPolicy.of_app(task.app))
-        # A message overdue by two leases is taken for lost (a duplicate of one that was merely late
-        # runs once all the same: see ``take``).
-        overdue_ms = _ms(2 * Lease(settings.heartbeat_timeout).ttl)
-        code, burst_id, due_ms = store.burst_call(key, new_task_id(), debounce_ms, most_ms, arguments, keep_ms,
-                                                  overdue_ms)
+        store = store_for(task, settings)
+        code, burst_id, due_ms = store.bursts.call(
+            key, new_task_id(), debounce=settings.debounce or 0, most=settings.debounce_max, arguments=arguments,
+            keep=settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl, overdue=overdue)
     except RedisError as exc:
         if settings.fail_open:
             logger.warning("%s: lock operation failed: the lock store is unreachable; published at once, not "
@@ -106,30 +103,30 @@ def publish(task: Any, settings: Settings, digest: str, args: Optional[Sequence[
             f"{task.name}: the lock store {redact_url(settings.redis_url)} is unreachable, so the call was not "
             f"published (burst {key}): {exc}"
         ) from exc
-    if code == 0:
+    if code is Called.JOINED:
         logger.info("%s[%s]: call joined burst %s; due in %.3fs", task.name, burst_id, key, due_ms / 1000)
         return task.AsyncResult(burst_id)
     headers = {**(options.get("headers") or {}), BURST_HEADER: "1"}
     message_options = {**options, "headers": headers, "countdown": due_ms / 1000}
     message_options.pop("eta", None)
-    if code == 2:
+    if code is Called.OVERDUE:
         logger.warning("%s[%s]: burst %s is overdue and its message was not seen: published again",
                        task.name, burst_id, key)
     try:
         result = send(burst_id, message_options)
     except BaseException:
-        if code == 1:
+        if code is Called.STARTED:
             # No message behind the burst: the next call starts a new one.
             try:
-                if not store.burst_forget(key, burst_id, "open"):
+                if not store.bursts.forget(key, burst_id, "open"):
                     logger.error("%s[%s]: burst %s kept for the calls that joined it: its message could not be "
                                  "published; the next call made %.1fs after it was due publishes it again",
-                                 task.name, burst_id, key, overdue_ms / 1000)
+                                 task.name, burst_id, key, overdue)
             except RedisError as exc:
                 logger.warning("%s[%s]: lock operation failed: burst %s not forgotten after its message could "
                                "not be published: %s", task.name, burst_id, key, exc)
         raise
-    if code == 1:
+    if code is Called.STARTED:
         logger.info("%s[%s]: burst %s started; due in %.3fs", task.name, burst_id, key, due_ms / 1000)
     return result
 
@@ -145,27 +142,27 @@ def take(task: Any, settings: Settings, digest: str, request: Any, args: tuple[A
         return None, args, kwargs
     key = burst_key(task, digest)
     keep = settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl
-    store = LockStore.for_url(settings.redis_url, settings.redis_options, lambda: RetryPolicy.of_app(task.app))
     try:
-        code, detail = store.burst_take(key, request.id, _ms(keep))
+        store = store_for(task, settings)
+        taken = store.bursts.take(key, request.id, keep)
     except RedisError as exc:
         # Neither run with arguments that may be stale nor drop it: look again in a moment.
         logger.warning("%s[%s]: lock operation failed: burst %s unreachable; deferred by %.1fs: %s",
                        task.name, request.id, key, Lease(settings.heartbeat_timeout).interval, exc)
         defer(task, request, {}, Lease(settings.heartbeat_timeout).interval)
         raise Ignore() from None
-    if code == 0:
-        seconds = int(detail) / 1000
+    if taken.code is Taken.NOT_DUE:
+        seconds = taken.due_ms / 1000
         logger.info("%s[%s]: execution waiting: burst %s was extended; due in %.3fs", task.name, request.id, key,
                     seconds)
         defer(task, request, {}, seconds)
         raise Ignore()
-    if code == 2:
+    if taken.code is Taken.NONE:
         # No such burst: the lock store lost it, or its execution ended (a copy of its message, which the
         # finished record turns away). It runs with the message's own arguments.
         logger.info("%s[%s]: burst %s not found: runs with its message's arguments", task.name, request.id, key)
         return Burst(store, settings, key, request.id), args, kwargs
-    data: Any = loads(detail)  # type: ignore[no-untyped-call]
+    data: Any = loads(taken.arguments)  # type: ignore[no-untyped-call]
     logger.info("%s[%s]: burst %s runs with its last call's arguments", task.name, request.id, key)
     return Burst(store, settings, key, request.id), tuple(data.get("args") or ()), dict(data.get("kwargs") or {})
 
@@ -173,7 +170,7 @@ def take(task: Any, settings: Settings, digest: str, request: Any, args: tuple[A
 def done(task: Any, burst: Burst) -> None:
     """The burst's execution ended: forget the arguments it ran with (the janitor does, if the store is away)."""
     try:
-        burst.store.burst_forget(burst.key, burst.task_id, "closed", remember_ms(burst.settings))
+        burst.store.bursts.forget(burst.key, burst.task_id, "closed", remember(burst.settings))
     except RedisError as exc:
         logger.warning("%s[%s]: lock operation failed: burst %s not cleared; left to the janitor: %s", task.name,
                        burst.task_id, burst.key, exc)
@@ -186,10 +183,6 @@ def ended(task: Any, settings: Settings, key: str, task_id: str, reason: str, pi
                    burst=True)
 
 
-def remember_ms(settings: Settings) -> int:
+def remember(settings: Settings) -> float:
     """How long an ended burst's last call is recognised if sent again: one lease (its retries are over by then)."""
-    return _ms(Lease(settings.heartbeat_timeout).ttl)
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
+    return Lease(settings.heartbeat_timeout).ttl

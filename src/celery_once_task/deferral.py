@@ -14,13 +14,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from celery import Task
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
 from .headers import DIGEST_HEADER, TAKEOVER_HEADER, message_headers
 from .janitor import Cleanup, janitor
 from .ownership import RunningOwner
+from .republish import republish
 from .settings import Settings
 
 logger = logging.getLogger("celery_once_task")
@@ -33,7 +33,8 @@ DEFER_SECONDS = 5.0
 def defer(task: Any, request: Any, headers: Mapping[str, Any], countdown: float) -> None:
     """Publish this message again, same id and attempt, to run ``countdown`` seconds from now.
 
-    Past the queue lock: the caller has decided what the copy holds. If
+    Past the queue lock, and past every ``apply_async`` override
+    (``republish``): the caller has decided what the copy holds. If
     publishing fails the error propagates: the task fails visibly rather
     than vanish.
     """
@@ -41,7 +42,7 @@ def defer(task: Any, request: Any, headers: Mapping[str, Any], countdown: float)
     signature = task.signature_from_request(
         request, request.args, request.kwargs, countdown=countdown, retries=request.retries, headers=headers
     )
-    Task.apply_async(task, signature.args, signature.kwargs, **signature.options)
+    republish(task, signature.args, signature.kwargs, signature.options)
 
 
 def store_down(

@@ -25,7 +25,7 @@ from typing import Any, Optional
 from redis.exceptions import RedisError
 
 from .events import lock_recovered
-from .store import FinishedRecord, LockStore
+from .store import FinishedRecord, LockStore, StoreUnavailable
 from .waiting import hand_over_entries
 
 logger = logging.getLogger("celery_once_task")
@@ -59,12 +59,12 @@ class Cleanup:
     options: Mapping[str, Any] = field(default_factory=dict)
     #: The finished record of the execution that ended, written with the release (see ``redelivery``).
     record: Optional[FinishedRecord] = None
-    #: A slot of a limited key (see ``limits``): the key's line, its limit, and how long a slot
-    #: handed to a waiting call is reserved for it.
-    line: Optional[tuple[str, str]] = None
+    #: ``key`` is a limited key's slots (see ``limits``): its limit, and how long a slot handed to a
+    #: waiting call is reserved for it.
+    slot: bool = False
     limit: int = 1
     reserve: float = 0.0
-    #: With ``line``: ``token`` is a revoked call's id, to be taken out of the line (no slot is freed).
+    #: With ``slot``: ``token`` is a revoked call's id, to be taken out of the line (no slot is freed).
     forget: bool = False
     #: ``key`` is a debounced key's burst: forget the arguments the execution ``token`` ran with
     #: (see ``debounce``).
@@ -202,15 +202,33 @@ class Janitor:
 def _release(store: LockStore, cleanup: Cleanup) -> tuple[bool, list[str]]:
     """Make one owner-checked delete; whether it deleted, and the waiting calls it handed a slot to."""
     if cleanup.burst:
-        return store.burst_forget(cleanup.key, cleanup.token, "closed"), []
-    if cleanup.line is not None and cleanup.forget:
-        return store.slot_forget(cleanup.key, cleanup.line, cleanup.token, cleanup.limit, cleanup.reserve)
-    if cleanup.line is not None:
-        return store.slot_release(cleanup.key, cleanup.line, cleanup.token, cleanup.limit, cleanup.reserve,
-                                  cleanup.record)
+        return store.bursts.forget(cleanup.key, cleanup.token, "closed"), []
+    if cleanup.slot and cleanup.forget:
+        return store.slots.forget(cleanup.key, cleanup.token, cleanup.limit, cleanup.reserve)
+    if cleanup.slot:
+        return store.slots.release(cleanup.key, cleanup.token, cleanup.limit, cleanup.reserve, cleanup.record)
     if cleanup.record is not None:
-        return store.release_running(cleanup.key, cleanup.token, cleanup.record), []
-    return store.release(cleanup.key, cleanup.token, prefix=cleanup.prefix), []
+        return store.locks.release_running(cleanup.key, cleanup.token, cleanup.record), []
+    return store.locks.release(cleanup.key, cleanup.token, prefix=cleanup.prefix), []
+
+
+def release_or_leave(
+    store: LockStore, settings: Any, task: Any, task_id: Optional[str], key: str, token: str, reason: str,
+    *, prefix: bool = False, record: Optional[FinishedRecord] = None,
+) -> None:
+    """Release ``key`` by ``token`` now, or leave it to the janitor until the store answers; with ``record``."""
+    try:
+        if record is None:
+            store.locks.release(key, token, prefix=prefix)
+        else:
+            store.locks.release_running(key, token, record)
+    except RedisError as exc:
+        if isinstance(exc, StoreUnavailable) or getattr(exc, "maybe_applied", True):
+            janitor.add(Cleanup(settings.redis_url, key, token, prefix, task, task_id, reason,
+                                options=settings.redis_options, record=record))
+        else:  # an error reply: the store answered and will answer the same again
+            logger.warning("%s[%s]: lock operation failed: could not release lock %s (%s): %s",
+                           _name(task), task_id, key, reason, exc)
 
 
 def _name(task: Any) -> str:

@@ -7,9 +7,9 @@ are a hash, its waiting calls a list, in one Redis Cluster hash slot):
 * a slot is a lease, as the running lock is: valued with its owner token,
   renewed in the worker's renewal round trip (``renewal``), freed within a
   lease when its worker dies, released by its owner token alone;
-* pickup is one round trip (``scripts.SLOT_ACQUIRE``): the queue lock's
+* pickup is one round trip (``lua.slots.SLOT_ACQUIRE``): the queue lock's
   release and the slot, whatever N; the release is one round trip too
-  (``scripts.SLOT_RELEASE``), and records the execution's end
+  (``lua.slots.SLOT_RELEASE``), and records the execution's end
   (``redelivery``);
 * beyond N, under ``running_lock_conflict="reject"`` the execution fails
   with ``OnceTaskLocked``; under ``"wait"`` it joins the key's *line*, in
@@ -42,26 +42,18 @@ from typing import Any, NamedTuple, Optional
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
+from . import holds
 from .deferral import defer, store_down
-from .events import duplicate_execution, lock_recovered
-from .headers import AFTER_HEADER, CALLED_HEADER, TAKEOVER_HEADER, header, message_headers
+from .events import duplicate_execution
+from .headers import CALLED_HEADER, header, message_headers
 from .janitor import Cleanup, janitor
-from .keys import MESSAGES, QUEUE, SLOTS, WAITERS, finished_key, limited_key, lock_key
+from .keys import SLOTS, call_id, finished_key, limited_key
 from .ownership import Lease, RunningOwner, running_ttl
-from .redelivery import call_of, copy_of_finished, ended, guard_seconds
-from .rejection import record_rejection, reject_duplicate
+from .protocols import TaskLike, TaskRequest
+from .redelivery import call_of, copy_of_finished
 from .settings import Settings
-from .store import (
-    FINISHED,
-    FULL,
-    IN_LINE,
-    SAME_ATTEMPT,
-    FinishedCheck,
-    FinishedRecord,
-    Joining,
-    LockStore,
-    RetryPolicy,
-)
+from .store import Claim, FinishedCheck, Joining, LockStore, store_for
+from .store.lua.slots import SlotCode
 from .waiting import hand_over_entries as hand_over
 from .waiting import message_of
 
@@ -87,19 +79,9 @@ def limited(task: Any, settings: Settings) -> bool:
     return limit_of(task) > 1 or (settings.running_lock_conflict == "wait" and not task.queue_lock)
 
 
-def keys_of(task: Any, digest: str) -> tuple[str, tuple[str, str]]:
-    """The slots of a limited call, and its line: the waiting calls, and their messages."""
-    return limited_key(task.name, digest, SLOTS), (limited_key(task.name, digest, WAITERS),
-                                                   limited_key(task.name, digest, MESSAGES))
-
-
-def call_id(task_id: str, attempt: int) -> str:
-    return f"{task_id}\x1f{attempt}"
-
-
-def attempt_prefix(owner: RunningOwner) -> str:
-    """The owner tokens of every execution of this attempt begin with this."""
-    return owner.token[: owner.token.index(',"worker"') + 1]
+def slots_key(task: Any, digest: str) -> str:
+    """The slots of a limited call; its line and their messages are siblings (``store.slots.line_of``)."""
+    return limited_key(task.name, digest, SLOTS)
 
 
 class Slot(NamedTuple):
@@ -107,80 +89,110 @@ class Slot(NamedTuple):
 
     store: LockStore
     settings: Settings
-    key: str
-    token: str
+    claim: Claim
     finished: Optional[FinishedCheck]
-    #: The key's line of waiting calls, and their messages.
-    line: tuple[str, str]
-    limit: int
+
+    @property
+    def key(self) -> str:
+        return self.claim.key
+
+    @property
+    def token(self) -> str:
+        return self.claim.token
+
+    def describe(self) -> str:
+        return f"a slot of {self.key}"
+
+    def retake(self, task: TaskLike, request: TaskRequest) -> bool:
+        pickup = self.store.slots.pickup(self.claim, _now())
+        hand_over(task, pickup.handed, self.key)
+        return pickup.code not in _NOT_TAKEN
+
+    def take_over(self, task: TaskLike, request: TaskRequest, holder_token: str) -> bool:
+        pickup = self.store.slots.pickup(self.claim, _now(), takeover=holder_token)
+        hand_over(task, pickup.handed, self.key)
+        return pickup.code not in _NOT_TAKEN
+
+    def release(self, task: TaskLike, task_id: Optional[str], outcome: Optional[BaseException] = None,
+                reason: str = "task ended") -> None:
+        """Free the slot by its owner token, recording the end; hand the free slots to the line."""
+        record = holds.finished_record(task, self, outcome)
+        claim = self.claim
+        try:
+            _, handed = self.store.slots.release(claim.key, claim.token, claim.limit, claim.reserve, record)
+        except RedisError as exc:
+            logger.warning("%s[%s]: lock operation failed: could not release a slot of %s (%s); retrying until the "
+                           "lock store answers: %s", task.name, task_id, claim.key, reason, exc)
+            janitor.add(Cleanup(self.settings.redis_url, claim.key, claim.token, True, task, task_id, reason,
+                                options=self.settings.redis_options, record=record, slot=True, limit=claim.limit,
+                                reserve=claim.reserve))
+            return
+        hand_over(task, handed, claim.key)
 
 
-def pick_up(task: Any, settings: Settings, digest: str, request: Any) -> Optional[Slot]:
+#: The pickup codes under which the execution did not get a slot.
+_NOT_TAKEN = (SlotCode.SAME_ATTEMPT, SlotCode.IN_LINE, SlotCode.FULL)
+
+
+def _now() -> str:
+    """When a slot is taken, as its value records it: with the token, it tells a pickup's try sent again."""
+    return f"{time.time():.3f}"
+
+
+def pick_up(task: TaskLike, settings: Settings, digest: str, request: TaskRequest, queue_key: Optional[str],
+            takeover: str, after: str) -> Optional[Slot]:
     """Release the queue lock and take a slot; what an execution beyond the limit gets otherwise."""
-    slots, line = keys_of(task, digest)
-    queue_key = lock_key(task.name, digest, QUEUE) if task.queue_lock and not request.is_eager else None
+    key = slots_key(task, digest)
     owner = RunningOwner.for_execution(request.id, request.retries)
-    check = None if request.is_eager else FinishedCheck(finished_key(slots, request.id), owner.retries,
+    check = None if request.is_eager else FinishedCheck(finished_key(key, request.id), owner.retries,
                                                         call_of(request))
-    takeover = header(request, TAKEOVER_HEADER)
-    takeover = takeover if isinstance(takeover, str) else ""
-    limit = limit_of(task)
-    lease = running_ttl(settings, owner)
-    since = f"{time.time():.3f}"
-    same = attempt_prefix(owner)
-    ident = call_id(request.id, owner.retries)
-    held = Slot(_store(task, settings), settings, slots, owner.token, check, line, limit)
+    claim = Claim(key, owner.token, owner.attempt_prefix, call_id(request.id, owner.retries), limit_of(task),
+                  running_ttl(settings, owner), RESERVE_SECONDS)
+    since = _now()
     try:
-        pickup = held.store.slot_pickup(queue_key, request.id, slots, line, owner.token, since, lease, limit, ident,
-                                        same, reserve=RESERVE_SECONDS, takeover=takeover, finished=check)
-        if pickup.code == FINISHED:
-            pickup = copy_of_finished(
-                task, settings, request, held.store, slots, pickup.detail,
-                lambda: held.store.slot_pickup(None, request.id, slots, line, owner.token, since, lease, limit,
-                                               ident, same, reserve=RESERVE_SECONDS))
+        held = Slot(store_for(task, settings), settings, claim, check)
+        pickup = held.store.slots.pickup(claim, since, queue_key=queue_key, task_id=request.id, takeover=takeover,
+                                         finished=check)
+        if pickup.code == SlotCode.FINISHED:
+            pickup = copy_of_finished(task, settings, request, held.store, key, pickup.detail,
+                                      lambda: held.store.slots.pickup(claim, since))
     except RedisError as exc:
-        lost = Cleanup(settings.redis_url, slots, owner.token, True, task, request.id, "pickup refused",
-                       options=settings.redis_options, line=line, limit=limit, reserve=RESERVE_SECONDS)
-        store_down(task, settings, digest, request, slots, owner, exc, lost)
+        store_down(task, settings, digest, request, key, owner, exc, _lost(task, settings, request, claim))
         return None
-    hand_over(task, pickup.handed, slots)
-    if pickup.code == SAME_ATTEMPT:
-        return _same_attempt(task, settings, request, held, pickup.detail)
-    if pickup.code == IN_LINE:
+    hand_over(task, pickup.handed, key)
+    if pickup.code == SlotCode.SAME_ATTEMPT:
+        holds.same_attempt(task, request, held, pickup.detail)
+        return held
+    if pickup.code == SlotCode.IN_LINE:
         # A copy of a call that is still waiting in line: back to the broker.
-        _come_back(task, settings, request, int(pickup.detail), limit)
+        _come_back(task, settings, request, int(pickup.detail), claim.limit)
         raise Ignore()
-    if pickup.code == FULL:
-        return _full(task, settings, request, held, queue_key, digest, pickup.detail)
-    after = header(request, AFTER_HEADER)
+    if pickup.code == SlotCode.FULL:
+        return _full(task, request, held, queue_key, digest, pickup.detail)
     if after or takeover:
-        logger.warning("%s[%s]: lock recovered: a slot of %s taken by a deferred copy", task.name, request.id, slots)
-        lock_recovered.send(sender=task, key=slots, holder=after or takeover, reason="deferred copy")
+        holds.recovered(task, request, held, after or takeover)
     return held
 
 
-def _store(task: Any, settings: Settings) -> LockStore:
-    return LockStore.for_url(settings.redis_url, settings.redis_options, lambda: RetryPolicy.of_app(task.app))
+def _lost(task: TaskLike, settings: Settings, request: TaskRequest, claim: Claim) -> Cleanup:
+    """The janitor's release of a slot a pickup with a lost reply may have taken."""
+    return Cleanup(settings.redis_url, claim.key, claim.token, True, task, request.id, "pickup refused",
+                   options=settings.redis_options, slot=True, limit=claim.limit, reserve=claim.reserve)
 
 
-def _full(task: Any, settings: Settings, request: Any, held: Slot, queue_key: Optional[str], digest: str,
+def _full(task: TaskLike, request: TaskRequest, held: Slot, queue_key: Optional[str], digest: str,
           holder_token: str) -> Optional[Slot]:
     """No slot is free: refused, or -- under "wait" -- in line, or waiting in this process (eager)."""
-    holder = RunningOwner.parse(_token_value(holder_token))
+    holder = RunningOwner.parse(holder_token)
     holder_id = holder.task_id if holder else holder_token
-    describe = f"running_limit {held.limit} of {held.key} is reached"
+    settings, claim = held.settings, held.claim
+    describe = f"running_limit {claim.limit} of {claim.key} is reached"
     if settings.running_lock_conflict != "wait":
-        exc = reject_duplicate(task, request, held.key, holder_token, why=f"{describe} (one of them: {holder_id})")
-        if held.finished is not None:
-            record_rejection(task, settings, held.store, held.finished, request)
-        raise exc
-    duplicate_execution.send(sender=task, task_id=request.id, key=held.key, holder_id=holder_id, policy="wait")
-    owner = RunningOwner.for_execution(request.id, request.retries)
-    lease = running_ttl(settings, owner)
-    since = f"{time.time():.3f}"
+        holds.refuse(task, request, held, holder_token, why=f"{describe} (one of them: {holder_id})")
+    duplicate_execution.send(sender=task, task_id=request.id, key=claim.key, holder_id=holder_id, policy="wait")
     if request.is_eager:
-        return _wait_here(task, request, held, owner, lease)
-    ident = call_id(request.id, owner.retries)
+        holds.wait_here(task, request, held, holder_token)
+        return held
     joining = Joining(
         message=message_of(task, request, message_headers(request)) or "",
         called_at=called_at(request),
@@ -188,26 +200,23 @@ def _full(task: Any, settings: Settings, request: Any, held: Slot, queue_key: Op
         queue_key=queue_key,
     )
     try:
-        pickup = held.store.slot_pickup(
-            None, request.id, held.key, held.line, owner.token, since, lease, held.limit, ident,
-            attempt_prefix(owner), reserve=RESERVE_SECONDS, joining=joining)
+        pickup = held.store.slots.pickup(claim, _now(), task_id=request.id, joining=joining)
     except RedisError as exc:
-        store_down(task, settings, digest, request, held.key, owner, exc,
-                   Cleanup(settings.redis_url, held.key, owner.token, True, task, request.id, "pickup refused",
-                           options=settings.redis_options, line=held.line, limit=held.limit,
-                           reserve=RESERVE_SECONDS))
+        owner = RunningOwner.for_execution(request.id, request.retries)
+        store_down(task, settings, digest, request, claim.key, owner, exc, _lost(task, settings, request, claim))
         return None
-    hand_over(task, pickup.handed, held.key)
-    if pickup.code == IN_LINE:
+    hand_over(task, pickup.handed, claim.key)
+    if pickup.code == SlotCode.IN_LINE:
         logger.info("%s[%s]: execution waiting: %s; waits in line, place %s", task.name, request.id, describe,
                     pickup.detail)
-        _come_back(task, settings, request, int(pickup.detail), held.limit)
+        _come_back(task, settings, request, int(pickup.detail), claim.limit)
         raise Ignore()
-    if pickup.code == SAME_ATTEMPT:
-        return _same_attempt(task, settings, request, held, pickup.detail)
+    if pickup.code == SlotCode.SAME_ATTEMPT:
+        holds.same_attempt(task, request, held, pickup.detail)
+        return held
     if queue_key is not None:
         # A slot freed in between: it runs now, and the queue lock it took back goes.
-        held.store.release_all([(queue_key, request.id, False)])
+        held.store.locks.release_all([(queue_key, request.id, False)])
     return held
 
 
@@ -222,96 +231,7 @@ def called_at(request: Any) -> int:
         return time.time_ns() // 1000
 
 
-def _come_back(task: Any, settings: Settings, request: Any, place: int, limit: int) -> None:
+def _come_back(task: TaskLike, settings: Settings, request: TaskRequest, place: int, limit: int) -> None:
     """Publish the waiting call's safety copy: back after a lease, later the further back it waits."""
     leases = min(SAFETY_LEASES, max(1, math.ceil(place / max(1, limit))))
     defer(task, request, {}, Lease(settings.heartbeat_timeout).ttl * leases)
-
-
-def _same_attempt(task: Any, settings: Settings, request: Any, held: Slot, holder_token: str) -> Optional[Slot]:
-    """A copy of an execution that holds a slot: it never runs beside it; it takes over only from a gone worker."""
-    holder = RunningOwner.parse(_token_value(holder_token))
-    if holder is not None and holder.heartbeat and not held.store.instance_alive(holder.instance):
-        owner = RunningOwner.for_execution(request.id, request.retries)
-        pickup = held.store.slot_pickup(
-            None, request.id, held.key, held.line, owner.token, f"{time.time():.3f}", running_ttl(settings, owner),
-            held.limit, call_id(request.id, owner.retries), attempt_prefix(owner), reserve=RESERVE_SECONDS,
-            takeover=holder_token)
-        hand_over(task, pickup.handed, held.key)
-        if pickup.code != SAME_ATTEMPT and pickup.code != IN_LINE and pickup.code != FULL:
-            logger.warning("%s[%s]: lock recovered: took over a slot of %s from gone worker %s", task.name,
-                           request.id, held.key, holder.worker)
-            lock_recovered.send(sender=task, key=held.key, holder=holder_token, reason="worker gone")
-            return held
-    lease = Lease(settings.heartbeat_timeout).ttl
-    logger.info("%s[%s]: execution waiting: another delivery of this task holds a slot of %s; deferred by %.1fs",
-                task.name, request.id, held.key, lease)
-    defer(task, request, {AFTER_HEADER: holder_token}, lease)
-    raise Ignore()
-
-
-def _wait_here(task: Any, request: Any, held: Slot, owner: RunningOwner, lease: float) -> Slot:
-    """An eager execution waits in the calling process for a free slot, looking again with a growing pause."""
-    logger.info("%s[%s]: execution waiting: running_limit %s of %s is reached", task.name, request.id, held.limit,
-                held.key)
-    pause = 0.05
-    ident, same = call_id(request.id, owner.retries), attempt_prefix(owner)
-    while True:
-        time.sleep(pause)
-        pickup = held.store.slot_pickup(None, request.id, held.key, held.line, owner.token, f"{time.time():.3f}",
-                                        lease, held.limit, ident, same, reserve=RESERVE_SECONDS)
-        hand_over(task, pickup.handed, held.key)
-        if pickup.code not in (FULL, IN_LINE, SAME_ATTEMPT):
-            return held
-        pause = min(pause * 2, 1.0)
-
-
-def release(task: Any, held: Slot, task_id: Optional[str], outcome: Optional[BaseException] = None,
-            reason: str = "task ended") -> None:
-    """Free the slot by its owner token, recording the end; hand the free slots to the line."""
-    record = None
-    finished = ended(task, outcome) if held.finished is not None else None
-    if held.finished is not None and finished is not None:
-        record = FinishedRecord(held.finished.key, finished.value(), guard_seconds(task, held.settings),
-                                finished.attempt, finished.call)
-    try:
-        _, handed = held.store.slot_release(held.key, held.line, held.token, held.limit, RESERVE_SECONDS, record)
-    except RedisError as exc:
-        logger.warning("%s[%s]: lock operation failed: could not release a slot of %s (%s); retrying until the "
-                       "lock store answers: %s", task.name, task_id, held.key, reason, exc)
-        janitor.add(Cleanup(held.settings.redis_url, held.key, held.token, True, task, task_id, reason,
-                            options=held.settings.redis_options, record=record, line=held.line, limit=held.limit,
-                            reserve=RESERVE_SECONDS))
-        return
-    hand_over(task, handed, held.key)
-
-
-def _token_value(token: str) -> str:
-    """A slot's owner token, as a running lock's value (which ``RunningOwner.parse`` reads)."""
-    return token + '"since":0}'
-
-
-def describe_slots(fields: dict[str, str]) -> dict[str, Any]:
-    """A key's slots as operators see them: the limit, the slots held (owner, expiry, since) and reserved."""
-    limit = int(fields.get("limit", "0") or 0)
-    held, reserved, waiting = [], [], 0
-    for name, value in fields.items():
-        if name.startswith("s:"):
-            expiry, _, since = value.partition(":")
-            held.append({"token": name[2:], "value": value, "expiry_ms": int(expiry), "since": _float(since)})
-        elif name.startswith("r:"):
-            task_id, _, attempt = name[2:].partition("\x1f")
-            reserved.append({"task_id": task_id, "attempt": attempt, "value": value,
-                             "expiry_ms": int(value.partition("\x1f")[0])})
-        elif name.startswith("w:"):
-            waiting += 1
-    return {"limit": limit, "held": held, "reserved": reserved, "waiting": waiting}
-
-
-def _float(text: str) -> Optional[float]:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-

@@ -120,9 +120,13 @@ class RunningOwner:
     @cached_property
     def token(self) -> str:
         """The value's prefix that names this owner, ending with the comma before ``"since"``."""
-        # encode_basestring_ascii is json.dumps of a str, without its wrapper.
-        return f'{{"task_id":{encode_basestring_ascii(self.task_id)},"retries":{self.retries},{_tail(self)}'
+        return f'{self.attempt_prefix}{_tail(self)}'
 
+    @cached_property
+    def attempt_prefix(self) -> str:
+        """The start of the token of every delivery of this attempt (task id and retries), whichever worker runs it."""
+        # encode_basestring_ascii is json.dumps of a str, without its wrapper.
+        return f'{{"task_id":{encode_basestring_ascii(self.task_id)},"retries":{self.retries},'
 
     def value(self, since: Optional[float] = None) -> str:
         """The lock's value: the token and when the lock was taken."""
@@ -134,9 +138,9 @@ class RunningOwner:
 
     @classmethod
     def parse(cls, value: str | bytes) -> Optional[RunningOwner]:
-        """The owner a running lock's value names, or None if the value is not one of ours."""
+        """The owner a running lock's value (or an owner token alone) names, or None if it is not one of ours."""
         try:
-            data = json.loads(value)
+            data = json.loads(value_of_token(value.decode("utf-8") if isinstance(value, bytes) else value))
             return cls(
                 task_id=str(data["task_id"]),
                 retries=int(data["retries"]),
@@ -146,6 +150,11 @@ class RunningOwner:
             )
         except (ValueError, TypeError, KeyError):
             return None
+
+
+def value_of_token(token: str) -> str:
+    """An owner token (as a slot holds it) completed to a lock value; a whole value is returned as it is."""
+    return token + '"since":0}' if token.endswith(",") else token
 
 
 _tails: dict[tuple[str, str, bool], str] = {}

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
-from types import FrameType
 from typing import Any, Callable, Optional
 
 import celery
@@ -34,11 +31,12 @@ from redis.exceptions import RedisError
 from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskLocked
 from .events import duplicate_call
 from .headers import CALL_HEADER, CALLED_HEADER, DIGEST_HEADER
-from .janitor import Cleanup, janitor
-from .keys import QUEUE, lock_key
+from .internals import called_by_beat
+from .janitor import Cleanup, janitor, release_or_leave
+from .keys import QUEUE, lock_key, new_task_id
 from .redelivery import new_call
 from .settings import Settings
-from .store import Acquired, FinishedRecord, LockStore, RetryPolicy, StoreUnavailable
+from .store import Acquired, store_for
 from .store.connection import redact_url
 
 logger = logging.getLogger("celery_once_task")
@@ -88,11 +86,10 @@ def publish_once(
         ttl += seconds_until_start(options)
     try:
         # Inside the try: a Redis Cluster client connects when it is made.
-        store = LockStore.for_url(settings.redis_url, settings.redis_options,
-                                  lambda: RetryPolicy.of_app(task.app))
+        store = store_for(task, settings)
         # A retry is never dropped; it takes the queue lock, or renews its own,
         # so that new calls are de-duplicated against it while it waits.
-        outcome = store.acquire_queue(key, task_id, ttl, renew=retry)
+        outcome = store.locks.acquire_queue(key, task_id, ttl, renew=retry)
     except RedisError as exc:
         return _store_down(task, settings, key, task_id, retry, exc, publish)
 
@@ -109,7 +106,7 @@ def publish_once(
         # dropped against it meanwhile is lost with it (said in the log).
         logger.warning("%s[%s]: publish failed; queue lock %s released: %s: %s", task.name, task_id, key,
                        type(exc).__name__, exc)
-        release_or_leave_to_janitor(store, settings, task, task_id, key, task_id, "publish failed")
+        release_or_leave(store, settings, task, task_id, key, task_id, "publish failed")
         raise
 
 
@@ -135,27 +132,6 @@ def _store_down(
         f"{task.name}: the lock store {redact_url(settings.redis_url)} is unreachable, so the call was not "
         f"published (queue lock {key}): {exc}"
     ) from exc
-
-
-def release_or_leave_to_janitor(
-    store: LockStore, settings: Settings, task: Any, task_id: Optional[str], key: str, token: str, reason: str,
-    *, prefix: bool = False, record: Optional[FinishedRecord] = None,
-) -> None:
-    """Release ``key`` by ``token`` now, or as soon as the store answers; with a running lock's finished ``record``."""
-    try:
-        if record is None:
-            store.release(key, token, prefix=prefix)
-        else:
-            store.release_running(key, token, record)
-    except RedisError as exc:
-        if isinstance(exc, StoreUnavailable) or getattr(exc, "maybe_applied", True):
-            janitor.add(Cleanup(settings.redis_url, key, token, prefix, task, task_id, reason,
-                                options=settings.redis_options, record=record))
-        else:  # an error reply: the store answered and will answer the same again
-            logger.warning(
-                "%s[%s]: lock operation failed: could not release lock %s (%s): %s",
-                task.name, task_id, key, reason, exc,
-            )
 
 
 def _duplicate(
@@ -223,18 +199,6 @@ def _duplicate(
     return None
 
 
-def new_task_id() -> str:
-    """A random (version 4) UUID as text, as Celery's task ids are: ``str(uuid.uuid4())``, made in half the time."""
-    bits = int.from_bytes(os.urandom(16), "big") & _UUID4_CLEAR | _UUID4_SET
-    text = f"{bits:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
-# The version (4, bits 76-79) and the RFC 4122 variant (bits 62-63), as uuid.UUID(version=4) sets them.
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (4 << 76) | (0x8000 << 48)
-
-
 def with_digest(options: dict[str, Any], digest: str, *, fixed_id: bool = False, stamped: bool = False) -> None:
     """Put the digest in the message headers, on a copy: canvas members share one dict.
 
@@ -256,15 +220,9 @@ def with_digest(options: dict[str, Any], digest: str, *, fixed_id: bool = False,
 
 def _called_by_beat() -> bool:
     """Whether celery beat's scheduler (or one derived from it) made the ``apply_async`` call."""
-    frame: Optional[FrameType] = sys._getframe(3)  # the caller of publish_once
-    # A few frames up: task classes derived from OnceTask may wrap apply_async.
-    for _ in range(8):
-        if frame is None:
-            return False
-        if frame.f_globals.get("__name__") == "celery.beat":
-            return True
-        frame = frame.f_back
-    return False
+    # From the caller of publish_once, a few frames up: task classes derived
+    # from OnceTask may wrap apply_async.
+    return called_by_beat(3, frames=8)
 
 
 def as_list(value: Any) -> Optional[list[Any]]:

@@ -59,6 +59,7 @@ from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
 from celery import states
+from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore, Reject, Retry
 
 from .deferral import defer
@@ -154,7 +155,7 @@ def result_stored(task: Any, task_id: str) -> bool:
 
 
 def stores_results(task: Any) -> bool:
-    return not task.ignore_result and type(task.backend).__name__ != "DisabledBackend"
+    return not task.ignore_result and not isinstance(task.backend, DisabledBackend)
 
 
 def guard_seconds(task: Any, settings: Settings) -> float:
@@ -202,7 +203,7 @@ def copy_of_finished(task: Any, settings: Settings, request: Any, store: Any, ru
     process -- picked up after all: what ``again()`` returns.
     """
     record = Finished.parse(value)
-    outcome, seconds = verdict(task, request, record, settings, store.instance_alive) if record else (
+    outcome, seconds = verdict(task, request, record, settings, store.leases.instance_alive) if record else (
         Verdict.IGNORE, 0.0)
     if outcome is Verdict.IGNORE:
         logger.info(

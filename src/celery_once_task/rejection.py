@@ -34,7 +34,7 @@ def reject_duplicate(task: Any, request: Any, key: str, holder_value: str, why: 
 
     ``why``: what it met, where not the running lock of one other task.
     """
-    holder = RunningOwner.parse(holder_value if holder_value.endswith("}") else holder_value + '"since":0}')
+    holder = RunningOwner.parse(holder_value)
     holder_id = holder.task_id if holder else holder_value
     exc = OnceTaskLocked(f"{task.name}[{request.id}]: rejected, {why or f'task {holder_id} is running'} (lock {key})")
     logger.warning(
@@ -55,7 +55,7 @@ def reject_duplicate(task: Any, request: Any, key: str, holder_value: str, why: 
 def record_rejection(task: Any, settings: Settings, store: LockStore, check: FinishedCheck, request: Any) -> None:
     finished = Finished(check.attempt, check.call, writer_instance(), os.getpid(), True, time.time())
     try:
-        store.record_finished(FinishedRecord(check.key, finished.value(), guard_seconds(task, settings),
+        store.locks.record_finished(FinishedRecord(check.key, finished.value(), guard_seconds(task, settings),
                                              check.attempt, check.call))
     except RedisError as exc:
         logger.warning("%s[%s]: lock operation failed: rejection not recorded (%s): %s", task.name, request.id,

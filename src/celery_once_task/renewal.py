@@ -31,7 +31,7 @@ from . import native
 from .cleanup import digest_from, is_once_task
 from .janitor import janitor
 from .keys import RUNNING, lock_key
-from .limits import keys_of, limited
+from .limits import limited, slots_key
 from .ownership import INSTANCE, Lease, RunningOwner
 from .settings import resolve
 from .store import LockStore
@@ -112,7 +112,7 @@ class LeaseKeeper:
         self._locks = active  # forget the requests that ended
         try:
             for url, locks in by_url.items():
-                self.store(url).renew(locks, self.lease.ttl, INSTANCE, self.heartbeat)
+                self.store(url).leases.renew(locks, self.lease.ttl, INSTANCE, self.heartbeat)
         except RedisError as exc:
             if not self._failing:
                 logger.warning(
@@ -139,7 +139,7 @@ class LeaseKeeper:
                 settings = resolve(task.app, task)
                 self._options.setdefault(settings.redis_url, settings.redis_options)
                 if limited(task, settings):
-                    lock = (settings.redis_url, keys_of(task, digest)[0], token, True)
+                    lock = (settings.redis_url, slots_key(task, digest), token, True)
                 else:
                     lock = (settings.redis_url, lock_key(task.name, digest, RUNNING), token, False)
             except Exception:
@@ -168,6 +168,6 @@ class LeaseKeeper:
     def forget(self, store: LockStore) -> None:
         """Remove the heartbeat: this worker instance is gone."""
         try:
-            store.forget_instance(INSTANCE)
+            store.leases.forget_instance(INSTANCE)
         except RedisError as exc:
             logger.warning("heartbeat of worker instance %s not removed: %s", INSTANCE, exc)

@@ -1,7 +1,7 @@
 """The waiting copy: ``running_lock_conflict="wait"``, at most one running and one waiting per key.
 
 An execution that meets the running lock of another task id, under "wait",
-becomes the key's *waiting copy*, in one round trip (``LockStore.wait``):
+becomes the key's *waiting copy*, in one round trip (``store.waiting.wait``):
 
 * it takes the queue lock back, so that new calls are dropped against it;
 * it leaves its message in the key's waiting entry
@@ -15,7 +15,7 @@ the broker with its lock, and a revocation discards it and releases what it
 holds (``cleanup``).
 
 Hand-over: the running copy's release takes the waiting entry in the same
-round trip (``LockStore.release_taking_waiter``) and publishes the message
+round trip (``store.waiting.release_taking_waiter``) and publishes the message
 at once, so the waiting copy starts within moments of the end. If the
 running copy's worker dies, nobody hands over: the safety copy comes back
 within a lease, finds the dead worker's lock expired, and runs.
@@ -23,6 +23,9 @@ within a lease, finds the dead worker's lock expired, and runs.
 Of the copies of one waiting message (hand-over and safety copy) exactly one
 runs: each releases the queue lock at pickup, and only the one that still
 found it its own may run.
+
+The calls of a limited key's line are handed over the same way
+(``hand_over_entries``): see ``limits``.
 """
 
 from __future__ import annotations
@@ -30,15 +33,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from celery import Task
 from kombu.utils.json import dumps, loads
 
-from .store import waiting_token
+from .keys import split_entry, waiting_token
+from .republish import republish
 
 logger = logging.getLogger("celery_once_task")
-
-WAITING = "waiting"
-
 
 
 def entry(task: Any, request: Any, headers: dict[str, Any]) -> Optional[str]:
@@ -65,7 +65,7 @@ def message_of(task: Any, request: Any, headers: dict[str, Any]) -> Optional[str
 
 def hand_over(task: Any, value: str, key: str) -> None:
     """Publish the waiting copy a released running lock had behind it."""
-    task_id, _, message = value.partition("\x1f")
+    task_id, message = split_entry(value)
     publish(task, task_id, message, key)
 
 
@@ -76,7 +76,7 @@ def publish(task: Any, task_id: str, message: str, key: str) -> None:
         options = dict(data.get("options") or {})
         options["task_id"] = task_id
         # Past the queue lock: the waiting copy holds it already.
-        Task.apply_async(task, data.get("args"), data.get("kwargs"), **options)
+        republish(task, data.get("args"), data.get("kwargs"), options)
     except Exception:
         logger.exception(
             "%s[%s]: waiting copy not handed over (lock %s); it runs from its safety copy", task.name, task_id, key
@@ -88,12 +88,12 @@ def publish(task: Any, task_id: str, message: str, key: str) -> None:
 def hand_over_entries(task: Any, entries: list[str], key: str) -> None:
     """Publish the calls of a limited key's line that were given a slot (see ``limits``).
 
-    Each entry is ``<task id>\x1f<attempt>\x1f<message>``; one without a
+    Each entry is ``<task id>\\x1f<attempt>\\x1f<message>``; one without a
     message (it was not JSON) is brought by its safety copy.
     """
     for value in entries:
-        task_id, _, rest = value.partition("\x1f")
-        _, _, message = rest.partition("\x1f")
+        task_id, rest = split_entry(value)
+        _, message = split_entry(rest)
         if message:
             publish(task, task_id, message, key)
         else:

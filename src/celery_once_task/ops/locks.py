@@ -25,16 +25,33 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from ..keys import BURST, KEY_PREFIX, QUEUE, RUNNING, SLOTS, WAITERS
-from ..limits import describe_slots
-from ..ownership import HEARTBEAT_PREFIX, heartbeat_key
+from ..keys import (
+    BURST,
+    KEY_PREFIX,
+    LOCK_TYPES,
+    QUEUE,
+    RUNNING,
+    SEPARATOR,
+    SLOTS,
+    WAITERS,
+    call_id,
+    parse_key,
+    sibling,
+    split_call_id,
+)
+from ..ownership import HEARTBEAT_PREFIX, heartbeat_key, value_of_token
 from ..store import LockStore
 from ..store.connection import parse_url, scan_keys
+from ..store.values import text
 
 #: Keys asked of each SCAN call, and keys read per pipeline.
 BATCH = 500
 
-LOCK_TYPES = (QUEUE, RUNNING, SLOTS, BURST)
+__all__ = [
+    "BATCH", "CHANGED_HANDS", "DELETED", "GONE", "LOCK_TYPES", "Cleared", "Lock", "WorkerInstance", "address_of",
+    "clear", "clear_value", "get_lock", "get_locks", "iter_keys", "iter_locks", "iter_workers", "lock_pattern",
+    "parse_key", "read_locks",
+]
 
 
 def iter_keys(client: Any, match: str, count: int) -> Iterator[bytes]:
@@ -208,7 +225,7 @@ def read_locks(client: Any, keys: Sequence[bytes], *, now: Optional[float] = Non
         elif key in limited:
             # A limited key: its slots, and the length of its line. One key per command (Cluster).
             pipe.hgetall(key)
-            pipe.zcard(_text(key)[: -len(SLOTS)] + WAITERS)
+            pipe.zcard(sibling(_text(key), WAITERS))
         else:
             pipe.get(key)
             pipe.pttl(key)
@@ -270,7 +287,7 @@ def _slot_locks(key: str, fields: dict[Any, Any], waiting: int, server_ms: int, 
     for slot in live:
         ttl = round((slot["expiry_ms"] - server_ms) / 1000, 3)
         if "token" in slot:
-            data = _json_object(slot["token"] + '"since":0}')
+            data = _json_object(value_of_token(slot["token"]))
             since = slot["since"]
             rows.append(Lock(
                 key, value=slot["value"], ttl=ttl, slot="s:" + slot["token"],
@@ -280,7 +297,7 @@ def _slot_locks(key: str, fields: dict[Any, Any], waiting: int, server_ms: int, 
             ))
         else:
             rows.append(Lock(
-                key, value=slot["value"], ttl=ttl, slot=f"r:{slot['task_id']}\x1f{slot['attempt']}",
+                key, value=slot["value"], ttl=ttl, slot=f"r:{call_id(slot['task_id'], slot['attempt'])}",
                 task_id=slot["task_id"], attempt=_optional_int(slot["attempt"]), reserved=True, **common,
             ))
     if not rows and waiting:
@@ -303,19 +320,19 @@ def clear_value(client: Any, key: str, value: str, slot: Optional[str] = None) -
     parsed = parse_key(key)
     if parsed is None:
         raise ValueError(f"{key!r} is not a celery-once-task lock key")
-    if parsed[2] == BURST:
-        which = "closed" if value.startswith("closed:") else "drop"
-        task_id = value[len("closed:"):] if which == "closed" else value
-        if LockStore(client).burst_forget(key, task_id, which):
+    if parsed.type == BURST:
+        closed = value.startswith("closed:")
+        task_id = value[len("closed:"):] if closed else value
+        if LockStore(client).bursts.forget(key, task_id, "closed" if closed else "drop"):
             return DELETED
         return CHANGED_HANDS if client.exists(key) else GONE
-    if parsed[2] == SLOTS:
+    if parsed.type == SLOTS:
         if not slot or not slot.startswith(("s:", "r:")):
             raise ValueError(f"{key!r} is a limited key: name the slot to clear")
-        if LockStore(client).slot_clear(key, slot, value):
+        if LockStore(client).slots.clear(key, slot, value):
             return DELETED
         return CHANGED_HANDS if client.hexists(key, slot) else GONE
-    if LockStore(client).release(key, value):
+    if LockStore(client).locks.release(key, value):
         return DELETED
     return CHANGED_HANDS if client.exists(key) else GONE
 
@@ -379,20 +396,27 @@ def _read_workers(client: Any, keys: Sequence[bytes], held: dict[str, list[Lock]
 # -- keys and values ---------------------------------------------------------------
 
 
-def parse_key(key: str) -> Optional[tuple[str, str, str]]:
-    """``(task, digest, type)`` of a lock key, or None if ``key`` is not one."""
-    if not key.startswith(f"{KEY_PREFIX}:"):
+def describe_slots(fields: dict[str, str]) -> dict[str, Any]:
+    """A key's slots as operators see them: the limit, the slots held (owner, expiry, since) and reserved."""
+    limit = int(fields.get("limit", "0") or 0)
+    held, reserved = [], []
+    for name, value in fields.items():
+        if name.startswith("s:"):
+            expiry, _, since = value.partition(":")
+            held.append({"token": name[2:], "value": value, "expiry_ms": int(expiry), "since": _since(since)})
+        elif name.startswith("r:"):
+            task_id, attempt = split_call_id(name[2:])
+            reserved.append({"task_id": task_id, "attempt": attempt, "value": value,
+                             "expiry_ms": int(value.partition(SEPARATOR)[0])})
+    return {"limit": limit, "held": held, "reserved": reserved}
+
+
+def _since(text: str) -> Optional[float]:
+    try:
+        return float(text)
+    except ValueError:
         return None
-    # The task name may itself contain ':', the digest and the type never do.
-    parts = key[len(KEY_PREFIX) + 1:].rsplit(":", 2)
-    if len(parts) != 3 or parts[2] not in LOCK_TYPES or not parts[0]:
-        return None
-    digest = parts[1]
-    if parts[2] in (SLOTS, BURST):  # the digest of a limited or debounced key is a hash tag: {digest}
-        if not (digest.startswith("{") and digest.endswith("}")):
-            return None
-        digest = digest[1:-1]
-    return parts[0], digest, parts[2]
+
 
 
 def _make_lock(key: str, value: str, pttl: int, now: float) -> Optional[Lock]:
@@ -443,7 +467,7 @@ def _seconds(pttl: Any) -> Optional[float]:
 
 
 def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return str(text(value))
 
 
 def _json_object(value: str) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import enum
+from typing import NamedTuple
+
 from . import CLOCK_LUA, Script
 
 # -- debounce: bursts of calls (see ``debounce``) ----------------------------------------
@@ -28,41 +31,64 @@ from . import CLOCK_LUA, Script
 #         joined the open burst (or its first try did: it is still the last call, or its
 #         arguments run); {2, id, ms}: it joined a burst whose message is overdue (the caller
 #         publishes it again: at most once per ARGV[6])
+
+
+class Called(enum.IntEnum):
+    """BURST_CALL's reply code."""
+
+    JOINED = 0
+    STARTED = 1
+    OVERDUE = 2
+
+
+class BurstCallArgs(NamedTuple):
+    """BURST_CALL's ARGV, in order."""
+
+    task_id: str
+    debounce_ms: int
+    most_ms: int
+    arguments: str
+    keep_ms: int
+    overdue_ms: int
+
+
 BURST_CALL = Script(
     "burst_call",
     CLOCK_LUA
     + """
-local burst, now = KEYS[1], now_ms()
-local debounce, most = tonumber(ARGV[2]), tonumber(ARGV[3])
-local ran = redis.call('HGET', burst, 'ran:' .. ARGV[1])
+local burst = KEYS[1]
+local token, debounce, most = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local arguments, keep, overdue = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local now = now_ms()
+local ran = redis.call('HGET', burst, 'ran:' .. token)
 if ran then return {0, ran, 0} end
 local prev = redis.call('HGET', burst, 'prev')
-if prev and string.sub(prev, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
-    return {0, string.sub(prev, #ARGV[1] + 2), 0}
+if prev and string.sub(prev, 1, #token + 1) == token .. ' ' then
+    return {0, string.sub(prev, #token + 2), 0}
 end
 local id = redis.call('HGET', burst, 'id')
 if not id then
     local due = now + debounce
-    redis.call('HSET', burst, 'id', ARGV[1], 'first', now, 'last', now, 'due', due, 'count', 1, 'args', ARGV[4],
-               'by', ARGV[1])
-    keep_at_least(burst, debounce + tonumber(ARGV[5]))
-    return {1, ARGV[1], debounce}
+    redis.call('HSET', burst, 'id', token, 'first', now, 'last', now, 'due', due, 'count', 1, 'args', arguments,
+               'by', token)
+    keep_at_least(burst, debounce + keep)
+    return {1, token, debounce}
 end
 local first, due = tonumber(redis.call('HGET', burst, 'first')), tonumber(redis.call('HGET', burst, 'due'))
-if id == ARGV[1] then return {1, id, math.max(0, due - now)} end
-if redis.call('HGET', burst, 'by') == ARGV[1] then return {0, id, math.max(0, due - now)} end
+if id == token then return {1, id, math.max(0, due - now)} end
+if redis.call('HGET', burst, 'by') == token then return {0, id, math.max(0, due - now)} end
 local code = 0
 local rescued = tonumber(redis.call('HGET', burst, 'rescued') or '0')
-if now > math.max(due, rescued) + tonumber(ARGV[6]) then
+if now > math.max(due, rescued) + overdue then
     code = 2
     redis.call('HSET', burst, 'rescued', now)
 end
 local later = now + debounce
 if most > 0 then later = math.min(later, first + most) end
 later = math.max(later, due)
-redis.call('HSET', burst, 'last', now, 'due', later, 'args', ARGV[4], 'by', ARGV[1])
+redis.call('HSET', burst, 'last', now, 'due', later, 'args', arguments, 'by', token)
 redis.call('HINCRBY', burst, 'count', 1)
-keep_at_least(burst, later - now + tonumber(ARGV[5]))
+keep_at_least(burst, later - now + keep)
 return {code, id, later - now}
 """,
 )
@@ -72,21 +98,33 @@ return {code, id, later - now}
 # return  {0, ms until due}: the burst is still open and not due; {1, arguments}: it is due (now
 #         closed: new calls start a new burst) or was closed by a copy of this message, and runs
 #         with these arguments; {2}: no such burst (lost, or ended and cleared)
+
+
+class Taken(enum.IntEnum):
+    """BURST_TAKE's reply code."""
+
+    NOT_DUE = 0
+    DUE = 1
+    NONE = 2
+
+
 BURST_TAKE = Script(
     "burst_take",
     CLOCK_LUA
     + """
-local burst, now = KEYS[1], now_ms()
-if redis.call('HGET', burst, 'id') == ARGV[1] then
+local burst = KEYS[1]
+local id, keep = ARGV[1], tonumber(ARGV[2])
+local now = now_ms()
+if redis.call('HGET', burst, 'id') == id then
     local due = tonumber(redis.call('HGET', burst, 'due'))
     if now < due then return {0, due - now} end
     local args, by = redis.call('HGET', burst, 'args'), redis.call('HGET', burst, 'by')
     redis.call('HDEL', burst, 'id', 'first', 'last', 'due', 'count', 'args', 'by', 'rescued')
-    redis.call('HSET', burst, 'closed:' .. ARGV[1], args, 'last:' .. ARGV[1], by, 'ran:' .. by, ARGV[1])
-    keep_at_least(burst, tonumber(ARGV[2]))
+    redis.call('HSET', burst, 'closed:' .. id, args, 'last:' .. id, by, 'ran:' .. by, id)
+    keep_at_least(burst, keep)
     return {1, args}
 end
-local closed = redis.call('HGET', burst, 'closed:' .. ARGV[1])
+local closed = redis.call('HGET', burst, 'closed:' .. id)
 if closed then return {1, closed} end
 return {2}
 """,
@@ -103,23 +141,25 @@ return {2}
 BURST_FORGET = Script(
     "burst_forget",
     """
-if ARGV[2] == 'closed' then
-    local by = redis.call('HGET', KEYS[1], 'last:' .. ARGV[1])
+local burst = KEYS[1]
+local id, which, remember = ARGV[1], ARGV[2], ARGV[3]
+if which == 'closed' then
+    local by = redis.call('HGET', burst, 'last:' .. id)
     if by then
-        redis.call('HDEL', KEYS[1], 'ran:' .. by)
-        redis.call('HSET', KEYS[1], 'prev', by .. ' ' .. ARGV[1])
+        redis.call('HDEL', burst, 'ran:' .. by)
+        redis.call('HSET', burst, 'prev', by .. ' ' .. id)
     end
-    local forgotten = redis.call('HDEL', KEYS[1], 'closed:' .. ARGV[1], 'last:' .. ARGV[1])
-    if redis.call('HLEN', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[1], 'prev') == 1 then
-        redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    local forgotten = redis.call('HDEL', burst, 'closed:' .. id, 'last:' .. id)
+    if redis.call('HLEN', burst) == 1 and redis.call('HEXISTS', burst, 'prev') == 1 then
+        redis.call('PEXPIRE', burst, remember)
     end
     return math.min(forgotten, 1)
 end
-if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
+if redis.call('HGET', burst, 'id') ~= id then return 0 end
 -- Calls that joined it since were told they are in it: it stays, for the next call to publish
 -- its message again once overdue.
-if ARGV[2] == 'open' and tonumber(redis.call('HGET', KEYS[1], 'count')) > 1 then return 0 end
-redis.call('HDEL', KEYS[1], 'id', 'first', 'last', 'due', 'count', 'args', 'by', 'rescued')
+if which == 'open' and tonumber(redis.call('HGET', burst, 'count')) > 1 then return 0 end
+redis.call('HDEL', burst, 'id', 'first', 'last', 'due', 'count', 'args', 'by', 'rescued')
 return 1
 """,
 )

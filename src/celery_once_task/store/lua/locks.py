@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from . import Script
+
+#: How an owner token is matched against a lock's value: the whole value (a queue lock's task id), or
+#: its start (a running lock's value is its token and when it was taken).
+Mode = Literal["exact", "prefix"]
 
 #: Lua shared by the scripts below: whether a lock value belongs to an owner.
 #: Queue locks are matched whole (the value is the task id). A running lock's
@@ -24,8 +30,10 @@ COMPARE_AND_DELETE = Script(
     "compare_and_delete",
     _HOLDS
     + """
-if holds(redis.call('GET', KEYS[1]), ARGV[1], ARGV[2]) then
-    return redis.call('DEL', KEYS[1])
+local key = KEYS[1]
+local token, mode = ARGV[1], ARGV[2]
+if holds(redis.call('GET', key), token, mode) then
+    return redis.call('DEL', key)
 end
 return 0
 """,
@@ -73,16 +81,18 @@ ACQUIRE = Script(
     _HOLDS
     + FINISHED_LUA
     + """
-if KEYS[2] then
-    local ended = finished(KEYS[2], ARGV[5], ARGV[6])
+local key, record_key = KEYS[1], KEYS[2]
+local value, ttl, takeover, mode, attempt, call = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if record_key then
+    local ended = finished(record_key, attempt, call)
     if ended then return {ended} end
 end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if redis.call('SET', key, value, 'NX', 'PX', ttl) then
     return 1
 end
-local holder = redis.call('GET', KEYS[1])
-if ARGV[3] ~= '' and holds(holder, ARGV[3], ARGV[4]) then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local holder = redis.call('GET', key)
+if takeover ~= '' and holds(holder, takeover, mode) then
+    redis.call('SET', key, value, 'PX', ttl)
     return 1
 end
 return holder
@@ -101,9 +111,11 @@ RELEASE_RUNNING = Script(
     _HOLDS
     + FINISHED_LUA
     + """
-record(KEYS[2], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-if holds(redis.call('GET', KEYS[1]), ARGV[1], 'prefix') then
-    return redis.call('DEL', KEYS[1])
+local key, record_key = KEYS[1], KEYS[2]
+local token, value, ttl, attempt, call = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+record(record_key, value, ttl, attempt, call)
+if holds(redis.call('GET', key), token, 'prefix') then
+    return redis.call('DEL', key)
 end
 return 0
 """,
@@ -117,7 +129,9 @@ RECORD_FINISHED = Script(
     "record_finished",
     FINISHED_LUA
     + """
-record(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+local record_key = KEYS[1]
+local value, ttl, attempt, call = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+record(record_key, value, ttl, attempt, call)
 return 1
 """,
 )
@@ -130,8 +144,10 @@ RENEW = Script(
     "renew",
     _HOLDS
     + """
-if holds(redis.call('GET', KEYS[1]), ARGV[1], 'prefix') then
-    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local key = KEYS[1]
+local token, ttl = ARGV[1], ARGV[2]
+if holds(redis.call('GET', key), token, 'prefix') then
+    return redis.call('PEXPIRE', key, ttl)
 end
 return 0
 """,
@@ -146,8 +162,10 @@ COMPARE_AND_SWAP = Script(
     "compare_and_swap",
     _HOLDS
     + """
-if holds(redis.call('GET', KEYS[1]), ARGV[1], 'prefix') then
-    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+local key = KEYS[1]
+local expected, value, ttl = ARGV[1], ARGV[2], ARGV[3]
+if holds(redis.call('GET', key), expected, 'prefix') then
+    redis.call('SET', key, value, 'PX', ttl)
     return 1
 end
 return 0
@@ -159,9 +177,10 @@ return 0
 TAKE = Script(
     "take",
     """
-local value = redis.call('GET', KEYS[1])
+local entry = KEYS[1]
+local value = redis.call('GET', entry)
 if value then
-    redis.call('DEL', KEYS[1])
+    redis.call('DEL', entry)
 end
 return value
 """,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import enum
+from typing import NamedTuple
+
 from . import CLOCK_LUA, Script
 from .locks import FINISHED_LUA
 
@@ -93,54 +96,86 @@ end
 #         the same ARGV[2] -- is taken again: code 1); 5 no slot is free
 #         (detail: a holder's token). The entries handed over are the waiting calls that
 #         got a free slot reserved here: the caller publishes them.
+
+
+class SlotCode(enum.IntEnum):
+    """SLOT_ACQUIRE's reply code."""
+
+    TAKEN = 1
+    FINISHED = 2
+    IN_LINE = 3
+    SAME_ATTEMPT = 4
+    FULL = 5
+
+
+class SlotAcquireArgs(NamedTuple):
+    """SLOT_ACQUIRE's ARGV[1..12], in order (ARGV[13], ARGV[14] follow with KEYS[4]: the attempt, its call)."""
+
+    token: str
+    since: str
+    lease_ms: int
+    limit: int
+    call_id: str
+    attempt_prefix: str
+    join: str
+    called_at: int
+    message: str
+    line_ttl_ms: int
+    reserve_ms: int
+    takeover: str
+
+
 SLOT_ACQUIRE = Script(
     "slot_acquire",
     FINISHED_LUA
     + _SLOTS
     + """
-if KEYS[4] then
-    local ended = finished(KEYS[4], ARGV[13], ARGV[14])
+local slots, line, messages, record_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local token, since, lease, limit, call_id, same = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
+local join, called_at, message, line_ttl = ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10])
+local reserve, takeover, attempt, call = tonumber(ARGV[11]), ARGV[12], ARGV[13], ARGV[14]
+if record_key then
+    local ended = finished(record_key, attempt, call)
     if ended then return {2, ended} end
 end
-local slots, line, messages, limit = KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[4])
-local now, lease, line_ttl = now_ms(), tonumber(ARGV[3]), tonumber(ARGV[10])
+local now = now_ms()
 local function take(handed, replaced)
     if replaced ~= '' then redis.call('HDEL', slots, 's:' .. replaced) end
-    redis.call('HSET', slots, 's:' .. ARGV[1], (now + lease) .. ':' .. ARGV[2], 'limit', ARGV[4])
+    redis.call('HSET', slots, 's:' .. token, (now + lease) .. ':' .. since, 'limit', limit)
     keep_at_least(slots, lease)
     if redis.call('ZCARD', line) == 0 then redis.call('DEL', messages) end
     return {1, '', unpack(handed)}
 end
-local live, holder, twin = purge(slots, line, messages, now, ARGV[6])
-if twin == ARGV[1] then
+local live, holder, twin = purge(slots, line, messages, now, same)
+if twin == token then
     local value = redis.call('HGET', slots, 's:' .. twin)
-    if value and string.match(value, '^%d+:(.*)$') == ARGV[2] then return take({}, '') end
+    if value and string.match(value, '^%d+:(.*)$') == since then return take({}, '') end
 end
-local reserved = 'r:' .. ARGV[5]
+local reserved = 'r:' .. call_id
 if redis.call('HEXISTS', slots, reserved) == 1 then
     redis.call('HDEL', slots, reserved)
     return take({}, '')
 end
-if ARGV[12] ~= '' and twin ~= '' and string.sub(twin, 1, #ARGV[12]) == ARGV[12] then
+if takeover ~= '' and twin ~= '' and string.sub(twin, 1, #takeover) == takeover then
     return take({}, twin)
 end
 if twin ~= '' then return {4, twin} end
-local waiting = redis.call('ZSCORE', line, ARGV[5]) ~= false
+local waiting = redis.call('ZSCORE', line, call_id) ~= false
 local reached, handed
-live, reached, handed = advance(slots, line, messages, live, limit, now, tonumber(ARGV[11]),
-                                waiting and ARGV[5] or '')
+live, reached, handed = advance(slots, line, messages, live, tonumber(limit), now, reserve,
+                                waiting and call_id or '')
 if reached then return take(handed, '') end
-if not waiting and live < limit then return take(handed, '') end
-if not waiting and ARGV[7] == '' then return {5, holder, unpack(handed)} end
+if not waiting and live < tonumber(limit) then return take(handed, '') end
+if not waiting and join == '' then return {5, holder, unpack(handed)} end
 if not waiting then
-    redis.call('ZADD', line, ARGV[8], ARGV[5])
-    redis.call('HSET', messages, ARGV[5], ARGV[9])
-    redis.call('HSET', slots, 'limit', ARGV[4])
+    redis.call('ZADD', line, called_at, call_id)
+    redis.call('HSET', messages, call_id, message)
+    redis.call('HSET', slots, 'limit', limit)
     keep_at_least(slots, line_ttl)
 end
 keep_at_least(line, line_ttl)
 keep_at_least(messages, line_ttl)
-return {3, redis.call('ZRANK', line, ARGV[5]) + 1, unpack(handed)}
+return {3, redis.call('ZRANK', line, call_id) + 1, unpack(handed)}
 """,
 )
 
@@ -154,12 +189,15 @@ SLOT_RELEASE = Script(
     FINISHED_LUA
     + _SLOTS
     + """
-if KEYS[4] then record(KEYS[4], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) end
-local slots, line, messages, now = KEYS[1], KEYS[2], KEYS[3], now_ms()
-local released = redis.call('HDEL', slots, 's:' .. ARGV[1])
+local slots, line, messages, record_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local token, limit, reserve = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local value, ttl, attempt, call = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+if record_key then record(record_key, value, ttl, attempt, call) end
+local now = now_ms()
+local released = redis.call('HDEL', slots, 's:' .. token)
 local live = purge(slots, line, messages, now, '')
 local reached, handed
-live, reached, handed = advance(slots, line, messages, live, tonumber(ARGV[2]), now, tonumber(ARGV[3]), '')
+live, reached, handed = advance(slots, line, messages, live, limit, now, reserve, '')
 tidy(slots, line, messages, live)
 return {released, unpack(handed)}
 """,
@@ -172,12 +210,13 @@ SLOT_RENEW = Script(
     "slot_renew",
     _SLOTS
     + """
-local name = 's:' .. ARGV[1]
-local value = redis.call('HGET', KEYS[1], name)
+local slots = KEYS[1]
+local token, lease = ARGV[1], tonumber(ARGV[2])
+local name = 's:' .. token
+local value = redis.call('HGET', slots, name)
 if not value then return 0 end
-local lease = tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], name, (now_ms() + lease) .. string.match(value, '^%d+(:.*)$'))
-keep_at_least(KEYS[1], lease)
+redis.call('HSET', slots, name, (now_ms() + lease) .. string.match(value, '^%d+(:.*)$'))
+keep_at_least(slots, lease)
 return 1
 """,
 )
@@ -189,13 +228,15 @@ return 1
 SLOT_CLEAR = Script(
     "slot_clear",
     """
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-for _, name in ipairs(redis.call('HKEYS', KEYS[1])) do
+local slots = KEYS[1]
+local field, value = ARGV[1], ARGV[2]
+if redis.call('HGET', slots, field) ~= value then return 0 end
+redis.call('HDEL', slots, field)
+for _, name in ipairs(redis.call('HKEYS', slots)) do
     local kind = string.sub(name, 1, 2)
     if kind == 's:' or kind == 'r:' then return 1 end
 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', slots)
 return 1
 """,
 )
@@ -208,12 +249,14 @@ SLOT_FORGET = Script(
     "slot_forget",
     _SLOTS
     + """
-local slots, line, messages, now = KEYS[1], KEYS[2], KEYS[3], now_ms()
-local forgotten = redis.call('HDEL', slots, 'r:' .. ARGV[1]) + redis.call('ZREM', line, ARGV[1])
-redis.call('HDEL', messages, ARGV[1])
+local slots, line, messages = KEYS[1], KEYS[2], KEYS[3]
+local call_id, limit, reserve = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = now_ms()
+local forgotten = redis.call('HDEL', slots, 'r:' .. call_id) + redis.call('ZREM', line, call_id)
+redis.call('HDEL', messages, call_id)
 local live = purge(slots, line, messages, now, '')
 local reached, handed
-live, reached, handed = advance(slots, line, messages, live, tonumber(ARGV[2]), now, tonumber(ARGV[3]), '')
+live, reached, handed = advance(slots, line, messages, live, limit, now, reserve, '')
 tidy(slots, line, messages, live)
 return {forgotten > 0 and 1 or 0, unpack(handed)}
 """,

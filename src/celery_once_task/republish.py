@@ -1,0 +1,22 @@
+"""The library's own publishes of a message again: a deferred copy, a waiting call handed over.
+
+A republish is the same message again, not a new call. So it goes straight to
+``celery.Task.apply_async``, past ``OnceTask``'s (the copy's locks are decided
+already) and past every ``apply_async`` override between the user's class and
+Celery's: such an override ran when the call was made, and the copy carries
+the headers and routing that call was published with -- running it again
+would count, route or stamp one call twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+from celery import Task
+
+
+def republish(task: Any, args: Optional[Sequence[Any]], kwargs: Optional[Mapping[str, Any]],
+              options: Mapping[str, Any]) -> Any:
+    """Publish a copy of a message under its own task id, past every ``apply_async`` override."""
+    return Task.apply_async(task, args, kwargs, **options)

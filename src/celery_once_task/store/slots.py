@@ -1,0 +1,139 @@
+"""The slots of a limited key (``running_limit``): take one or join the line, release, forget, clear.
+
+What slots and the line are for is ``limits``'s; these are their round trips,
+each one script (``lua.slots``) on the key's slots, its line and the line's
+messages -- siblings in one Redis Cluster hash slot (``keys.sibling``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+from ..keys import MESSAGES, WAITERS, sibling
+from .finished import FinishedCheck, FinishedRecord
+from .locks import acquire, compare_and_delete
+from .lua.slots import SLOT_ACQUIRE, SLOT_CLEAR, SLOT_FORGET, SLOT_RELEASE, SlotAcquireArgs, SlotCode
+from .runner import Runner
+from .scripts import Call
+from .values import ms, text
+
+
+def line_of(slots: str) -> tuple[str, str]:
+    """A limited key's line of waiting calls, and their messages."""
+    return sibling(slots, WAITERS), sibling(slots, MESSAGES)
+
+
+class Claim(NamedTuple):
+    """What an execution of a limited key asks for a slot with: made once per execution, sent with each try."""
+
+    #: The key's slots.
+    key: str
+    #: The execution's owner token.
+    token: str
+    #: The owner tokens of every delivery of this attempt begin with this (``RunningOwner.attempt_prefix``).
+    attempt_prefix: str
+    #: The call's id in the key's line (``keys.call_id``).
+    call_id: str
+    limit: int
+    #: Seconds a slot is held without renewal.
+    lease: float
+    #: Seconds a slot handed to a waiting call is kept for its message to arrive.
+    reserve: float
+
+
+class Joining(NamedTuple):
+    """How a call joins a limited key's line when no slot is free."""
+
+    #: The call's message, published when a slot is handed to it ("" where it is not JSON).
+    message: str
+    #: When the call was made (microseconds since the epoch): the line's order.
+    called_at: int
+    #: Seconds the line is kept without being touched.
+    line_ttl: float
+    #: The call's queue lock, taken back while it waits (None: the task has none).
+    queue_key: Optional[str] = None
+
+
+class SlotPickup(NamedTuple):
+    """What a limited call's pickup found."""
+
+    code: SlotCode
+    #: The finished record (FINISHED), the place in line (IN_LINE), or a holder's owner token (SAME_ATTEMPT, FULL).
+    detail: Any
+    #: The waiting calls' entries given a free slot here: to be published.
+    handed: list[str]
+    queue_released: bool = False
+
+
+class Slots:
+    """The limited keys of one lock store."""
+
+    __slots__ = ("_runner",)
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+
+    def pickup(self, claim: Claim, since: str, *, queue_key: Optional[str] = None, task_id: str = "",
+               takeover: str = "", finished: Optional[FinishedCheck] = None,
+               joining: Optional[Joining] = None) -> SlotPickup:
+        """Release the queue lock and take a slot, in one round trip (``lua.slots.SLOT_ACQUIRE``).
+
+        Args:
+            claim: The execution's claim.
+            since: When the slot is taken (text): with the token, it tells this pickup's own try sent again.
+            queue_key: The queue lock ``task_id`` releases (None: none to release).
+            task_id: The message's task id, with ``queue_key``.
+            takeover: A token whose slot this execution may take over ("": none).
+            finished: The record that says this attempt already ended (FINISHED: nothing is taken).
+            joining: Join the line if no slot is free, and take the queue lock back while waiting.
+        """
+        calls = []
+        if queue_key is not None:
+            calls.append(compare_and_delete(queue_key, task_id, "exact"))
+        args = SlotAcquireArgs(
+            token=claim.token, since=since, lease_ms=ms(claim.lease), limit=claim.limit, call_id=claim.call_id,
+            attempt_prefix=claim.attempt_prefix, join="1" if joining is not None else "",
+            called_at=joining.called_at if joining is not None else 0,
+            message=joining.message if joining is not None else "",
+            line_ttl_ms=ms(joining.line_ttl) if joining is not None else 0,
+            reserve_ms=ms(claim.reserve), takeover=takeover,
+        )
+        keys = line_of(claim.key)
+        if finished is None:
+            calls.append(Call(SLOT_ACQUIRE, claim.key, args, keys))
+        else:
+            calls.append(Call(SLOT_ACQUIRE, claim.key, (*args, finished.attempt, finished.call),
+                              (*keys, finished.key)))
+        if joining is not None and joining.queue_key is not None:
+            calls.append(acquire(joining.queue_key, task_id, joining.line_ttl, task_id, "exact"))
+        replies, maybe_applied = self._runner.run(calls)
+        reply = replies[1 if queue_key is not None else 0]
+        queue_released = queue_key is not None and (replies[0] == 1 or maybe_applied)
+        code, detail, *handed = reply
+        return SlotPickup(SlotCode(int(code)), text(detail) if isinstance(detail, bytes) else detail,
+                          [str(text(item)) for item in handed], queue_released)
+
+    def release(self, key: str, token: str, limit: int, reserve: float,
+                record: Optional[FinishedRecord] = None) -> tuple[bool, list[str]]:
+        """Free the token's slot, writing ``record``; hand free slots to the line: one round trip.
+
+        Returns whether the token held a slot, and the entries handed over (to be published).
+        """
+        args: tuple[Any, ...] = (token, limit, ms(reserve))
+        keys: tuple[str, ...] = line_of(key)
+        if record is not None:
+            args, keys = (*args, *record.args()), (*keys, record.key)
+        (reply,), _ = self._runner.run([Call(SLOT_RELEASE, key, args, keys)])
+        released, *handed = reply
+        return bool(released), [str(text(item)) for item in handed]
+
+    def forget(self, key: str, call_id: str, limit: int, reserve: float) -> tuple[bool, list[str]]:
+        """Take a (revoked) call out of a key's line, or its reservation back; hand over: one round trip."""
+        (reply,), _ = self._runner.run([Call(SLOT_FORGET, key, (call_id, limit, ms(reserve)), line_of(key))])
+        forgotten, *handed = reply
+        return bool(forgotten), [str(text(item)) for item in handed]
+
+    def clear(self, key: str, field: str, value: str) -> bool:
+        """Delete one field of a key's slots (a slot, a reservation) if it still holds ``value``."""
+        (reply,), _ = self._runner.run([Call(SLOT_CLEAR, key, (field, value))])
+        return bool(reply)
