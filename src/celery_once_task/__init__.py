@@ -1,38 +1,55 @@
 """celery-once-task: stop duplicate Celery task execution with Redis locks.
 
-The user guide is the documentation site (``docs/``). The modules, each with one concern:
+The user guide is the documentation site (``docs/``). The package, by layer:
+a module imports only modules listed before it (and, in ``store/`` and
+``ops/``, its own package's).
 
-``settings``   defaults, validation, ``configure()``, precedence
-``errors``     the library's exceptions
-``keys``       canonical arguments, digest, key format
-``connection`` lock-store URLs (one server, Sentinel, Cluster, TLS) and their clients
-``wire``       lock commands packed and written straight onto a connection
-``lua``        every Lua script, a module per concern, each headed by its KEYS/ARGV/return
-``scripts``    running the scripts in one round trip, reloading them where a node lost them
-``store``      every lock operation, retries of transient errors
-``ownership``  the owner tokens stored as lock values, and the lease timing
-``task``       ``OnceTask``: a thin class over the paths below
-``publish``    the queue lock at publish, and what a duplicate call gets
-``execute``    pickup, the running lock around the body, what a duplicate execution gets
-``waiting``    the waiting copy of ``running_lock_conflict="wait"`` and its hand-over
-``limits``     ``running_limit``: a key's slots and its line of waiting calls
-``debounce``   ``debounce``: a burst of calls becomes one execution, with the last call's arguments
-``headers``    the library's message headers, read off a request on every Celery release
-``deferral``   publishing a message again to run later
-``rejection``  a duplicate execution refused: ``OnceTaskLocked`` and its stored failure
-``redelivery`` a copy of a message whose execution finished: the finished records
-``janitor``    owner-checked deletes that wait for the store or for a process to exit
-``request``    cleanup in the worker's main process for children that died
-``cleanup``    releasing another execution's locks, never raising
-``renewal``    the worker's lease renewal and heartbeat
-``native``     an OS thread no pool can starve, for the renewal
-``events``     the library's signals (``duplicate_call``, ...), defined where nothing imports back
-``signals``    the signals for users; revocation and internal-error receivers
-``bootstep``   leases, heartbeat, release at cold shutdown
-``django``     the Django ``AppConfig``, and ``apps`` for a bare ``"celery_once_task"`` entry
-``locks``      reading and clearing locks, for operators
-``cli``        ``celery -A proj once ...`` and ``celery-once-task``
+Foundations, importing nothing of the library above them:
+
+``errors``      the library's exceptions
+``events``      the library's signals (``duplicate_call``, ...), defined where nothing imports back
+``headers``     the library's message headers, read off a request on every Celery release
+``digest``      canonical arguments and their digest
+``keys``        the key grammar: every key and id the library writes, and parsing one back
+``ownership``   the owner tokens stored as lock values, and the lease timing
+``native``      an OS thread no pool can starve, for the renewal
+``internals``   the one place that touches private attributes of redis-py, Celery or billiard
+``protocols``   what the library needs of Celery's objects, as Protocols
+
+``store/``      every round trip to Redis: ``runner`` (clients, tries), ``locks``, ``waiting``,
+                ``slots``, ``bursts``, ``leases`` by concern, over ``lua`` (every script),
+                ``scripts`` (one round trip), ``wire`` (commands on a connection),
+                ``addresses`` and ``connection`` (where the store is, and its clients)
+``settings``    every setting declared once; validation, ``configure()``, precedence
+
+The paths of a call:
+
+``republish``   the library's own publishes of a message again
+``waiting``     the waiting copy of ``running_lock_conflict="wait"`` and its hand-over
+``janitor``     owner-checked deletes that wait for the store or for a process to exit
+``deferral``    publishing a message again to run later
+``redelivery``  a copy of a message whose execution finished: the finished records
+``rejection``   a duplicate execution refused: ``OnceTaskLocked`` and its stored failure
+``holds``       what an execution holds (``Hold``) and the conflicts a lock and a slot share
+``running``     the running lock: pickup, conflicts, release
+``limits``      ``running_limit``: a key's slots and its line of waiting calls
+``debounce``    ``debounce``: a burst of calls becomes one execution, with the last call's arguments
+``publish``     the queue lock at publish, and what a duplicate call gets
+``execute``     pickup and release around the body, for a running lock or a slot alike
+``task``        ``OnceTask``: a thin class over the paths above
+
+The worker, the operators, the integrations:
+
+``cleanup``     releasing another execution's locks, never raising
+``request``     cleanup in the worker's main process for children that died
+``renewal``     the worker's lease renewal and heartbeat
+``bootstep``    leases, heartbeat, release at cold shutdown
+``signals``     the signals for users; revocation and internal-error receivers
+``ops/``        reading and clearing locks (``ops.locks``), the ``celery once`` command (``ops.cli``)
+``django``      the Django ``AppConfig``, and ``apps`` for a bare ``"celery_once_task"`` entry
 ``models``, ``views``, ``urls``  Django only: the permission and the locks page
+
+``connection``, ``locks`` and ``cli`` keep the import paths of earlier releases.
 """
 
 from .bootstep import OnceTaskUnlockBootStep

@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable, NamedTuple, Optional
 
 from celery.exceptions import Ignore
+from celery.result import AsyncResult
 from kombu.utils.json import dumps, loads
 from redis.exceptions import RedisError
 
@@ -51,6 +52,7 @@ from .headers import BURST_HEADER, header
 from .janitor import Cleanup, janitor
 from .keys import BURST, limited_key, new_task_id
 from .ownership import Lease
+from .protocols import TaskLike, TaskRequest
 from .settings import Settings
 from .store import LockStore, store_for
 from .store.connection import redact_url
@@ -68,7 +70,7 @@ class Burst(NamedTuple):
     task_id: str
 
 
-def burst_key(task: Any, digest: str) -> str:
+def burst_key(task: TaskLike, digest: str) -> str:
     return limited_key(task.name, digest, BURST)
 
 
@@ -77,9 +79,9 @@ def debounced(settings: Settings, task_id: Optional[str], eager: bool) -> bool:
     return bool(settings.debounce) and task_id is None and not eager
 
 
-def publish(task: Any, settings: Settings, digest: str, args: Optional[Sequence[Any]],
+def publish(task: TaskLike, settings: Settings, digest: str, args: Optional[Sequence[Any]],
             kwargs: Optional[Mapping[str, Any]], options: dict[str, Any],
-            send: Callable[[Optional[str], dict[str, Any]], Any]) -> Any:
+            send: Callable[[Optional[str], dict[str, Any]], Optional[AsyncResult]]) -> Optional[AsyncResult]:
     """Join the key's open burst, or start one and publish its message; the burst's result."""
     key = burst_key(task, digest)
     try:
@@ -131,7 +133,7 @@ def publish(task: Any, settings: Settings, digest: str, args: Optional[Sequence[
     return result
 
 
-def take(task: Any, settings: Settings, digest: str, request: Any, args: tuple[Any, ...],
+def take(task: TaskLike, settings: Settings, digest: str, request: TaskRequest, args: tuple[Any, ...],
          kwargs: dict[str, Any]) -> tuple[Optional[Burst], tuple[Any, ...], dict[str, Any]]:
     """Close the burst this message runs, if it is due; the burst, and the arguments to run with.
 
@@ -167,7 +169,7 @@ def take(task: Any, settings: Settings, digest: str, request: Any, args: tuple[A
     return Burst(store, settings, key, request.id), tuple(data.get("args") or ()), dict(data.get("kwargs") or {})
 
 
-def done(task: Any, burst: Burst) -> None:
+def done(task: TaskLike, burst: Burst) -> None:
     """The burst's execution ended: forget the arguments it ran with (the janitor does, if the store is away)."""
     try:
         burst.store.bursts.forget(burst.key, burst.task_id, "closed", remember(burst.settings))
@@ -177,7 +179,8 @@ def done(task: Any, burst: Burst) -> None:
         janitor.add(ended(task, burst.settings, burst.key, burst.task_id, "task ended"))
 
 
-def ended(task: Any, settings: Settings, key: str, task_id: str, reason: str, pid: Optional[int] = None) -> Cleanup:
+def ended(task: TaskLike, settings: Settings, key: str, task_id: str, reason: str,
+          pid: Optional[int] = None) -> Cleanup:
     """The janitor's delete of the arguments an execution ran with, for when it cannot forget them itself."""
     return Cleanup(settings.redis_url, key, task_id, False, task, task_id, reason, pid, options=settings.redis_options,
                    burst=True)

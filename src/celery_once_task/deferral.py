@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from .headers import DIGEST_HEADER, TAKEOVER_HEADER, message_headers
 from .janitor import Cleanup, janitor
 from .ownership import RunningOwner
+from .protocols import TaskLike, TaskRequest
 from .republish import republish
 from .settings import Settings
 
@@ -30,7 +31,7 @@ DEFER_SECONDS = 5.0
 
 
 
-def defer(task: Any, request: Any, headers: Mapping[str, Any], countdown: float) -> None:
+def defer(task: TaskLike, request: TaskRequest, headers: Mapping[str, Any], countdown: float) -> None:
     """Publish this message again, same id and attempt, to run ``countdown`` seconds from now.
 
     Past the queue lock, and past every ``apply_async`` override
@@ -46,10 +47,10 @@ def defer(task: Any, request: Any, headers: Mapping[str, Any], countdown: float)
 
 
 def store_down(
-    task: Any,
+    task: TaskLike,
     settings: Settings,
     digest: str,
-    request: Any,
+    request: TaskRequest,
     running_key: Optional[str],
     owner: RunningOwner,
     exc: RedisError,

@@ -38,7 +38,7 @@ _DIGEST = re.compile(f"[0-9a-f]{{{DIGEST_LENGTH}}}")
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def well_formed_digest(value: Any) -> bool:
+def well_formed_digest(value: object) -> bool:
     """Whether ``value`` is a digest as this module makes them (a header may carry anything)."""
     return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
 
@@ -250,7 +250,7 @@ def _quick_bind(
     return bound
 
 
-def _canonical(task_name: str, path: str, value: Any) -> Any:
+def _canonical(task_name: str, path: str, value: object) -> object:
     # bool before int: bool is an int subclass and JSON keeps them apart.
     if value is None or isinstance(value, (bool, str)):
         return value
@@ -274,7 +274,7 @@ def _canonical(task_name: str, path: str, value: Any) -> Any:
     )
 
 
-def _canonical_key(task_name: str, path: str, key: Any) -> str:
+def _canonical_key(task_name: str, path: str, key: object) -> str:
     if isinstance(key, str):
         return key
     # JSON turns these keys into strings the way json.dumps spells them.
@@ -286,7 +286,7 @@ def _canonical_key(task_name: str, path: str, key: Any) -> str:
     )
 
 
-def _tagged(value: Any) -> dict[str, str] | None:
+def _tagged(value: object) -> dict[str, str] | None:
     # datetime before date: datetime is a date subclass.
     if isinstance(value, datetime.datetime):
         return {"__datetime__": value.isoformat()}

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
@@ -49,7 +49,7 @@ from .headers import CALLED_HEADER, header, message_headers
 from .janitor import Cleanup, janitor
 from .keys import SLOTS, call_id, finished_key, limited_key
 from .ownership import Lease, RunningOwner, running_ttl
-from .protocols import TaskLike, TaskRequest
+from .protocols import TaskLike, TaskOptions, TaskRequest
 from .redelivery import call_of, copy_of_finished
 from .settings import Settings
 from .store import Claim, FinishedCheck, Joining, LockStore, store_for
@@ -65,21 +65,21 @@ RESERVE_SECONDS = 60.0
 SAFETY_LEASES = 10
 
 
-def limit_of(task: Any) -> int:
+def limit_of(task: TaskOptions) -> int:
     return int(getattr(task, "running_limit", None) or 1)
 
 
-def may_wait_in_line(task: Any) -> bool:
-    """Whether the task's calls may wait in a line, by its own options: they are stamped with their time."""
-    return limit_of(task) > 1 or (task.running_lock_conflict == "wait" and not task.queue_lock)
+def may_wait_in_line(running_limit: int, running_lock_conflict: Optional[str], queue_lock: bool) -> bool:
+    """Whether a task's calls may wait in a line, by its own options: they are stamped with their time."""
+    return (running_limit or 1) > 1 or (running_lock_conflict == "wait" and not queue_lock)
 
 
-def limited(task: Any, settings: Settings) -> bool:
+def limited(task: TaskOptions, settings: Settings) -> bool:
     """Whether the task's executions take slots (``running_limit > 1``, or a line kept without a queue lock)."""
     return limit_of(task) > 1 or (settings.running_lock_conflict == "wait" and not task.queue_lock)
 
 
-def slots_key(task: Any, digest: str) -> str:
+def slots_key(task: TaskLike, digest: str) -> str:
     """The slots of a limited call; its line and their messages are siblings (``store.slots.line_of``)."""
     return limited_key(task.name, digest, SLOTS)
 
@@ -154,21 +154,21 @@ def pick_up(task: TaskLike, settings: Settings, digest: str, request: TaskReques
         pickup = held.store.slots.pickup(claim, since, queue_key=queue_key, task_id=request.id, takeover=takeover,
                                          finished=check)
         if pickup.code == SlotCode.FINISHED:
-            pickup = copy_of_finished(task, settings, request, held.store, key, pickup.detail,
+            pickup = copy_of_finished(task, settings, request, held.store, key, str(pickup.detail),
                                       lambda: held.store.slots.pickup(claim, since))
     except RedisError as exc:
         store_down(task, settings, digest, request, key, owner, exc, _lost(task, settings, request, claim))
         return None
     hand_over(task, pickup.handed, key)
     if pickup.code == SlotCode.SAME_ATTEMPT:
-        holds.same_attempt(task, request, held, pickup.detail)
+        holds.same_attempt(task, request, held, str(pickup.detail))
         return held
     if pickup.code == SlotCode.IN_LINE:
         # A copy of a call that is still waiting in line: back to the broker.
         _come_back(task, settings, request, int(pickup.detail), claim.limit)
         raise Ignore()
     if pickup.code == SlotCode.FULL:
-        return _full(task, request, held, queue_key, digest, pickup.detail)
+        return _full(task, request, held, queue_key, digest, str(pickup.detail))
     if after or takeover:
         holds.recovered(task, request, held, after or takeover)
     return held
@@ -212,7 +212,7 @@ def _full(task: TaskLike, request: TaskRequest, held: Slot, queue_key: Optional[
         _come_back(task, settings, request, int(pickup.detail), claim.limit)
         raise Ignore()
     if pickup.code == SlotCode.SAME_ATTEMPT:
-        holds.same_attempt(task, request, held, pickup.detail)
+        holds.same_attempt(task, request, held, str(pickup.detail))
         return held
     if queue_key is not None:
         # A slot freed in between: it runs now, and the queue lock it took back goes.
@@ -220,7 +220,7 @@ def _full(task: TaskLike, request: TaskRequest, held: Slot, queue_key: Optional[
     return held
 
 
-def called_at(request: Any) -> int:
+def called_at(request: TaskRequest) -> int:
     """When the call was made, in microseconds: its ``CALLED_HEADER`` (a line is in call order), else now."""
     stamp = header(request, CALLED_HEADER)
     if isinstance(stamp, int) and not isinstance(stamp, bool):

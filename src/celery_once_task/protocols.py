@@ -1,14 +1,30 @@
 """What the library needs of Celery's objects, as Protocols: Celery ships no type hints.
 
-A task is any ``OnceTask`` (``TaskLike`` names the part of it the execution
-and release paths use); a request is Celery's ``Context`` of the execution
-at hand, or the worker's ``Request`` of a message (``TaskRequest``).
+A task is any ``OnceTask`` (``TaskLike`` names the part of it the paths
+below the task class use); a request is Celery's ``Context`` of the
+execution at hand, or the worker's ``Request`` of a message
+(``TaskRequest``); an app is a ``celery.Celery`` (``CeleryApp``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional, Protocol
+
+
+class AppConf(Protocol):
+    """A Celery app's configuration (``app.conf``), as the library reads it."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    def __contains__(self, key: object) -> bool: ...
+
+
+class CeleryApp(Protocol):
+    """A Celery app."""
+
+    @property
+    def conf(self) -> AppConf: ...
 
 
 class TaskRequest(Protocol):
@@ -17,32 +33,73 @@ class TaskRequest(Protocol):
     id: str
     retries: int
     is_eager: bool
-    args: Sequence[Any]
-    kwargs: Mapping[str, Any]
+    #: A plain function call of the task (``task(...)``), not an execution of a message.
+    called_directly: bool
+    args: Sequence[object]
+    kwargs: Mapping[str, object]
     #: The message's headers (Celery 5.0 flattens the library's onto the request instead: see ``headers``).
-    headers: Optional[Mapping[str, Any]]
+    headers: Optional[Mapping[str, object]]
 
 
-class TaskLike(Protocol):
+class Signature(Protocol):
+    """A Celery signature (``celery.canvas.Signature``, a dict): a call and its publish options."""
+
+    args: Sequence[object]
+    kwargs: Mapping[str, object]
+    options: Mapping[str, object]
+
+    def keys(self) -> Iterator[str]: ...
+
+    def __getitem__(self, key: str) -> object: ...
+
+
+class ResultBackend(Protocol):
+    """A Celery result backend, as the library stores a duplicate's failure in it."""
+
+    def mark_as_failure(self, task_id: str, exc: BaseException, traceback: Optional[str] = None,
+                        request: object = None, store_result: bool = True) -> object: ...
+
+
+class AsyncResult(Protocol):
+    """A Celery ``AsyncResult``: a call's id, and its state in the result backend."""
+
+    id: str
+
+    @property
+    def state(self) -> str: ...
+
+
+class TaskOptions(Protocol):
+    """The options of a ``OnceTask`` class or instance that decide which path its executions take."""
+
+    @property
+    def queue_lock(self) -> bool: ...
+    @property
+    def running_lock(self) -> bool: ...
+    @property
+    def running_limit(self) -> int: ...
+    @property
+    def running_lock_conflict(self) -> Optional[str]: ...
+
+
+class TaskLike(TaskOptions, Protocol):
     """A ``OnceTask``, as the paths below the task class use it."""
 
     name: str
-    #: The Celery app (``celery.Celery``).
-    app: Any
-    #: The result backend.
-    backend: Any
+    backend: ResultBackend
     ignore_result: bool
-    queue_lock: bool
-    running_lock: bool
-    running_limit: int
-    running_lock_conflict: Optional[str]
+    store_errors_even_if_ignored: bool
 
     @property
-    def request(self) -> Any: ...
+    def app(self) -> CeleryApp: ...
 
-    def AsyncResult(self, task_id: str, **kwargs: Any) -> Any: ...
+    @property
+    def request(self) -> TaskRequest: ...
 
-    def signature_from_request(self, request: Any = None, args: Any = None, kwargs: Any = None,
-                               queue: Any = None, **extra_options: Any) -> Any: ...
+    def AsyncResult(self, task_id: str, **kwargs: object) -> AsyncResult: ...
+
+    def signature_from_request(self, request: Optional[TaskRequest] = None, args: Optional[Sequence[object]] = None,
+                               kwargs: Optional[Mapping[str, object]] = None, queue: Optional[str] = None,
+                               **extra_options: object) -> Signature: ...
 
     def once_digest(self, args: Optional[Sequence[Any]], kwargs: Optional[Mapping[str, Any]]) -> str: ...

@@ -22,10 +22,11 @@ import datetime
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import celery
 from celery.app.task import Context
+from celery.result import AsyncResult
 from redis.exceptions import RedisError
 
 from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskLocked
@@ -34,6 +35,7 @@ from .headers import CALL_HEADER, CALLED_HEADER, DIGEST_HEADER
 from .internals import called_by_beat
 from .janitor import Cleanup, janitor, release_or_leave
 from .keys import QUEUE, lock_key, new_task_id
+from .protocols import Signature, TaskLike, TaskRequest
 from .redelivery import new_call
 from .settings import Settings
 from .store import Acquired, store_for
@@ -47,10 +49,13 @@ _BEAT_NEEDS_A_RESULT = tuple(celery.VERSION[:3]) < (5, 3, 4)
 #: Canvas options: a member published with them has a result id someone waits on.
 _CANVAS_OPTIONS = ("chain", "group_id", "chord")
 
-Publish = Callable[[Optional[str]], Any]
+#: Celery's own publish of the call, under a task id: its ``AsyncResult``.
+Publish = Callable[[Optional[str]], Optional[AsyncResult]]
+#: A call's callbacks or errbacks, as Celery takes them: a signature, or a list of them.
+Links = Union[Signature, Sequence[Signature], None]
 
 
-def current_request(task: Any) -> Any:
+def current_request(task: TaskLike) -> Optional[TaskRequest]:
     """The request the task is executing, or None.
 
     Not ``task.request``: Celery binds a task class (``__bound__``) before it
@@ -62,17 +67,17 @@ def current_request(task: Any) -> Any:
 
 
 def publish_once(
-    task: Any,
+    task: TaskLike,
     settings: Settings,
     digest: str,
     args: Optional[Sequence[Any]],
     kwargs: Optional[Mapping[str, Any]],
     task_id: Optional[str],
-    link: Any,
-    link_error: Any,
+    link: Links,
+    link_error: Links,
     options: dict[str, Any],
     publish: Publish,
-) -> Any:
+) -> Optional[AsyncResult]:
     """Publish the call under its queue lock; what a duplicate gets otherwise."""
     key = lock_key(task.name, digest, QUEUE)
     fixed_id = task_id is not None
@@ -111,8 +116,8 @@ def publish_once(
 
 
 def _store_down(
-    task: Any, settings: Settings, key: str, task_id: str, retry: bool, exc: RedisError, publish: Publish
-) -> Any:
+    task: TaskLike, settings: Settings, key: str, task_id: str, retry: bool, exc: RedisError, publish: Publish
+) -> Optional[AsyncResult]:
     if settings.fail_open or retry:
         # Published under this task id: if a lost reply did take the lock, a
         # message is behind it, and the worker releases it at pickup.
@@ -135,7 +140,7 @@ def _store_down(
 
 
 def _duplicate(
-    task: Any,
+    task: TaskLike,
     settings: Settings,
     key: str,
     task_id: str,
@@ -143,10 +148,10 @@ def _duplicate(
     outcome: Acquired,
     args: Optional[Sequence[Any]],
     kwargs: Optional[Mapping[str, Any]],
-    link: Any,
-    link_error: Any,
+    link: Links,
+    link_error: Links,
     options: Mapping[str, Any],
-) -> Any:
+) -> Optional[AsyncResult]:
     holder = outcome.holder
     # A fixed id (a canvas member, apply_async(task_id=...)) keeps the
     # behaviour below whatever the policy: something waits on that id.
@@ -156,7 +161,7 @@ def _duplicate(
         logger.info(
             "%s[%s]: duplicate call returned existing: queue lock %s is held by %s", task.name, task_id, key, holder
         )
-        return task.AsyncResult(holder)
+        return task.AsyncResult(str(holder))
     if policy == "raise":
         logger.info("%s[%s]: duplicate call raised: queue lock %s is held by %s", task.name, task_id, key, holder)
         raise OnceTaskDuplicate(task.name, holder, key)
@@ -225,10 +230,12 @@ def _called_by_beat() -> bool:
     return called_by_beat(3, frames=8)
 
 
-def as_list(value: Any) -> Optional[list[Any]]:
+def as_list(value: Links) -> Optional[list[Signature]]:
     if value is None:
         return None
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]  # type: ignore[list-item]  # a signature is a dict, never a list or a tuple
 
 
 def seconds_until_start(options: Mapping[str, Any]) -> float:

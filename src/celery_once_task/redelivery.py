@@ -66,7 +66,9 @@ from .deferral import defer
 from .events import lock_recovered
 from .headers import CALL_HEADER, header
 from .ownership import INSTANCE, Lease, heartbeat_enabled
+from .protocols import TaskLike, TaskRequest
 from .settings import Settings
+from .store import LockStore
 
 logger = logging.getLogger("celery_once_task")
 
@@ -112,7 +114,7 @@ def writer_prefix(attempt: int, call: str, instance: str, pid: int) -> str:
     return f"{attempt}:{call}:{instance}:{pid}:"
 
 
-def ended(task: Any, outcome: Optional[BaseException]) -> Optional[Finished]:
+def ended(task: TaskLike, outcome: Optional[BaseException]) -> Optional[Finished]:
     """The record of a body that ended with ``outcome`` (None: it returned); None if it did not finish.
 
     A body interrupted by a ``BaseException`` that is not an ``Exception``
@@ -134,7 +136,7 @@ def writer_instance() -> str:
     return INSTANCE if heartbeat_enabled() else "-"
 
 
-def call_of(request: Any) -> str:
+def call_of(request: TaskRequest) -> str:
     """The call a request's message is (``NO_CALL`` without the header)."""
     return call_of_headers({CALL_HEADER: header(request, CALL_HEADER)})
 
@@ -144,7 +146,7 @@ def call_of_headers(headers: Optional[Mapping[str, Any]]) -> str:
     return call if isinstance(call, str) and call else NO_CALL
 
 
-def result_stored(task: Any, task_id: str) -> bool:
+def result_stored(task: TaskLike, task_id: str) -> bool:
     """Whether the result backend holds a final state for ``task_id`` (False where it cannot tell)."""
     if not stores_results(task):
         return False
@@ -154,11 +156,11 @@ def result_stored(task: Any, task_id: str) -> bool:
         return False
 
 
-def stores_results(task: Any) -> bool:
+def stores_results(task: TaskLike) -> bool:
     return not task.ignore_result and not isinstance(task.backend, DisabledBackend)
 
 
-def guard_seconds(task: Any, settings: Settings) -> float:
+def guard_seconds(task: TaskLike, settings: Settings) -> float:
     """How long a finished record is kept: the setting, or the Redis broker's visibility timeout if longer."""
     options = getattr(task.app.conf, "broker_transport_options", None) or {}
     visibility = options.get("visibility_timeout")
@@ -177,7 +179,7 @@ class Verdict(enum.Enum):
 LOOK_AGAIN = 2.0
 
 
-def verdict(task: Any, request: Any, finished: Finished, settings: Settings,
+def verdict(task: TaskLike, request: TaskRequest, finished: Finished, settings: Settings,
             alive: Callable[[str], bool]) -> tuple[Verdict, float]:
     """What a copy of a finished attempt gets, and for ``DEFER`` how many seconds from now it looks again.
 
@@ -197,8 +199,8 @@ def verdict(task: Any, request: Any, finished: Finished, settings: Settings,
     return (Verdict.DEFER, max(0.5, min(LOOK_AGAIN, grace))) if grace > 0 else (Verdict.RUN, 0.0)
 
 
-def copy_of_finished(task: Any, settings: Settings, request: Any, store: Any, running_key: Optional[str],
-                     value: str, again: Callable[[], _T]) -> _T:
+def copy_of_finished(task: TaskLike, settings: Settings, request: TaskRequest, store: LockStore,
+                     running_key: Optional[str], value: str, again: Callable[[], _T]) -> _T:
     """A copy of an attempt that ended: ignored, put off (both raise ``Ignore``), or -- its result lost with its
     process -- picked up after all: what ``again()`` returns.
     """

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
 
 import celery
 from redis.exceptions import RedisError
@@ -19,6 +18,7 @@ from redis.exceptions import RedisError
 from .errors import OnceTaskLocked
 from .events import duplicate_execution
 from .ownership import RunningOwner
+from .protocols import TaskLike, TaskRequest
 from .redelivery import Finished, guard_seconds, writer_instance
 from .settings import Settings
 from .store import FinishedCheck, FinishedRecord, LockStore
@@ -29,7 +29,8 @@ logger = logging.getLogger("celery_once_task")
 _CELERY_STORES_REJECTIONS = tuple(celery.VERSION[:3]) >= (5, 7, 0)
 
 
-def reject_duplicate(task: Any, request: Any, key: str, holder_value: str, why: str = "") -> OnceTaskLocked:
+def reject_duplicate(task: TaskLike, request: TaskRequest, key: str, holder_value: str,
+                     why: str = "") -> OnceTaskLocked:
     """The rejection of a duplicate execution (stored as a failure on Celery < 5.7).
 
     ``why``: what it met, where not the running lock of one other task.
@@ -52,7 +53,8 @@ def reject_duplicate(task: Any, request: Any, key: str, holder_value: str, why: 
     return exc
 
 
-def record_rejection(task: Any, settings: Settings, store: LockStore, check: FinishedCheck, request: Any) -> None:
+def record_rejection(task: TaskLike, settings: Settings, store: LockStore, check: FinishedCheck,
+                     request: TaskRequest) -> None:
     finished = Finished(check.attempt, check.call, writer_instance(), os.getpid(), True, time.time())
     try:
         store.locks.record_finished(FinishedRecord(check.key, finished.value(), guard_seconds(task, settings),

@@ -14,9 +14,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from celery import Task
+from celery.result import AsyncResult
+
+from .protocols import TaskLike
 
 
-def republish(task: Any, args: Optional[Sequence[Any]], kwargs: Optional[Mapping[str, Any]],
-              options: Mapping[str, Any]) -> Any:
+def republish(task: TaskLike, args: Optional[Sequence[Any]], kwargs: Optional[Mapping[str, Any]],
+              options: Mapping[str, Any]) -> Optional[AsyncResult]:
     """Publish a copy of a message under its own task id, past every ``apply_async`` override."""
     return Task.apply_async(task, args, kwargs, **options)

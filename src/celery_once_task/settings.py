@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional, get_args
 
+from .protocols import AppConf, CeleryApp
 from .store import connection
 
 #: What an execution that meets a running copy of its call gets.
@@ -61,7 +62,7 @@ class SettingSpec:
     """One setting, declared once: everything the library knows of it."""
 
     name: str
-    default: Any
+    default: object
     kind: Kind
     #: One line: what the setting means (``configure()``'s and ``OnceTask``'s docstrings begin with it).
     doc: str
@@ -107,7 +108,7 @@ class SettingSpec:
             raise ValueError(f"{label} must be True or False, got {value!r}")
         return value
 
-    def shown(self, value: Any) -> Any:
+    def shown(self, value: object) -> object:
         return value if self.redact is None else self.redact(value)
 
 
@@ -286,7 +287,7 @@ def settings_changed() -> None:
     _configured.changed()
 
 
-def resolve(app: Any = None, task: Any = None) -> Settings:
+def resolve(app: Optional[CeleryApp] = None, task: object = None) -> Settings:
     """The settings in force for ``task`` of ``app``, by the precedence above.
 
     Kept on the task between calls while nothing it depends on has changed:
@@ -297,13 +298,13 @@ def resolve(app: Any = None, task: Any = None) -> Settings:
     return _kept(app, task)[0]
 
 
-def for_publish(app: Any, task: Any) -> tuple[Settings, bool]:
+def for_publish(app: CeleryApp, task: object) -> tuple[Settings, bool]:
     """The settings of ``task`` and Celery's ``task_always_eager``, kept together (asked on every call)."""
     return _kept(app, task)
 
 
-def _kept(app: Any, task: Any) -> tuple[Settings, bool]:
-    conf: Any = getattr(app, "conf", None)
+def _kept(app: Optional[CeleryApp], task: object) -> tuple[Settings, bool]:
+    conf: Optional[AppConf] = getattr(app, "conf", None)
     maps = getattr(conf, "maps", None)
     if not maps or task is None:  # nothing to tell a change by: resolved every time
         return _resolve(conf, task), bool(conf is not None and conf.get("task_always_eager"))
@@ -314,8 +315,9 @@ def _kept(app: Any, task: Any) -> tuple[Settings, bool]:
     cached = getattr(task, "_once_resolved", None)
     if cached is not None and cached[0] == fingerprint:
         return cached[1]  # type: ignore[no-any-return]
-    kept = (_resolve(conf, task), bool(conf.get("task_always_eager")))
-    task._once_resolved = (fingerprint, kept)
+    kept = (_resolve(conf, task), bool(conf is not None and conf.get("task_always_eager")))
+    # On the task, which lives as long as the app: no registry of tasks to keep in step.
+    setattr(task, "_once_resolved", (fingerprint, kept))  # noqa: B010
     return kept
 
 
@@ -326,7 +328,7 @@ _CONF_SPECS = tuple((spec.name, spec.conf_name, spec) for spec in SETTINGS)
 _TASK_SPECS = tuple((spec.name, spec) for spec in SETTINGS if spec.task_option)
 
 
-def _resolve(conf: Any, task: Any) -> Settings:
+def _resolve(conf: Optional[AppConf], task: object) -> Settings:
     values: dict[str, Any] = {}
     integration = _configured.integration
     if integration is not None:
@@ -346,7 +348,7 @@ def _resolve(conf: Any, task: Any) -> Settings:
         for name, spec in _TASK_SPECS:
             value = getattr(task, name, None)
             if value is not None:
-                values[name] = spec.check(value, f"{task.name}.{name}")
+                values[name] = spec.check(value, f"{getattr(task, 'name', None)}.{name}")
     debounce, most = values.get("debounce"), values.get("debounce_max")
     if debounce and most and most < debounce:
         where = getattr(task, "name", "the configuration")

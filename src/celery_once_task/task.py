@@ -16,14 +16,15 @@ from typing import Any, Optional
 
 from celery import Task, states
 from celery.app.task import Context
-from celery.result import EagerResult
+from celery.result import AsyncResult, EagerResult
+from kombu.messaging import Producer
 
 from . import debounce, execute
 from .errors import OnceTaskLocked
 from .headers import DIGEST_HEADER, header
 from .keys import call_digest, check_lock_args, lock_key, signature_of, well_formed_digest
 from .limits import may_wait_in_line
-from .publish import as_list, publish_once, with_digest
+from .publish import Links, as_list, publish_once, with_digest
 from .settings import SETTINGS, QueueLockConflict, RunningLockConflict, Settings, for_publish, resolve
 
 logger = logging.getLogger("celery_once_task")
@@ -84,7 +85,7 @@ class OnceTask(Task):
     #: (signature, whether ``lock_arguments`` picks the key's arguments), made on first use.
     _once_spec: Optional[tuple[Any, bool]] = None
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
         """Check the task's own options where it is defined: a bad one names the task and the option."""
         super().__init_subclass__(**kwargs)
         label = cls.__dict__.get("name") or f"{cls.__module__}.{cls.__qualname__}"
@@ -96,7 +97,7 @@ class OnceTask(Task):
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValueError(f"{label}: running_limit must be a positive integer (executions of a key at once), "
                              f"got {limit!r}")
-        cls._once_in_line = may_wait_in_line(cls)
+        cls._once_in_line = may_wait_in_line(cls.running_limit, cls.running_lock_conflict, cls.queue_lock)
         if cls.debounce and cls.debounce_max and cls.debounce_max < cls.debounce:
             raise ValueError(f"{label}: debounce_max ({cls.debounce_max!r}) must be at least debounce "
                              f"({cls.debounce!r})")
@@ -162,15 +163,35 @@ class OnceTask(Task):
         args: Optional[Sequence[Any]] = None,
         kwargs: Optional[Mapping[str, Any]] = None,
         task_id: Optional[str] = None,
-        producer: Any = None,
-        link: Any = None,
-        link_error: Any = None,
+        producer: Optional[Producer] = None,
+        link: Links = None,
+        link_error: Links = None,
         shadow: Optional[str] = None,
         **options: Any,
-    ) -> Any:
-        """Publish the task unless the same call is already queued; a duplicate returns ``None``."""
+    ) -> Optional[AsyncResult]:
+        """Publish the task unless the same call is already queued.
 
-        def publish(task_id: Optional[str]) -> Any:
+        Args:
+            args: The positional arguments of the call.
+            kwargs: The keyword arguments of the call.
+            task_id: A task id fixed in advance (canvas members have one); else a new one.
+            producer: The kombu producer to publish with, as Celery takes it.
+            link: The callbacks, as Celery takes them.
+            link_error: The errbacks, as Celery takes them.
+            shadow: The name the call is shown under, as Celery takes it.
+            **options: Celery's publish options (``countdown``, ``queue``, ``headers``, ...).
+
+        Returns:
+            The call's ``AsyncResult``; for a duplicate, what ``queue_lock_conflict`` says: ``None``
+            ("drop"), the queued call's ``AsyncResult`` ("existing").
+
+        Raises:
+            OnceTaskDuplicate: A duplicate, with ``queue_lock_conflict="raise"``.
+            LockStoreUnavailable: The lock store did not answer (unless ``fail_open``): nothing was published.
+            TypeError: An argument of the key has no canonical form; the message names the task and the argument.
+        """
+
+        def publish(task_id: Optional[str]) -> Optional[AsyncResult]:
             return super(OnceTask, self).apply_async(
                 args, kwargs, task_id, producer, link, link_error, shadow, **options
             )
@@ -191,7 +212,7 @@ class OnceTask(Task):
 
     # -- Django transactions --------------------------------------------------
 
-    def delay_on_commit(self, *args: Any, **kwargs: Any) -> None:
+    def delay_on_commit(self, *args: object, **kwargs: object) -> None:
         """``delay(*args, **kwargs)`` once the current Django transaction commits.
 
         Celery's ``DjangoTask`` method (Celery 5.4+), here for every Celery
@@ -230,16 +251,16 @@ class OnceTask(Task):
         self,
         args: Optional[Sequence[Any]] = None,
         kwargs: Optional[Mapping[str, Any]] = None,
-        link: Any = None,
-        link_error: Any = None,
+        link: Links = None,
+        link_error: Links = None,
         task_id: Optional[str] = None,
         retries: Optional[int] = None,
         throw: Optional[bool] = None,
-        logfile: Any = None,
-        loglevel: Any = None,
+        logfile: Optional[str] = None,
+        loglevel: Optional[int] = None,
         headers: Optional[Mapping[str, Any]] = None,
         **options: Any,
-    ) -> Any:
+    ) -> EagerResult:
         """Run the task in this process (``apply()``, eager mode); a duplicate fails with ``OnceTaskLocked``."""
         result = super().apply(
             args, kwargs, link, link_error, task_id, retries, throw, logfile, loglevel, headers, **options

@@ -36,12 +36,13 @@ from typing import Any, Optional
 from kombu.utils.json import dumps, loads
 
 from .keys import split_entry, waiting_token
+from .protocols import TaskLike, TaskRequest
 from .republish import republish
 
 logger = logging.getLogger("celery_once_task")
 
 
-def entry(task: Any, request: Any, headers: dict[str, Any]) -> Optional[str]:
+def entry(task: TaskLike, request: TaskRequest, headers: dict[str, Any]) -> Optional[str]:
     """The waiting entry of this execution: its task id and the message to publish at hand-over.
 
     None where the message cannot be written as JSON (arguments kombu's JSON
@@ -51,7 +52,7 @@ def entry(task: Any, request: Any, headers: dict[str, Any]) -> Optional[str]:
     return None if message is None else waiting_token(request.id) + message
 
 
-def message_of(task: Any, request: Any, headers: dict[str, Any]) -> Optional[str]:
+def message_of(task: TaskLike, request: TaskRequest, headers: dict[str, Any]) -> Optional[str]:
     """This execution's message as JSON, to be published again as it is; None where it is not JSON."""
     signature = task.signature_from_request(request, request.args, request.kwargs, headers=headers,
                                             retries=request.retries)
@@ -63,13 +64,13 @@ def message_of(task: Any, request: Any, headers: dict[str, Any]) -> Optional[str
         return None
 
 
-def hand_over(task: Any, value: str, key: str) -> None:
+def hand_over(task: TaskLike, value: str, key: str) -> None:
     """Publish the waiting copy a released running lock had behind it."""
     task_id, message = split_entry(value)
     publish(task, task_id, message, key)
 
 
-def publish(task: Any, task_id: str, message: str, key: str) -> None:
+def publish(task: TaskLike, task_id: str, message: str, key: str) -> None:
     """Publish a waiting call's message (``message_of``), as it is and under its own task id."""
     try:
         data: Any = loads(message)  # type: ignore[no-untyped-call]
@@ -85,7 +86,7 @@ def publish(task: Any, task_id: str, message: str, key: str) -> None:
     logger.info("%s[%s]: waiting copy handed over (lock %s)", task.name, task_id, key)
 
 
-def hand_over_entries(task: Any, entries: list[str], key: str) -> None:
+def hand_over_entries(task: TaskLike, entries: list[str], key: str) -> None:
     """Publish the calls of a limited key's line that were given a slot (see ``limits``).
 
     Each entry is ``<task id>\\x1f<attempt>\\x1f<message>``; one without a

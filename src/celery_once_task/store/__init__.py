@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Optional, Protocol
 
+from ..protocols import CeleryApp
 from .bursts import Bursts
 from .connection import Client
 from .finished import FinishedCheck, FinishedRecord
@@ -63,7 +64,7 @@ class _StoreSettings(Protocol):
 
 class _Task(Protocol):
     @property
-    def app(self) -> Any: ...
+    def app(self) -> CeleryApp: ...
 
 
 #: The attribute of a task that keeps its store, with the settings it was made for.

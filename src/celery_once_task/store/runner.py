@@ -81,7 +81,7 @@ class RetryPolicy:
     interval_max: float = 0.2
 
     @classmethod
-    def of_app(cls, app: Any) -> RetryPolicy:
+    def of_app(cls, app: object) -> RetryPolicy:
         """The app's publish retry policy; no retries where ``task_publish_retry`` is off."""
         conf = getattr(app, "conf", None)
         if conf is None:

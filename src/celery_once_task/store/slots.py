@@ -7,7 +7,7 @@ messages -- siblings in one Redis Cluster hash slot (``keys.sibling``).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 from ..keys import MESSAGES, WAITERS, sibling
 from .finished import FinishedCheck, FinishedRecord
@@ -59,7 +59,7 @@ class SlotPickup(NamedTuple):
 
     code: SlotCode
     #: The finished record (FINISHED), the place in line (IN_LINE), or a holder's owner token (SAME_ATTEMPT, FULL).
-    detail: Any
+    detail: Union[str, int]
     #: The waiting calls' entries given a free slot here: to be published.
     handed: list[str]
     queue_released: bool = False
@@ -110,7 +110,7 @@ class Slots:
         reply = replies[1 if queue_key is not None else 0]
         queue_released = queue_key is not None and (replies[0] == 1 or maybe_applied)
         code, detail, *handed = reply
-        return SlotPickup(SlotCode(int(code)), text(detail) if isinstance(detail, bytes) else detail,
+        return SlotPickup(SlotCode(int(code)), str(text(detail)) if isinstance(detail, bytes) else int(detail),
                           [str(text(item)) for item in handed], queue_released)
 
     def release(self, key: str, token: str, limit: int, reserve: float,

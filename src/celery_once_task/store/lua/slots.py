@@ -87,8 +87,10 @@ end
 # (``{"task_id":...,"retries":N,``), ARGV[7] "1" to join the line if no slot is free ("" : do
 # not wait), ARGV[8] when the call was made (microseconds), ARGV[9] its message, ARGV[10] how
 # long the line is kept (milliseconds), ARGV[11] how long a reservation is kept, ARGV[12] a
-# token whose slot this owner may take over ("" : none), ARGV[13] with KEYS[4]: the attempt,
-# ARGV[14] its call (see ``redelivery``)
+# token (or its prefix) whose slot this owner may take over ("" : none) -- only a slot of the
+# same attempt (a token that begins with ARGV[6]) is ever taken over, ARGV[13] with KEYS[4]:
+# the attempt, ARGV[14] its call (see ``redelivery``)
+# (``SlotAcquireArgs`` below builds ARGV[1..12]; the script reads them into locals of those names.)
 # return  {code, detail, entries handed over...}: code 1 a slot was taken; 2 this attempt
 #         already ended (detail: the record); 3 the call waits in line (detail: its place,
 #         from 1); 4 another delivery of the same attempt holds a slot (detail: its token; a
