@@ -114,23 +114,31 @@ def test_a_free_queue_lock_is_taken_by_one_native_set_and_a_held_one_names_its_h
     client = lock_server.client(2)
     store = LockStore(client)
     key = f"once_task:tests.store:{uuid.uuid4().hex[:16]}:queue"
-    assert store.acquire_queue(key, "first", 60).acquired
-    refused = store.acquire_queue(key, "second", 60)
+    assert store.locks.acquire_queue(key, "first", 60).acquired
+    refused = store.locks.acquire_queue(key, "second", 60)
     assert (refused.acquired, refused.holder) == (False, "first")
     assert (command_calls(client, "set"), command_calls(client, "evalsha")) == (2, 0)
     assert client.get(key) == b"first"
     assert 59_000 < client.pttl(key) <= 60_000
 
 
-def test_a_server_that_refuses_set_nx_get_is_given_the_script(lock_server: RedisServer) -> None:
+@pytest.fixture
+def nx_get_refused(lock_server: RedisServer) -> Iterator[Any]:
+    """A client marked as one whose server refused ``SET ... NX GET``; the mark is forgotten after the test."""
     # Redis 6.2 answers SET ... NX GET with a syntax error; no 6.2 server is
     # at hand, so the client is marked as one whose server did.
     client = lock_server.client(2)
-    scripts._REFUSE_NX_GET.add(id(client))
+    scripts.refused_nx_get(client)
+    yield client
+    scripts.forget_refusals(client)
+
+
+def test_a_server_that_refuses_set_nx_get_is_given_the_script(nx_get_refused: Any) -> None:
+    client = nx_get_refused
     store = LockStore(client)
     key = f"once_task:tests.store:{uuid.uuid4().hex[:16]}:queue"
-    assert store.acquire_queue(key, "first", 60).acquired
-    refused = store.acquire_queue(key, "second", 60)
+    assert store.locks.acquire_queue(key, "first", 60).acquired
+    refused = store.locks.acquire_queue(key, "second", 60)
     assert (refused.acquired, refused.holder) == (False, "first")
     assert command_calls(client, "evalsha") >= 2  # NOSCRIPT, then loaded and run
 
@@ -145,11 +153,11 @@ def test_an_error_reply_in_a_pickup_leaves_the_connection_in_step(lock_server: R
     for script in (scripts.COMPARE_AND_DELETE, scripts.ACQUIRE):  # loaded: no NOSCRIPT to answer first
         client.script_load(script.source)
     with pytest.raises(ResponseError, match="WRONGTYPE"):
-        store.pickup(queue_key, "id-1", running_key, owner, 60)
+        store.locks.pickup(queue_key, "id-1", running_key, owner, 60)
     # Both commands were read: the running lock was taken, and the next reply is the next command's own.
     assert owner.holds(client.get(running_key).decode())
     other = f"once_task:tests.store:{uuid.uuid4().hex[:16]}:queue"
-    assert store.acquire_queue(other, "id-2", 60).acquired
-    assert store.acquire_queue(other, "id-3", 60).holder == "id-2"
+    assert store.locks.acquire_queue(other, "id-2", 60).acquired
+    assert store.locks.acquire_queue(other, "id-3", 60).holder == "id-2"
     # On the same connection all along: a reply left unread would have been read by a later command.
     assert wire.kept_connections(client) == 1

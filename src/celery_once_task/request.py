@@ -17,6 +17,7 @@ from celery.exceptions import Terminated, TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
 
 from .cleanup import release_locks
+from .internals import unwrap_child_exception
 
 # Exceptions the main process sees when the child never finished the body.
 _CHILD_GONE = (WorkerLostError, TimeLimitExceeded, Terminated, SystemExit, KeyboardInterrupt)
@@ -48,10 +49,7 @@ class OnceTaskRequest(Request):
         )
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
-        exc = exc_info.exception
-        # billiard >= 4.2 wraps the child's exception; older releases do not.
-        if type(exc).__name__ == "ExceptionWithTraceback":
-            exc = exc.exc
+        exc = unwrap_child_exception(exc_info.exception)
         if isinstance(exc, _CHILD_GONE):
             # Celery requeues the message of a lost child only for acks_late with reject_on_worker_lost.
             requeued = bool(self.task.acks_late and self.task.reject_on_worker_lost

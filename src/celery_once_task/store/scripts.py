@@ -27,6 +27,7 @@ import redis
 from redis import exceptions
 from redis.exceptions import NoScriptError, ResponseError
 
+from ..internals import cluster_pipeline_queue
 from .connection import is_cluster
 from .lua import Script
 from .lua.bursts import BURST_CALL, BURST_FORGET, BURST_TAKE
@@ -37,8 +38,8 @@ from .wire import Arg, pack_args, send_packed, set_nx_get
 __all__ = [
     "ACQUIRE", "BURST_CALL", "BURST_FORGET", "BURST_TAKE", "COMPARE_AND_DELETE", "COMPARE_AND_SWAP",
     "RECORD_FINISHED", "RELEASE_RUNNING", "RENEW", "SCRIPTS", "SLOT_ACQUIRE", "SLOT_CLEAR", "SLOT_FORGET",
-    "SLOT_RELEASE", "SLOT_RENEW", "TAKE", "Call", "Script", "acquire_free", "refuses_more_keys", "run",
-    "run_in",
+    "SLOT_RELEASE", "SLOT_RENEW", "TAKE", "Call", "Script", "acquire_free", "forget_refusals",
+    "refused_nx_get", "refuses_more_keys", "run", "run_in",
 ]
 
 logger = logging.getLogger("celery_once_task")
@@ -90,12 +91,14 @@ def _refused(error: ResponseError) -> bool:
     return (refused is not None and isinstance(error, refused)) or str(error).startswith("NOPERM")
 
 
+# What a client's server refused, remembered per client object: held weakly
+# (a client's record goes with it) and by the object, which redis-py's
+# clients hash by identity, so a later client that is given a dead one's
+# ``id()`` starts with a clean record. A WeakSet lookup costs about as much as
+# a lookup by id.
+
 #: The clients whose server refused a call's ``more_keys``: callers leave them out from then on.
-#: Held weakly, by the client object itself (redis-py's clients hash by identity): a later client
-#: that happens to get a dead one's ``id()`` starts with a clean record.
 _REFUSED_MORE_KEYS: weakref.WeakSet[Any] = weakref.WeakSet()
-#: Kept in step with ``_REFUSED_MORE_KEYS`` until every caller asks ``refuses_more_keys``.
-REFUSED_MORE_KEYS: set[int] = set()
 
 
 def refuses_more_keys(client: Any) -> bool:
@@ -106,13 +109,21 @@ def refuses_more_keys(client: Any) -> bool:
     return client in _REFUSED_MORE_KEYS
 
 
+def forget_refusals(client: Any) -> None:
+    """Forget what ``client``'s server refused (extra keys, ``SET ... NX GET``): it is tried again.
+
+    For a server whose ACL rules or release changed under a long-lived client, and for tests.
+    """
+    _REFUSED_MORE_KEYS.discard(client)
+    _REFUSES_NX_GET.discard(client)
+
+
 def _instead(client: Any, call: Call, error: ResponseError) -> Any:
     """The reply of ``call``'s fallback where the server refused its extra keys; else raise ``error``."""
     if call.fallback is None or not _refused(error):
         raise error
     if client not in _REFUSED_MORE_KEYS:
         _REFUSED_MORE_KEYS.add(client)
-        REFUSED_MORE_KEYS.add(id(client))
         logger.warning(
             "lock operation refused: the lock store's user may not touch %s (%s); finished executions are "
             "not recorded, so a redelivered copy of a finished task can run again: add the key pattern "
@@ -130,9 +141,17 @@ def _pack_calls(encoder: Any, calls: Sequence[Call]) -> bytes:
     ])
 
 
-#: ``id()`` of the clients whose server refused ``SET ... NX GET`` (Redis 6.2): they get ACQUIRE.
-#: By id, a set lookup on every call; an id reused by a later client only costs it the script.
-_REFUSE_NX_GET: set[int] = set()
+#: The clients whose server refused ``SET ... NX GET`` (Redis 6.2): they get ACQUIRE.
+_REFUSES_NX_GET: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def refused_nx_get(client: Any) -> None:
+    """Remember that ``client``'s server refused ``SET ... NX GET``: ``acquire_free`` sends it the script.
+
+    ``acquire_free`` calls it on the server's syntax error; a test calls it
+    for a server it cannot have (and ``forget_refusals`` after).
+    """
+    _REFUSES_NX_GET.add(client)
 
 
 def acquire_free(client: Any, key: str, value: str, ttl_ms: int) -> Any:
@@ -144,7 +163,7 @@ def acquire_free(client: Any, key: str, value: str, ttl_ms: int) -> Any:
     6.2 refuses ``NX`` with ``GET`` as a syntax error, without running
     anything; that client is given the script from then on.
     """
-    if id(client) not in _REFUSE_NX_GET:
+    if client not in _REFUSES_NX_GET:
         if is_cluster(client):
             try:
                 reply = client.execute_command("SET", key, value, "PX", ttl_ms, "NX", "GET", get=True)
@@ -156,7 +175,7 @@ def acquire_free(client: Any, key: str, value: str, ttl_ms: int) -> Any:
             return 1 if reply is None else reply
         if "syntax error" not in str(reply).lower():
             raise reply
-        _REFUSE_NX_GET.add(id(client))
+        refused_nx_get(client)
     return run(client, [Call(ACQUIRE, key, (value, ttl_ms, "", "exact"))])[0]
 
 
@@ -235,11 +254,10 @@ def _run_on_cluster(client: Any, calls: Sequence[Call]) -> list[Any]:
 
 def _send_once(pipe: Any) -> list[Any]:
     """The cluster pipeline's replies, errors in place, with no call sent twice."""
-    # redis-py 6+ keeps the queued commands in an execution strategy, 4.2-5.x on the pipeline.
-    strategy = getattr(pipe, "_execution_strategy", None)
-    stack = strategy.command_queue if strategy is not None else pipe.command_stack
     try:
-        return list(pipe.send_cluster_commands(stack, raise_on_error=False, allow_redirections=False))
+        return list(pipe.send_cluster_commands(
+            cluster_pipeline_queue(pipe), raise_on_error=False, allow_redirections=False,
+        ))
     finally:
         pipe.reset()
 

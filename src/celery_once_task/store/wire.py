@@ -34,6 +34,8 @@ from typing import Any, Callable, Optional, Union
 import redis
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
+from ..internals import pool_generation
+
 #: What lock commands are made of: text, and numbers of milliseconds.
 Arg = Union[str, int]
 
@@ -55,21 +57,21 @@ if hasattr(os, "register_at_fork"):
 class _Kept(list):  # type: ignore[type-arg]
     """A pool's idle connections kept by this module, for one process and one life of the pool; at most ``size``."""
 
-    __slots__ = ("lent", "process", "size")
+    __slots__ = ("life", "process", "size")
 
     def __init__(self, pool: Any) -> None:
         super().__init__()
         self.process = _process
-        # The pool's record of its lent connections, which ``reset()`` replaces
-        # (it forgets every connection it made): these are then forgotten too.
-        self.lent = pool._in_use_connections
+        # What ``reset()`` replaces (it forgets every connection it made):
+        # these are then forgotten too.
+        self.life = pool_generation(pool)
         # A quarter of the pool at most: the rest is left to the client's
         # other users (renewal, clean-up, the application's own commands).
         self.size = min(_KEEP, (pool.max_connections or 0) // 4)
 
     def current(self, pool: Any) -> bool:
         """Whether these connections are this process's, of the pool's present life."""
-        return self.process == _process and self.lent is pool._in_use_connections
+        return self.process == _process and self.life is pool_generation(pool)
 
 
 def _kept_for(pool: Any) -> _Kept:
