@@ -230,3 +230,27 @@ def test_a_copy_published_again_keeps_the_librarys_headers_wherever_celery_put_t
     headers = message_headers(request)
     assert {name: headers[name] for name in LIBRARY_HEADERS if name in headers} == ours
     assert "once_task_entered" not in headers  # the request's own state is no header
+
+
+def test_a_copy_published_again_keeps_a_custom_header_celery_flattened_onto_the_request() -> None:
+    """A worker's request as Celery 5.0 builds it: the custom header is a field, beside Celery's own."""
+    from celery.app.task import Context
+
+    from celery_once_task.headers import BURST_HEADER, message_headers
+
+    ours = {DIGEST_HEADER: "0123456789abcdef", BURST_HEADER: "1"}
+    message = {  # a message's headers, as a newer client publishes them, the caller's "tenant" among them
+        "lang": "py", "task": "tests.worker_app.add", "id": "an-id", "shadow": None, "eta": None, "expires": None,
+        "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": "an-id",
+        "parent_id": None, "argsrepr": "(1, 2)", "kwargsrepr": "{}", "origin": "gen1@host", "ignore_result": False,
+        "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {}, "compression": "application/x-gzip",
+        "tenant": "acme", **ours,
+    }
+    # What the worker adds (message properties, delivery info), then the pool and the tracer.
+    fields = {**message, "reply_to": "a-reply", "correlation_id": "an-id", "hostname": "celery@host",
+              "delivery_info": {"exchange": "", "routing_key": "celery", "priority": 0, "redelivered": False},
+              "args": [1, 2], "kwargs": {}, "loglevel": 0, "logfile": None, "is_eager": False,
+              "callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    request = Context(fields, args=[1, 2], called_directly=False, kwargs={})
+    request.once_task_entered = True  # as the library marks a request it runs
+    assert message_headers(request) == {"tenant": "acme", **ours}

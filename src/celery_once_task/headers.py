@@ -1,17 +1,20 @@
 """The library's message headers: their names, and reading them off a worker's request.
 
 A call carries what the worker needs in headers of the library's own (its
-digest, what kind of copy it is, when it was made). Celery 5.0 flattens a
-message's custom headers onto the request and leaves ``request.headers``
-empty; later releases keep them in ``request.headers`` too. ``header`` and
+digest, what kind of copy it is, when it was made). Celery 5.0 to 5.2 flatten
+a message's custom headers onto the request and leave ``request.headers``
+empty; 5.3 and later keep them in ``request.headers`` too. ``header`` and
 ``message_headers`` read both, so that a copy the library publishes again
-(deferred, waiting, handed over) carries every header of its own on every
-supported release.
+(deferred, waiting, handed over) carries every header of the message it
+copies -- the library's own and the user's -- on every supported release.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import celery
+from celery.app.task import Context
 
 #: The digest of the call's arguments, from the publisher to the worker.
 DIGEST_HEADER = "once_task_digest"
@@ -33,6 +36,28 @@ LIBRARY_HEADERS = (DIGEST_HEADER, TAKEOVER_HEADER, AFTER_HEADER, WAITER_HEADER, 
                    BURST_HEADER)
 
 
+#: Celery 5.0 to 5.2 build a worker's request from the message's headers
+#: (custom ones included), delivery info and properties, all as fields of the
+#: request, and fill ``request.headers`` only for an eager call or a protocol 1
+#: message. 5.3 (``Context._get_custom_headers``) sets it to the fields that are
+#: none of Celery's own, which is what ``_flattened_headers`` does here.
+_CUSTOM_HEADERS_FLATTENED = tuple(celery.VERSION[:3]) < (5, 3, 0)
+
+#: Celery's own fields of a request, which are no custom header (and which
+#: ``signature_from_request`` carries already): the fields the installed
+#: ``Context`` declares and the names Celery 5.3+ leaves out beside them; and
+#: ``shadow``, a message header of 5.0 its ``Context`` does not declare, and
+#: the fields later releases declare, which a newer client's message carries
+#: to an older worker.
+_CELERY_FIELDS = frozenset({
+    *vars(Context), "lang", "task", "argsrepr", "kwargsrepr", "compression", "shadow", "ignore_result",
+    "properties", "replaced_task_nesting", "stamped_headers", "stamps", "time_limit", "soft_time_limit",
+})
+
+#: The library's namespace: its headers, and the state it keeps on a request it runs (``once_task_entered``).
+_NAMESPACE = "once_task_"
+
+
 def header(request: Any, name: str) -> Any:
     """A message header: in ``request.headers``, or flattened onto the request."""
     headers = getattr(request, "headers", None)
@@ -43,9 +68,25 @@ def header(request: Any, name: str) -> Any:
 def message_headers(request: Any) -> dict[str, Any]:
     """The headers of the message a request runs, the library's own included wherever Celery put them."""
     headers = dict(getattr(request, "headers", None) or {})
+    if not headers and _CUSTOM_HEADERS_FLATTENED and isinstance(request, Context):
+        # The release tells whether the fields hold custom headers: on 5.3+ an
+        # empty ``request.headers`` means the message had none, and fields
+        # beyond Celery's are state set on the request since. On 5.0-5.2 a
+        # filled one (an eager call, a protocol 1 message) means none were
+        # flattened. A worker's ``Request`` (the revoked signal's) is no
+        # ``Context``: its fields are the worker's, never the message's.
+        headers = _flattened_headers(request)
     for name in LIBRARY_HEADERS:
         if name not in headers:
             value = getattr(request, name, None)
             if value is not None:
                 headers[name] = value
     return headers
+
+
+def _flattened_headers(request: Context) -> dict[str, Any]:
+    """The custom headers Celery 5.0 to 5.2 flattened onto ``request``: its fields that are none of Celery's."""
+    return {
+        name: value for name, value in vars(request).items()
+        if name not in _CELERY_FIELDS and not (name.startswith(_NAMESPACE) and name not in LIBRARY_HEADERS)
+    }
