@@ -6,8 +6,8 @@ server of its own, with the key in the state that costs the most:
 * N = 1: the running lock, as a worker takes and releases it (the queue
   lock's release and the running lock with its finished record; the
   release writing the record);
-* N = 3 and N = 100: ``slot_pickup`` takes the last free slot, the other
-  N - 1 held by other executions, and ``slot_release`` frees it again;
+* N = 3 and N = 100: ``slots.pickup`` takes the last free slot, the other
+  N - 1 held by other executions, and ``slots.release`` frees it again;
 * N = 100 with 1,000 calls waiting: a release hands the freed slot to the
   head of the line, and the pickup is that call claiming its reservation;
   the line is filled again as it empties.
@@ -24,11 +24,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from celery_once_task.keys import MESSAGES, QUEUE, RUNNING, SLOTS, WAITERS, finished_key, limited_key, lock_key
-from celery_once_task.limits import RESERVE_SECONDS, attempt_prefix, call_id
+from celery_once_task.keys import MESSAGES, QUEUE, RUNNING, SLOTS, WAITERS, call_id, finished_key, limited_key, lock_key
+from celery_once_task.limits import RESERVE_SECONDS
 from celery_once_task.ownership import INSTANCE, RunningOwner
 from celery_once_task.redelivery import Finished
-from celery_once_task.store import FinishedCheck, FinishedRecord, Joining, LockStore
+from celery_once_task.store import Claim, FinishedCheck, FinishedRecord, Joining, LockStore
 
 from .counting import count, install, uninstall
 from .servers import RedisServer
@@ -84,8 +84,7 @@ def _case(store: LockStore, client: Any, limit: int, waiting: int, pairs: int) -
     if limit > 1:
         for index in range(limit - 1):  # the other executions
             other = owner(f"other-{index}")
-            store.slot_pickup(None, other.task_id, slots, line, other.token, "0", 3600, limit,
-                              call_id(other.task_id, 0), attempt_prefix(other))
+            store.slots.pickup(claim(other, slots, limit, 3600), "0")
     pickups, releases, pickup_trips, release_trips = [], [], 0, 0
     for index in range(pairs + 1):  # the first pair loads the scripts: not counted
         if index == 1:
@@ -98,16 +97,15 @@ def _case(store: LockStore, client: Any, limit: int, waiting: int, pairs: int) -
             holder = _a_holder(client, slots)
             before = count("limits")
             started = time.perf_counter()
-            store.slot_release(slots, line, holder, limit, RESERVE_SECONDS, _record(slots, holder))
+            store.slots.release(slots, holder, limit, RESERVE_SECONDS, _record(slots, holder))
             releases.append((time.perf_counter() - started) * 1e6)
             release_trips += count("limits") - before
             head = _reserved(client, slots)
             me = owner(head)
             before = count("limits")
             started = time.perf_counter()
-            store.slot_pickup(None, head, slots, line, me.token, f"{time.time():.3f}", LEASE, limit,
-                              call_id(head, 0), attempt_prefix(me),
-                              finished=FinishedCheck(finished_key(slots, head), 0, "-"))
+            store.slots.pickup(claim(me, slots, limit, LEASE), f"{time.time():.3f}",
+                               finished=FinishedCheck(finished_key(slots, head), 0, "-"))
             pickups.append((time.perf_counter() - started) * 1e6)
             pickup_trips += count("limits") - before
             continue
@@ -118,9 +116,8 @@ def _case(store: LockStore, client: Any, limit: int, waiting: int, pairs: int) -
             store.locks.pickup(lock_key(TASK, digest, QUEUE), task_id, running, me, LEASE,
                          finished=FinishedCheck(finished_key(running, task_id), 0, "-"))
         else:
-            store.slot_pickup(None, task_id, slots, line, me.token, f"{time.time():.3f}", LEASE, limit,
-                              call_id(task_id, 0), attempt_prefix(me),
-                              finished=FinishedCheck(finished_key(slots, task_id), 0, "-"))
+            store.slots.pickup(claim(me, slots, limit, LEASE), f"{time.time():.3f}",
+                               finished=FinishedCheck(finished_key(slots, task_id), 0, "-"))
         pickups.append((time.perf_counter() - started) * 1e6)
         pickup_trips += count("limits") - before
         before = count("limits")
@@ -129,7 +126,7 @@ def _case(store: LockStore, client: Any, limit: int, waiting: int, pairs: int) -
             running = lock_key(TASK, digest, RUNNING)
             store.locks.release_running(running, me.token, _record(running, me.token))
         else:
-            store.slot_release(slots, line, me.token, limit, RESERVE_SECONDS, _record(slots, me.token))
+            store.slots.release(slots, me.token, limit, RESERVE_SECONDS, _record(slots, me.token))
         releases.append((time.perf_counter() - started) * 1e6)
         release_trips += count("limits") - before
     return Case(limit, waiting, pickups, releases, pickup_trips / pairs, release_trips / pairs)
@@ -147,9 +144,13 @@ def _fill_line(store: LockStore, slots: str, line: tuple[str, str], limit: int, 
     for _ in range(missing):
         task_id = str(uuid.uuid4())
         me = owner(task_id)
-        store.slot_pickup(None, task_id, slots, line, me.token, "0", LEASE, limit, call_id(task_id, 0),
-                          attempt_prefix(me), reserve=RESERVE_SECONDS,
-                          joining=Joining("{}", time.time_ns() // 1000, 3600))
+        store.slots.pickup(claim(me, slots, limit, LEASE), "0", task_id=task_id,
+                           joining=Joining("{}", time.time_ns() // 1000, 3600))
+
+
+def claim(me: RunningOwner, slots: str, limit: int, lease: float) -> Claim:
+    """What an execution of ``me`` asks a slot of ``slots`` with."""
+    return Claim(slots, me.token, me.attempt_prefix, call_id(me.task_id, 0), limit, lease, RESERVE_SECONDS)
 
 
 def _a_holder(client: Any, slots: str) -> str:

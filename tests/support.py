@@ -193,6 +193,13 @@ def lock_key_of(task: Any, lock_type: str, *args: Any) -> str:
     return str(task.once_key(args, {}, lock_type))
 
 
+def is_waiting_copy(locks: Any, task: Any, tag: str, task_id: str) -> bool:
+    """Whether ``task_id`` is the key's waiting copy: it holds the queue lock and left its message."""
+    entry = locks.get(lock_key_of(task, "waiting", tag)) or b""
+    holder = locks.get(lock_key_of(task, "queue", tag))
+    return holder == task_id.encode() and entry.startswith(task_id.encode() + b"\x1f")
+
+
 def records(client: redis.Redis, tag: str) -> list[dict[str, Any]]:
     return [json.loads(item) for item in client.lrange(f"records:{tag}", 0, -1)]
 

@@ -17,19 +17,12 @@ from celery_once_task import OnceTask, OnceTaskDuplicate, OnceTaskError, configu
 from celery_once_task.ownership import Lease
 from celery_once_task.settings import resolve
 from tests import worker_app as tasks
-from tests.support import Worker, events, lock_key_of, running_worker, started, wait_until
+from tests.support import Worker, events, is_waiting_copy, lock_key_of, running_worker, started, wait_until
 
 #: The core tests run with RabbitMQ as the broker too (see conftest).
 pytestmark = pytest.mark.any_broker
 
 LEASE = Lease(tasks.HEARTBEAT_TIMEOUT)
-
-
-def waiting(locks: Any, task: Any, tag: str, task_id: str) -> bool:
-    """Whether ``task_id`` is the key's waiting copy: it holds the queue lock and left its message."""
-    entry = locks.get(lock_key_of(task, "waiting", tag)) or b""
-    holder = locks.get(lock_key_of(task, "queue", tag))
-    return holder == task_id.encode() and entry.startswith(task_id.encode() + b"\x1f")
 
 
 def no_locks_left(locks: Any, task: Any, *args: Any) -> bool:
@@ -176,7 +169,7 @@ def running_and_waiting(task: Any, locks: Any, recs: Any, tag: str, **options: A
     first = task.apply_async((tag, 1), **options)
     started(recs, tag)
     second = task.delay(tag, 2)
-    wait_until(lambda: waiting(locks, task, tag, second.id), what="the second call to wait")
+    wait_until(lambda: is_waiting_copy(locks, task, tag, second.id), what="the second call to wait")
     return first, second
 
 
@@ -252,10 +245,10 @@ def test_warm_shutdown_returns_the_waiting_copy_with_its_lock(redis_server: Any,
     started(recs, tag)
     with running_worker(redis_server.port, f"waiter-{tag[:6]}", queues=waiting_queue) as waiter:
         second = tasks.waiting_gated.apply_async((tag, 2), queue=waiting_queue)
-        wait_until(lambda: waiting(locks, tasks.waiting_gated, tag, second.id), what="the second call to wait")
+        wait_until(lambda: is_waiting_copy(locks, tasks.waiting_gated, tag, second.id), what="the second call to wait")
         waiter.signal(signal.SIGTERM)
         waiter.process.wait(30)
-    assert waiting(locks, tasks.waiting_gated, tag, second.id)
+    assert is_waiting_copy(locks, tasks.waiting_gated, tag, second.id)
     recs.rpush(f"gate:{tag}", 1)
     assert first.get(timeout=20) == tag
     assert len(events(recs, tag, "start")) == 1  # nothing consumes the waiting queue now
@@ -310,7 +303,8 @@ def test_waiting_call_killed_mid_run_waits_its_turn_when_it_comes_back(redis_ser
     doomed = Worker(redis_server.port, f"doomed-{tag[:6]}", queues=queue, concurrency=1, env=env).wait_ready()
     try:
         second = tasks.waiting_gated_late.apply_async((tag, 2), queue=queue)
-        wait_until(lambda: waiting(locks, tasks.waiting_gated_late, tag, second.id), what="the second call to wait")
+        wait_until(lambda: is_waiting_copy(locks, tasks.waiting_gated_late, tag, second.id),
+                   what="the second call to wait")
         recs.rpush(f"gate:{tag}", 1)
         assert first.get(timeout=20) == tag
         started(recs, tag, count=2)  # the second, handed over to the doomed worker
@@ -325,7 +319,7 @@ def test_waiting_call_killed_mid_run_waits_its_turn_when_it_comes_back(redis_ser
     assert started(recs, tag, count=3)[2]["value"] == 3
     # The broker hands the second call out again: it meets the third, and waits its turn.
     with running_worker(redis_server.port, f"heir-{tag[:6]}", queues=queue, env=env):
-        wait_until(lambda: waiting(locks, tasks.waiting_gated_late, tag, second.id), timeout=30,
+        wait_until(lambda: is_waiting_copy(locks, tasks.waiting_gated_late, tag, second.id), timeout=30,
                    what="the second call, delivered again, to wait for the third")
         recs.rpush(f"gate:{tag}", 1)
         assert third.get(timeout=20) == tag

@@ -17,19 +17,12 @@ import pytest
 
 from celery_once_task.ownership import Lease
 from tests import worker_app as tasks
-from tests.support import Worker, events, lock_key_of, started, wait_until
+from tests.support import Worker, events, is_waiting_copy, started, wait_until
 
 #: The core tests run with RabbitMQ as the broker too (see conftest).
 pytestmark = pytest.mark.any_broker
 
 LEASE = Lease(tasks.HEARTBEAT_TIMEOUT)
-
-
-def waiting(locks: Any, task: Any, tag: str, task_id: str) -> bool:
-    """Whether ``task_id`` is the key's waiting copy: it holds the queue lock and left its message."""
-    entry = locks.get(lock_key_of(task, "waiting", tag)) or b""
-    holder = locks.get(lock_key_of(task, "queue", tag))
-    return holder == task_id.encode() and entry.startswith(task_id.encode() + b"\x1f")
 
 
 def deliveries_of(recs: Any, tag: str, value: int) -> list[dict[str, Any]]:
@@ -45,7 +38,7 @@ def test_a_republished_call_runs_once_without_the_override_and_keeps_its_stamp(w
     started(recs, tag)
     second = task.delay(tag, 2)
     # Its execution meets the first's running lock: it waits, and the library publishes it again.
-    wait_until(lambda: waiting(locks, task, tag, second.id), what="the second call to wait")
+    wait_until(lambda: is_waiting_copy(locks, task, tag, second.id), what="the second call to wait")
     recs.rpush(f"gate:{tag}", 1)
     assert first.get(timeout=20) == tag
     started(recs, tag, count=2)
