@@ -131,8 +131,10 @@ def profile_only(config: Config) -> dict[str, Any]:
         server.stop()
 
 
-def compare_only(config: Config, variants: list[str], rounds: int | None, pools: list[str]) -> dict[str, Any]:
-    """Part (g) alone: the implementations side by side, ``rounds`` rounds of each path, workers of ``pools``."""
+def compare_only(config: Config, variants: list[str], rounds: int | None, pools: list[str],
+                 against: str | None = None) -> dict[str, Any]:
+    """Part (g) alone: the implementations side by side, ``rounds`` rounds of each path, workers of ``pools``;
+    with ``against``, also this project at that git ref (``once-task@REF``)."""
     from . import compare
 
     started = time.monotonic()
@@ -146,6 +148,7 @@ def compare_only(config: Config, variants: list[str], rounds: int | None, pools:
     results["compare"] = compare.run(
         publish_rounds, config.compare_publish_calls, throughput_rounds, config.throughput_n,
         {pool: concurrency for pool, concurrency in POOLS.items() if pool in pools}, log, only=variants,
+        against=against,
     ).summary()
     results["duration_s"] = time.monotonic() - started
     return results
@@ -166,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="with --compare: rounds of each path per variant")
     parser.add_argument("--pools", default="solo,prefork",
                         help="with --compare: the worker pools to measure, comma-separated, or none")
+    parser.add_argument("--against", metavar="REF",
+                        help="with --compare: also this project at git ref REF, as variant once-task@REF "
+                             "(scripts/bench.sh installs it in .venv-bench-against), and once-task / once-task@REF")
     parser.add_argument("--limits", action="store_true",
                         help="only the concurrency limits' pickup and release at N = 1, 3, 100 (part i)")
     parser.add_argument("--debounce", action="store_true",
@@ -173,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--from-json", type=Path, help="measure nothing: report the figures of an earlier run")
     args = parser.parse_args(argv)
+    if args.against and not args.compare:
+        parser.error("--against goes with --compare")
 
     from . import report
 
@@ -205,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         from .report_compare import table
 
         pools = [p for p in args.pools.split(",") if p in POOLS]
-        compared = compare_only(config, [v for v in args.variants.split(",") if v], args.rounds, pools)
+        compared = compare_only(config, [v for v in args.variants.split(",") if v], args.rounds, pools,
+                                args.against)
         print(table(compared["compare"]))
         if args.json:
             args.json.write_text(json.dumps(compared, indent=1) + "\n")

@@ -1,5 +1,6 @@
 """(g) every implementation side by side: plain Celery, this project, its 1.0.0 release, celery_once,
-celery-singleton, and this project and plain Celery with hiredis and a unix socket.
+celery-singleton, and this project and plain Celery with hiredis and a unix socket; and, on request,
+this project at an earlier commit of its own (``--compare --against REF``, see ``against_variant``).
 
 Each variant runs in its own virtualenv (made by ``scripts/bench.sh``): a
 driver process (``benchmarks.driver``) publishes, and Celery worker
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -39,7 +41,7 @@ from typing import Any, Callable
 import redis
 
 from .servers import RedisServer
-from .stats import median, rotation
+from .stats import median, percentile, rotation
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS_DB = 15
@@ -73,6 +75,43 @@ VARIANTS = (
     Variant("once-task+hiredis+unix", "`OnceTask`, hiredis, unix socket", "once-task", "-hiredis", True,
             "plain+hiredis+unix"),
 )
+
+
+#: The virtualenv of ``--against REF`` (``.venv-bench-against``), and the file in it that names the commit installed.
+AGAINST_SUFFIX = "-against"
+AGAINST_MARK = "bench-against-commit"
+
+
+def against_variant(ref: str) -> Variant:
+    """This project at git ref ``ref``, installed by ``scripts/bench.sh --against REF`` in a virtualenv of its own."""
+    return Variant(f"once-task@{ref}", f"`OnceTask` at {ref} (this repository)", "once-task", AGAINST_SUFFIX)
+
+
+def variants(against: str | None = None) -> tuple[Variant, ...]:
+    """The variants that can be measured: ``VARIANTS``, and this project at ``against`` right after ``once-task``."""
+    if not against:
+        return VARIANTS
+    out: list[Variant] = []
+    for v in VARIANTS:
+        out.append(v)
+        if v.name == "once-task":
+            out.append(against_variant(against))
+    return tuple(out)
+
+
+def check_against(ref: str) -> str:
+    """The commit ``ref`` names, after checking that ``.venv-bench-against`` holds that commit's tree."""
+    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=ROOT,
+                           capture_output=True, text=True)
+    if found.returncode != 0:
+        raise SystemExit(f"--against {ref}: not a commit of this repository")
+    commit = found.stdout.strip()
+    mark = Path(f"{sys.prefix}{AGAINST_SUFFIX}") / AGAINST_MARK
+    installed = mark.read_text().strip() if mark.exists() else "nothing"
+    if installed != commit:
+        raise SystemExit(f"--against {ref}: {mark.parent} holds {installed}, not {commit}; "
+                         f"run it through `bash scripts/bench.sh --compare --against {ref}`, which installs it")
+    return commit
 
 
 #: The keys each kind of library keeps its locks under (a worker's heartbeat key is not a lock).
@@ -172,8 +211,10 @@ class Worker:
     """``celery -A benchmarks.peer_app worker`` in the variant's virtualenv, consuming a queue of its own."""
 
     def __init__(self, setup: Setup, pool: str, concurrency: int) -> None:
-        self.queue = f"bench.{setup.variant.name}.{pool}"
-        self.name = f"bench-{setup.variant.name}-{pool}@{socket.gethostname()}"
+        # A git ref in a variant's name may hold '@' or '/': not in a node name.
+        slug = re.sub(r"[^A-Za-z0-9_.+-]", "-", setup.variant.name)
+        self.queue = f"bench.{slug}.{pool}"
+        self.name = f"bench-{slug}-{pool}@{socket.gethostname()}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="bench-worker-", suffix=".log")  # noqa: SIM115
         self.process = subprocess.Popen(
             [str(setup.python), "-m", "celery", "-A", "benchmarks.peer_app", "worker", "-P", pool,
@@ -213,6 +254,36 @@ class CompareResult:
     publish_checks: dict[str, list[str]] = field(default_factory=dict)
     concurrency: dict[str, int] = field(default_factory=dict)
     versions: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: with ``--against REF``: the variant of this project at REF, and the commit REF names.
+    against: str | None = None
+    against_commit: str | None = None
+
+    def _paired(self, name: str, base_name: str, path: str, base_path: str) -> list[float]:
+        """Round by round, ``name``'s figure on ``path`` over ``base_name``'s on ``base_path``."""
+        if path in ("publish", "duplicate"):
+            return [a / b for a, b in zip(self.round_medians[name][path], self.round_medians[base_name][base_path])]
+        return [a / b for a, b in zip(self.rates[name][path], self.rates[base_name][base_path])]
+
+    def against_ratios(self, name: str = "once-task") -> dict[str, dict[str, float]]:
+        """Per path, ``name`` over the same path of this project at ``--against REF``: the ratio of the medians,
+        the median of the ratios paired round by round, and those paired ratios' quartiles (their spread)."""
+        ref = self.against
+        if not ref or name not in self.round_medians or ref not in self.round_medians:
+            return {}
+        out: dict[str, dict[str, float]] = {}
+        for path in ("publish", "duplicate"):
+            if path in self.round_medians[name] and path in self.round_medians[ref]:
+                of_medians = median(self.round_medians[name][path]) / median(self.round_medians[ref][path])
+                paired = self._paired(name, ref, path, path)
+                out[path] = {"ratio": of_medians, "paired": median(paired), "paired_q1": percentile(paired, 25),
+                             "paired_q3": percentile(paired, 75), "rounds": len(paired)}
+        for pool in self.rates.get(name, {}):
+            if self.rates[name][pool] and self.rates.get(ref, {}).get(pool):
+                of_medians = median(self.rates[name][pool]) / median(self.rates[ref][pool])
+                paired = self._paired(name, ref, pool, pool)
+                out[pool] = {"ratio": of_medians, "paired": median(paired), "paired_q1": percentile(paired, 25),
+                             "paired_q3": percentile(paired, 75), "rounds": len(paired)}
+        return out
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"variants": {}, "concurrency": self.concurrency}
@@ -252,6 +323,9 @@ class CompareResult:
                         ratios[f"{pool}_paired"] = median([
                             a / b for a, b in zip(self.rates[v.name][pool], self.rates[base_name][pool])])
                 entry[f"ratio_to_{base_name}"] = ratios
+        if self.against and self.against in out["variants"] and "once-task" in out["variants"]:
+            out["against"] = {"variant": self.against, "commit": self.against_commit, "of": "once-task",
+                              "ratios": self.against_ratios("once-task")}
         return out
 
 
@@ -313,21 +387,29 @@ def _drain(setup: Setup, driver: Driver, worker: Worker, run: str, n: int, broke
 
 
 def run(publish_rounds: int, publish_calls: int, throughput_rounds: int, throughput_n: int,
-        pools: dict[str, int], log: Callable[[str], None], only: Sequence[str] = ()) -> CompareResult:
-    """Measure every variant (or the ones named in ``only``) side by side."""
-    unknown = set(only) - {v.name for v in VARIANTS}
+        pools: dict[str, int], log: Callable[[str], None], only: Sequence[str] = (),
+        against: str | None = None) -> CompareResult:
+    """Measure every variant (or the ones named in ``only``) side by side; with ``against``, also this
+    project at that git ref (``once-task@REF``, installed by ``scripts/bench.sh --against REF``)."""
+    candidates = variants(against)
+    unknown = set(only) - {v.name for v in candidates}
     if unknown:
         raise ValueError(f"no such variant: {', '.join(sorted(unknown))} (variants: "
-                         f"{', '.join(v.name for v in VARIANTS)})")
+                         f"{', '.join(v.name for v in candidates)})")
+    if against and only and against_variant(against).name not in only:
+        against = None  # not measured: its virtualenv need not hold it
+    against_commit = check_against(against) if against else None
     server = RedisServer(unixsocket=True)
     try:
-        setups = [Setup(v, db, server) for db, v in enumerate(VARIANTS, start=1) if not only or v.name in only]
+        setups = [Setup(v, db, server) for db, v in enumerate(candidates, start=1) if not only or v.name in only]
         for s in setups:
             if not s.available:
                 log(f"    {s.variant.name}: no virtualenv at {s.python.parent.parent}, left out")
         setups = [s for s in setups if s.available]
         result = CompareResult(variants=[s.variant for s in setups], concurrency=dict(pools),
-                               versions={s.variant.name: s.versions() for s in setups})
+                               versions={s.variant.name: s.versions() for s in setups},
+                               against=against_variant(against).name if against else None,
+                               against_commit=against_commit)
         broker, records = server.client(0), server.client(RECORDS_DB)
         locks = {s.variant.name: server.client(s.db) for s in setups}
         drivers = {s.variant.name: Driver(s) for s in setups}

@@ -40,7 +40,30 @@ def table(summary: dict[str, Any]) -> str:
     for name, e in summary["variants"].items():
         for check in e["publish_checks"]:
             lines.append(f"CHECK FAILED {name}: {check}")
+    lines += against_table(summary)
     return "\n".join(lines)
+
+
+def against_table(summary: dict[str, Any]) -> list[str]:
+    """With ``--against REF``: this project over itself at REF, per path, and the spread of the paired rounds."""
+    against = summary.get("against")
+    if not against or not against["ratios"]:
+        return []
+    commit = f" ({against['commit'][:12]})" if against.get("commit") else ""
+    rows = [("path", "x median", "x paired", "paired q1..q3", "rounds")]
+    for path in (*PATHS, *POOLS):
+        r = against["ratios"].get(path)
+        if r:
+            rows.append((path if path in PATHS else f"{path} tasks/s", f"{r['ratio']:.3f}x", f"{r['paired']:.3f}x",
+                         f"{r['paired_q1']:.3f}x..{r['paired_q3']:.3f}x", str(r["rounds"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "",
+        f"{against['of']} / {against['variant']}{commit}: ratios of medians, and medians of the ratios paired "
+        "round by round",
+        "(latency: below 1 is faster than at the ref; throughput: above 1 is faster)",
+        *("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows),
+    ]
 
 
 def section(summary: dict[str, Any], cfg: dict[str, Any]) -> list[str]:

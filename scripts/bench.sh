@@ -12,6 +12,10 @@
 #   bash scripts/bench.sh --compare [--variants plain,once-task,once-task-1.0.0] [--rounds 30] [--pools none]
 #                                    only the implementations side by side, interleaved round by round
 #                                    (--pools none: the publishing paths alone, in under a minute)
+#   bash scripts/bench.sh --compare --against REF [--variants plain,once-task,once-task@REF]
+#                                    also this project at git ref REF (e.g. a commit before a refactoring),
+#                                    as variant once-task@REF right after once-task, and the ratios
+#                                    once-task / once-task@REF of each path
 #
 # Virtualenvs, one per implementation, made here and used by the benchmarks only
 # (none of these packages is a dependency of the library):
@@ -20,6 +24,8 @@
 #   .venv-bench-celery-once       celery_once 3.0.1 (QueueOnce)
 #   .venv-bench-celery-singleton  celery-singleton 0.3.1 (Singleton)
 #   .venv-bench-once-task-1.0.0   celery-once-task 1.0.0 from PyPI, the earlier implementation
+#   .venv-bench-against           with --against REF only: this project's tree at REF (git archive),
+#                                 installed non-editable; made again for each REF
 # Every virtualenv gets the Celery, kombu and redis-py releases of .venv-bench.
 #
 # PYTHON and VENV choose the interpreter and the main virtualenv.
@@ -48,6 +54,38 @@ if "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
     make_venv "$VENV-once-task-1.0.0" "$PYTHON" -c "$CONSTRAINTS" "celery-once-task==1.0.0" celery packaging
 else
     echo "celery-once-task 1.0.0 is not on the package index: measuring without it" >&2
+fi
+
+# --against REF: the tree at REF, exported and installed (not editable) in a virtualenv of its own;
+# the commit installed is written in it, and python -m benchmarks checks it is the one REF names.
+AGAINST=
+args=("$@")
+for i in "${!args[@]}"; do
+    case ${args[$i]} in
+        --against) AGAINST=${args[$((i + 1))]:-} ;;
+        --against=*) AGAINST=${args[$i]#--against=} ;;
+    esac
+done
+if [ -n "$AGAINST" ]; then
+    if ! COMMIT=$(git rev-parse --verify --quiet "$AGAINST^{commit}"); then
+        echo "--against $AGAINST: not a commit of this repository" >&2
+        exit 2
+    fi
+    MARK="$VENV-against/bench-against-commit"
+    if [ "$(cat "$MARK" 2>/dev/null)" != "$COMMIT" ]; then
+        TREE=$(mktemp -d)
+        trap 'rm -rf "$TREE"' EXIT
+        git archive "$COMMIT" | tar -x -C "$TREE"
+        rm -f "$MARK"
+        # The same version number at every commit: take out the one installed, or pip keeps it.
+        if [ -x "$VENV-against/bin/python" ]; then
+            "$VENV-against/bin/python" -m pip uninstall -q -y --disable-pip-version-check celery-once-task
+        fi
+        make_venv "$VENV-against" "$PYTHON" -c "$CONSTRAINTS" "$TREE" packaging
+        rm -rf "$TREE"
+        trap - EXIT
+        echo "$COMMIT" >"$MARK"
+    fi
 fi
 
 [ "${BENCH_SETUP_ONLY:-}" ] && exit 0
