@@ -10,7 +10,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from celery_once_task import LockStoreUnavailable
+from celery_once_task import LockStoreUnavailable, internals
 from celery_once_task.ownership import RunningOwner
 from celery_once_task.store import LockStore
 from celery_once_task.store.connection import make_client, scan_keys
@@ -206,3 +206,20 @@ def test_no_command_of_the_library_or_the_worker_was_refused_with_crossslot(
     topology, worker = cluster
     assert "CROSSSLOT" not in topology.errors()
     assert "CROSSSLOT" not in worker.read_log()
+
+
+def test_the_cluster_pipelines_queue_holds_the_queued_commands(locks: Any) -> None:
+    # The one private reach-in of the cluster path (internals.cluster_pipeline_queue), on the installed redis-py.
+    pipe = locks.pipeline()
+    pipe.execute_command("SET", "internals:{a}", "1")
+    pipe.execute_command("GET", "internals:{a}")
+    queue = internals.cluster_pipeline_queue(pipe)
+    assert len(queue) == len(pipe) == 2
+    assert [command.args for command in queue] == [("SET", "internals:{a}", "1"), ("GET", "internals:{a}")]
+    try:
+        # What scripts sends: the queue, with no redirections pass.
+        replies = pipe.send_cluster_commands(queue, raise_on_error=False, allow_redirections=False)
+    finally:
+        pipe.reset()
+    assert list(replies) == [True, b"1"]
+    assert len(internals.cluster_pipeline_queue(pipe)) == 0

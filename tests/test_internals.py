@@ -20,9 +20,7 @@ from celery.exceptions import WorkerLostError
 
 from celery_once_task import internals
 from celery_once_task.store import scripts
-from celery_once_task.store.connection import cluster_supported, make_client
 from tests.support import RedisServer
-from tests.topologies import ClusterTopology
 
 
 def test_the_redis_py_version_gate_reads_the_installed_release() -> None:
@@ -43,41 +41,6 @@ def test_a_pool_keeps_its_generation_until_it_is_reset() -> None:
 def test_pools_have_generations_of_their_own() -> None:
     first, second = redis.ConnectionPool(port=1), redis.ConnectionPool(port=1)
     assert internals.pool_generation(first) is not internals.pool_generation(second)
-
-
-# -- a cluster pipeline's queued commands -------------------------------------------
-
-needs_cluster = pytest.mark.skipif(
-    not cluster_supported(redis.__version__), reason="redis-py before 4.2 has no cluster pipeline the library uses",
-)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    topology = ClusterTopology()
-    try:
-        client = make_client(topology.url())
-        yield client
-        client.close()
-    finally:
-        topology.stop()
-
-
-@needs_cluster
-def test_the_cluster_pipelines_queue_holds_the_queued_commands(cluster: Any) -> None:
-    pipe = cluster.pipeline()
-    pipe.execute_command("SET", "internals:{a}", "1")
-    pipe.execute_command("GET", "internals:{a}")
-    queue = internals.cluster_pipeline_queue(pipe)
-    assert len(queue) == len(pipe) == 2
-    assert [command.args for command in queue] == [("SET", "internals:{a}", "1"), ("GET", "internals:{a}")]
-    try:
-        # What scripts sends: the queue, with no redirections pass.
-        replies = pipe.send_cluster_commands(queue, raise_on_error=False, allow_redirections=False)
-    finally:
-        pipe.reset()
-    assert list(replies) == [True, b"1"]
-    assert len(internals.cluster_pipeline_queue(pipe)) == 0
 
 
 # -- billiard: a pool child's exception ------------------------------------------------
