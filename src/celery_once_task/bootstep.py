@@ -23,13 +23,14 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 from celery import bootsteps
 from celery import signals as celery_signals
 from celery.worker import state as worker_state
 
 from .ownership import register_worker
+from .protocols import Worker
 from .renewal import LeaseKeeper
 
 logger = logging.getLogger("celery_once_task")
@@ -37,7 +38,7 @@ logger = logging.getLogger("celery_once_task")
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(**_: Any) -> None:
+def _die_with_parent(**_: object) -> None:
     """In a pool child: be killed when the worker's main process dies."""
     if not sys.platform.startswith("linux"):
         return
@@ -49,19 +50,35 @@ def _die_with_parent(**_: Any) -> None:
 
 
 class OnceTaskUnlockBootStep(bootsteps.StartStopStep):
-    """Worker boot step: ``app.steps["worker"].add(OnceTaskUnlockBootStep)``."""
+    """The worker boot step: leases and a heartbeat while the worker runs, lock release at cold shutdown.
+
+    Add it to the worker's steps in the module that makes the Celery app:
+
+    ```python
+    app.steps["worker"].add(OnceTaskUnlockBootStep)
+    ```
+
+    It starts after the pool (``requires``). Without it a worker's running
+    locks are not renewed: each lasts its ``running_lock_timeout``, and no
+    heartbeat tells the operators' tools that its worker is alive.
+
+    Args:
+        worker: The worker being started (Celery gives it).
+        **kwargs: Celery's options for boot steps, passed on.
+    """
 
     requires = {"celery.worker.components:Pool"}
     label = "OnceTaskUnlock"
 
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
+    def __init__(self, worker: Worker, **kwargs: object) -> None:
         super().__init__(worker, **kwargs)
         # Before the pool forks: children write these into their tokens.
         register_worker(worker.hostname)
         celery_signals.worker_process_init.connect(_die_with_parent, weak=False, dispatch_uid="celery_once_task.pdeath")
         self._keeper: Optional[LeaseKeeper] = None
 
-    def start(self, worker: Any) -> None:
+    def start(self, worker: Worker) -> None:
+        """Start renewing the leases and the heartbeat; at the process's exit, remove the heartbeat."""
         keeper = self._keeper = LeaseKeeper(worker.app, worker.hostname)
         keeper.start()
         main = os.getpid()
@@ -72,12 +89,10 @@ class OnceTaskUnlockBootStep(bootsteps.StartStopStep):
 
         atexit.register(at_exit)
 
-    def stop(self, worker: Any) -> None:
-        # Warm shutdown: tasks still run and release their own locks; the
-        # leases are kept until the process exits.
-        pass
+    def stop(self, worker: Worker) -> None:
+        """Warm shutdown: nothing to do; tasks still run and release their own locks, the leases are kept until exit."""
 
-    def terminate(self, worker: Any) -> None:
+    def terminate(self, worker: Worker) -> None:
         """Cold shutdown: release the running locks of the tasks being killed, once their processes are gone."""
         for request in list(worker_state.active_requests):
             release = getattr(request, "release_running_lock", None)

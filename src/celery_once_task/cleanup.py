@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from . import debounce
 from .headers import BURST_HEADER, DIGEST_HEADER
@@ -21,30 +21,35 @@ from .janitor import Cleanup, janitor
 from .keys import QUEUE, RUNNING, WAITING, call_id, finished_key, lock_key, waiting_token, well_formed_digest
 from .limits import RESERVE_SECONDS, limit_of, limited, slots_key
 from .ownership import RunningOwner
+from .protocols import TaskLike
 from .redelivery import call_of_headers, result_stored, writer_instance, writer_prefix
 from .settings import resolve
+
+if TYPE_CHECKING:  # typing.TypeGuard is Python 3.10+
+    from typing_extensions import TypeGuard
 
 logger = logging.getLogger("celery_once_task")
 
 
-def is_once_task(task: Any) -> bool:
+def is_once_task(task: object) -> TypeGuard[TaskLike]:
+    """Whether ``task`` is a ``OnceTask`` (Celery's signals and the worker's requests carry any task)."""
     return bool(getattr(task, "__once_task__", False))
 
 
-def digest_from(headers: Optional[Mapping[str, Any]]) -> Optional[str]:
+def digest_from(headers: Optional[Mapping[str, object]]) -> Optional[str]:
     """The digest a message carries, if it carries a well-formed one."""
     digest = headers.get(DIGEST_HEADER) if headers else None
-    return digest if well_formed_digest(digest) else None
+    return digest if isinstance(digest, str) and well_formed_digest(digest) else None
 
 
 def release_locks(
-    task: Any,
+    task: object,
     *,
     task_id: Optional[str],
     retries: Optional[int],
-    args: Optional[Sequence[Any]],
-    kwargs: Optional[Mapping[str, Any]],
-    headers: Optional[Mapping[str, Any]],
+    args: Optional[Sequence[object]],
+    kwargs: Optional[Mapping[str, object]],
+    headers: Optional[Mapping[str, object]],
     queue: bool,
     running: bool,
     reason: str,
@@ -54,12 +59,26 @@ def release_locks(
 ) -> None:
     """Release the queue lock held by ``task_id`` and/or the running lock held by this attempt.
 
-    ``pid``: the process that ran the execution; its running lock is released
-    once that process is gone. ``unfinished``: that process died before its
-    result was stored -- the finished record it may have written goes too,
-    so that a copy of the message runs (see ``redelivery``). ``final``: no
-    copy of the message will run again -- the arguments a debounced burst ran
-    with, kept for such a copy, go too (see ``debounce``).
+    The deletes go to the janitor, which makes them now or once they can be
+    made; nothing is done for a task that is no ``OnceTask``.
+
+    Args:
+        task: The message's task: any Celery task.
+        task_id: The message's task id.
+        retries: The attempt (``request.retries``) whose running lock is released.
+        args: The message's positional arguments (for the digest, if no header carries it).
+        kwargs: The message's keyword arguments.
+        headers: The message's headers.
+        queue: Release the queue lock held by ``task_id`` (and its place in a limited key's line).
+        running: Release the running lock (or slot) of the attempt.
+        reason: Why, for the log.
+        pid: The process that ran the execution; its running lock is released
+            once that process is gone.
+        unfinished: That process died before its result was stored: the
+            finished record it may have written goes too, so that a copy of
+            the message runs (see ``redelivery``).
+        final: No copy of the message will run again: the arguments a
+            debounced burst ran with, kept for such a copy, go too (see ``debounce``).
     """
     if not task_id or not is_once_task(task) or not (queue or running):
         return

@@ -14,7 +14,6 @@ package never imports Django; only this module, ``apps`` and
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from django.apps import AppConfig
 from django.core.exceptions import ImproperlyConfigured
@@ -26,11 +25,18 @@ from .signals import setup_once_task_signals
 DJANGO_SETTINGS = {spec.django_name: spec.name for spec in SETTINGS}
 
 
-def django_settings() -> Mapping[str, Any]:
-    """The ``CELERY_ONCE_*`` settings that are set, validated, by library name."""
+def django_settings() -> Mapping[str, object]:
+    """The ``CELERY_ONCE_*`` settings that are set, validated.
+
+    Returns:
+        Each setting's value, by the library's name of it (``redis_url`` for ``CELERY_ONCE_REDIS_URL``).
+
+    Raises:
+        ImproperlyConfigured: A setting's value is not valid; the message names the setting.
+    """
     from django.conf import settings
 
-    values: dict[str, Any] = {}
+    values: dict[str, object] = {}
     for django_name, name in DJANGO_SETTINGS.items():
         value = getattr(settings, django_name, None)
         if value is None:
@@ -42,12 +48,15 @@ def django_settings() -> Mapping[str, Any]:
     return values
 
 
-def _settings_changed(**_: Any) -> None:
+def _settings_changed(**_: object) -> None:
     settings_changed()
 
 
 class OnceTaskAppConfig(AppConfig):
-    """Validates ``CELERY_ONCE_*`` at start-up, serves them to every lock, connects the signals."""
+    """The Django app: validates ``CELERY_ONCE_*`` at start-up, serves them to every lock, connects the signals.
+
+    Add ``"celery_once_task.django.OnceTaskAppConfig"`` (or ``"celery_once_task"``) to ``INSTALLED_APPS``.
+    """
 
     name = "celery_once_task"
     label = "celery_once_task"

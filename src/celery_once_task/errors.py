@@ -7,31 +7,40 @@ class here keeps all of its state in ``args``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Optional
 
 from celery.exceptions import Reject
 
 
 class OnceTaskError(Exception):
-    """Root of every exception this library raises."""
+    """Root of every exception this library raises: ``except OnceTaskError`` catches them all."""
 
 
 class LockStoreUnavailable(OnceTaskError):
     """The Redis server that holds the locks could not be reached.
 
     Raised by ``apply_async()``/``delay()`` instead of publishing a task whose
-    de-duplication cannot be guaranteed (unless ``fail_open`` is set).
+    de-duplication cannot be guaranteed (unless ``fail_open`` is set). The
+    message says which lock store, without its password.
     """
 
 
 class OnceTaskDuplicate(OnceTaskError):
     """A call met a queued copy of itself, with ``queue_lock_conflict="raise"``.
 
-    ``OnceTaskDuplicate(task_name, holder_id, key)``: the task, the queued
-    call's task id and the lock key.
+    Args:
+        task_name: The task's name.
+        holder_id: The queued call's task id (the value its queue lock holds), or
+            None where the lock store's reply named none.
+        key: The queue lock's key.
+
+    Attributes:
+        task_name (str): The task's name.
+        holder_id (Optional[str]): The queued call's task id.
+        key (str): The queue lock's key.
     """
 
-    def __init__(self, task_name: str, holder_id: Any, key: str) -> None:
+    def __init__(self, task_name: str, holder_id: Optional[str], key: str) -> None:
         super().__init__(task_name, holder_id, key)
         self.task_name = task_name
         self.holder_id = holder_id
@@ -46,13 +55,21 @@ class OnceTaskLocked(Reject, OnceTaskError):
 
     Keeps Celery's ``Reject(reason, requeue)`` signature so that Celery, the
     prefork pool and the result backend can rebuild it from its arguments.
+
+    Args:
+        reason: What the rejection says: the task, its id and who holds the lock.
+        requeue: Whether the message goes back to the broker (Celery's ``Reject``).
+
+    Attributes:
+        reason (object): What the rejection says (``str(exc)``).
+        requeue (bool): Whether the message goes back to the broker.
     """
 
-    def __init__(self, reason: Any = None, requeue: bool = False) -> None:
+    def __init__(self, reason: object = None, requeue: bool = False) -> None:
         super().__init__(reason, requeue)
 
     def __str__(self) -> str:
         return str(self.reason)
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def __reduce__(self) -> tuple[type[OnceTaskLocked], tuple[object, bool]]:
         return (type(self), (self.reason, self.requeue))

@@ -58,14 +58,16 @@ _CELERY_FIELDS = frozenset({
 _NAMESPACE = "once_task_"
 
 
-def header(request: Any, name: str) -> Any:
+# Any, not object: each of the library's headers holds what its publisher put
+# there (a digest, an owner token, a stamp), and its reader takes it as such.
+def header(request: object, name: str) -> Any:
     """A message header: in ``request.headers``, or flattened onto the request."""
     headers = getattr(request, "headers", None)
     value = headers.get(name) if headers else None
     return value if value is not None else getattr(request, name, None)
 
 
-def message_headers(request: Any) -> dict[str, Any]:
+def message_headers(request: object) -> dict[str, object]:
     """The headers of the message a request runs, the library's own included wherever Celery put them."""
     headers = dict(getattr(request, "headers", None) or {})
     if not headers and _CUSTOM_HEADERS_FLATTENED and isinstance(request, Context):
@@ -84,7 +86,7 @@ def message_headers(request: Any) -> dict[str, Any]:
     return headers
 
 
-def _flattened_headers(request: Context) -> dict[str, Any]:
+def _flattened_headers(request: Context) -> dict[str, object]:
     """The custom headers Celery 5.0 to 5.2 flattened onto ``request``: its fields that are none of Celery's."""
     return {
         name: value for name, value in vars(request).items()

@@ -20,11 +20,13 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional, Union
 
 from redis.exceptions import RedisError
 
 from .events import lock_recovered
+from .protocols import TaskLike
+from .settings import Settings
 from .store import FinishedRecord, LockStore, StoreUnavailable
 from .waiting import hand_over_entries
 
@@ -50,13 +52,14 @@ class Cleanup:
     token: str
     #: Match ``token`` as the owner-token prefix of a running lock's value.
     prefix: bool
-    task: Any
+    #: The task, for the hand-over, the log and ``lock_recovered`` (a bare name, or None, is only logged).
+    task: Union[TaskLike, str, None]
     task_id: Optional[str]
     reason: str
     #: Delete only once this process is gone (the pool child that ran the execution).
     pid: Optional[int] = None
     #: The lock client's ``redis_options``.
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, object] = field(default_factory=dict)
     #: The finished record of the execution that ended, written with the release (see ``redelivery``).
     record: Optional[FinishedRecord] = None
     #: ``key`` is a limited key's slots (see ``limits``): its limit, and how long a slot handed to a
@@ -213,10 +216,22 @@ def _release(store: LockStore, cleanup: Cleanup) -> tuple[bool, list[str]]:
 
 
 def release_or_leave(
-    store: LockStore, settings: Any, task: Any, task_id: Optional[str], key: str, token: str, reason: str,
+    store: LockStore, settings: Settings, task: TaskLike, task_id: Optional[str], key: str, token: str, reason: str,
     *, prefix: bool = False, record: Optional[FinishedRecord] = None,
 ) -> None:
-    """Release ``key`` by ``token`` now, or leave it to the janitor until the store answers; with ``record``."""
+    """Release a lock by its owner token now, or leave the delete to the janitor until the store answers.
+
+    Args:
+        store: The lock store.
+        settings: The task's settings: where the janitor finds the store again.
+        task: The lock's task.
+        task_id: The task id, for the log.
+        key: The lock's key.
+        token: The owner token (with ``prefix``: the start of the value a running lock holds).
+        reason: Why, for the log.
+        prefix: ``token`` is the start of the lock's value, not all of it.
+        record: The finished record to write with the release (see ``redelivery``).
+    """
     try:
         if record is None:
             store.locks.release(key, token, prefix=prefix)
@@ -231,7 +246,7 @@ def release_or_leave(
                            _name(task), task_id, key, reason, exc)
 
 
-def _name(task: Any) -> str:
+def _name(task: object) -> str:
     return str(getattr(task, "name", task))
 
 

@@ -103,3 +103,57 @@ class TaskLike(TaskOptions, Protocol):
                                **extra_options: object) -> Signature: ...
 
     def once_digest(self, args: Optional[Sequence[Any]], kwargs: Optional[Mapping[str, Any]]) -> str: ...
+
+
+# -- the worker's side -------------------------------------------------------------
+
+
+class AppLoader(Protocol):
+    """A Celery app's loader (``app.loader``)."""
+
+    def import_default_modules(self) -> object: ...
+
+
+class WorkerApp(CeleryApp, Protocol):
+    """A Celery app as a worker starts it: its loader imports the project's task modules."""
+
+    @property
+    def loader(self) -> AppLoader: ...
+
+
+class Worker(Protocol):
+    """The worker a boot step is given (Celery's ``WorkController``)."""
+
+    @property
+    def hostname(self) -> str: ...
+
+    @property
+    def app(self) -> WorkerApp: ...
+
+
+class WorkerRequest(Protocol):
+    """The worker's ``Request`` of a message, in its main process (``celery.worker.request.Request``)."""
+
+    @property
+    def id(self) -> str: ...
+
+    #: The task the message names: a ``OnceTask`` or any other Celery task.
+    @property
+    def task(self) -> object: ...
+
+    #: The message's headers and Celery's fields (``retries`` ...), as the message carried them.
+    @property
+    def request_dict(self) -> Mapping[str, object]: ...
+
+    @property
+    def args(self) -> Sequence[object]: ...
+
+    @property
+    def kwargs(self) -> Mapping[str, object]: ...
+
+
+class ExceptionInfo(Protocol):
+    """An exception as the worker's main process is told of it (billiard's ``ExceptionInfo``)."""
+
+    @property
+    def exception(self) -> BaseException: ...

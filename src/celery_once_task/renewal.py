@@ -22,7 +22,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Optional
 
 from celery.worker import state as worker_state
 from redis.exceptions import RedisError
@@ -33,6 +33,7 @@ from .janitor import janitor
 from .keys import RUNNING, lock_key
 from .limits import limited, slots_key
 from .ownership import INSTANCE, Lease, RunningOwner
+from .protocols import CeleryApp, WorkerRequest
 from .settings import resolve
 from .store import LockStore
 from .store.connection import make_client
@@ -41,9 +42,14 @@ logger = logging.getLogger("celery_once_task")
 
 
 class LeaseKeeper:
-    """Renews the running locks of the worker's active requests, and its heartbeat, on an OS thread of its own."""
+    """Renews the running locks of the worker's active requests, and its heartbeat, on an OS thread of its own.
 
-    def __init__(self, app: Any, nodename: str) -> None:
+    Args:
+        app: The worker's Celery app: its settings name the lock store and ``heartbeat_timeout``.
+        nodename: The worker's node name, written into the heartbeat.
+    """
+
+    def __init__(self, app: CeleryApp, nodename: str) -> None:
         self.app = app
         settings = resolve(app)
         self.lease = Lease(settings.heartbeat_timeout)
@@ -59,7 +65,7 @@ class LeaseKeeper:
         self._locks: dict[str, Optional[tuple[str, str, str, bool]]] = {}
         self._failing = False
         self.url = settings.redis_url
-        self._options: dict[str, Mapping[str, Any]] = {settings.redis_url: settings.redis_options}
+        self._options: dict[str, Mapping[str, object]] = {settings.redis_url: settings.redis_options}
 
     def store(self, url: str) -> LockStore:
         store = self._stores.get(url)
@@ -125,12 +131,12 @@ class LeaseKeeper:
             logger.info("leases of worker instance %s renewed again", INSTANCE)
         self._failing = False
 
-    def _lock_of(self, request: Any) -> Optional[tuple[str, str, str, bool]]:
+    def _lock_of(self, request: WorkerRequest) -> Optional[tuple[str, str, str, bool]]:
         """(url, key, owner token, whether a slot) of the running lock a request's execution takes, if any."""
         if request.id in self._locks:
             return self._locks[request.id]
         lock = None
-        task: Any = getattr(request, "task", None)
+        task: object = getattr(request, "task", None)
         if is_once_task(task) and task.running_lock:
             try:
                 request_dict = getattr(request, "request_dict", None) or {}

@@ -11,27 +11,32 @@ attempt) and this worker's identity, which the child shares.
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery.exceptions import Terminated, TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
 
 from .cleanup import release_locks
 from .internals import unwrap_child_exception
+from .protocols import ExceptionInfo
 
 # Exceptions the main process sees when the child never finished the body.
 _CHILD_GONE = (WorkerLostError, TimeLimitExceeded, Terminated, SystemExit, KeyboardInterrupt)
 
 
 class OnceTaskRequest(Request):
-    """The worker's request for a ``OnceTask`` message."""
+    """The worker's request for a ``OnceTask`` message (the task class's ``Request``).
+
+    Releases the running lock of an execution whose process died, hit the
+    hard time limit, or was terminated or cancelled, once the process is gone.
+    """
 
     def release_running_lock(self, reason: str, *, unfinished: bool = False, final: bool = True) -> None:
         """Release the running lock this message's execution holds in this worker, once its process is gone.
 
-        ``unfinished``: the process died; a finished record it may have
-        written before its result was stored goes too (see ``redelivery``).
-        ``final``: the message is not delivered again.
+        Args:
+            reason: Why, for the log.
+            unfinished: The process died: a finished record it may have
+                written before its result was stored goes too (see ``redelivery``).
+            final: The message is not delivered again.
         """
         release_locks(
             self.task,
@@ -48,7 +53,7 @@ class OnceTaskRequest(Request):
             final=final,
         )
 
-    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+    def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> object:
         exc = unwrap_child_exception(exc_info.exception)
         if isinstance(exc, _CHILD_GONE):
             # Celery requeues the message of a lost child only for acks_late with reject_on_worker_lost.
@@ -64,7 +69,7 @@ class OnceTaskRequest(Request):
             if not soft:
                 self.release_running_lock("hard time limit")
 
-    def terminate(self, *args: Any, **kwargs: Any) -> Any:
+    def terminate(self, *args: object, **kwargs: object) -> object:
         # revoke(terminate=True): the child is sent a signal; its lock goes once it is gone.
         try:
             return super().terminate(*args, **kwargs)
@@ -72,7 +77,7 @@ class OnceTaskRequest(Request):
             if self.time_start:
                 self.release_running_lock("terminated")
 
-    def cancel(self, *args: Any, **kwargs: Any) -> Any:
+    def cancel(self, *args: object, **kwargs: object) -> object:
         # Celery >= 5.5 cancels running tasks at cold shutdown before the boot
         # steps are stopped; the pool child is killed right after.
         try:

@@ -17,7 +17,7 @@ without its password.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from typing import Callable
 
 import redis
 from celery import current_app
@@ -30,7 +30,7 @@ from django.views.decorators.http import require_http_methods
 
 from .models import CLEAR_PERMISSION
 from .ops import locks as lockinfo
-from .settings import resolve
+from .settings import Settings, resolve
 from .store import client_for
 from .store.connection import redact_url
 
@@ -38,7 +38,7 @@ from .store.connection import redact_url
 MAX_ROWS = 500
 
 
-def _lock_store() -> Any:
+def _lock_store() -> Settings:
     """The settings of the lock store the current Celery app is configured with."""
     return resolve(current_app._get_current_object())
 
@@ -57,7 +57,7 @@ def _locks_page(request: HttpRequest) -> HttpResponse:
         return _clear(request, url)
     task = request.GET.get("task") or None
     lock_type = request.GET.get("type") if request.GET.get("type") in lockinfo.LOCK_TYPES else None
-    context: dict[str, Any] = {
+    context: dict[str, object] = {
         **admin.site.each_context(request),
         "title": "Celery once locks",
         # The admin's app list: of no use here, and empty for staff without model permissions.

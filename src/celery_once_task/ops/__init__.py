@@ -1,1 +1,1 @@
-"""Operators' tools: reading and clearing locks (``locks``) and the ``celery once`` command line (``cli``)."""
+"""Operators' tools: the lock API (``locks``, over ``rows``, ``listing``, ``workers``) and the commands (``cli``)."""

@@ -29,16 +29,17 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional, Union
 from urllib.parse import unquote, urlsplit
 
 import click
 import redis
 
 from ..keys import BURST, RUNNING, SLOTS
+from ..protocols import WorkerApp
 from ..settings import DEFAULT_REDIS_URL, resolve, validate
 from ..store import client_for
-from ..store.connection import redact_url
+from ..store.connection import Client, redact_url
 from . import locks as lockinfo
 
 EXIT_NOT_DONE = 1
@@ -50,10 +51,10 @@ class LockStoreTarget:
     """The lock store the commands work on (the click context's object)."""
 
     url: str
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, object] = field(default_factory=dict)
 
     @classmethod
-    def for_app(cls, app: Any) -> LockStoreTarget:
+    def for_app(cls, app: WorkerApp) -> LockStoreTarget:
         # As a worker does before it takes a lock: Django's fix-up runs
         # django.setup() here (so OnceTaskAppConfig serves CELERY_ONCE_*),
         # and the app's task modules run their configure() calls.
@@ -61,11 +62,11 @@ class LockStoreTarget:
         settings = resolve(app)
         return cls(settings.redis_url, settings.redis_options)
 
-    def client(self) -> Any:
+    def client(self) -> Client:
         return client_for(self.url, self.options)
 
     @contextmanager
-    def reaching(self) -> Iterator[Any]:
+    def reaching(self) -> Iterator[Client]:
         """The client; an unreachable store ends the command with one line and exit code 2."""
         try:
             yield self.client()
@@ -164,7 +165,9 @@ def show_command(ctx: click.Context, key: str, as_json: bool) -> None:
         found = lockinfo.get_locks(client, key)
     slotted = lockinfo.parse_key(key) is not None and key.endswith(":slots")
     if as_json:
-        shown: Any = [lock.as_dict() for lock in found] if slotted else (found[0].as_dict() if found else None)
+        shown: Union[list[lockinfo.LockDict], lockinfo.LockDict, None] = (
+            [lock.as_dict() for lock in found] if slotted else (found[0].as_dict() if found else None)
+        )
         click.echo(json.dumps(shown, indent=2))
     for index, lock in enumerate([] if as_json else found):
         if index:
@@ -317,7 +320,7 @@ def _duration(seconds: Optional[float]) -> str:
     return "none (no expiry)" if seconds is None else f"{seconds:.1f}s"
 
 
-def _echo_json_list(items: Iterable[dict[str, Any]]) -> None:
+def _echo_json_list(items: Iterable[Mapping[str, object]]) -> None:
     # Streamed: a store with a million locks is never held in memory at once.
     # The first item is read before anything is printed, so that an
     # unreachable store leaves no half list on stdout.

@@ -1,0 +1,340 @@
+"""What a listed lock is (``Lock``), and how the lock store's replies become ``Lock`` rows.
+
+Nothing here talks to the server: ``listing`` reads the replies and this
+module turns them into rows -- one per plain lock; one per slot held or
+reserved of a limited key (``limits``), or one for its line of waiting calls
+alone; one per burst of a debounced key (``debounce``). Values are read
+leniently: a field that a value lacks (values written by older releases
+do) or that is malformed is None, never an error, so that one odd lock
+cannot keep an operator from listing the others.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Optional, TypedDict, Union
+
+from ..keys import BURST, QUEUE, SEPARATOR, SLOTS, call_id, parse_key, split_call_id
+from ..ownership import value_of_token
+from ..store.values import text
+
+__all__ = ["HeldSlot", "Lock", "LockDict", "ReservedSlot", "SlotsView", "describe_slots"]
+
+#: A reply of the lock clients, which do not decode replies (a decoding client's replies are text).
+Reply = Union[bytes, str]
+
+
+class _LockFields(TypedDict):
+    key: str
+    task: str
+    type: str
+    task_id: str
+    ttl: Optional[float]
+    worker: Optional[str]
+    attempt: Optional[int]
+    alive: Optional[bool]
+    age: Optional[float]
+    instance: Optional[str]
+    digest: str
+    value: str
+
+
+class LockDict(_LockFields, total=False):
+    """``Lock.as_dict()``: the lock's fields as JSON, those of slots and bursts only for their rows."""
+
+    slot: Optional[str]
+    limit: Optional[int]
+    used: Optional[int]
+    waiting: Optional[int]
+    reserved: bool
+    calls: Optional[int]
+    due_in: Optional[float]
+
+
+@dataclass(frozen=True)
+class Lock:
+    """One lock as it was read: its key, its exact value, and what the value says.
+
+    Attributes:
+        key: The lock's key.
+        task: The task's name.
+        digest: The digest of the call's arguments.
+        type: ``queue``, ``running``, ``slots`` (a slot of a limited key) or ``burst``.
+        value: The exact value read; clearing deletes the lock only if it still holds it.
+        ttl: Seconds to live; None if the key has no expiry.
+        task_id: The holder's task id.
+        attempt: For running locks and slots: Celery's attempt number (``request.retries``).
+        worker: For running locks and slots: the node name of the holder's worker.
+        instance: For running locks and slots: the holder's worker instance.
+        alive: Whether the holder's worker instance has a live heartbeat; None when unknown
+            (a queue lock, or a worker without the boot step, which keeps no heartbeat).
+        age: Seconds since the execution took the lock; None if the value does not say.
+        slot: A slot of a limited key: its field in the key's hash (None for a row of waiting calls only).
+        limit: A limited key's ``running_limit``.
+        used: The slots of a limited key held or reserved.
+        waiting: The calls waiting in a limited key's line.
+        reserved: A slot reserved for a waiting call handed over, whose message is on its way.
+        calls: A burst of a debounced key: the calls it covers.
+        due_in: A burst: seconds until it is due (None once it runs).
+    """
+
+    key: str
+    task: str
+    digest: str
+    type: str
+    value: str
+    ttl: Optional[float]
+    task_id: str
+    attempt: Optional[int] = None
+    worker: Optional[str] = None
+    instance: Optional[str] = None
+    alive: Optional[bool] = None
+    age: Optional[float] = None
+    slot: Optional[str] = None
+    limit: Optional[int] = None
+    used: Optional[int] = None
+    waiting: Optional[int] = None
+    reserved: bool = False
+    calls: Optional[int] = None
+    due_in: Optional[float] = None
+
+    def as_dict(self) -> LockDict:
+        """The lock as JSON, as ``once locks --json`` prints it.
+
+        Returns:
+            Every field but the slots' (for a slot's row only) and the bursts'
+                (for a burst's row only).
+        """
+        found: LockDict = {
+            "key": self.key,
+            "task": self.task,
+            "type": self.type,
+            "task_id": self.task_id,
+            "ttl": self.ttl,
+            "worker": self.worker,
+            "attempt": self.attempt,
+            "alive": self.alive,
+            "age": self.age,
+            "instance": self.instance,
+            "digest": self.digest,
+            "value": self.value,
+        }
+        if self.type == SLOTS:
+            found["slot"] = self.slot
+            found["limit"] = self.limit
+            found["used"] = self.used
+            found["waiting"] = self.waiting
+            found["reserved"] = self.reserved
+        if self.type == BURST:
+            found["calls"] = self.calls
+            found["due_in"] = self.due_in
+        return found
+
+    def describe_owner(self) -> str:
+        """Who holds the lock, in words: ``task <id>, attempt <n>, worker <node name>`` and the like."""
+        if self.type == BURST:
+            state = "running" if self.due_in is None else f"due in {self.due_in:.1f}s"
+            return f"burst {self.task_id} ({self.calls if self.calls is not None else '?'} calls, {state})"
+        if self.type == SLOTS and self.slot is None:
+            return "nobody (calls wait in line)"
+        if self.reserved:
+            return f"task {self.task_id}, attempt {self.attempt}, reserved (handed over, on its way)"
+        if self.type == QUEUE:
+            return f"task {self.task_id}"
+        attempt = "?" if self.attempt is None else str(self.attempt)
+        return f"task {self.task_id}, attempt {attempt}, worker {self.worker or '?'}"
+
+
+class HeldSlot(TypedDict):
+    """A slot held by an execution: its owner token, its field's value, when it expires, since when it is held."""
+
+    token: str
+    value: str
+    expiry_ms: int
+    since: Optional[float]
+
+
+class ReservedSlot(TypedDict):
+    """A slot reserved for a waiting call that was handed over: the call, its field's value, when it expires."""
+
+    task_id: str
+    attempt: str
+    value: str
+    expiry_ms: int
+
+
+class SlotsView(TypedDict):
+    """A limited key's slots as operators see them (``describe_slots``)."""
+
+    limit: int
+    held: list[HeldSlot]
+    reserved: list[ReservedSlot]
+
+
+class _SlotRow(TypedDict):
+    """The fields every row of one limited key shares."""
+
+    task: str
+    digest: str
+    type: str
+    limit: int
+    used: int
+    waiting: int
+
+
+def describe_slots(fields: Mapping[str, str]) -> SlotsView:
+    """A limited key's slots as operators see them.
+
+    Args:
+        fields: The key's hash, decoded.
+
+    Returns:
+        The key's limit, the slots held (owner token, expiry, since when) and
+            the slots reserved (the call, expiry), expired ones included.
+    """
+    limit = int(fields.get("limit", "0") or 0)
+    held: list[HeldSlot] = []
+    reserved: list[ReservedSlot] = []
+    for name, value in fields.items():
+        if name.startswith("s:"):
+            expiry, _, since = value.partition(":")
+            held.append({"token": name[2:], "value": value, "expiry_ms": int(expiry), "since": _since(since)})
+        elif name.startswith("r:"):
+            task_id, attempt = split_call_id(name[2:])
+            reserved.append({"task_id": task_id, "attempt": attempt, "value": value,
+                             "expiry_ms": int(value.partition(SEPARATOR)[0])})
+    return {"limit": limit, "held": held, "reserved": reserved}
+
+
+def make_lock(key: str, value: str, pttl: Optional[int], now: float) -> Optional[Lock]:
+    """The row of a queue or running lock from its value and ``PTTL``; None if ``key`` is not a lock key."""
+    parsed = parse_key(key)
+    if parsed is None:
+        return None
+    task, digest, lock_type = parsed
+    ttl = seconds(pttl)
+    if lock_type == QUEUE:
+        return Lock(key, task, digest, lock_type, value, ttl, task_id=value)
+    data = json_object(value)
+    since = optional_float(data.get("since"))
+    return Lock(
+        key, task, digest, lock_type, value, ttl,
+        task_id=str(data.get("task_id", value)),
+        attempt=optional_int(data.get("retries")),
+        worker=optional_str(data.get("worker")),
+        instance=optional_str(data.get("instance")),
+        # Only a worker with the boot step keeps a heartbeat: filled in by the reader, which asks the server.
+        alive=None,
+        age=None if since is None else round(max(0.0, now - since), 1),
+    )
+
+
+def burst_locks(key: str, fields: Mapping[Reply, Reply], pttl: Optional[int], server_ms: int) -> list[Lock]:
+    """The rows of a debounced key (its hash and ``PTTL``): its open burst, and each burst whose execution runs."""
+    parsed = parse_key(key)
+    if parsed is None or not fields:
+        return []
+    task, digest, _ = parsed
+    data = {as_text(name): as_text(value) for name, value in fields.items()}
+    rows = []
+    if "id" in data:
+        due = optional_int(data.get("due"))
+        rows.append(Lock(
+            key, task, digest, BURST, value=data["id"], ttl=seconds(pttl), task_id=data["id"],
+            calls=optional_int(data.get("count")),
+            due_in=None if due is None else round(max(0.0, (due - server_ms) / 1000), 3),
+        ))
+    for name in sorted(data):
+        if name.startswith("closed:"):
+            rows.append(Lock(key, task, digest, BURST, value=name, ttl=seconds(pttl), task_id=name[len("closed:"):]))
+    return rows
+
+
+def slot_locks(key: str, fields: Mapping[Reply, Reply], waiting: int, server_ms: int, now: float) -> list[Lock]:
+    """The rows of a limited key (its hash, its line's length): one per live slot, or one for its line alone."""
+    parsed = parse_key(key)
+    if parsed is None or not fields:
+        return []
+    task, digest, _ = parsed
+    view = describe_slots({as_text(name): as_text(value) for name, value in fields.items()})
+    held = [slot for slot in view["held"] if slot["expiry_ms"] > server_ms]
+    reserved = [slot for slot in view["reserved"] if slot["expiry_ms"] > server_ms]
+    common: _SlotRow = {"task": task, "digest": digest, "type": SLOTS, "limit": view["limit"],
+                        "used": len(held) + len(reserved), "waiting": waiting}
+    rows = []
+    for held_slot in held:
+        data = json_object(value_of_token(held_slot["token"]))
+        since = held_slot["since"]
+        rows.append(Lock(
+            key, value=held_slot["value"], ttl=round((held_slot["expiry_ms"] - server_ms) / 1000, 3),
+            slot="s:" + held_slot["token"],
+            task_id=str(data.get("task_id", "")), attempt=optional_int(data.get("retries")),
+            worker=optional_str(data.get("worker")), instance=optional_str(data.get("instance")),
+            age=None if since is None else round(max(0.0, now - since), 1), **common,
+        ))
+    for reserved_slot in reserved:
+        rows.append(Lock(
+            key, value=reserved_slot["value"], ttl=round((reserved_slot["expiry_ms"] - server_ms) / 1000, 3),
+            slot=f"r:{call_id(reserved_slot['task_id'], reserved_slot['attempt'])}",
+            task_id=reserved_slot["task_id"], attempt=optional_int(reserved_slot["attempt"]), reserved=True,
+            **common,
+        ))
+    if not rows and waiting:
+        rows.append(Lock(key, value="", ttl=None, task_id="", **common))
+    return rows
+
+
+# -- values ------------------------------------------------------------------------
+
+
+def seconds(pttl: Optional[int]) -> Optional[float]:
+    """A ``PTTL`` reply in seconds; None for no expiry (-1) and for no key (-2: gone between two commands)."""
+    return None if pttl is None or int(pttl) < 0 else round(int(pttl) / 1000, 3)
+
+
+def as_text(value: Reply) -> str:
+    """A reply as text."""
+    return str(text(value))
+
+
+def json_object(value: str) -> dict[str, object]:
+    """``value``'s JSON object; empty if ``value`` is not one (a queue lock's value is a bare task id)."""
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def optional_str(value: object) -> Optional[str]:
+    """``value`` as text; None stays None."""
+    return None if value is None else str(value)
+
+
+def optional_int(value: object) -> Optional[int]:
+    """``value`` as a whole number; None if it is none (JSON's booleans, ``null``, lists and objects are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, bytes)):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def optional_float(value: object) -> Optional[float]:
+    """``value`` as a number; None if it is none (JSON's booleans, ``null``, lists and objects are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, bytes)):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _since(stamp: str) -> Optional[float]:
+    try:
+        return float(stamp)
+    except ValueError:
+        return None
