@@ -44,6 +44,9 @@ app.conf.update(
 # Short, so that tests of a gone worker wait seconds, not the default half minute.
 HEARTBEAT_TIMEOUT = int(os.environ.get("ONCE_TEST_HEARTBEAT_TIMEOUT", "4"))
 configure(redis_url=LOCKS_URL, redis_options=LOCKS_OPTIONS, heartbeat_timeout=HEARTBEAT_TIMEOUT)
+# A test may run a worker (and the once command) whose keys start with a prefix of their own.
+if os.environ.get("ONCE_TEST_KEY_PREFIX"):
+    configure(key_prefix=os.environ["ONCE_TEST_KEY_PREFIX"])
 setup_once_task_signals()
 if not os.environ.get("ONCE_TEST_WITHOUT_BOOTSTEP"):
     app.steps["worker"].add(OnceTaskUnlockBootStep)
