@@ -45,7 +45,8 @@ KIND_TYPES: dict[str, Any] = {
 KIND_PHRASES = {
     "url": "Any other form is an error.", "options": "Must be a dict with string keys.",
     "int_seconds": "A positive integer (seconds)", "seconds": "A positive number of seconds",
-    "bool": "`True` or `False`.", "name": "A text of 1 to 100 printable characters, without braces or whitespace.",
+    "bool": "`True` or `False`.",
+    "name": "A text of 1 to 100 printable characters, without braces, whitespace or colons.",
 }
 
 

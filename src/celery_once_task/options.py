@@ -73,7 +73,7 @@ class SettingSpec:
             if value not in self.choices:
                 raise ValueError(f"{label} must be one of {', '.join(map(repr, self.choices))}, got {value!r}")
         elif kind == "name":
-            check_name(value, label)
+            check_name(value, label, colon=False)
         elif not isinstance(value, bool):  # "bool"
             raise ValueError(f"{label} must be True or False, got {value!r}")
         return value
@@ -82,16 +82,18 @@ class SettingSpec:
         return value if self.redact is None else self.redact(value)
 
 
-def check_name(value: Any, label: str) -> str:
-    """``value`` if it may stand in every key the library writes (a ``key_prefix``, a ``lock_name``).
+def check_name(value: Any, label: str, *, colon: bool = True) -> str:
+    """``value`` if it may stand in every key the library writes (a ``lock_name``; without ``colon``, a ``key_prefix``).
 
     Braces would make a Redis Cluster hash tag of it, and whitespace or
-    control characters make keys an operator cannot type.
+    control characters make keys an operator cannot type. A prefix has no
+    colon: "app" and "app:billing" would otherwise spell some keys alike.
     """
     if (not isinstance(value, str) or not value or len(value) > MAX_NAME or "{" in value or "}" in value
-            or not value.isprintable() or any(character.isspace() for character in value)):
+            or not value.isprintable() or any(character.isspace() for character in value)
+            or (not colon and ":" in value)):
         raise ValueError(f"{label} must be a text of 1 to {MAX_NAME} printable characters, without braces or "
-                         f"whitespace, got {value!r}")
+                         f"whitespace{'' if colon else ' or colons'}, got {value!r}")
     return value
 
 
