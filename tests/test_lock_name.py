@@ -84,6 +84,7 @@ def test_a_lock_name_that_cannot_stand_in_a_key_is_an_error_at_definition(name: 
 
 
 def test_tasks_that_share_a_lock_name_but_not_their_locks_are_refused_at_first_use() -> None:
+    """Of the tasks the app registered by then: a worker's app has them all."""
     app = Celery("lock-name-mismatch", set_as_current=False)
 
     @app.task(base=OnceTask, name="tests.mismatch.one", lock_name="shared", shared=False)
@@ -93,5 +94,6 @@ def test_tasks_that_share_a_lock_name_but_not_their_locks_are_refused_at_first_u
               shared=False)
     def two(item: int) -> None: ...
 
+    app.finalize()
     with pytest.raises(ValueError, match=r"tests\.mismatch\.\w+ and tests\.mismatch\.\w+ share lock_name 'shared'"):
         one.once_digest((1,), {})

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .digest import check_lock_args, signature_of
+from .internals import registered_tasks
 from .options import check_combination, check_name
 from .settings import SETTINGS
 
@@ -57,11 +58,12 @@ def check_task_class(cls: type, label: str) -> None:
 def check_shared_name(task: Any) -> None:
     """Tasks of one ``lock_name`` must take the same kinds of keys, or they would not exclude each other.
 
-    Asked when a task with a ``lock_name`` is first used (its app knows its
-    other tasks by then): a ``ValueError`` naming both tasks otherwise.
+    Asked when a task with a ``lock_name`` is first used, of the tasks its
+    app has registered by then (without finalizing it: a call must not import
+    the project's task modules): a ``ValueError`` naming both tasks otherwise.
     """
     mine = _kinds_of_keys(task)
-    for other in list(task.app.tasks.values()):
+    for other in registered_tasks(task.app):
         if other is task or not getattr(other, "__once_task__", False) or other.lock_name != task.lock_name:
             continue
         if _kinds_of_keys(other) != mine:
