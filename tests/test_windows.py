@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from celery import states
+from kombu.exceptions import SerializerNotInstalled
 
 from celery_once_task import OnceTask, OnceTaskDuplicate
 from celery_once_task.ownership import Lease
@@ -79,6 +80,16 @@ def test_a_retry_keeps_the_key_until_the_call_ends(worker: Worker, locks: Any, r
     assert no_locks_left(locks, tasks.until_end_retrying, tag)
 
 
+def test_a_run_longer_than_a_lease_keeps_its_key(worker: Worker, locks: Any, recs: Any) -> None:
+    tag = uuid.uuid4().hex
+    with gated_run(tasks.until_end, recs, tag):
+        began = time.monotonic()
+        wait_until(lambda: time.monotonic() >= began + LEASE.ttl + 1, timeout=LEASE.ttl + 5,
+                   what="a lease to pass while the call runs")  # its worker renews the queue lock with it
+        assert tasks.until_end.delay(tag) is None
+    assert no_locks_left(locks, tasks.until_end, tag)
+
+
 @pytest.mark.slow
 def test_a_lost_worker_frees_the_key_within_a_lease(redis_server: Any, locks: Any, recs: Any) -> None:
     tag = uuid.uuid4().hex
@@ -141,6 +152,16 @@ def test_a_call_that_takes_its_queue_lock_and_a_window_is_queued_once(broker: An
     assert first is not None
     assert tasks.parked.apply_async((tag,), once={"unique_for": 60}) is None
     assert tasks.parked.apply_async((tag,), once={"unique_for": None, "queue_lock": False}) is not None
+
+
+def test_a_call_whose_message_could_not_be_published_leaves_no_window(locks: Any) -> None:
+    tag = uuid.uuid4().hex
+    with pytest.raises(SerializerNotInstalled):
+        # No such serializer: the publish fails after the locks were taken.
+        tasks.parked.apply_async((tag,), serializer="no-such-serializer", once={"unique_for": 60})
+    window = f"once_task:{{{lock_key_of(tasks.parked, 'queue', tag)}}}:unique"
+    assert locks.exists(lock_key_of(tasks.parked, "queue", tag), window) == 0
+    assert tasks.parked.apply_async((tag,), once={"unique_for": 60}) is not None
 
 
 # -- what is refused where the task is defined -----------------------------------------

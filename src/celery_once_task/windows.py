@@ -123,6 +123,9 @@ def give_back(store: LockStore, settings: Settings, task: TaskLike, call: Acquis
             if key is not None:
                 janitor.add(Cleanup(settings.redis_url, key, call.keys.holder, False, task, call.token,
                                     "publish failed", options=settings.redis_options))
+        if call.keys.arguments is not None:
+            janitor.add(Cleanup(settings.redis_url, call.keys.arguments, call.keys.holder, False, task, call.token,
+                                "publish failed", options=settings.redis_options, arguments="forget"))
 
 
 def lost(settings: Settings, task: TaskLike, call: Acquisition) -> list[Cleanup]:

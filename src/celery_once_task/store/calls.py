@@ -90,9 +90,14 @@ class Calls:
         return Acquired(False, holder, window=how == 2, replaced=how == 1)
 
     def release(self, keys: CallKeys) -> None:
-        """Give back the queue lock and the window ``keys.holder`` holds (its message could not be published)."""
-        self._runner.run([compare_and_delete(key, keys.holder, "exact") for key in (keys.queue, keys.window)
-                          if key is not None])
+        """Give back the queue lock and the window ``keys.holder`` holds (its message could not be published).
+
+        A duplicate may have replaced its arguments in between: they go too.
+        """
+        calls = [compare_and_delete(key, keys.holder, "exact") for key in (keys.queue, keys.window) if key is not None]
+        if keys.arguments is not None:
+            calls.append(forget_arguments(keys.arguments, keys.holder))
+        self._runner.run(calls)
 
     def forget_arguments(self, arguments_key: str, holder: str) -> bool:
         """Forget ``holder``'s replaced arguments; whether there were any."""
