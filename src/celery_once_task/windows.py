@@ -115,7 +115,10 @@ def acquire(store: LockStore, call: Acquisition) -> Acquired:
 
 
 def give_back(store: LockStore, settings: Settings, task: TaskLike, call: Acquisition) -> None:
-    """The call's message could not be published: its queue lock and window go (by the janitor, if need be)."""
+    """The call's message could not be published: what it took goes (by the janitor, if need be).
+
+    Its queue lock, its window, and any arguments a duplicate replaced its own with in between.
+    """
     try:
         store.calls.release(call.keys)
     except RedisError:
