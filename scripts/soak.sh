@@ -11,6 +11,8 @@
 #   bash scripts/soak.sh --broker amqp      RabbitMQ as the broker, with its faults (connections closed, restarts)
 #   bash scripts/soak.sh --running-limit 2  a task with running_limit=2: reports the most executions of a key at once
 #   bash scripts/soak.sh --debounce 1       debounced calls: bursts without an execution, or executed twice
+#   bash scripts/soak.sh --window end       queue_lock_until="end": no call let in while the same call is queued or runs
+#   bash scripts/soak.sh --window unique_for  unique_for=2: no call let in within 2 s of an accepted one
 #
 # PYTHON and VENV choose the interpreter and the virtualenv.
 set -euo pipefail

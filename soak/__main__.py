@@ -1,4 +1,4 @@
-"""The soak's driver: ``python -m soak [--short|--minutes N] [--policy reject|wait] [--pool P] [--broker B] ...``.
+"""The soak's driver: ``python -m soak [--short|--minutes N] [--policy reject|wait] [--pool P] [--window W] ...``.
 
 Run it with ``bash scripts/soak.sh``, which installs what it needs. Phases:
 
@@ -21,7 +21,10 @@ ready state, a lock was left, a call's body ran to its end twice without a
 kill cutting the first run short at its end, or a killed worker's running
 lock blocked its key for more than ``heartbeat_timeout + 5`` seconds (with
 ``--policy wait``, also if an accepted call was not followed by an
-execution); 2 if the soak itself could not run. A message that Celery itself lost (kombu's Redis
+execution; with ``--window``, also if a call was accepted while the window of
+another call of its key surely held it: ``queue_lock_until="end"`` from a call
+until its run ended, or ``unique_for`` seconds from it); 2 if the soak itself
+could not run. A message that Celery itself lost (kombu's Redis
 transport loses one a worker took off the queue and was killed before it
 recorded it) leaves its result pending and its queue lock in place, whatever
 the library does: those are counted and shown, and fail the soak only with
@@ -66,6 +69,8 @@ CALLS_PER_SECOND = 20.0
 LIMITED_CALLS_PER_SECOND = 8.0
 HEARTBEAT_TIMEOUT = 5
 VISIBILITY_TIMEOUT = 8
+#: The window of ``--window unique_for``: shorter than the lease and a second the drain waits, so none is left.
+UNIQUE_FOR = 2.0
 #: Worker start-up on a busy two-core machine can take a while.
 READY_TIMEOUT = 120.0
 #: How often the load phase logs its progress.
@@ -89,6 +94,8 @@ class Plan:
     body: str = "sleep"
     running_limit: int = 1
     debounce: float = 0.0
+    #: A window of the task's: "end" (queue_lock_until="end"), "unique_for" (``UNIQUE_FOR`` seconds); "": none.
+    window: str = ""
 
     @property
     def lease(self) -> Lease:
@@ -114,6 +121,9 @@ def parse(argv: Optional[Sequence[str]]) -> Plan:
                              "calls of 4 keys are all kept: queue_lock=False)")
     parser.add_argument("--debounce", type=float, default=0.0,
                         help="seconds apart that calls of a key form a burst, run once after it (debounce_max 4x)")
+    parser.add_argument("--window", choices=("end", "unique_for"), default="",
+                        help="a window of the task's: a call is a duplicate until its run ends "
+                             "(queue_lock_until=\"end\"), or for a few seconds from the call (unique_for)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault and key choices")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir even when every check passed")
     parser.add_argument("--strict", action="store_true",
@@ -123,11 +133,14 @@ def parse(argv: Optional[Sequence[str]]) -> Plan:
     body = args.body or ("cpu" if args.pool == "gevent" else "sleep")
     if args.running_limit < 1:
         parser.error("--running-limit must be at least 1")
+    if args.window and (args.debounce or args.policy == "wait" or (args.window == "end" and args.running_limit > 1)):
+        parser.error(f"--window {args.window} cannot be used with --debounce, --policy wait, or (end) a running "
+                     "limit: the library refuses those combinations")
     if args.short:
         return Plan(75.0, 3, 60.0, args.policy, seed, args.keep, args.strict, args.pool, args.broker, body,
-                    args.running_limit, args.debounce)
+                    args.running_limit, args.debounce, args.window)
     return Plan(args.minutes * 60, 4, 120.0, args.policy, seed, args.keep, args.strict, args.pool, args.broker, body,
-                args.running_limit, args.debounce)
+                args.running_limit, args.debounce, args.window)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -162,6 +175,7 @@ class Soak:
         plan = self.plan
         app = importlib.import_module("soak.app")
         self.log(f"soak: policy {plan.policy}, running_limit {plan.running_limit}, debounce {plan.debounce or 'off'}, "
+                 f"window {plan.window or 'queued'}, "
                  f"{plan.workers} {plan.pool} "
                  f"workers, broker {plan.broker}, body {plan.body}, {plan.load_seconds:.0f}s of load, seed "
                  f"{plan.seed}, heartbeat_timeout {HEARTBEAT_TIMEOUT}s (lease ttl {plan.lease.ttl:.1f}s), "
@@ -320,6 +334,7 @@ class Soak:
         without_end = sum(1 for run in runs if run.ended_by == "unknown")
 
         self.say(f"policy: {plan.policy}; running_limit: {plan.running_limit}; debounce: {plan.debounce or 'off'}; "
+                 f"window: {report.window_name(plan.window)}; "
                  f"workers: {plan.workers} ({plan.pool}); "
                  f"broker: {plan.broker}; body: {plan.body}; seed: {plan.seed}; heartbeat_timeout: "
                  f"{HEARTBEAT_TIMEOUT}s (lease ttl {plan.lease.ttl:.1f}s); visibility_timeout: {VISIBILITY_TIMEOUT}s")
@@ -400,6 +415,15 @@ class Soak:
                 ran = [record.get("seq") for record in records if record["event"] == "start" and
                        record["task_id"] == burst]
                 self.say(f"burst {burst}: calls {covered}; ran with {ran}")
+        if plan.window:
+            inside = report.accepted_inside_windows(calls, runs, plan.window, UNIQUE_FOR)
+            self.say(f"calls accepted inside another call's window: {len(inside)} (of {count[ACCEPTED]} accepted; "
+                     f"{count[DROPPED]} dropped)")
+            if inside:
+                failures.append("calls accepted inside another call's window")
+            for first, second in inside[:SHOWN]:
+                self.say(f"window of task {first.result.id} (key {first.key}, called at +{first.t - t0:.3f}s) "
+                         f"let in task {second.result.id}, called at +{second.t - t0:.3f}s")
         if count[ERROR]:
             errors = sorted({call.error or "" for call in calls if call.outcome == ERROR})
             self.say(f"publish errors seen: {'; '.join(errors[:3])}")
@@ -546,7 +570,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         servers = Servers(plan.broker)
         env = servers.environment(HEARTBEAT_TIMEOUT, VISIBILITY_TIMEOUT, plan.policy, plan.body, plan.running_limit,
-                                  plan.debounce)
+                                  plan.debounce, plan.window, UNIQUE_FOR)
         os.environ.update(env)  # read by soak.app, here and in the workers
         workers = [SoakWorker(index, directory, env, plan.pool) for index in range(1, plan.workers + 1)]
         status = 0 if Soak(plan, servers, workers, log, directory).run() else 1

@@ -59,6 +59,9 @@ if POLICY not in POLICIES:
 BODY = os.environ.get("SOAK_BODY", "sleep")
 #: Seconds apart that calls of one key form a burst, run once after it (``--debounce``); 0: off.
 DEBOUNCE = float(os.environ.get("SOAK_DEBOUNCE", "0"))
+#: A window of the task's (``--window``): "end" (queue_lock_until), "unique_for" (``UNIQUE_FOR`` seconds); "": none.
+WINDOW = os.environ.get("SOAK_WINDOW", "")
+UNIQUE_FOR = float(os.environ.get("SOAK_UNIQUE_FOR", "0"))
 
 app = Celery("soak", broker=BROKER_URL, backend=BACKEND_URL)
 app.conf.update(
@@ -87,6 +90,10 @@ if RUNNING_LIMIT > 1:
     _POLICY_OPTIONS.update(running_limit=RUNNING_LIMIT, queue_lock=False)
 if DEBOUNCE:
     _POLICY_OPTIONS.update(debounce=DEBOUNCE, debounce_max=4 * DEBOUNCE)
+if WINDOW == "end":
+    _POLICY_OPTIONS.update(queue_lock_until="end")
+elif WINDOW == "unique_for":
+    _POLICY_OPTIONS.update(unique_for=UNIQUE_FOR)
 
 # Longer than a stall of the records server could last: it is never faulted.
 _records = redis.Redis.from_url(RECORDS_URL, socket_timeout=30)

@@ -47,7 +47,8 @@ class Servers:
         return self.rabbit.url(self.vhost) if self.rabbit is not None else f"{self.broker.url}/0"
 
     def environment(self, heartbeat_timeout: int, visibility_timeout: int, policy: str, body: str,
-                    running_limit: int = 1, debounce: float = 0) -> dict[str, str]:
+                    running_limit: int = 1, debounce: float = 0, window: str = "",
+                    unique_for: float = 0) -> dict[str, str]:
         """What ``soak.app`` reads."""
         return {
             "SOAK_BROKER_URL": self.broker_url,
@@ -62,6 +63,8 @@ class Servers:
             "SOAK_BODY": body,
             "SOAK_RUNNING_LIMIT": str(running_limit),
             "SOAK_DEBOUNCE": str(debounce),
+            "SOAK_WINDOW": window,
+            "SOAK_UNIQUE_FOR": str(unique_for),
         }
 
     def stop(self) -> None:

@@ -290,3 +290,49 @@ def dropped_behind(calls: Sequence[Call], lost: Sequence[Call]) -> int:
     for call in lost:
         since[call.key] = min(call.t, since.get(call.key, math.inf))
     return sum(1 for call in calls if call.outcome == DROPPED and call.t > since.get(call.key, math.inf))
+
+
+#: A call made this long before the end of another's window is inside it whatever the clocks' rounding.
+WINDOW_MARGIN = 0.01
+
+
+def window_name(window: str) -> str:
+    return {"end": 'queue_lock_until="end"', "unique_for": "unique_for"}.get(window, "queued (the default)")
+
+
+def accepted_inside_windows(calls: Sequence[Call], runs: Sequence[Execution], window: str,
+                            unique_for: float) -> list[tuple[Call, Call]]:
+    """Pairs (C, D) of accepted calls of one key where D was accepted while C's window surely held the key.
+
+    C's lock was taken before its call returned (``C.done``), and D's was
+    tried between D's call and its return: D made after C returned and
+    returned before C's window ended was tried inside it, and must have been
+    a duplicate. The window ends ``unique_for`` seconds after C's call, or
+    (``"end"``) when C's first execution recorded its end -- the release
+    comes after. A call whose first execution was cut short by a kill is left
+    out: a lost worker ends its window within a lease, as promised.
+    """
+    first_runs: dict[str, Execution] = {}
+    for run in sorted(runs, key=lambda run: run.start):
+        first_runs.setdefault(run.task_id, run)
+    by_key: dict[int, list[Call]] = defaultdict(list)
+    for call in accepted(calls):
+        by_key[call.key].append(call)
+    pairs = []
+    for made in by_key.values():
+        made.sort(key=lambda call: call.t)
+        for index, first in enumerate(made):
+            if window == "end":
+                run = first_runs.get(first.result.id)
+                if run is None or run.ended_by != "end" or run.end is None:
+                    continue
+                until = run.end
+            else:
+                until = first.t + unique_for
+            for second in made[index + 1:]:
+                if second.t > until:
+                    break
+                if (second.result.id != first.result.id and second.t > first.done
+                        and second.done < until - WINDOW_MARGIN):
+                    pairs.append((first, second))
+    return pairs

@@ -294,6 +294,9 @@ def test_unset_settings_take_the_documented_defaults() -> None:
         "redelivery_guard_timeout": 3600,
         "debounce": None,
         "debounce_max": None,
+        "queue_lock_until": "pickup",
+        "unique_for": None,
+        "key_prefix": "once_task",
     }
 
 

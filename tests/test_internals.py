@@ -157,3 +157,19 @@ def test_a_refusal_goes_with_its_client(server: RedisServer) -> None:
 
 def test_refuses_more_keys_is_false_for_a_new_client(server: RedisServer) -> None:
     assert not scripts.refuses_more_keys(server.client(2))
+
+
+# -- a Celery app's tasks ------------------------------------------------------------
+
+
+def test_the_tasks_registered_are_read_without_finalizing_the_app() -> None:
+    app = celery.Celery("registered", set_as_current=False)
+
+    @app.task(name="tests.internals.registered", shared=False)
+    def registered() -> None: ...
+
+    assert not app.finalized
+    assert registered not in internals.registered_tasks(app)  # still pending: not registered yet
+    assert not app.finalized
+    app.finalize()
+    assert registered in internals.registered_tasks(app)

@@ -73,7 +73,18 @@ def limited_probe(tag: str) -> None:
     marks["body"] = sent()
 
 
-PROBES = (probe.name, waiting_probe.name, limited_probe.name)
+@app.task(base=OnceTask, name="tests.test_round_trips.until_end_probe", queue_lock_until="end")
+def until_end_probe(tag: str) -> None:
+    marks["body"] = sent()
+
+
+@app.task(base=OnceTask, name="tests.test_round_trips.replacing_probe", queue_lock_conflict="replace",
+          queue_lock_until="end")
+def replacing_probe(tag: str) -> None:
+    marks["body"] = sent()
+
+
+PROBES = (probe.name, waiting_probe.name, limited_probe.name, until_end_probe.name, replacing_probe.name)
 
 
 def on_prerun(task: Any = None, **_: Any) -> None:
@@ -211,3 +222,42 @@ def test_release_that_hands_a_waiting_copy_over_takes_one_round_trip(solo_worker
         handover.clear()
     assert mark["postrun"] - mark["body"] == 1
     assert locks.exists(waiting) == 0  # taken and published
+
+
+# -- windows, replace, options per call ------------------------------------------------------
+
+
+@pytest.mark.parametrize("once", [
+    {"unique_for": 60}, {"unique_for": 60, "queue_lock": False}, {"queue_lock_conflict": "replace"},
+    {"queue_lock_conflict": "existing", "queue_lock_until": "end"},
+], ids=["window", "window-alone", "replace", "options"])
+def test_a_call_with_its_own_options_and_its_duplicate_take_one_round_trip_each(once: dict[str, Any]) -> None:
+    counted_publish("warm-up")
+    tag = uuid.uuid4().hex
+    before = sent()
+    first = worker_app.parked.apply_async((tag,), once=once)
+    assert first is not None
+    assert sent() - before == 1
+    before = sent()
+    duplicate = worker_app.parked.apply_async((tag,), once=once)
+    assert sent() - before == 1
+    assert duplicate is None if "unique_for" in once else duplicate.id == first.id
+
+
+def test_pickup_and_end_of_a_call_held_until_its_run_ends_take_one_round_trip_each(solo_worker: None,
+                                                                                   locks: Any) -> None:
+    tag = uuid.uuid4().hex
+    mark = run_probe(until_end_probe, tag)
+    assert (mark["body"] - mark["prerun"], mark["postrun"] - mark["body"]) == (1, 1)
+    assert locks.exists(until_end_probe.once_key((tag,), {}, "queue")) == 0
+
+
+def test_pickup_and_end_of_a_call_whose_duplicates_replaced_its_arguments_take_one_round_trip_each(
+        solo_worker: None, locks: Any) -> None:
+    tag = uuid.uuid4().hex
+    marks.clear()
+    first = replacing_probe.apply_async((tag,), queue=QUEUE, countdown=0.5)
+    assert replacing_probe.apply_async((tag,), queue=QUEUE).id == first.id  # its arguments replaced (the same)
+    wait_until(lambda: "postrun" in marks, what="the probe task to run")
+    assert (marks["body"] - marks["prerun"], marks["postrun"] - marks["body"]) == (1, 1)
+    assert locks.exists(replacing_probe.once_key((tag,), {}, "queue")) == 0

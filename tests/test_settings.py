@@ -35,16 +35,18 @@ from tests import worker_app as tasks
 
 REFERENCE = Path(__file__).parent.parent / "docs" / "configuration.md"
 #: The options of ``OnceTask`` that are not settings: a task's alone.
-TASK_ONLY_OPTIONS = ("queue_lock", "running_lock", "lock_args", "running_limit")
+TASK_ONLY_OPTIONS = ("queue_lock", "running_lock", "lock_args", "lock_name", "running_limit")
 #: The type of a setting's value in ``Settings``, by its kind (a choice: the ``Literal`` of its values).
 KIND_TYPES: dict[str, Any] = {
     "url": str, "options": Mapping[str, Any], "int_seconds": int, "seconds": Optional[float], "bool": bool,
+    "name": str,
 }
 #: What the configuration reference says of each kind of value.
 KIND_PHRASES = {
     "url": "Any other form is an error.", "options": "Must be a dict with string keys.",
     "int_seconds": "A positive integer (seconds)", "seconds": "A positive number of seconds",
     "bool": "`True` or `False`.",
+    "name": "A text of 1 to 100 printable characters, without braces, whitespace or colons.",
 }
 
 

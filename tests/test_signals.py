@@ -29,7 +29,7 @@ def test_duplicate_call_is_sent_in_the_publishing_process(recs: Any) -> None:
     assert tasks.parked.delay(tag) is None
     (entry,) = received(recs, "duplicate_call", tasks.parked.once_key((tag,), {}, "queue"))
     assert entry == {"task": tasks.parked.name, "pid": os.getpid(), "key": entry["key"], "holder_id": first.id,
-                     "policy": "drop"}
+                     "policy": "drop", "window": "pickup"}
 
 
 def test_duplicate_call_names_the_policy(recs: Any) -> None:
@@ -38,6 +38,23 @@ def test_duplicate_call_names_the_policy(recs: Any) -> None:
     tasks.parked_existing.delay(tag)
     (entry,) = received(recs, "duplicate_call", tasks.parked_existing.once_key((tag,), {}, "queue"))
     assert entry["policy"] == "existing"
+
+
+def test_duplicate_call_names_the_window_it_met(recs: Any) -> None:
+    tag = uuid.uuid4().hex
+    first = tasks.parked.apply_async((tag,), once={"unique_for": 60, "queue_lock": False})
+    tasks.parked.apply_async((tag,), once={"unique_for": 60, "queue_lock": False})
+    window = f"once_task:{{{tasks.parked.once_key((tag,), {}, 'queue')}}}:unique"
+    (entry,) = received(recs, "duplicate_call", window)
+    assert (entry["holder_id"], entry["window"]) == (first.id, "unique_for")
+
+
+def test_duplicate_call_says_it_replaced_the_queued_calls_arguments(recs: Any) -> None:
+    tag = uuid.uuid4().hex
+    tasks.parked.apply_async((tag,), once={"queue_lock_conflict": "replace", "queue_lock_until": "end"})
+    tasks.parked.apply_async((tag,), once={"queue_lock_conflict": "replace"})
+    (entry,) = received(recs, "duplicate_call", tasks.parked.once_key((tag,), {}, "queue"))
+    assert (entry["policy"], entry["window"]) == ("replace", "pickup")
 
 
 def test_duplicate_execution_is_sent_in_the_worker(worker: Worker, recs: Any) -> None:

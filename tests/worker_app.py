@@ -44,6 +44,9 @@ app.conf.update(
 # Short, so that tests of a gone worker wait seconds, not the default half minute.
 HEARTBEAT_TIMEOUT = int(os.environ.get("ONCE_TEST_HEARTBEAT_TIMEOUT", "4"))
 configure(redis_url=LOCKS_URL, redis_options=LOCKS_OPTIONS, heartbeat_timeout=HEARTBEAT_TIMEOUT)
+# A test may run a worker (and the once command) whose keys start with a prefix of their own.
+if os.environ.get("ONCE_TEST_KEY_PREFIX"):
+    configure(key_prefix=os.environ["ONCE_TEST_KEY_PREFIX"])
 setup_once_task_signals()
 if not os.environ.get("ONCE_TEST_WITHOUT_BOOTSTEP"):
     app.steps["worker"].add(OnceTaskUnlockBootStep)
@@ -539,3 +542,84 @@ def stamped_waiting_gated(tag: str, value: Any = None) -> str:
     wait_gate(tag)
     record(tag, "end", value=value)
     return tag
+
+
+# -- windows, lock names, replace ---------------------------------------------------------
+
+
+@app.task(base=OnceTask, queue_lock_until="end")
+def until_end(tag: str, value: Any = None) -> str:
+    """``gated`` whose call is a duplicate until its run ends, not only while it is queued."""
+    record(tag, "start", value=value)
+    wait_gate(tag)
+    record(tag, "end", value=value)
+    return tag
+
+
+@app.task(base=OnceTask, queue_lock_until="end", queue_lock_conflict="existing")
+def until_end_existing(tag: str) -> str:
+    """``until_end`` whose duplicates get the queued or running call's result."""
+    record(tag, "start")
+    wait_gate(tag)
+    return tag
+
+
+@app.task(base=OnceTask, queue_lock_until="end", bind=True, max_retries=2)
+def until_end_retrying(self: Any, tag: str) -> int:
+    """``until_end`` that asks once to be retried, a moment later, and runs to its end the second time."""
+    record(tag, "start", retries=self.request.retries)
+    if not self.request.retries:
+        raise self.retry(countdown=1)
+    wait_gate(tag)
+    return int(self.request.retries)
+
+
+@app.task(base=OnceTask, queue_lock_until="end")
+def until_end_failing(tag: str) -> None:
+    record(tag, "run")
+    raise ValueError(f"failing {tag}")
+
+
+@app.task(base=OnceTask, unique_for=3)
+def remind(tag: str) -> str:
+    """Sends a reminder at most once every three seconds, however often it is asked."""
+    record(tag, "run")
+    return tag
+
+
+@app.task(base=OnceTask, unique_for=3, queue_lock_conflict="existing", queue_lock=False)
+def remind_alone(tag: str) -> str:
+    """``remind`` with its window alone (no queue lock); a duplicate gets the call that opened the window."""
+    record(tag, "run")
+    return tag
+
+
+@app.task(base=OnceTask, lock_name="account", lock_args=["account"])
+def sync_account(account: int, full: bool = False) -> int:
+    """One of two tasks that must exclude each other on an account (``rebuild_account``)."""
+    record(str(account), "start", task="sync")
+    wait_gate(str(account))
+    return account
+
+
+@app.task(base=OnceTask, lock_name="account", lock_args=["account"])
+def rebuild_account(account: int) -> int:
+    record(str(account), "start", task="rebuild")
+    wait_gate(str(account))
+    return account
+
+
+@app.task(base=OnceTask, lock_args=["account"], queue_lock_conflict="replace")
+def push_balance(account: str, balance: int) -> int:
+    """Pushes an account's balance: the queued call runs once, with the newest balance asked for."""
+    record(account, "run", balance=balance)
+    return balance
+
+
+@app.task(base=OnceTask, lock_args=["account"], queue_lock_conflict="replace", acks_late=True,
+          reject_on_worker_lost=True)
+def push_balance_late(account: str, balance: int) -> int:
+    """``push_balance`` held at its gate, whose message goes back to the broker if its pool process dies."""
+    record(account, "start", balance=balance)
+    wait_gate(account)
+    return balance

@@ -16,17 +16,22 @@ Foundations, importing nothing of the library above them:
 ``internals``   the one place that touches private attributes of redis-py, Celery or billiard
 ``protocols``   what the library needs of Celery's objects, as Protocols
 
-``store/``      every round trip to Redis: ``runner`` (clients, tries), ``locks``, ``waiting``,
-                ``slots``, ``bursts``, ``leases`` by concern, over ``lua`` (every script),
-                ``scripts`` (one round trip), ``wire`` (commands on a connection),
+``store/``      every round trip to Redis: ``runner`` (clients, tries), ``locks``, ``calls``,
+                ``waiting``, ``slots``, ``bursts``, ``leases`` by concern, over ``lua`` (every
+                script), ``scripts`` (one round trip), ``wire`` (commands on a connection),
                 ``addresses`` and ``connection`` (where the store is, and its clients)
+``options``     what an option may be: the kinds of value, the combinations refused
 ``settings``    every setting declared once; validation, ``configure()``, precedence
+``definition``  a task's options checked where it is defined; tasks that share a ``lock_name``
+``call_options`` ``apply_async(..., once={...})``: a call's own options, and the worker's reading of them
 
 The paths of a call:
 
 ``republish``   the library's own publishes of a message again
 ``waiting``     the waiting copy of ``running_lock_conflict="wait"`` and its hand-over
 ``janitor``     owner-checked deletes that wait for the store or for a process to exit
+``replace``     ``queue_lock_conflict="replace"``: a queued call runs with the newest arguments
+``windows``     ``queue_lock_until`` and ``unique_for``; what an execution does with its call's keys
 ``deferral``    publishing a message again to run later
 ``redelivery``  a copy of a message whose execution finished: the finished records
 ``rejection``   a duplicate execution refused: ``OnceTaskLocked`` and its stored failure

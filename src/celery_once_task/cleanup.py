@@ -15,10 +15,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Optional
 
-from . import debounce
-from .headers import BURST_HEADER, DIGEST_HEADER
+from . import call_options, debounce, replace, windows
+from .headers import BURST_HEADER, DIGEST_HEADER, OPTIONS_HEADER
 from .janitor import Cleanup, janitor
-from .keys import QUEUE, RUNNING, WAITING, call_id, finished_key, lock_key, waiting_token, well_formed_digest
+from .keys import RUNNING, WAITING, call_id, finished_key, key_space, waiting_token, well_formed_digest
 from .limits import RESERVE_SECONDS, limit_of, limited, slots_key
 from .ownership import RunningOwner
 from .protocols import TaskLike
@@ -69,8 +69,10 @@ def release_locks(
         args: The message's positional arguments (for the digest, if no header carries it).
         kwargs: The message's keyword arguments.
         headers: The message's headers.
-        queue: Release the queue lock held by ``task_id`` (and its place in a limited key's line).
-        running: Release the running lock (or slot) of the attempt.
+        queue: Release the queue lock held by ``task_id`` (and its place in a limited key's line, and the
+            arguments duplicates replaced its own with).
+        running: Release the running lock (or slot) of the attempt (and, where it ended for good, what its
+            call kept until its end: ``windows``).
         reason: Why, for the log.
         pid: The process that ran the execution; its running lock is released
             once that process is gone.
@@ -84,16 +86,21 @@ def release_locks(
         return
     try:
         digest = digest_from(headers) or task.once_digest(args, kwargs)
-        settings = resolve(task.app, task)
+        settings, queue_lock = call_options.from_headers(task, resolve(task.app, task),
+                                                         headers.get(OPTIONS_HEADER) if headers else None)
+        space = key_space(task, settings)
         url, options = settings.redis_url, settings.redis_options
-        if queue and task.queue_lock:
-            janitor.add(Cleanup(url, lock_key(task.name, digest, QUEUE), task_id, False, task, task_id, reason,
-                                options=options))
+        # The lease is the execution's, and renewed elsewhere: releases need none.
+        side = windows.queue_side(task, settings, space, digest, task_id, queue_lock, 0.0)
+        if queue and side is not None:
+            janitor.add(Cleanup(url, side.key, side.holder, False, task, task_id, reason, options=options))
+            if side.replacing:  # it never runs: the arguments duplicates replaced its own with go
+                janitor.add(replace.forgotten_later(settings, task, task_id, space, digest, side.holder, reason))
         if not task.running_lock:
             return
-        owner = RunningOwner.for_execution(task_id, retries)
+        owner = RunningOwner.for_execution(task_id, retries, space.holder_task)
         if limited(task, settings):
-            slots = slots_key(task, digest)
+            slots = slots_key(space, digest)
             if queue:
                 # A call waiting in the key's line leaves it (or the slot reserved for it).
                 janitor.add(Cleanup(url, slots, call_id(task_id, owner.retries), False, task, task_id, reason,
@@ -104,18 +111,22 @@ def release_locks(
                                     slot=True, limit=limit_of(task), reserve=RESERVE_SECONDS))
             running_key = slots
         else:
-            running_key = lock_key(task.name, digest, RUNNING)
+            running_key = space.lock(digest, RUNNING)
             if queue and task.queue_lock and settings.running_lock_conflict == "wait":
                 # A waiting copy's message, left for the hand-over.
-                waiting = lock_key(task.name, digest, WAITING)
+                waiting = space.lock(digest, WAITING)
                 janitor.add(Cleanup(url, waiting, waiting_token(task_id), True, task, task_id, reason, options=options))
             if running:
                 janitor.add(Cleanup(url, running_key, owner.token, True, task, task_id, reason, pid, options=options))
+        if running and final and side is not None:
+            # The call ended with its execution: what it kept until its end goes (once its process is gone).
+            for cleanup in side.later(settings, task, task_id, windows.FINISHED, reason, pid):
+                janitor.add(cleanup)
         if running and final and headers and headers.get(BURST_HEADER):
-            janitor.add(debounce.ended(task, settings, debounce.burst_key(task, digest), task_id, reason, pid))
+            janitor.add(debounce.ended(task, settings, debounce.burst_key(space, digest), task_id, reason, pid))
         if running and unfinished and pid is not None and not result_stored(task, task_id):
             writer = writer_prefix(owner.retries, call_of_headers(headers), writer_instance(), pid)
-            janitor.add(Cleanup(url, finished_key(running_key, task_id), writer, True, task, task_id, reason, pid,
-                                options=options))
+            janitor.add(Cleanup(url, finished_key(running_key, task_id, space.prefix), writer, True, task, task_id,
+                                reason, pid, options=options))
     except Exception:
         logger.exception("%s[%s]: lock operation failed: could not release its locks (%s)", task.name, task_id, reason)

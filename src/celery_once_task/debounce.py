@@ -2,7 +2,7 @@
 
 Calls of one key (as ``lock_args`` chooses it) less than ``debounce``
 seconds apart form a *burst*. The burst is a hash in the lock store
-(``keys.limited_key(..., "burst")``: its task id, when it began, its last
+(``KeySpace.limited(digest, "burst")``: its task id, when it began, its last
 call, when it is due, how many calls it covers, and the last call's
 arguments); ``lua.bursts`` owns its scripts.
 
@@ -50,7 +50,7 @@ from .deferral import defer
 from .errors import LockStoreUnavailable
 from .headers import BURST_HEADER, header
 from .janitor import Cleanup, janitor
-from .keys import BURST, limited_key, new_task_id
+from .keys import BURST, KeySpace, key_space, new_task_id
 from .ownership import Lease
 from .protocols import TaskLike, TaskRequest
 from .settings import Settings
@@ -70,8 +70,8 @@ class Burst(NamedTuple):
     task_id: str
 
 
-def burst_key(task: TaskLike, digest: str) -> str:
-    return limited_key(task.name, digest, BURST)
+def burst_key(space: KeySpace, digest: str) -> str:
+    return space.limited(digest, BURST)
 
 
 def debounced(settings: Settings, task_id: Optional[str], eager: bool) -> bool:
@@ -83,7 +83,7 @@ def publish(task: TaskLike, settings: Settings, digest: str, args: Optional[Sequ
             kwargs: Optional[Mapping[str, Any]], options: dict[str, Any],
             send: Callable[[Optional[str], dict[str, Any]], Optional[AsyncResult]]) -> Optional[AsyncResult]:
     """Join the key's open burst, or start one and publish its message; the burst's result."""
-    key = burst_key(task, digest)
+    key = burst_key(key_space(task, settings), digest)
     try:
         arguments: str = dumps({"args": list(args or ()), "kwargs": dict(kwargs or {})})  # type: ignore[no-untyped-call]
     except (TypeError, ValueError) as exc:
@@ -142,7 +142,7 @@ def take(task: TaskLike, settings: Settings, digest: str, request: TaskRequest, 
     """
     if not header(request, BURST_HEADER):
         return None, args, kwargs
-    key = burst_key(task, digest)
+    key = burst_key(key_space(task, settings), digest)
     keep = settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl
     try:
         store = store_for(task, settings)

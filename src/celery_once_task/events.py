@@ -5,8 +5,8 @@ signal. A receiver that raises is logged and never breaks the call or the
 worker. Defined here, in a module that imports nothing of the library, so
 that every module can send them; ``signals`` offers them to users too.
 
-``duplicate_call(sender=task, key, holder_id, policy)``
-    in the publishing process, when a call meets a held queue lock;
+``duplicate_call(sender=task, key, holder_id, policy, window)``
+    in the publishing process, when a call meets a held queue lock or window;
 ``duplicate_execution(sender=task, task_id, key, holder_id, policy)``
     in the process that meets a held running lock (or a full ``running_limit``);
 ``lock_recovered(sender=task, key, holder, reason)``
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from celery.utils.dispatch import Signal
 
-duplicate_call = Signal(name="duplicate_call", providing_args={"key", "holder_id", "policy"})
+duplicate_call = Signal(name="duplicate_call", providing_args={"key", "holder_id", "policy", "window"})
 duplicate_execution = Signal(
     name="duplicate_execution", providing_args={"task_id", "key", "holder_id", "policy"}
 )

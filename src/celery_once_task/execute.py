@@ -3,10 +3,12 @@
 Celery's tracer calls the task object (``OnceTask.__call__``) after
 ``task_prerun`` and before it stores the result or sends the next step of a
 chain. There the worker, in one round trip, releases the queue lock (if this
-message holds it) and takes what the execution holds while its body runs
-(``holds.Hold``): the running lock of its call (``running``), or a slot of a
-limited key (``limits``). It runs the body, and releases the hold in a
-``finally`` -- before the result is visible, so a caller that saw the result
+message holds it) -- or keeps it until the run ends, and takes the arguments
+a duplicate replaced: the call's ``windows.QueueSide`` -- and takes what the
+execution holds while its body runs (``holds.Hold``): the running lock of its
+call (``running``), or a slot of a limited key (``limits``). It runs the
+body, and releases the hold, and what its call keeps, in a ``finally`` and one
+round trip -- before the result is visible, so a caller that saw the result
 can call again at once.
 
 A copy of an attempt that already ended (a broker's redelivery) never runs
@@ -23,25 +25,32 @@ from __future__ import annotations
 
 from typing import Optional
 
-from . import limits, running
+from . import limits, running, windows
 from .headers import AFTER_HEADER, TAKEOVER_HEADER, WAITER_HEADER, header
 from .holds import Hold
-from .keys import QUEUE, lock_key
+from .keys import key_space
+from .ownership import running_ttl
 from .protocols import TaskLike, TaskRequest
 from .settings import Settings
 
 
-def pick_up(task: TaskLike, settings: Settings, digest: str, request: TaskRequest) -> Optional[Hold]:
-    """Release the queue lock and take the running lock (or a slot); return what to release at the end."""
+def pick_up(task: TaskLike, settings: Settings, digest: str, request: TaskRequest,
+            queue_lock: bool) -> Optional[Hold]:
+    """Release (or keep) the queue lock and take the running lock (or a slot); return what to release at the end.
+
+    ``queue_lock``: whether the call took a queue lock (a call may have taken none: ``once={...}``).
+    """
+    space = key_space(task, settings)
     # Eager calls never took a queue lock, and are never delivered again.
-    queue_key = lock_key(task.name, digest, QUEUE) if task.queue_lock and not request.is_eager else None
+    side = None if request.is_eager else windows.queue_side(task, settings, space, digest, request.id, queue_lock,
+                                                              running_ttl(settings))
     takeover = header(request, TAKEOVER_HEADER)
     takeover = takeover if isinstance(takeover, str) else ""
     after = header(request, AFTER_HEADER) or ""
     if task.running_lock and limits.limited(task, settings):
-        return limits.pick_up(task, settings, digest, request, queue_key, takeover, after)
-    waiter = bool(header(request, WAITER_HEADER)) and queue_key is not None
-    return running.pick_up(task, settings, digest, request, queue_key, takeover, waiter, after)
+        return limits.pick_up(task, settings, space, digest, request, side, takeover, after)
+    waiter = bool(header(request, WAITER_HEADER)) and side is not None
+    return running.pick_up(task, settings, space, digest, request, side, takeover, waiter, after)
 
 
 def release(task: TaskLike, held: Hold, task_id: Optional[str], outcome: Optional[BaseException] = None,

@@ -30,10 +30,12 @@ CALLED_HEADER = "once_task_called_at"
 CALL_HEADER = "once_task_call"
 #: A burst's message: this message runs a debounced burst.
 BURST_HEADER = "once_task_burst"
+#: A call made with ``once={...}``: the options it set for itself (``call_options``).
+OPTIONS_HEADER = "once_task_options"
 
 #: Every header the library puts on a message.
 LIBRARY_HEADERS = (DIGEST_HEADER, TAKEOVER_HEADER, AFTER_HEADER, WAITER_HEADER, CALLED_HEADER, CALL_HEADER,
-                   BURST_HEADER)
+                   BURST_HEADER, OPTIONS_HEADER)
 
 
 #: Celery 5.0 to 5.2 build a worker's request from the message's headers

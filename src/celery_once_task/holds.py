@@ -6,7 +6,8 @@ protocol -- try again, take over from a gone worker, release -- so that the
 paths they share exist once, here:
 
 * ``refuse``: a duplicate execution is rejected with ``OnceTaskLocked`` and
-  its end recorded, so a copy of its message does not run it after all;
+  its end recorded, so a copy of its message does not run it after all (and
+  its call's queue-side keys end with it: ``windows.QueueSide``);
 * ``wait_here``: an eager execution waits in the calling process;
 * ``same_attempt``: another delivery of this very attempt holds the lock --
   the copy never runs beside it, and takes over only from a worker that is
@@ -33,6 +34,7 @@ from .redelivery import ended, guard_seconds
 from .rejection import record_rejection, reject_duplicate
 from .settings import Settings
 from .store import FinishedCheck, FinishedRecord, LockStore
+from .windows import FINISHED, QueueSide
 
 logger = logging.getLogger("celery_once_task")
 
@@ -53,6 +55,12 @@ class Hold(Protocol):
     #: Where the execution records its end (None in eager mode: nothing can be delivered again).
     @property
     def finished(self) -> Optional[FinishedCheck]: ...
+    #: What the execution does with its call's queue lock and replaced arguments (None: its call took no queue lock).
+    @property
+    def side(self) -> Optional[QueueSide]: ...
+    #: The arguments a duplicate replaced the call's with, taken at pickup (``replace``); None: its own.
+    @property
+    def arguments(self) -> Optional[str]: ...
 
     def describe(self) -> str:
         """What it is, for log lines: ``running lock <key>`` or ``a slot of <key>``."""
@@ -82,8 +90,11 @@ def refuse(task: TaskLike, request: TaskRequest, hold: Hold, holder_value: str, 
     """Reject a duplicate execution (``OnceTaskLocked``); its end is recorded, for its result is final."""
     exc = reject_duplicate(task, request, hold.key, holder_value, why)
     if hold.finished is not None:
-        # A copy of its message must not run it after all.
-        record_rejection(task, hold.settings, hold.store, hold.finished, request)
+        # A copy of its message must not run it after all; the call has ended.
+        side = hold.side
+        record_rejection(task, hold.settings, hold.store, hold.finished, request,
+                         side.ended(FINISHED) if side is not None else (),
+                         side.later(hold.settings, task, request.id, FINISHED, "rejected") if side is not None else ())
     raise exc
 
 

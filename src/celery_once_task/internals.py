@@ -27,7 +27,8 @@ from typing import Any, Optional
 
 import redis
 
-__all__ = ["REDIS_PY", "called_by_beat", "cluster_pipeline_queue", "pool_generation", "unwrap_child_exception"]
+__all__ = ["REDIS_PY", "called_by_beat", "cluster_pipeline_queue", "pool_generation", "registered_tasks",
+           "unwrap_child_exception"]
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -107,6 +108,18 @@ def unwrap_child_exception(exc: BaseException) -> BaseException:
 
 
 # -- Celery beat: who made an apply_async call ------------------------------------
+
+
+def registered_tasks(app: Any) -> list[Any]:
+    """The tasks registered with a Celery app so far, without finalizing it.
+
+    ``app.tasks`` finalizes the app: it evaluates every task still pending,
+    imports what autodiscovery names, and raises where the app may not be
+    finalized yet. Celery's own ``send_task`` reads the registry as it is,
+    ``app._tasks``, for the same reason (every release from 5.0 on has it).
+    """
+    registry = getattr(app, "_tasks", None)
+    return list(registry.values()) if registry is not None else []
 
 
 def called_by_beat(depth: int, frames: int = 8) -> bool:

@@ -18,9 +18,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 from redis.exceptions import RedisError
 
@@ -28,6 +28,7 @@ from .events import lock_recovered
 from .protocols import TaskLike
 from .settings import Settings
 from .store import FinishedRecord, LockStore, StoreUnavailable
+from .store.scripts import Call
 from .waiting import hand_over_entries
 
 logger = logging.getLogger("celery_once_task")
@@ -72,6 +73,9 @@ class Cleanup:
     #: ``key`` is a debounced key's burst: forget the arguments the execution ``token`` ran with
     #: (see ``debounce``).
     burst: bool = False
+    #: ``key`` is a key's replaced arguments (see ``replace``): forget those of the holder ``token``
+    #: (its execution ended), or undo the replacement the refused duplicate ``token`` may have made.
+    arguments: Literal["", "forget", "undo"] = ""
     #: A lock that a command with a lost reply may still write: once the
     #: store answers, commands it held from before run within moments, in any
     #: order with ours, so the delete is made twice, a moment apart.
@@ -206,6 +210,10 @@ def _release(store: LockStore, cleanup: Cleanup) -> tuple[bool, list[str]]:
     """Make one owner-checked delete; whether it deleted, and the waiting calls it handed a slot to."""
     if cleanup.burst:
         return store.bursts.forget(cleanup.key, cleanup.token, "closed"), []
+    if cleanup.arguments == "forget":
+        return store.calls.forget_arguments(cleanup.key, cleanup.token), []
+    if cleanup.arguments == "undo":
+        return store.calls.undo_replacement(cleanup.key, cleanup.token), []
     if cleanup.slot and cleanup.forget:
         return store.slots.forget(cleanup.key, cleanup.token, cleanup.limit, cleanup.reserve)
     if cleanup.slot:
@@ -217,7 +225,8 @@ def _release(store: LockStore, cleanup: Cleanup) -> tuple[bool, list[str]]:
 
 def release_or_leave(
     store: LockStore, settings: Settings, task: TaskLike, task_id: Optional[str], key: str, token: str, reason: str,
-    *, prefix: bool = False, record: Optional[FinishedRecord] = None,
+    *, prefix: bool = False, record: Optional[FinishedRecord] = None, also: Sequence[Call] = (),
+    also_later: Sequence[Cleanup] = (),
 ) -> None:
     """Release a lock by its owner token now, or leave the delete to the janitor until the store answers.
 
@@ -231,16 +240,22 @@ def release_or_leave(
         reason: Why, for the log.
         prefix: ``token`` is the start of the lock's value, not all of it.
         record: The finished record to write with the release (see ``redelivery``).
+        also: Further calls of the release's round trip (the call's queue-side keys: ``windows``).
+        also_later: What the janitor makes of ``also`` should the store not answer.
     """
     try:
-        if record is None:
+        if record is None and not also:
             store.locks.release(key, token, prefix=prefix)
+        elif record is None:
+            store.locks.release_all([(key, token, prefix)], also)
         else:
-            store.locks.release_running(key, token, record)
+            store.locks.release_running(key, token, record, also)
     except RedisError as exc:
         if isinstance(exc, StoreUnavailable) or getattr(exc, "maybe_applied", True):
             janitor.add(Cleanup(settings.redis_url, key, token, prefix, task, task_id, reason,
                                 options=settings.redis_options, record=record))
+            for cleanup in also_later:
+                janitor.add(cleanup)
         else:  # an error reply: the store answered and will answer the same again
             logger.warning("%s[%s]: lock operation failed: could not release lock %s (%s): %s",
                            _name(task), task_id, key, reason, exc)

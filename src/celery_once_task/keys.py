@@ -1,20 +1,31 @@
 """The key grammar: every key the library writes, how to read one back, and the ids inside values.
 
-A call's keys are made of the task name and the call's digest (``digest``)::
+Every key starts with the ``key_prefix`` setting (``once_task`` by default),
+a parameter of every function here: two apps with different prefixes never
+meet. A call's keys are made of the name that stands for its task (its
+``lock_name``, else its name) and the call's digest (``digest``)::
 
-    once_task:{task_name}:{digest}:{queue|running|waiting}      a lock of its own
-    once_task:{task_name}:{{digest}}:{slots|waiters|messages}   a limited key (``limits``)
-    once_task:{task_name}:{{digest}}:burst                      a debounced key (``debounce``)
-    once_task_done:{<hash tag>}:{task_id}                        a finished record (``redelivery``)
+    {prefix}:{name}:{digest}:{queue|running|waiting}      a lock of its own
+    {prefix}:{name}:{{digest}}:{slots|waiters|messages}   a limited key (``limits``)
+    {prefix}:{name}:{{digest}}:burst                      a debounced key (``debounce``)
+    {prefix}:{{<queue key>}}:{unique|args}                a call's unique_for window, its replaced arguments
+    {prefix}_done:{<hash tag>}:{task_id}                   a finished record (``redelivery``)
+    {prefix}_worker:{instance}                             a worker instance's heartbeat (``renewal``)
 
-The braces of the limited and debounced forms are a Redis Cluster hash tag:
-the keys one script touches share a hash slot. Every other module builds a
-key, a sibling of a key, or an id stored in a value through this module, and
-reads one back with ``parse_key``: nothing else slices key strings.
+The braces are Redis Cluster hash tags: the keys one script touches share a
+hash slot. The limited and debounced forms tag the digest; a window and the
+replaced arguments tag their queue key whole, which is what Redis hashes of a
+queue key (``keys`` refuses braces in a prefix or a lock name). Every other
+module builds a key, a sibling of a key, or an id stored in a value through
+this module, and reads one back with ``parse_key``: nothing else slices key
+strings.
 
 Ids inside values use ``SEPARATOR`` (``\\x1f``), a character no task id,
 digest or lock type contains:
 
+* a queue lock's (and a window's) value is the holder's task id, followed,
+  where the key is named by a ``lock_name``, by the separator and the
+  holder's task name (``holder_value``);
 * a waiting copy's entry is ``<task id>\\x1f<message>`` (``waiting_token``);
 * a limited call's id is ``<task id>\\x1f<attempt>`` (``call_id``), and an
   entry of its line handed over is ``<call id>\\x1f<message>``.
@@ -24,7 +35,7 @@ from __future__ import annotations
 
 import binascii
 import os
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Protocol, Union
 
 from .digest import (
     DIGEST_LENGTH,
@@ -37,13 +48,15 @@ from .digest import (
 )
 
 __all__ = [
-    "BURST", "DIGEST_LENGTH", "FINISHED_PREFIX", "KEY_PREFIX", "LOCK_TYPES", "MESSAGES", "QUEUE", "RUNNING",
-    "SEPARATOR", "SLOTS", "WAITERS", "WAITING", "KeyParts", "Select", "call_digest", "call_id", "canonical_call",
-    "check_lock_args", "finished_key", "limited_key", "lock_key", "new_task_id", "parse_key", "sibling",
-    "signature_of",
-    "slot_of", "split_call_id", "split_entry", "waiting_token", "well_formed_digest",
+    "ARGUMENTS", "BURST", "DIGEST_LENGTH", "FINISHED_PREFIX", "KEY_PREFIX", "LOCK_TYPES", "MESSAGES", "QUEUE",
+    "RUNNING", "SEPARATOR", "SLOTS", "UNIQUE", "WAITERS", "WAITING", "KeyParts", "KeySpace", "Select", "call_digest",
+    "call_id", "canonical_call", "check_lock_args", "companion_key", "finished_key", "heartbeat_key",
+    "heartbeat_pattern", "holder_id", "holder_value", "key_space", "limited_key", "lock_key", "new_task_id",
+    "parse_key", "sibling", "signature_of", "slot_of", "split_call_id", "split_entry", "split_holder",
+    "waiting_token", "well_formed_digest",
 ]
 
+#: The default ``key_prefix``.
 KEY_PREFIX = "once_task"
 
 #: A call's own locks (``lock_key``).
@@ -57,32 +70,117 @@ WAITERS = "waiters"
 MESSAGES = "messages"
 #: A debounced call's burst (see ``debounce``).
 BURST = "burst"
+#: A call's ``unique_for`` window, and the arguments duplicates replaced (see ``windows``, ``replace``).
+UNIQUE = "unique"
+ARGUMENTS = "args"
 
 #: The lock types operators list and clear (``ops.locks``).
-LOCK_TYPES = (QUEUE, RUNNING, SLOTS, BURST)
+LOCK_TYPES = (QUEUE, RUNNING, SLOTS, BURST, UNIQUE)
 #: The lock types whose digest is a hash tag.
 _TAGGED = frozenset((SLOTS, WAITERS, MESSAGES, BURST))
+#: The keys tagged with their call's queue key (``companion_key``).
+_COMPANIONS = frozenset((UNIQUE, ARGUMENTS))
+_TYPES = frozenset((QUEUE, RUNNING, WAITING, *_TAGGED))
 
 #: Between a task id and what follows it inside a value: no task id contains it.
 SEPARATOR = "\x1f"
 
-#: The prefix of finished records (see ``redelivery``): outside ``once_task:*``, which holds locks only.
-FINISHED_PREFIX = "once_task_done"
+#: The finished records' prefix under the default ``key_prefix`` (see ``redelivery``): outside
+#: ``once_task:*``, which holds locks only.
+FINISHED_PREFIX = f"{KEY_PREFIX}_done"
 
 
-def lock_key(task_name: str, digest: str, lock_type: str) -> str:
-    """``once_task:{task_name}:{digest}:{lock_type}``."""
-    return f"{KEY_PREFIX}:{task_name}:{digest}:{lock_type}"
+def lock_key(task_name: str, digest: str, lock_type: str, prefix: str = KEY_PREFIX) -> str:
+    """``{prefix}:{task_name}:{digest}:{lock_type}`` (``task_name``: the name that stands for the task)."""
+    return f"{prefix}:{task_name}:{digest}:{lock_type}"
 
 
-def limited_key(task_name: str, digest: str, lock_type: str) -> str:
-    """``once_task:{task_name}:{{digest}}:{slots|waiters|messages|burst}``: a limited or debounced call's keys.
+def limited_key(task_name: str, digest: str, lock_type: str, prefix: str = KEY_PREFIX) -> str:
+    """``{prefix}:{task_name}:{{digest}}:{slots|waiters|messages|burst}``: a limited or debounced call's keys.
 
     The braces around the digest are a Redis Cluster hash tag: the slots, the
     line of waiting calls and the finished records of one call share a hash
     slot, so that one script can take a slot and hand free ones over.
     """
-    return f"{KEY_PREFIX}:{task_name}:{{{digest}}}:{lock_type}"
+    return f"{prefix}:{task_name}:{{{digest}}}:{lock_type}"
+
+
+def companion_key(queue_key: str, kind: str, prefix: str = KEY_PREFIX) -> str:
+    """``{prefix}:{{<queue key>}}:{unique|args}``: a key kept beside a call's queue lock, in its hash slot.
+
+    Redis Cluster hashes a queue key whole (it has no braces), and hashes
+    this key by what its braces hold: the queue key. So one script can take
+    the queue lock and the window, or replace the arguments of the call
+    that holds it.
+    """
+    return f"{prefix}:{{{queue_key}}}:{kind}"
+
+
+class KeySpace(NamedTuple):
+    """How one task's keys are spelled: the prefix, the name that stands for the task, who holds its locks.
+
+    Attributes:
+        prefix: The ``key_prefix`` in force.
+        name: The task's ``lock_name``, else its name.
+        holder_task: The task's name where its keys are named by a ``lock_name`` (written beside its task
+            ids in its locks' values, so that operators see which task holds a shared key); else "".
+    """
+
+    prefix: str
+    name: str
+    holder_task: str
+
+    def lock(self, digest: str, lock_type: str) -> str:
+        return f"{self.prefix}:{self.name}:{digest}:{lock_type}"
+
+    def limited(self, digest: str, lock_type: str) -> str:
+        return f"{self.prefix}:{self.name}:{{{digest}}}:{lock_type}"
+
+    def companion(self, digest: str, kind: str) -> str:
+        return companion_key(self.lock(digest, QUEUE), kind, self.prefix)
+
+    def holder(self, task_id: str) -> str:
+        """The value of a queue lock (or a window) ``task_id`` holds: ``holder_value``."""
+        return f"{task_id}{SEPARATOR}{self.holder_task}" if self.holder_task else task_id
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def lock_name(self) -> Optional[str]: ...
+
+
+class _Prefixed(Protocol):
+    @property
+    def key_prefix(self) -> str: ...
+
+
+def key_space(task: _Named, settings: _Prefixed) -> KeySpace:
+    """The key space of ``task`` under ``settings``: kept on the task while its settings stay the same object."""
+    kept = getattr(task, "_once_keys", None)
+    if kept is not None and kept[0] is settings:
+        return kept[1]  # type: ignore[no-any-return]
+    lock_name = task.lock_name
+    space = KeySpace(settings.key_prefix, lock_name or task.name, task.name if lock_name else "")
+    setattr(task, "_once_keys", (settings, space))  # noqa: B010 - on the task, which lives as long as its app
+    return space
+
+
+def holder_value(task_id: str, task: str = "") -> str:
+    """A queue lock's value: the holder's task id, and its task's name where ``task`` is given."""
+    return f"{task_id}{SEPARATOR}{task}" if task else task_id
+
+
+def split_holder(value: str) -> tuple[str, str]:
+    """``(task id, task name or "")`` of a queue lock's (or a window's) value."""
+    task_id, _, task = value.partition(SEPARATOR)
+    return task_id, task
+
+
+def holder_id(value: str) -> str:
+    """The task id of a queue lock's (or a window's) value."""
+    return value.partition(SEPARATOR)[0]
 
 
 class KeyParts(NamedTuple):
@@ -93,12 +191,23 @@ class KeyParts(NamedTuple):
     type: str
 
 
-def parse_key(key: str, types: tuple[str, ...] = LOCK_TYPES) -> Optional[KeyParts]:
-    """The parts of a lock key of one of ``types``, or None if ``key`` is not one."""
-    if not key.startswith(f"{KEY_PREFIX}:"):
+def parse_key(key: str, types: tuple[str, ...] = LOCK_TYPES, prefix: str = KEY_PREFIX) -> Optional[KeyParts]:
+    """The parts of a lock key of one of ``types`` under ``prefix``, or None if ``key`` is not one.
+
+    A window or replaced arguments (``companion_key``) reads as its queue
+    key's task and digest, with its own type.
+    """
+    if not key.startswith(f"{prefix}:"):
         return None
+    rest = key[len(prefix) + 1:]
+    if rest.startswith("{"):
+        queue_key, brace, kind = rest[1:].rpartition("}:")
+        if brace and kind in _COMPANIONS and kind in types:
+            queued = parse_key(queue_key, (QUEUE,), prefix)
+            if queued is not None:
+                return KeyParts(queued.task, queued.digest, kind)
     # The task name may itself contain ':', the digest and the type never do.
-    parts = key[len(KEY_PREFIX) + 1:].rsplit(":", 2)
+    parts = rest.rsplit(":", 2)
     if len(parts) != 3 or parts[2] not in types or not parts[0]:
         return None
     task, digest, lock_type = parts
@@ -110,13 +219,15 @@ def parse_key(key: str, types: tuple[str, ...] = LOCK_TYPES) -> Optional[KeyPart
 
 
 def sibling(key: str, lock_type: str) -> str:
-    """The key of the same call of another ``lock_type``: ``running`` -> ``waiting``, ``slots`` -> ``waiters``."""
-    parts = parse_key(key, (QUEUE, RUNNING, WAITING, *_TAGGED))
-    if parts is None:
-        raise ValueError(f"{key!r} is not a celery-once-task key")
-    if lock_type in _TAGGED:
-        return limited_key(parts.task, parts.digest, lock_type)
-    return lock_key(parts.task, parts.digest, lock_type)
+    """The key of the same call of another ``lock_type``: ``running`` -> ``waiting``, ``slots`` -> ``waiters``.
+
+    Whatever the prefix: only the type changes, between types of one form
+    (each tagged, or each not).
+    """
+    head, colon, kind = key.rpartition(":")
+    if not colon or kind not in _TYPES or lock_type not in _TYPES or (kind in _TAGGED) != (lock_type in _TAGGED):
+        raise ValueError(f"{key!r} is not a celery-once-task key of a type with a {lock_type} sibling")
+    return f"{head}:{lock_type}"
 
 
 def waiting_token(task_id: str) -> str:
@@ -156,8 +267,8 @@ _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (4 << 76) | (0x8000 << 48)
 
 
-def finished_key(running_key: str, task_id: str) -> str:
-    """``once_task_done:{<running key>}:{task_id}``: where an execution that held ``running_key`` records its end.
+def finished_key(running_key: str, task_id: str, prefix: str = KEY_PREFIX) -> str:
+    """``{prefix}_done:{<running key>}:{task_id}``: where an execution that held ``running_key`` records its end.
 
     In the running key's Redis Cluster hash slot, so that one script can
     take the lock and read the record, or release it and write the record:
@@ -167,7 +278,18 @@ def finished_key(running_key: str, task_id: str) -> str:
     tag = _hashed_part(running_key)
     if "}" in tag:  # a task name with braces that make no hash tag: any tag of the same slot will do
         tag = _tag_of_slot(slot_of(running_key))
-    return f"{FINISHED_PREFIX}:{{{tag}}}:{task_id}"
+    return f"{prefix}_done:{{{tag}}}:{task_id}"
+
+
+def heartbeat_key(instance: str, prefix: str = KEY_PREFIX) -> str:
+    """``{prefix}_worker:{instance}``: the key a worker instance keeps alive while it runs (see ``renewal``)."""
+    return f"{prefix}_worker:{instance}"
+
+
+def heartbeat_pattern(prefix: str = KEY_PREFIX) -> tuple[str, int]:
+    """The start of every heartbeat key under ``prefix``, and its length (what precedes the instance)."""
+    head = f"{prefix}_worker:"
+    return head, len(head)
 
 
 def slot_of(key: str) -> int:

@@ -47,7 +47,7 @@ from .deferral import defer, store_down
 from .events import duplicate_execution
 from .headers import CALLED_HEADER, header, message_headers
 from .janitor import Cleanup, janitor
-from .keys import SLOTS, call_id, finished_key, limited_key
+from .keys import SLOTS, KeySpace, call_id, finished_key
 from .ownership import Lease, RunningOwner, running_ttl
 from .protocols import TaskLike, TaskOptions, TaskRequest
 from .redelivery import call_of, copy_of_finished
@@ -56,6 +56,7 @@ from .store import Claim, FinishedCheck, Joining, LockStore, store_for
 from .store.lua.slots import SlotCode
 from .waiting import hand_over_entries as hand_over
 from .waiting import message_of
+from .windows import QueueSide, end_of
 
 logger = logging.getLogger("celery_once_task")
 
@@ -79,9 +80,9 @@ def limited(task: TaskOptions, settings: Settings) -> bool:
     return limit_of(task) > 1 or (settings.running_lock_conflict == "wait" and not task.queue_lock)
 
 
-def slots_key(task: TaskLike, digest: str) -> str:
+def slots_key(space: KeySpace, digest: str) -> str:
     """The slots of a limited call; its line and their messages are siblings (``store.slots.line_of``)."""
-    return limited_key(task.name, digest, SLOTS)
+    return space.limited(digest, SLOTS)
 
 
 class Slot(NamedTuple):
@@ -91,6 +92,8 @@ class Slot(NamedTuple):
     settings: Settings
     claim: Claim
     finished: Optional[FinishedCheck]
+    side: Optional[QueueSide] = None
+    arguments: Optional[str] = None
 
     @property
     def key(self) -> str:
@@ -117,15 +120,18 @@ class Slot(NamedTuple):
                 reason: str = "task ended") -> None:
         """Free the slot by its owner token, recording the end; hand the free slots to the line."""
         record = holds.finished_record(task, self, outcome)
-        claim = self.claim
+        claim, side, how = self.claim, self.side, end_of(outcome)
         try:
-            _, handed = self.store.slots.release(claim.key, claim.token, claim.limit, claim.reserve, record)
+            _, handed = self.store.slots.release(claim.key, claim.token, claim.limit, claim.reserve, record,
+                                                 side.ended(how) if side is not None else ())
         except RedisError as exc:
             logger.warning("%s[%s]: lock operation failed: could not release a slot of %s (%s); retrying until the "
                            "lock store answers: %s", task.name, task_id, claim.key, reason, exc)
             janitor.add(Cleanup(self.settings.redis_url, claim.key, claim.token, True, task, task_id, reason,
                                 options=self.settings.redis_options, record=record, slot=True, limit=claim.limit,
                                 reserve=claim.reserve))
+            for cleanup in side.later(self.settings, task, task_id, how, reason) if side is not None else ():
+                janitor.add(cleanup)
             return
         hand_over(task, handed, claim.key)
 
@@ -139,20 +145,21 @@ def _now() -> str:
     return f"{time.time():.3f}"
 
 
-def pick_up(task: TaskLike, settings: Settings, digest: str, request: TaskRequest, queue_key: Optional[str],
-            takeover: str, after: str) -> Optional[Slot]:
-    """Release the queue lock and take a slot; what an execution beyond the limit gets otherwise."""
-    key = slots_key(task, digest)
-    owner = RunningOwner.for_execution(request.id, request.retries)
-    check = None if request.is_eager else FinishedCheck(finished_key(key, request.id), owner.retries,
+def pick_up(task: TaskLike, settings: Settings, space: KeySpace, digest: str, request: TaskRequest,
+            side: Optional[QueueSide], takeover: str, after: str) -> Optional[Slot]:
+    """Release (or keep) the queue lock and take a slot; what an execution beyond the limit gets otherwise."""
+    key = slots_key(space, digest)
+    owner = RunningOwner.for_execution(request.id, request.retries, space.holder_task)
+    check = None if request.is_eager else FinishedCheck(finished_key(key, request.id, space.prefix), owner.retries,
                                                         call_of(request))
     claim = Claim(key, owner.token, owner.attempt_prefix, call_id(request.id, owner.retries), limit_of(task),
                   running_ttl(settings, owner), RESERVE_SECONDS)
     since = _now()
     try:
-        held = Slot(store_for(task, settings), settings, claim, check)
-        pickup = held.store.slots.pickup(claim, since, queue_key=queue_key, task_id=request.id, takeover=takeover,
-                                         finished=check)
+        held = Slot(store_for(task, settings), settings, claim, check, side)
+        pickup = held.store.slots.pickup(claim, since, task_id=request.id, takeover=takeover, finished=check,
+                                         queue=side.pickup() if side is not None else None)
+        held = held._replace(arguments=pickup.arguments)
         if pickup.code == SlotCode.FINISHED:
             pickup = copy_of_finished(task, settings, request, held.store, key, str(pickup.detail),
                                       lambda: held.store.slots.pickup(claim, since))
@@ -168,7 +175,7 @@ def pick_up(task: TaskLike, settings: Settings, digest: str, request: TaskReques
         _come_back(task, settings, request, int(pickup.detail), claim.limit)
         raise Ignore()
     if pickup.code == SlotCode.FULL:
-        return _full(task, request, held, queue_key, digest, str(pickup.detail))
+        return _full(task, request, held, side, digest, str(pickup.detail))
     if after or takeover:
         holds.recovered(task, request, held, after or takeover)
     return held
@@ -180,7 +187,7 @@ def _lost(task: TaskLike, settings: Settings, request: TaskRequest, claim: Claim
                    options=settings.redis_options, slot=True, limit=claim.limit, reserve=claim.reserve)
 
 
-def _full(task: TaskLike, request: TaskRequest, held: Slot, queue_key: Optional[str], digest: str,
+def _full(task: TaskLike, request: TaskRequest, held: Slot, side: Optional[QueueSide], digest: str,
           holder_token: str) -> Optional[Slot]:
     """No slot is free: refused, or -- under "wait" -- in line, or waiting in this process (eager)."""
     holder = RunningOwner.parse(holder_token)
@@ -197,7 +204,8 @@ def _full(task: TaskLike, request: TaskRequest, held: Slot, queue_key: Optional[
         message=message_of(task, request, message_headers(request)) or "",
         called_at=called_at(request),
         line_ttl=settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl,
-        queue_key=queue_key,
+        queue_key=side.key if side is not None else None,
+        holder=side.holder if side is not None else "",
     )
     try:
         pickup = held.store.slots.pickup(claim, _now(), task_id=request.id, joining=joining)
@@ -214,9 +222,9 @@ def _full(task: TaskLike, request: TaskRequest, held: Slot, queue_key: Optional[
     if pickup.code == SlotCode.SAME_ATTEMPT:
         holds.same_attempt(task, request, held, str(pickup.detail))
         return held
-    if queue_key is not None:
+    if side is not None:
         # A slot freed in between: it runs now, and the queue lock it took back goes.
-        held.store.locks.release_all([(queue_key, request.id, False)])
+        held.store.locks.release_all([(side.key, side.holder, False)])
     return held
 
 

@@ -9,6 +9,8 @@
 
       {"task_id":"…","retries":0,"worker":"celery@host","instance":"…","heartbeat":true,"since":1733000000.1}
 
+  with ``"task":"…"`` before ``"since"`` where the key is named by a
+  ``lock_name`` (so that operators see which task holds a shared key).
   Everything before ``"since"`` is the *owner token*. The main process can
   rebuild it byte for byte from the message, so ownership is decided by the
   token as a prefix of the value; the time only informs operators.
@@ -33,10 +35,16 @@ from functools import cached_property
 from json.encoder import encode_basestring_ascii
 from typing import Any, Optional
 
+from .keys import heartbeat_key
+
+__all__ = ["HEARTBEAT_PREFIX", "INSTANCE", "Lease", "RunningOwner", "heartbeat_enabled", "heartbeat_key",
+           "register_worker", "running_ttl", "value_of_token", "worker_name"]
+
 #: This process tree's id. Created at import, before a prefork pool forks, so
 #: a worker's main process and its pool children share it.
 INSTANCE = uuid.uuid4().hex[:16]
 
+#: The heartbeats' prefix under the default ``key_prefix`` (``keys.heartbeat_key`` spells them).
 HEARTBEAT_PREFIX = "once_task_worker"
 
 
@@ -90,11 +98,6 @@ def worker_name() -> str:
     return _Worker.nodename or socket.gethostname()
 
 
-def heartbeat_key(instance: str) -> str:
-    """The key a worker instance keeps alive while it runs (see ``bootstep``)."""
-    return f"{HEARTBEAT_PREFIX}:{instance}"
-
-
 @dataclass(frozen=True)
 class RunningOwner:
     """The execution that holds (or wants) a running lock."""
@@ -105,21 +108,26 @@ class RunningOwner:
     instance: str
     #: Whether the instance keeps a heartbeat, so that its death can be shown.
     heartbeat: bool
+    #: The task's name where its keys are named by a ``lock_name`` (``KeySpace.holder_task``); else "".
+    task: str = ""
 
     @classmethod
-    def for_execution(cls, task_id: str, retries: Optional[int]) -> RunningOwner:
-        """The owner an attempt of a task run by this process tree is."""
+    def for_execution(cls, task_id: str, retries: Optional[int], task: str = "") -> RunningOwner:
+        """The owner an attempt of a task run by this process tree is (``task``: see the attribute)."""
         return cls(
             task_id=task_id,
             retries=int(retries or 0),
             worker=worker_name(),
             instance=INSTANCE,
             heartbeat=heartbeat_enabled(),
+            task=task,
         )
 
     @cached_property
     def token(self) -> str:
         """The value's prefix that names this owner, ending with the comma before ``"since"``."""
+        if self.task:
+            return f'{self.attempt_prefix}{_tail(self)}"task":{json.dumps(self.task)},'
         return f'{self.attempt_prefix}{_tail(self)}'
 
     @cached_property
@@ -147,6 +155,7 @@ class RunningOwner:
                 worker=str(data["worker"]),
                 instance=str(data["instance"]),
                 heartbeat=bool(data["heartbeat"]),
+                task=str(data.get("task") or ""),
             )
         except (ValueError, TypeError, KeyError):
             return None
@@ -172,9 +181,12 @@ def _tail(owner: RunningOwner) -> str:
     return tail
 
 
-def running_ttl(settings: Any, owner: RunningOwner) -> float:
-    """A running lock's TTL: a lease where a worker renews it; else ``settings.running_lock_timeout``."""
-    if not owner.heartbeat:
+def running_ttl(settings: Any, owner: Optional[RunningOwner] = None) -> float:
+    """A running lock's TTL: a lease where a worker renews it; else ``settings.running_lock_timeout``.
+
+    ``owner``: the execution that holds it; None: one of this process tree's.
+    """
+    if not (owner.heartbeat if owner is not None else heartbeat_enabled()):
         return float(settings.running_lock_timeout)
     ttl = _lease_ttls.get(settings.heartbeat_timeout)
     if ttl is None:

@@ -80,6 +80,9 @@ class TaskOptions(Protocol):
     def running_limit(self) -> int: ...
     @property
     def running_lock_conflict(self) -> Optional[str]: ...
+    #: The name that stands for the task in its keys, where not its own (``keys.KeySpace``).
+    @property
+    def lock_name(self) -> Optional[str]: ...
 
 
 class TaskLike(TaskOptions, Protocol):

@@ -1,9 +1,12 @@
 """Publishing a call: its lock key, the queue lock, and what a duplicate call gets.
 
-One round trip on every path: a Lua ``SET NX PX`` that returns the holder's
+One round trip on every path: a ``SET NX PX GET`` that returns the holder's
 task id when the lock is taken, so that a duplicate learns who holds it
-without asking again. Taken: the message is published with the call's digest
-in a header, for the worker. Not taken: the call is a duplicate.
+without asking again -- or, for a call with a ``unique_for`` window or whose
+duplicates replace its arguments, one script over those keys too
+(``windows``). Taken: the message is published with the call's digest in a
+header, for the worker. Not taken: the call is a duplicate, and gets what
+``queue_lock_conflict`` says.
 
 No lock is left without a message behind it:
 
@@ -29,12 +32,13 @@ from celery.app.task import Context
 from celery.result import AsyncResult
 from redis.exceptions import RedisError
 
+from . import replace, windows
 from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskLocked
 from .events import duplicate_call
 from .headers import CALL_HEADER, CALLED_HEADER, DIGEST_HEADER
 from .internals import called_by_beat
 from .janitor import Cleanup, janitor, release_or_leave
-from .keys import QUEUE, lock_key, new_task_id
+from .keys import QUEUE, holder_id, key_space, new_task_id
 from .protocols import Signature, TaskLike, TaskRequest
 from .redelivery import new_call
 from .settings import Settings
@@ -70,6 +74,7 @@ def publish_once(
     task: TaskLike,
     settings: Settings,
     digest: str,
+    queue_lock: bool,
     args: Optional[Sequence[Any]],
     kwargs: Optional[Mapping[str, Any]],
     task_id: Optional[str],
@@ -78,31 +83,44 @@ def publish_once(
     options: dict[str, Any],
     publish: Publish,
 ) -> Optional[AsyncResult]:
-    """Publish the call under its queue lock; what a duplicate gets otherwise."""
-    key = lock_key(task.name, digest, QUEUE)
+    """Publish the call under its queue lock (and window); what a duplicate gets otherwise.
+
+    ``queue_lock``: whether the call takes the queue lock (with ``queue_lock=False`` a call reaches here
+    for its ``unique_for`` window alone).
+    """
+    space = key_space(task, settings)
+    key = space.lock(digest, QUEUE)
     fixed_id = task_id is not None
     task_id = task_id or new_task_id()
     # Celery's retry publishes the same task id from inside the execution: a
     # call without a fixed id is never a retry, and need not look.
     request = current_request(task) if fixed_id else None
     retry = request is not None and not request.called_directly and request.id == task_id
+    if retry and not queue_lock:
+        return publish(task_id)  # a window is its call's, opened once
+    holder = space.holder(task_id)
     ttl: float = settings.queue_lock_timeout
     if "countdown" in options or "eta" in options:
         ttl += seconds_until_start(options)
+    # A retry renews its queue lock alone: its window and its arguments are its call's.
+    call = None if retry else windows.acquisition(task, settings, space, digest, task_id, ttl, queue_lock,
+                                                   replace.replaces(task, settings, queue_lock), args, kwargs)
     try:
         # Inside the try: a Redis Cluster client connects when it is made.
         store = store_for(task, settings)
         # A retry is never dropped; it takes the queue lock, or renews its own,
         # so that new calls are de-duplicated against it while it waits.
-        outcome = store.locks.acquire_queue(key, task_id, ttl, renew=retry)
+        outcome = (windows.acquire(store, call) if call is not None
+                   else store.locks.acquire_queue(key, holder, ttl, renew=retry))
     except RedisError as exc:
-        return _store_down(task, settings, key, task_id, retry, exc, publish)
+        return _store_down(task, settings, key, task_id, holder, retry, exc, publish, call)
 
     if not outcome.acquired:
         if retry:
             logger.info("%s[%s]: retry published; queue lock %s is held by %s", task.name, task_id, key, outcome.holder)
             return publish(task_id)
-        return _duplicate(task, settings, key, task_id, fixed_id, outcome, args, kwargs, link, link_error, options)
+        met = call.key_met(outcome) if call is not None else key
+        return _duplicate(task, settings, met, task_id, fixed_id, outcome, args, kwargs, link, link_error, options)
 
     try:
         return publish(task_id)
@@ -111,12 +129,16 @@ def publish_once(
         # dropped against it meanwhile is lost with it (said in the log).
         logger.warning("%s[%s]: publish failed; queue lock %s released: %s: %s", task.name, task_id, key,
                        type(exc).__name__, exc)
-        release_or_leave(store, settings, task, task_id, key, task_id, "publish failed")
+        if call is not None:
+            windows.give_back(store, settings, task, call)
+        else:
+            release_or_leave(store, settings, task, task_id, key, holder, "publish failed")
         raise
 
 
 def _store_down(
-    task: TaskLike, settings: Settings, key: str, task_id: str, retry: bool, exc: RedisError, publish: Publish
+    task: TaskLike, settings: Settings, key: str, task_id: str, holder: str, retry: bool, exc: RedisError,
+    publish: Publish, call: Optional[windows.Acquisition],
 ) -> Optional[AsyncResult]:
     if settings.fail_open or retry:
         # Published under this task id: if a lost reply did take the lock, a
@@ -127,8 +149,10 @@ def _store_down(
         )
         return publish(task_id)
     if getattr(exc, "maybe_applied", True):
-        janitor.add(Cleanup(settings.redis_url, key, task_id, False, task, task_id, "call refused", uncertain=True,
-                            options=settings.redis_options))
+        for cleanup in (windows.lost(settings, task, call) if call is not None else [
+                Cleanup(settings.redis_url, key, holder, False, task, task_id, "call refused", uncertain=True,
+                        options=settings.redis_options)]):
+            janitor.add(cleanup)
     logger.warning(
         "%s[%s]: lock operation failed: call refused, the lock store is unreachable (queue lock %s): %s",
         task.name, task_id, key, exc,
@@ -152,16 +176,24 @@ def _duplicate(
     link_error: Links,
     options: Mapping[str, Any],
 ) -> Optional[AsyncResult]:
-    holder = outcome.holder
+    holder = holder_id(outcome.holder or "")
     # A fixed id (a canvas member, apply_async(task_id=...)) keeps the
     # behaviour below whatever the policy: something waits on that id.
     policy = "drop" if fixed_id else settings.queue_lock_conflict
-    duplicate_call.send(sender=task, key=key, holder_id=holder, policy=policy)
+    if policy == "replace" and not outcome.replaced:
+        policy = "existing"  # the holder runs, or holds a window alone: it has no arguments to replace
+    # Which window the call met: its queue lock's, or a unique_for window.
+    window = "unique_for" if outcome.window else settings.queue_lock_until
+    duplicate_call.send(sender=task, key=key, holder_id=holder, policy=policy, window=window)
+    if policy == "replace":
+        logger.info("%s[%s]: duplicate call replaced the arguments of queued task %s (lock %s)", task.name, task_id,
+                    holder, key)
+        return task.AsyncResult(holder)
     if policy == "existing":
         logger.info(
             "%s[%s]: duplicate call returned existing: queue lock %s is held by %s", task.name, task_id, key, holder
         )
-        return task.AsyncResult(str(holder))
+        return task.AsyncResult(holder)
     if policy == "raise":
         logger.info("%s[%s]: duplicate call raised: queue lock %s is held by %s", task.name, task_id, key, holder)
         raise OnceTaskDuplicate(task.name, holder, key)

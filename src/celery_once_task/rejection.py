@@ -11,17 +11,20 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 
 import celery
 from redis.exceptions import RedisError
 
 from .errors import OnceTaskLocked
 from .events import duplicate_execution
+from .janitor import Cleanup, janitor
 from .ownership import RunningOwner
 from .protocols import TaskLike, TaskRequest
 from .redelivery import Finished, guard_seconds, writer_instance
 from .settings import Settings
 from .store import FinishedCheck, FinishedRecord, LockStore
+from .store.scripts import Call
 
 logger = logging.getLogger("celery_once_task")
 
@@ -54,11 +57,17 @@ def reject_duplicate(task: TaskLike, request: TaskRequest, key: str, holder_valu
 
 
 def record_rejection(task: TaskLike, settings: Settings, store: LockStore, check: FinishedCheck,
-                     request: TaskRequest) -> None:
+                     request: TaskRequest, also: Sequence[Call] = (), also_later: Sequence[Cleanup] = ()) -> None:
+    """Record the rejected execution's end; ``also``: the calls that end its call's queue-side keys, in its round trip.
+
+    ``also_later``: what the janitor makes of ``also`` should the store not answer.
+    """
     finished = Finished(check.attempt, check.call, writer_instance(), os.getpid(), True, time.time())
     try:
         store.locks.record_finished(FinishedRecord(check.key, finished.value(), guard_seconds(task, settings),
-                                             check.attempt, check.call))
+                                                   check.attempt, check.call), also)
     except RedisError as exc:
         logger.warning("%s[%s]: lock operation failed: rejection not recorded (%s): %s", task.name, request.id,
                        check.key, exc)
+        for cleanup in also_later:
+            janitor.add(cleanup)

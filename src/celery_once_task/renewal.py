@@ -2,8 +2,10 @@
 
 Every ``Lease.interval`` the ``LeaseKeeper`` sends one pipeline per lock
 store: the worker instance's heartbeat key and an owner-checked
-``PEXPIRE`` of the running lock of each execution the worker is running --
-one round trip per worker per interval, whatever the number of tasks. The
+``PEXPIRE`` of the running lock of each execution the worker is running
+(and of its call's queue lock, where the call holds it until its run ends:
+``windows``) -- one round trip per worker per interval, whatever the number
+of tasks. The
 owner tokens are rebuilt from the messages (task id, attempt) and this
 worker's identity, which its pool children share, so a lock that changed
 hands, or that its execution already released, is never touched.
@@ -22,21 +24,24 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from typing import Optional
 
 from celery.worker import state as worker_state
 from redis.exceptions import RedisError
 
-from . import native
+from . import call_options, native, windows
 from .cleanup import digest_from, is_once_task
+from .headers import OPTIONS_HEADER
 from .janitor import janitor
-from .keys import RUNNING, lock_key
+from .keys import RUNNING, key_space
 from .limits import limited, slots_key
 from .ownership import INSTANCE, Lease, RunningOwner
 from .protocols import CeleryApp, WorkerRequest
 from .settings import resolve
-from .store import LockStore
+from .store import LeaseKind, LockStore
 from .store.connection import make_client
+
+#: A lease the worker renews: (lock store URL, key, owner token, what it is of).
+Renewed = tuple[str, str, str, LeaseKind]
 
 logger = logging.getLogger("celery_once_task")
 
@@ -62,9 +67,11 @@ class LeaseKeeper:
         self.ended = native.Event()
         self._forget = False
         self._stores: dict[str, LockStore] = {}
-        self._locks: dict[str, Optional[tuple[str, str, str, bool]]] = {}
+        self._locks: dict[str, tuple[Renewed, ...]] = {}
         self._failing = False
         self.url = settings.redis_url
+        #: The heartbeat's ``key_prefix``: the app's.
+        self.prefix = settings.key_prefix
         self._options: dict[str, Mapping[str, object]] = {settings.redis_url: settings.redis_options}
 
     def store(self, url: str) -> LockStore:
@@ -76,7 +83,7 @@ class LeaseKeeper:
             # forks while this thread holds a connection of the shared one.
             timeout = max(1.0, self.lease.interval)
             client = make_client(url, self._options.get(url), socket_timeout=timeout, socket_connect_timeout=timeout)
-            store = LockStore(client)
+            store = LockStore(client, prefix=self.prefix)
             self._stores[url] = store
         return store
 
@@ -108,17 +115,18 @@ class LeaseKeeper:
 
     def renew(self) -> None:
         """One renewal: one round trip per lock store."""
-        by_url: dict[str, list[tuple[str, str, bool]]] = {self.url: []}
+        by_url: dict[str, list[tuple[str, str, LeaseKind]]] = {self.url: []}
         active = {}
         for request in list(worker_state.active_requests):
-            lock = self._lock_of(request)
-            active[request.id] = lock
-            if lock is not None and not janitor.owes(lock[1], lock[2]):
-                by_url.setdefault(lock[0], []).append(lock[1:])
+            locks = self._locks_of(request)
+            active[request.id] = locks
+            for url, key, token, kind in locks:
+                if not janitor.owes(key, token):
+                    by_url.setdefault(url, []).append((key, token, kind))
         self._locks = active  # forget the requests that ended
         try:
-            for url, locks in by_url.items():
-                self.store(url).leases.renew(locks, self.lease.ttl, INSTANCE, self.heartbeat)
+            for url, leases in by_url.items():
+                self.store(url).leases.renew(leases, self.lease.ttl, INSTANCE, self.heartbeat)
         except RedisError as exc:
             if not self._failing:
                 logger.warning(
@@ -131,27 +139,34 @@ class LeaseKeeper:
             logger.info("leases of worker instance %s renewed again", INSTANCE)
         self._failing = False
 
-    def _lock_of(self, request: WorkerRequest) -> Optional[tuple[str, str, str, bool]]:
-        """(url, key, owner token, whether a slot) of the running lock a request's execution takes, if any."""
+    def _locks_of(self, request: WorkerRequest) -> tuple[Renewed, ...]:
+        """The leases a request's execution takes: its running lock (or slot), and its call's queue lock if kept."""
         if request.id in self._locks:
             return self._locks[request.id]
-        lock = None
+        locks: tuple[Renewed, ...] = ()
         task: object = getattr(request, "task", None)
         if is_once_task(task) and task.running_lock:
             try:
                 request_dict = getattr(request, "request_dict", None) or {}
                 digest = digest_from(request_dict) or task.once_digest(request.args, request.kwargs)
-                token = RunningOwner.for_execution(request.id, request_dict.get("retries")).token
-                settings = resolve(task.app, task)
-                self._options.setdefault(settings.redis_url, settings.redis_options)
+                settings, queue_lock = call_options.from_headers(task, resolve(task.app, task),
+                                                                 request_dict.get(OPTIONS_HEADER))
+                space = key_space(task, settings)
+                token = RunningOwner.for_execution(request.id, request_dict.get("retries"), space.holder_task).token
+                url = settings.redis_url
+                self._options.setdefault(url, settings.redis_options)
                 if limited(task, settings):
-                    lock = (settings.redis_url, slots_key(task, digest), token, True)
+                    locks = ((url, slots_key(space, digest), token, "slot"),)
                 else:
-                    lock = (settings.redis_url, lock_key(task.name, digest, RUNNING), token, False)
+                    locks = ((url, space.lock(digest, RUNNING), token, "running"),)
+                side = windows.queue_side(task, settings, space, digest, request.id, queue_lock, self.lease.ttl)
+                kept = side.renewed() if side is not None else None
+                if kept is not None:
+                    locks += ((url, kept[0], kept[1], "queue"),)
             except Exception:
                 logger.exception("%s[%s]: running lock cannot be renewed", task.name, request.id)
-        self._locks[request.id] = lock
-        return lock
+        self._locks[request.id] = locks
+        return locks
 
     def stop(self) -> None:
         """Stop renewing; the heartbeat and the leases run out by themselves."""
@@ -169,7 +184,7 @@ class LeaseKeeper:
         self.stopped.set()
         if not (ran and self.ended.wait(timeout)):
             # The thread had stopped already (cold shutdown) or is stuck: a client of this thread's.
-            self.forget(LockStore(make_client(self.url, self._options.get(self.url))))
+            self.forget(LockStore(make_client(self.url, self._options.get(self.url)), prefix=self.prefix))
 
     def forget(self, store: LockStore) -> None:
         """Remove the heartbeat: this worker instance is gone."""

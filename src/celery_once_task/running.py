@@ -1,8 +1,10 @@
 """The running lock: taken at pickup with the queue lock's release, held while the body runs, then released.
 
 At pickup the worker, in one round trip, releases the queue lock (if this
-message holds it) and takes the running lock (``store.locks``); the release
-at the end records the execution's end in the same script (``redelivery``).
+message holds it; or keeps it, and takes replaced arguments: ``windows``) and
+takes the running lock (``store.locks``); the release at the end records the
+execution's end in the same script (``redelivery``), and ends what the call
+kept in the same round trip.
 With the worker boot step, the running lock is a lease of ``Lease.ttl``
 seconds that the worker's main process extends while the execution lives
 (``renewal``); without it, its TTL is ``running_lock_timeout``.
@@ -31,12 +33,13 @@ from .deferral import defer, store_down
 from .events import duplicate_execution
 from .headers import DIGEST_HEADER, WAITER_HEADER, message_headers
 from .janitor import release_or_leave
-from .keys import RUNNING, WAITING, finished_key, lock_key
+from .keys import RUNNING, WAITING, KeySpace, finished_key, key_space
 from .ownership import Lease, RunningOwner, running_ttl
 from .protocols import TaskLike, TaskRequest
 from .redelivery import call_of, copy_of_finished
 from .settings import Settings
 from .store import FinishedCheck, LockStore, Pickup, store_for
+from .windows import QueueSide, end_of
 
 logger = logging.getLogger("celery_once_task")
 
@@ -50,6 +53,8 @@ class RunningLock(NamedTuple):
     digest: str
     owner: RunningOwner
     finished: Optional[FinishedCheck] = None
+    side: Optional[QueueSide] = None
+    arguments: Optional[str] = None
 
     @property
     def token(self) -> str:
@@ -75,9 +80,11 @@ class RunningLock(NamedTuple):
         message published (``waiting.hand_over``).
         """
         record = holds.finished_record(task, self, outcome)
+        side, how = self.side, end_of(outcome)
+        also = side.ended(how) if side is not None else []
         if self.settings.running_lock_conflict == "wait" and task.queue_lock:
             try:
-                entry = self.store.waiting.release_taking_waiter(self.key, self.token, record)
+                entry = self.store.waiting.release_taking_waiter(self.key, self.token, record, also)
             except RedisError:
                 pass  # the waiting copy comes back by itself (its safety copy); the release goes to the janitor
             else:
@@ -85,23 +92,27 @@ class RunningLock(NamedTuple):
                     waiting.hand_over(task, entry, self.key)
                 return
         release_or_leave(self.store, self.settings, task, task_id, self.key, self.token, reason, prefix=True,
-                         record=record)
+                         record=record, also=also,
+                         also_later=side.later(self.settings, task, task_id, how, reason) if side is not None else ())
 
 
-def pick_up(task: TaskLike, settings: Settings, digest: str, request: TaskRequest,
-            queue_key: Optional[str], takeover: str, waiter: bool, after: str) -> Optional[RunningLock]:
+def pick_up(task: TaskLike, settings: Settings, space: KeySpace, digest: str, request: TaskRequest,
+            side: Optional[QueueSide], takeover: str, waiter: bool, after: str) -> Optional[RunningLock]:
     """Release the queue lock and take the running lock; what a duplicate execution gets otherwise."""
-    running_key = lock_key(task.name, digest, RUNNING) if task.running_lock else None
-    waiting_key = lock_key(task.name, digest, WAITING) if waiter else None
-    owner = RunningOwner.for_execution(request.id, request.retries)
+    running_key = space.lock(digest, RUNNING) if task.running_lock else None
+    waiting_key = space.lock(digest, WAITING) if waiter else None
+    owner = RunningOwner.for_execution(request.id, request.retries, space.holder_task)
     check = None
     if running_key is not None and not request.is_eager:
-        check = FinishedCheck(finished_key(running_key, request.id), owner.retries, call_of(request))
+        check = FinishedCheck(finished_key(running_key, request.id, space.prefix), owner.retries, call_of(request))
     ttl = running_ttl(settings, owner)
+    arguments = None
     try:
         store = store_for(task, settings)
-        pickup = store.locks.pickup(queue_key, request.id, running_key, owner, ttl, takeover=takeover,
-                                    waiting_key=waiting_key, finished=check)
+        pickup = store.locks.pickup(None, request.id, running_key, owner, ttl, takeover=takeover,
+                                    waiting_key=waiting_key, finished=check,
+                                    queue=side.pickup() if side is not None else None)
+        arguments = pickup.arguments
         if pickup.finished is not None:
             pickup = copy_of_finished(task, settings, request, store, running_key, pickup.finished,
                                       lambda: _retake(store, running_key, owner, ttl))
@@ -110,7 +121,7 @@ def pick_up(task: TaskLike, settings: Settings, digest: str, request: TaskReques
         return None
     if running_key is None:
         return None
-    held = RunningLock(store, settings, running_key, digest, owner, check)
+    held = RunningLock(store, settings, running_key, digest, owner, check, side, arguments)
     if pickup.acquired:
         if after or takeover:
             holds.recovered(task, request, held, after or takeover)
@@ -163,14 +174,16 @@ def _wait(task: TaskLike, request: TaskRequest, held: RunningLock, holder_value:
     headers = {DIGEST_HEADER: digest, WAITER_HEADER: "1"}
     message = waiting.entry(task, request, {**message_headers(request), **headers})
     ttl = running_ttl(settings, held.owner)
+    queue_holder = key_space(task, settings).holder(request.id)
     try:
-        waited = held.store.waiting.wait(held.key, held.owner, ttl, settings.queue_lock_timeout + ttl, message)
+        waited = held.store.waiting.wait(held.key, held.owner, ttl, settings.queue_lock_timeout + ttl, message,
+                                         queue_holder)
     except RedisError as exc:
         store_down(task, settings, digest, request, held.key, held.owner, exc)
         return None
     if waited.running_taken:
         # The running copy ended in between: run now, as an ordinary pickup would.
-        held.store.waiting.leave(held.key, request.id)
+        held.store.waiting.leave(held.key, request.id, queue_holder)
         return held
     if not waited.queue_taken:
         # Another call holds the queue lock (a waiting copy already, most

@@ -32,15 +32,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional, get_args
 
+from .keys import KEY_PREFIX
+from .options import SettingSpec, check_combination
 from .protocols import AppConf, CeleryApp
 from .store import connection
+
+__all__ = [
+    "APP_CONF_NAMES", "QUEUE_LOCK_CONFLICTS", "QUEUE_LOCK_UNTIL", "RUNNING_LOCK_CONFLICTS", "SETTINGS", "TASK_OPTIONS",
+    "QueueLockConflict", "QueueLockUntil", "RunningLockConflict", "SettingSpec", "Settings", "configure",
+    "for_publish", "reset_configuration", "resolve", "set_integration_source", "settings_changed", "validate",
+]
 
 #: What an execution that meets a running copy of its call gets.
 RunningLockConflict = Literal["reject", "wait"]
 #: What a call that meets a queued copy of itself gets.
-QueueLockConflict = Literal["drop", "existing", "raise"]
+QueueLockConflict = Literal["drop", "existing", "raise", "replace"]
+#: Until when a call's queue lock makes its duplicates: its execution's start, or its end.
+QueueLockUntil = Literal["pickup", "end"]
 RUNNING_LOCK_CONFLICTS: tuple[str, ...] = get_args(RunningLockConflict)
 QUEUE_LOCK_CONFLICTS: tuple[str, ...] = get_args(QueueLockConflict)
+QUEUE_LOCK_UNTIL: tuple[str, ...] = get_args(QueueLockUntil)
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/3"
 DEFAULT_QUEUE_LOCK_TIMEOUT = 3600
@@ -51,66 +62,7 @@ DEFAULT_HEARTBEAT_TIMEOUT = 30
 DEFAULT_REDELIVERY_GUARD_TIMEOUT = 3600
 DEFAULT_RUNNING_LOCK_CONFLICT: RunningLockConflict = "reject"
 DEFAULT_QUEUE_LOCK_CONFLICT: QueueLockConflict = "drop"
-
-#: The kinds of value a setting takes; each has its validation and error message (``SettingSpec.check``).
-#: ``None`` is never validated: at every level it means "not set", so a ``None`` default means off.
-Kind = Literal["url", "options", "int_seconds", "seconds", "choice", "bool"]
-
-
-@dataclass(frozen=True)
-class SettingSpec:
-    """One setting, declared once: everything the library knows of it."""
-
-    name: str
-    default: object
-    kind: Kind
-    #: One line: what the setting means (``configure()``'s and ``OnceTask``'s docstrings begin with it).
-    doc: str
-    #: A task may set it for itself, as a decorator keyword or a ``OnceTask`` attribute.
-    task_option: bool = False
-    #: The values of a ``"choice"`` setting.
-    choices: tuple[str, ...] = ()
-    #: How a secret setting is shown in ``Settings``' repr; ``None``: as it is.
-    redact: Optional[Callable[[Any], Any]] = None
-
-    @property
-    def conf_name(self) -> str:
-        """The name in the Celery app's configuration: ``once_<name>``."""
-        return f"once_{self.name}"
-
-    @property
-    def django_name(self) -> str:
-        """The name in Django's settings: ``CELERY_ONCE_<NAME>``."""
-        return f"CELERY_ONCE_{self.name.upper()}"
-
-    def check(self, value: Any, label: str) -> Any:
-        """``value`` (a ``dict`` for ``"options"``) if it is valid here, else a ``ValueError`` naming ``label``."""
-        kind = self.kind
-        if kind == "url":
-            # The master name of a sentinel:// URL comes from redis_options: checked with it when a client is made.
-            connection.parse_url(value, {"master_name": "-"}, label=label)
-        elif kind == "options":
-            if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
-                raise ValueError(f"{label} must be a dict of keyword arguments for the Redis client, got {type(value)}")
-            return dict(value)
-        elif kind == "int_seconds":
-            # bool is an int to Python, never a number of seconds to anyone.
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{label} must be a positive integer number of seconds, got {value!r}")
-        elif kind == "seconds":
-            # Bounded above: NaN and infinity fail the comparison, and so does a wait of over 115 days.
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 10**7:
-                raise ValueError(f"{label} must be a positive number of seconds, got {value!r}")
-        elif kind == "choice":
-            if value not in self.choices:
-                raise ValueError(f"{label} must be one of {', '.join(map(repr, self.choices))}, got {value!r}")
-        elif not isinstance(value, bool):  # "bool"
-            raise ValueError(f"{label} must be True or False, got {value!r}")
-        return value
-
-    def shown(self, value: object) -> object:
-        return value if self.redact is None else self.redact(value)
-
+DEFAULT_QUEUE_LOCK_UNTIL: QueueLockUntil = "pickup"
 
 #: Every setting, in the order of ``Settings``' fields (positional arguments, repr).
 SETTINGS: tuple[SettingSpec, ...] = (
@@ -129,8 +81,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 doc='A duplicate execution fails (``"reject"``: ``OnceTaskLocked``) or runs after (``"wait"``).'),
     SettingSpec("queue_lock_conflict", DEFAULT_QUEUE_LOCK_CONFLICT, "choice", task_option=True,
                 choices=QUEUE_LOCK_CONFLICTS,
-                doc='A duplicate call gets ``None`` (``"drop"``), the queued ``AsyncResult`` (``"existing"``) or '
-                    '``OnceTaskDuplicate`` (``"raise"``).'),
+                doc='A duplicate call gets ``None`` (``"drop"``), the queued ``AsyncResult`` (``"existing"``), '
+                    '``OnceTaskDuplicate`` (``"raise"``), or replaces the queued call\'s arguments (``"replace"``).'),
     SettingSpec("redis_options", {}, "options", redact=connection.redact_options,
                 doc="The lock client's extra keyword arguments; they win over the URL's."),
     SettingSpec("redelivery_guard_timeout", DEFAULT_REDELIVERY_GUARD_TIMEOUT, "int_seconds", task_option=True,
@@ -139,6 +91,15 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 doc="Calls of a key less than this many seconds apart form a burst, run once after it."),
     SettingSpec("debounce_max", None, "seconds", task_option=True,
                 doc="The most seconds a burst may put its execution off, from its first call."),
+    SettingSpec("queue_lock_until", DEFAULT_QUEUE_LOCK_UNTIL, "choice", task_option=True, choices=QUEUE_LOCK_UNTIL,
+                doc='A call is a duplicate of the same call until its execution starts (``"pickup"``) or ends '
+                    '(``"end"``).'),
+    SettingSpec("unique_for", None, "seconds", task_option=True,
+                doc="Seconds from an accepted call during which the same call is a duplicate, whatever became of its "
+                    "execution."),
+    SettingSpec("key_prefix", KEY_PREFIX, "name",
+                doc="The start of every key the library writes: apps with different prefixes never see each other's "
+                    "keys."),
 )
 _BY_NAME = {spec.name: spec for spec in SETTINGS}
 
@@ -164,6 +125,9 @@ class Settings:
     redelivery_guard_timeout: int = DEFAULT_REDELIVERY_GUARD_TIMEOUT
     debounce: Optional[float] = None
     debounce_max: Optional[float] = None
+    queue_lock_until: QueueLockUntil = DEFAULT_QUEUE_LOCK_UNTIL
+    unique_for: Optional[float] = None
+    key_prefix: str = KEY_PREFIX
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: never show a password.
@@ -239,6 +203,9 @@ def configure(
     redelivery_guard_timeout: Optional[int] = None,
     debounce: Optional[float] = None,
     debounce_max: Optional[float] = None,
+    queue_lock_until: Optional[QueueLockUntil] = None,
+    unique_for: Optional[float] = None,
+    key_prefix: Optional[str] = None,
 ) -> None:
     """Set the process-wide configuration; only the arguments given change.
 
@@ -256,12 +223,19 @@ def configure(
         running_lock_conflict: A duplicate execution fails (``"reject"``: ``OnceTaskLocked``) or runs after
             (``"wait"``).
         queue_lock_conflict: A duplicate call gets ``None`` (``"drop"``), the queued ``AsyncResult``
-            (``"existing"``) or ``OnceTaskDuplicate`` (``"raise"``).
+            (``"existing"``), ``OnceTaskDuplicate`` (``"raise"``), or replaces the queued call's arguments
+            (``"replace"``).
         redis_options: The lock client's extra keyword arguments; they win over the URL's.
         redelivery_guard_timeout: Seconds a finished execution is remembered, so that its message delivered
             again does not run.
         debounce: Calls of a key less than this many seconds apart form a burst, run once after it.
         debounce_max: The most seconds a burst may put its execution off, from its first call.
+        queue_lock_until: A call is a duplicate of the same call until its execution starts (``"pickup"``) or ends
+            (``"end"``).
+        unique_for: Seconds from an accepted call during which the same call is a duplicate, whatever became of
+            its execution.
+        key_prefix: The start of every key the library writes: apps with different prefixes never see each
+            other's keys.
 
     Raises:
         ValueError: A value is not valid for its setting (the message names it); nothing changes then.
@@ -349,8 +323,11 @@ def _resolve(conf: Optional[AppConf], task: object) -> Settings:
             value = getattr(task, name, None)
             if value is not None:
                 values[name] = spec.check(value, f"{getattr(task, 'name', None)}.{name}")
+    where = getattr(task, "name", None) or "the configuration"
     debounce, most = values.get("debounce"), values.get("debounce_max")
     if debounce and most and most < debounce:
-        where = getattr(task, "name", "the configuration")
         raise ValueError(f"{where}: debounce_max ({most!r}) must be at least debounce ({debounce!r})")
+    # The settings in force only: the task-only options (queue_lock, running_limit ...) were checked with its own
+    # at its definition, and a default for every task is not refused for a task it does not concern.
+    check_combination(values, where)
     return Settings(**values)

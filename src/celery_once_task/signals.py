@@ -9,9 +9,12 @@ the worker.
 
 Attributes:
     duplicate_call: Sent in the publishing process when a call meets a held
-        queue lock, with ``sender`` (the task), ``key``, ``holder_id`` (the
-        task id holding the lock) and ``policy`` (what the call got, e.g.
-        ``"drop"``).
+        queue lock or ``unique_for`` window, with ``sender`` (the task),
+        ``key``, ``holder_id`` (the task id holding it), ``policy`` (what the
+        call got: ``"drop"``, ``"existing"``, ``"raise"``, ``"replace"``) and
+        ``window`` (what held the key: ``"pickup"``, a queued call;
+        ``"end"``, a call queued or running; ``"unique_for"``, a call made
+        less than ``unique_for`` seconds before).
     duplicate_execution: Sent in the process that meets a held running lock
         (or a full ``running_limit``), with ``sender`` (the task), ``task_id``
         (the duplicate's), ``key``, ``holder_id`` and ``policy`` (what the

@@ -19,13 +19,14 @@ from celery.app.task import Context
 from celery.result import AsyncResult, EagerResult
 from kombu.messaging import Producer
 
-from . import debounce, execute
+from . import call_options, debounce, execute, replace
+from .definition import check_shared_name, check_task_class
 from .errors import OnceTaskLocked
 from .headers import DIGEST_HEADER, header
-from .keys import call_digest, check_lock_args, lock_key, signature_of, well_formed_digest
+from .keys import call_digest, check_lock_args, key_space, signature_of, well_formed_digest
 from .limits import may_wait_in_line
 from .publish import Links, as_list, publish_once, with_digest
-from .settings import SETTINGS, QueueLockConflict, RunningLockConflict, Settings, for_publish, resolve
+from .settings import QueueLockConflict, QueueLockUntil, RunningLockConflict, Settings, for_publish, resolve
 
 logger = logging.getLogger("celery_once_task")
 
@@ -49,14 +50,21 @@ class OnceTask(Task):
         running_lock_conflict: A duplicate execution fails (``"reject"``: ``OnceTaskLocked``) or runs after
             (``"wait"``).
         queue_lock_conflict: A duplicate call gets ``None`` (``"drop"``), the queued ``AsyncResult``
-            (``"existing"``) or ``OnceTaskDuplicate`` (``"raise"``).
+            (``"existing"``), ``OnceTaskDuplicate`` (``"raise"``), or replaces the queued call's arguments
+            (``"replace"``).
         lock_args: The arguments that form the lock key, by parameter name; ``None``: all of them.
+        lock_name: The name that stands for the task in its keys: tasks with one lock name and the same values of
+            ``lock_args`` are one key. ``None``: the task's name.
         redelivery_guard_timeout: Seconds a finished execution is remembered, so that its message delivered
             again does not run.
         running_limit: At most this many executions of a key at once, fleet-wide (see ``limits``); 1 is the
             running lock.
         debounce: Calls of a key less than this many seconds apart form a burst, run once after it.
         debounce_max: The most seconds a burst may put its execution off, from its first call.
+        queue_lock_until: A call is a duplicate of the same call until its execution starts (``"pickup"``) or ends
+            (``"end"``).
+        unique_for: Seconds from an accepted call during which the same call is a duplicate, whatever became of
+            its execution.
     """
 
     # The task options, documented above. Those that are also settings must be the task options of
@@ -68,10 +76,13 @@ class OnceTask(Task):
     running_lock_conflict: Optional[RunningLockConflict] = None
     queue_lock_conflict: Optional[QueueLockConflict] = None
     lock_args: Optional[Sequence[str]] = None
+    lock_name: Optional[str] = None
     redelivery_guard_timeout: Optional[int] = None
     running_limit: int = 1
     debounce: Optional[float] = None
     debounce_max: Optional[float] = None
+    queue_lock_until: Optional[QueueLockUntil] = None
+    unique_for: Optional[float] = None
 
     #: Runs in the worker's main process, which cleans up after a pool child that died.
     Request = "celery_once_task.request:OnceTaskRequest"
@@ -88,31 +99,8 @@ class OnceTask(Task):
     def __init_subclass__(cls, **kwargs: object) -> None:
         """Check the task's own options where it is defined: a bad one names the task and the option."""
         super().__init_subclass__(**kwargs)
-        label = cls.__dict__.get("name") or f"{cls.__module__}.{cls.__qualname__}"
-        for spec in SETTINGS:
-            value = cls.__dict__.get(spec.name)
-            if spec.task_option and value is not None:
-                spec.check(value, f"{label}: {spec.name}")
-        limit = cls.__dict__.get("running_limit")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"{label}: running_limit must be a positive integer (executions of a key at once), "
-                             f"got {limit!r}")
+        check_task_class(cls, cls.__dict__.get("name") or f"{cls.__module__}.{cls.__qualname__}")
         cls._once_in_line = may_wait_in_line(cls.running_limit, cls.running_lock_conflict, cls.queue_lock)
-        if cls.debounce and cls.debounce_max and cls.debounce_max < cls.debounce:
-            raise ValueError(f"{label}: debounce_max ({cls.debounce_max!r}) must be at least debounce "
-                             f"({cls.debounce!r})")
-        if cls.running_limit > 1 and not cls.running_lock:
-            raise ValueError(f"{label}: running_limit={cls.running_limit} needs running_lock=True (the limit counts "
-                             "running executions)")
-        lock_args = cls.__dict__.get("lock_args")
-        if lock_args is not None and "run" in cls.__dict__:
-            run = cls.__dict__["run"]
-            bound_run = run.__func__ if isinstance(run, staticmethod) else run
-            signature = signature_of(bound_run)
-            if signature is not None and not isinstance(run, staticmethod):
-                # A method, or a bind=True task: its first parameter is the task.
-                signature = signature.replace(parameters=list(signature.parameters.values())[1:])
-            check_lock_args(label, signature, lock_args)
 
     # -- keys ---------------------------------------------------------------
 
@@ -134,6 +122,8 @@ class OnceTask(Task):
         signature = signature_of(self.run)
         if self.lock_args is not None:
             check_lock_args(self.name, signature, self.lock_args)
+        if self.lock_name is not None:
+            check_shared_name(self)
         selects = self.lock_args is not None or type(self).lock_arguments is not OnceTask.lock_arguments
         spec = type(self)._once_spec = (signature, selects)
         return spec
@@ -150,8 +140,8 @@ class OnceTask(Task):
         return {name: arguments[name] for name in self.lock_args if name in arguments}
 
     def once_key(self, args: Optional[Sequence[Any]], kwargs: Optional[Mapping[str, Any]], lock_type: str) -> str:
-        """The lock key of a call: ``once_task:{name}:{digest}:{queue|running}``."""
-        return lock_key(self.name, self.once_digest(args, kwargs), lock_type)
+        """The lock key of a call: ``{key_prefix}:{lock_name or name}:{digest}:{queue|running}``."""
+        return key_space(self, self.once_settings()).lock(self.once_digest(args, kwargs), lock_type)
 
     def once_settings(self) -> Settings:
         return resolve(self.app, self)
@@ -179,17 +169,22 @@ class OnceTask(Task):
             link: The callbacks, as Celery takes them.
             link_error: The errbacks, as Celery takes them.
             shadow: The name the call is shown under, as Celery takes it.
-            **options: Celery's publish options (``countdown``, ``queue``, ``headers``, ...).
+            **options: Celery's publish options (``countdown``, ``queue``, ``headers``, ...), and ``once``: a dict
+                of the options this call sets for itself (``call_options.PER_CALL``: ``queue_lock``,
+                ``queue_lock_conflict``, ``queue_lock_until``, ``unique_for``, and the timeouts).
 
         Returns:
             The call's ``AsyncResult``; for a duplicate, what ``queue_lock_conflict`` says: ``None``
-            ("drop"), the queued call's ``AsyncResult`` ("existing").
+            ("drop"), the ``AsyncResult`` of the call that holds the key ("existing", "replace").
 
         Raises:
             OnceTaskDuplicate: A duplicate, with ``queue_lock_conflict="raise"``.
             LockStoreUnavailable: The lock store did not answer (unless ``fail_open``): nothing was published.
-            TypeError: An argument of the key has no canonical form; the message names the task and the argument.
+            TypeError: An argument of the key has no canonical form, or -- under ``"replace"`` -- the arguments are
+                not JSON; ``once`` is not a dict. The message names the task.
+            ValueError: ``once`` names an option a call cannot set or gives a bad value; the message names it.
         """
+        once = options.pop("once", None)
 
         def publish(task_id: Optional[str]) -> Optional[AsyncResult]:
             return super(OnceTask, self).apply_async(
@@ -197,18 +192,23 @@ class OnceTask(Task):
             )
 
         if not (self.queue_lock or self.running_lock):
+            if once is not None:  # refused as anywhere, though a task that takes no lock has none to set
+                call_options.parse(self, once)
             return publish(task_id)
         # Before anything else: a call without a canonical form fails here,
         # with nothing published and no lock taken.
         digest = self.once_digest(args, kwargs)
         with_digest(options, digest, fixed_id=task_id is not None, stamped=self._once_in_line)
         settings, eager = for_publish(self.app, self)
+        # Its own options (``once``; a retry's are those its message carries) over the task's.
+        settings, queue_lock = call_options.for_call(self, settings, once, options["headers"], task_id)
         if debounce.debounced(settings, task_id, eager):
             return debounce.publish(self, settings, digest, args, kwargs, options, lambda burst_id, opts: super(
                 OnceTask, self).apply_async(args, kwargs, burst_id, producer, link, link_error, shadow, **opts))
-        if not self.queue_lock or eager:  # eager: nothing is queued, no queue lock
+        if eager or not (queue_lock or settings.unique_for is not None):  # eager: nothing is queued, nothing locked
             return publish(task_id)
-        return publish_once(self, settings, digest, args, kwargs, task_id, link, link_error, options, publish)
+        return publish_once(self, settings, digest, queue_lock, args, kwargs, task_id, link, link_error, options,
+                            publish)
 
     # -- Django transactions --------------------------------------------------
 
@@ -296,17 +296,20 @@ class OnceTask(Task):
             digest = header(request, DIGEST_HEADER)
             if not well_formed_digest(digest):  # app.send_task, beat, other producers
                 digest = self.once_digest(args, kwargs)
-            settings = self.once_settings()
+            settings, queue_lock = call_options.for_request(self, self.once_settings(), request)
             if settings.debounce and not request.is_eager:
                 burst, args, kwargs = debounce.take(self, settings, digest, request, args, dict(kwargs))
                 if burst is not None:  # what self.retry() publishes again
                     request.args, request.kwargs = list(args), kwargs
             try:
-                held = execute.pick_up(self, settings, digest, request)
+                held = execute.pick_up(self, settings, digest, request, queue_lock)
             except OnceTaskLocked:
                 if burst is not None:  # refused for good: its burst's arguments are of no more use
                     debounce.done(self, burst)
                 raise
+            if held is not None and held.arguments is not None:  # "replace": the newest call's arguments
+                args, kwargs = replace.decode(held.arguments)
+                request.args, request.kwargs = list(args), kwargs
         outcome: Optional[BaseException] = None
         try:
             return self.run(*args, **kwargs)

@@ -6,12 +6,14 @@ Mount it next to the admin, before ``admin.site.urls``::
     path("admin/", admin.site.urls),
 
 Staff users (``is_staff``) see every lock with its owner, worker, liveness, age
-and TTL. Users with the ``celery_once_task.clear_lock`` permission also get a
+and TTL -- and, for a key named by a ``lock_name``, which task holds it; for
+a queue lock, whether its call is queued or runs (held until its run ends);
+``unique_for`` windows as locks of their own. Users with the ``celery_once_task.clear_lock`` permission also get a
 button per lock that clears it: a POST (with Django's CSRF check) naming the
 key and the exact value listed, deleted only if the lock still holds that
 value, so a lock that changed hands after the page was loaded is left alone.
-The lock store is the one the project's Celery app uses; its URL is shown
-without its password.
+The lock store and ``key_prefix`` are the ones the project's Celery app
+uses; its URL is shown without its password.
 """
 
 from __future__ import annotations
@@ -43,18 +45,14 @@ def _lock_store() -> Settings:
     return resolve(current_app._get_current_object())
 
 
-def _lock_store_url() -> str:
-    # The app a worker of this project uses: app.conf.once_*, configure(), CELERY_ONCE_*.
-    return resolve(current_app._get_current_object()).redis_url
-
-
 def _locks_page(request: HttpRequest) -> HttpResponse:
     can_clear = request.user.has_perm(CLEAR_PERMISSION)
-    url = _lock_store_url()
+    settings = _lock_store()
+    url, prefix = settings.redis_url, settings.key_prefix
     if request.method == "POST":
         if not can_clear:
             raise PermissionDenied
-        return _clear(request, url)
+        return _clear(request, url, prefix)
     task = request.GET.get("task") or None
     lock_type = request.GET.get("type") if request.GET.get("type") in lockinfo.LOCK_TYPES else None
     context: dict[str, object] = {
@@ -63,14 +61,15 @@ def _locks_page(request: HttpRequest) -> HttpResponse:
         # The admin's app list: of no use here, and empty for staff without model permissions.
         "is_nav_sidebar_enabled": False,
         "store": redact_url(url),
+        "prefix": prefix,
         "can_clear": can_clear,
         "task": task or "",
         "type": lock_type or "",
         "max_rows": MAX_ROWS,
     }
     try:
-        client = client_for(url, _lock_store().redis_options)
-        rows = list(itertools.islice(lockinfo.iter_locks(client, task, lock_type), MAX_ROWS + 1))
+        client = client_for(url, settings.redis_options)
+        rows = list(itertools.islice(lockinfo.iter_locks(client, task, lock_type, prefix=prefix), MAX_ROWS + 1))
     except (redis.RedisError, OSError):
         context["unreachable"] = lockinfo.address_of(url)
         return render(request, "celery_once_task/locks.html", context, status=503)
@@ -85,15 +84,15 @@ locks_page: Callable[[HttpRequest], HttpResponse] = staff_member_required(
 )
 
 
-def _clear(request: HttpRequest, url: str) -> HttpResponse:
+def _clear(request: HttpRequest, url: str, prefix: str) -> HttpResponse:
     key = request.POST.get("key", "")
     value = request.POST.get("value", "")
     slot = request.POST.get("slot") or None
-    parsed = lockinfo.parse_key(key)
+    parsed = lockinfo.parse_key(key, prefix=prefix)
     if parsed is None or (parsed[2] == "slots" and not (slot or "").startswith(("s:", "r:"))):
         return HttpResponse("not a celery-once-task lock key (or slot)", status=400, content_type="text/plain")
     try:
-        outcome = lockinfo.clear_value(client_for(url, _lock_store().redis_options), key, value, slot)
+        outcome = lockinfo.clear_value(client_for(url, _lock_store().redis_options), key, value, slot, prefix)
     except (redis.RedisError, OSError):
         messages.error(request, f"The lock store at {lockinfo.address_of(url)} cannot be reached: nothing cleared.",
                        fail_silently=True)

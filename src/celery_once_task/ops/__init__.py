@@ -1,1 +1,2 @@
-"""Operators' tools: the lock API (``locks``, over ``rows``, ``listing``, ``workers``) and the commands (``cli``)."""
+"""Operators' tools: the lock API (``locks``, over ``rows``, ``values``, ``listing``, ``workers``) and the commands
+(``cli``, which prints with ``printing``)."""

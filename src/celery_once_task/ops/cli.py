@@ -1,6 +1,6 @@
 """The operators' commands: ``celery -A proj once ...`` and the standalone ``celery-once-task``.
 
-    celery -A proj once locks   [--task NAME] [--type queue|running|slots|burst] [--json]
+    celery -A proj once locks   [--task NAME] [--type queue|running|slots|burst|unique] [--json]
     celery -A proj once show    KEY [--json]
     celery -A proj once clear   (--task NAME | --key KEY [--holder TASK_ID]) [--type ...] --yes [--json]
     celery -A proj once workers [--json]
@@ -8,14 +8,19 @@
 A key with a ``running_limit`` is shown slot by slot: each slot's holder,
 with the key's limit, the slots used and the calls waiting; ``--holder``
 clears one slot of it. A debounced key shows its open burst (its task id,
-the calls it covers, when it is due) and each burst whose execution runs.
+the calls it covers, when it is due) and each burst whose execution runs. A
+queue lock says whether its call is queued or runs (``queue_lock_until="end"``
+holds it until the run ends); a ``unique_for`` window is a lock of type
+``unique``. A key named by a ``lock_name`` shows that name where a task's
+would be (``--task`` takes it too), and which task holds it.
 
 ``once`` is a Celery subcommand (the ``celery.commands`` entry point): it
 reads the lock store the app is configured with, as a worker of that app
 would (``configure()`` in the app module, ``app.conf.once_*``, Django's
-``CELERY_ONCE_*`` once Celery's Django fix-up has set Django up). The
-standalone ``celery-once-task`` (also ``python -m celery_once_task``) runs
-the same commands against ``--url`` or an app given with ``-A``.
+``CELERY_ONCE_*`` once Celery's Django fix-up has set Django up), under the
+``key_prefix`` it is configured with. The standalone ``celery-once-task``
+(also ``python -m celery_once_task``) runs the same commands against
+``--url`` and ``--prefix``, or an app given with ``-A``.
 
 Exit codes: 0 done; 1 no such lock, ``clear`` without ``--yes``, or a lock
 left alone because it changed hands; 2 the lock store cannot be reached.
@@ -26,7 +31,7 @@ the operator. It never prints a password: URLs are shown redacted.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional, Union
@@ -35,12 +40,13 @@ from urllib.parse import unquote, urlsplit
 import click
 import redis
 
-from ..keys import BURST, RUNNING, SLOTS
+from ..keys import KEY_PREFIX, RUNNING, SLOTS
 from ..protocols import WorkerApp
 from ..settings import DEFAULT_REDIS_URL, resolve, validate
 from ..store import client_for
 from ..store.connection import Client, redact_url
 from . import locks as lockinfo
+from . import printing
 
 EXIT_NOT_DONE = 1
 EXIT_UNREACHABLE = 2
@@ -52,6 +58,8 @@ class LockStoreTarget:
 
     url: str
     options: Mapping[str, object] = field(default_factory=dict)
+    #: The ``key_prefix`` the locks are written under.
+    prefix: str = KEY_PREFIX
 
     @classmethod
     def for_app(cls, app: WorkerApp) -> LockStoreTarget:
@@ -60,7 +68,7 @@ class LockStoreTarget:
         # and the app's task modules run their configure() calls.
         app.loader.import_default_modules()
         settings = resolve(app)
-        return cls(settings.redis_url, settings.redis_options)
+        return cls(settings.redis_url, settings.redis_options, settings.key_prefix)
 
     def client(self) -> Client:
         return client_for(self.url, self.options)
@@ -107,12 +115,14 @@ def once(ctx: click.Context) -> None:
 @click.group(name="celery-once-task")
 @click.option("--url", envvar="CELERY_ONCE_REDIS_URL",
               help=f"the lock store (default: $CELERY_ONCE_REDIS_URL, else {DEFAULT_REDIS_URL})")
-@click.option("-A", "--app", "app_name", help="a Celery app: use the lock store it is configured with")
+@click.option("--prefix", envvar="CELERY_ONCE_KEY_PREFIX",
+              help=f"the key_prefix of the locks (default: $CELERY_ONCE_KEY_PREFIX, else {KEY_PREFIX})")
+@click.option("-A", "--app", "app_name", help="a Celery app: use the lock store and key_prefix it is configured with")
 @click.pass_context
-def main(ctx: click.Context, url: Optional[str], app_name: Optional[str]) -> None:
+def main(ctx: click.Context, url: Optional[str], prefix: Optional[str], app_name: Optional[str]) -> None:
     """Locks of celery-once-task: list, show and clear them, and the workers that hold them."""
-    if url is not None and app_name is not None:
-        raise click.UsageError("give --url or --app, not both")
+    if (url is not None or prefix is not None) and app_name is not None:
+        raise click.UsageError("give --url and --prefix, or --app, not both")
     if app_name is not None:
         from celery.app.utils import find_app
 
@@ -120,15 +130,20 @@ def main(ctx: click.Context, url: Optional[str], app_name: Optional[str]) -> Non
         return
     url = url or DEFAULT_REDIS_URL
     try:
-        ctx.obj = LockStoreTarget(validate("redis_url", url, label="--url"))
+        target = validate("redis_url", url, label="--url")
     except ValueError:
         # Not the validation message: it quotes the URL as given, password and all.
         raise click.BadParameter(f"{redact_url(url)} is not a redis://, rediss:// or unix:// URL",
                                  param_hint="--url") from None
+    try:
+        ctx.obj = LockStoreTarget(target, prefix=validate("key_prefix", prefix or KEY_PREFIX, label="--prefix"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--prefix") from None
 
 
 _type_option = click.option("--type", "lock_type", type=click.Choice(lockinfo.LOCK_TYPES),
-                            help="only queue locks, running locks, the slots of limited keys, or bursts")
+                            help="only queue locks, running locks, the slots of limited keys, bursts, or "
+                                 "unique_for windows")
 _json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
 
 
@@ -136,7 +151,7 @@ _json_option = click.option("--json", "as_json", is_flag=True, help="print JSON"
 
 
 @click.command(name="locks")
-@click.option("--task", help="only this task's locks (its full dotted name)")
+@click.option("--task", help="only this task's locks (its full dotted name, or its lock_name)")
 @_type_option
 @_json_option
 @click.pass_context
@@ -144,14 +159,14 @@ def locks_command(ctx: click.Context, task: Optional[str], lock_type: Optional[s
     """Every lock, with its owner and TTL."""
     target = _target(ctx)
     with target.reaching() as client:
-        found = lockinfo.iter_locks(client, task, lock_type)
+        found = lockinfo.iter_locks(client, task, lock_type, prefix=target.prefix)
         if as_json:
-            _echo_json_list(lock.as_dict() for lock in found)
+            printing.echo_json_list(lock.as_dict() for lock in found)
             return
         count = 0
         for lock in found:
             count += 1
-            click.echo(_describe(lock))
+            click.echo(printing.describe(lock))
         click.echo(f"{count} lock(s) in {redact_url(target.url)}")
 
 
@@ -161,9 +176,10 @@ def locks_command(ctx: click.Context, task: Optional[str], lock_type: Optional[s
 @click.pass_context
 def show_command(ctx: click.Context, key: str, as_json: bool) -> None:
     """One lock, in full (a limited key: each of its slots)."""
-    with _target(ctx).reaching() as client:
-        found = lockinfo.get_locks(client, key)
-    slotted = lockinfo.parse_key(key) is not None and key.endswith(":slots")
+    target = _target(ctx)
+    with target.reaching() as client:
+        found = lockinfo.get_locks(client, key, target.prefix)
+    slotted = lockinfo.parse_key(key, prefix=target.prefix) is not None and key.endswith(":slots")
     if as_json:
         shown: Union[list[lockinfo.LockDict], lockinfo.LockDict, None] = (
             [lock.as_dict() for lock in found] if slotted else (found[0].as_dict() if found else None)
@@ -172,7 +188,7 @@ def show_command(ctx: click.Context, key: str, as_json: bool) -> None:
     for index, lock in enumerate([] if as_json else found):
         if index:
             click.echo("")
-        for label, value in _fields(lock):
+        for label, value in printing.fields(lock):
             click.echo(f"{label + ':':<10} {value}")
     if not found:
         if not as_json:
@@ -181,7 +197,7 @@ def show_command(ctx: click.Context, key: str, as_json: bool) -> None:
 
 
 @click.command(name="clear")
-@click.option("--task", help="the locks of this task (its full dotted name)")
+@click.option("--task", help="the locks of this task (its full dotted name, or its lock_name)")
 @click.option("--key", help="the lock at this key")
 @click.option("--holder", help="with --key of a limited key: only the slot this task id holds")
 @_type_option
@@ -197,17 +213,18 @@ def clear_command(
         raise click.UsageError("give either --task NAME or --key KEY")
     if holder is not None and key is None:
         raise click.UsageError("--holder needs --key")
-    with _target(ctx).reaching() as client:
+    target = _target(ctx)
+    with target.reaching() as client:
         if key is not None:
-            listed = [lock for lock in lockinfo.get_locks(client, key)
+            listed = [lock for lock in lockinfo.get_locks(client, key, target.prefix)
                       if lock_type in (None, lock.type) and holder in (None, lock.task_id)]
         else:
-            listed = list(lockinfo.iter_locks(client, task, lock_type))
+            listed = list(lockinfo.iter_locks(client, task, lock_type, prefix=target.prefix))
         listed = [lock for lock in listed if lock.type != SLOTS or lock.slot is not None]
         if not yes:
             _refuse(ctx, listed, as_json)
             return
-        cleared = lockinfo.clear(client, listed)
+        cleared = lockinfo.clear(client, listed, target.prefix)
     if as_json:
         click.echo(json.dumps({
             "deleted": [lock.as_dict() for lock in cleared.deleted],
@@ -232,7 +249,7 @@ def _refuse(ctx: click.Context, listed: list[lockinfo.Lock], as_json: bool) -> N
     else:
         click.echo(f"would delete {len(listed)} lock(s):")
         for lock in listed:
-            click.echo(_describe(lock))
+            click.echo(printing.describe(lock))
         click.echo("nothing deleted: add --yes to delete them (each only if it still holds the value listed)")
     ctx.exit(EXIT_NOT_DONE)
 
@@ -242,9 +259,11 @@ def _refuse(ctx: click.Context, listed: list[lockinfo.Lock], as_json: bool) -> N
 @click.pass_context
 def workers_command(ctx: click.Context, as_json: bool) -> None:
     """The live worker instances: node name, heartbeat, and the running locks each holds."""
-    with _target(ctx).reaching() as client:
-        running = [*lockinfo.iter_locks(client, lock_type=RUNNING), *lockinfo.iter_locks(client, lock_type=SLOTS)]
-        workers = list(lockinfo.iter_workers(client, running))
+    target = _target(ctx)
+    with target.reaching() as client:
+        running = [*lockinfo.iter_locks(client, lock_type=RUNNING, prefix=target.prefix),
+                   *lockinfo.iter_locks(client, lock_type=SLOTS, prefix=target.prefix)]
+        workers = list(lockinfo.iter_workers(client, running, target.prefix))
     if as_json:
         click.echo(json.dumps([
             {**worker.as_dict(), "locks": [lock.as_dict() for lock in worker.locks]} for worker in workers
@@ -254,85 +273,14 @@ def workers_command(ctx: click.Context, as_json: bool) -> None:
         beat = "" if worker.beat_age is None else f", last beat {worker.beat_age:.1f}s ago"
         click.echo(f"{worker.worker or '(node name unknown)'}  instance {worker.instance}"
                    f"{'' if worker.pid is None else f'  pid {worker.pid}'}"
-                   f"  heartbeat expires in {_duration(worker.ttl)}{beat}")
+                   f"  heartbeat expires in {printing.duration(worker.ttl)}{beat}")
         for lock in worker.locks:
-            click.echo(f"    {lock.key}  (task {lock.task_id}, attempt {lock.attempt}, {_age(lock.age)})")
+            click.echo(f"    {lock.key}  (task {lock.task_id}, attempt {lock.attempt}, {printing.age(lock.age)})")
     click.echo(f"{len(workers)} live worker instance(s)")
     orphans = [lock for lock in running if lock.alive is False]
     if orphans:
         click.echo(f"{len(orphans)} running lock(s) held by worker instances with no heartbeat: "
                    "see `once locks --type running`")
-
-
-# -- output ------------------------------------------------------------------------
-
-
-def _describe(lock: lockinfo.Lock) -> str:
-    if lock.type == BURST:
-        return f"{lock.key}\n    {lock.describe_owner()}, TTL {_duration(lock.ttl)}"
-    if lock.type == SLOTS:
-        line = (f"{lock.key}\n    slots {lock.used} of {lock.limit} used, {lock.waiting} waiting; "
-                f"{'slot' if lock.slot else 'no slot'} held by {lock.describe_owner()}")
-        if lock.slot and not lock.reserved:
-            line += f", TTL {_duration(lock.ttl)}, {_liveness(lock.alive)}, {_age(lock.age)}"
-        return line
-    line = f"{lock.key}\n    {lock.type} lock, TTL {_duration(lock.ttl)}, held by {lock.describe_owner()}"
-    if lock.type == RUNNING:
-        line += f", {_liveness(lock.alive)}, {_age(lock.age)}"
-    return line
-
-
-def _fields(lock: lockinfo.Lock) -> Iterable[tuple[str, str]]:
-    yield "key", lock.key
-    yield "type", lock.type
-    yield "task", lock.task
-    yield "digest", lock.digest
-    if lock.type == BURST:
-        yield "burst", lock.describe_owner()
-    if lock.type == SLOTS:
-        yield "slots", f"{lock.used} of {lock.limit} used"
-        yield "waiting", str(lock.waiting)
-        if lock.slot is None:
-            return
-        yield "holder", lock.describe_owner()
-    yield "task id", lock.task_id
-    if lock.type in (RUNNING, SLOTS) and not lock.reserved:
-        yield "attempt", "unknown" if lock.attempt is None else str(lock.attempt)
-        yield "worker", lock.worker or "unknown"
-        yield "instance", lock.instance or "unknown"
-        yield "alive", _liveness(lock.alive)
-        yield "age", _age(lock.age)
-    yield "TTL", _duration(lock.ttl)
-    yield "value", lock.value
-
-
-def _liveness(alive: Optional[bool]) -> str:
-    if alive is None:
-        return "worker liveness unknown (no heartbeat kept)"
-    return "worker alive" if alive else "worker gone (no heartbeat)"
-
-
-def _age(age: Optional[float]) -> str:
-    return "taken at an unknown time" if age is None else f"taken {age:.1f}s ago"
-
-
-def _duration(seconds: Optional[float]) -> str:
-    return "none (no expiry)" if seconds is None else f"{seconds:.1f}s"
-
-
-def _echo_json_list(items: Iterable[Mapping[str, object]]) -> None:
-    # Streamed: a store with a million locks is never held in memory at once.
-    # The first item is read before anything is printed, so that an
-    # unreachable store leaves no half list on stdout.
-    remaining = iter(items)
-    first = next(remaining, None)
-    if first is None:
-        click.echo("[]")
-        return
-    click.echo("[\n  " + json.dumps(first), nl=False)
-    for item in remaining:
-        click.echo(",\n  " + json.dumps(item), nl=False)
-    click.echo("\n]")
 
 
 for _command in (locks_command, show_command, clear_command, workers_command):

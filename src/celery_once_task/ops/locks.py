@@ -21,17 +21,17 @@ from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urlsplit
 
-from ..keys import BURST, LOCK_TYPES, SLOTS, parse_key
+from ..keys import BURST, KEY_PREFIX, LOCK_TYPES, SLOTS, parse_key
 from ..store import LockStore
 from ..store.connection import Client, parse_url
-from .listing import BATCH, get_lock, get_locks, iter_keys, iter_locks, lock_pattern, read_locks
+from .listing import BATCH, get_lock, get_locks, iter_keys, iter_locks, lock_pattern, lock_patterns, read_locks
 from .rows import Lock, LockDict
 from .workers import WorkerDict, WorkerInstance, iter_workers
 
 __all__ = [
     "BATCH", "CHANGED_HANDS", "DELETED", "GONE", "LOCK_TYPES", "Cleared", "Lock", "LockDict", "WorkerDict",
     "WorkerInstance", "address_of", "clear", "clear_value", "get_lock", "get_locks", "iter_keys", "iter_locks",
-    "iter_workers", "lock_pattern", "parse_key", "read_locks",
+    "iter_workers", "lock_pattern", "lock_patterns", "parse_key", "read_locks",
 ]
 
 #: What ``clear_value`` did: deleted the lock; left it alone, as another value holds it now; found it gone.
@@ -55,7 +55,7 @@ class Cleared:
     gone: tuple[Lock, ...]
 
 
-def clear_value(client: Client, key: str, value: str, slot: Optional[str] = None) -> str:
+def clear_value(client: Client, key: str, value: str, slot: Optional[str] = None, prefix: str = KEY_PREFIX) -> str:
     """Delete a lock if it still holds exactly the value listed.
 
     Args:
@@ -63,6 +63,7 @@ def clear_value(client: Client, key: str, value: str, slot: Optional[str] = None
         key: The lock's key.
         value: The value listed (``Lock.value``).
         slot: At a limited key, the slot to clear (``Lock.slot``).
+        prefix: The ``key_prefix`` the lock was written under.
 
     Returns:
         ``DELETED``; ``CHANGED_HANDS`` (another value holds it now: left
@@ -73,7 +74,7 @@ def clear_value(client: Client, key: str, value: str, slot: Optional[str] = None
             or is a limited key and ``slot`` names no slot.
         redis.RedisError: The lock store could not be reached.
     """
-    parsed = parse_key(key)
+    parsed = parse_key(key, prefix=prefix)
     if parsed is None:
         raise ValueError(f"{key!r} is not a celery-once-task lock key")
     if parsed.type == BURST:
@@ -93,12 +94,13 @@ def clear_value(client: Client, key: str, value: str, slot: Optional[str] = None
     return CHANGED_HANDS if client.exists(key) else GONE
 
 
-def clear(client: Client, locks: Iterable[Lock]) -> Cleared:
+def clear(client: Client, locks: Iterable[Lock], prefix: str = KEY_PREFIX) -> Cleared:
     """Delete each lock if it still holds the value listed; leave it alone otherwise.
 
     Args:
         client: A client of the lock store.
         locks: The locks listed (rows of waiting calls only, which hold nothing, are skipped).
+        prefix: The ``key_prefix`` the locks were written under.
 
     Returns:
         Which were deleted, which changed hands, which were gone.
@@ -110,7 +112,7 @@ def clear(client: Client, locks: Iterable[Lock]) -> Cleared:
     for lock in locks:
         if lock.type == SLOTS and lock.slot is None:
             continue  # a line of waiting calls: nothing is held
-        outcomes[clear_value(client, lock.key, lock.value, lock.slot)].append(lock)
+        outcomes[clear_value(client, lock.key, lock.value, lock.slot, prefix)].append(lock)
     return Cleared(tuple(outcomes[DELETED]), tuple(outcomes[CHANGED_HANDS]), tuple(outcomes[GONE]))
 
 

@@ -1,9 +1,12 @@
 """What a listed lock is (``Lock``), and how the lock store's replies become ``Lock`` rows.
 
 Nothing here talks to the server: ``listing`` reads the replies and this
-module turns them into rows -- one per plain lock; one per slot held or
-reserved of a limited key (``limits``), or one for its line of waiting calls
-alone; one per burst of a debounced key (``debounce``). Values are read
+module turns them into rows -- one per plain lock or ``unique_for`` window;
+one per slot held or reserved of a limited key (``limits``), or one for its
+line of waiting calls alone; one per burst of a debounced key
+(``debounce``). A key named by a ``lock_name`` names it where a task's name
+would be (``Lock.task``), and its holder's value names the holder's task
+(``Lock.holder_task``). Values are read
 leniently: a field that a value lacks (values written by older releases
 do) or that is malformed is None, never an error, so that one odd lock
 cannot keep an operator from listing the others.
@@ -11,19 +14,16 @@ cannot keep an operator from listing the others.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Optional, TypedDict, Union
+from typing import Optional, TypedDict
 
-from ..keys import BURST, QUEUE, SEPARATOR, SLOTS, call_id, parse_key, split_call_id
+from ..keys import BURST, KEY_PREFIX, QUEUE, SEPARATOR, SLOTS, UNIQUE, call_id, parse_key, split_call_id, split_holder
 from ..ownership import value_of_token
-from ..store.values import text
+from .values import Reply, as_text, json_object, optional_float, optional_int, optional_str, seconds
 
-__all__ = ["HeldSlot", "Lock", "LockDict", "ReservedSlot", "SlotsView", "describe_slots"]
-
-#: A reply of the lock clients, which do not decode replies (a decoding client's replies are text).
-Reply = Union[bytes, str]
+__all__ = ["HeldSlot", "Lock", "LockDict", "ReservedSlot", "SlotsView", "as_text", "describe_slots", "json_object",
+           "optional_float", "optional_int", "optional_str", "seconds"]
 
 
 class _LockFields(TypedDict):
@@ -39,6 +39,8 @@ class _LockFields(TypedDict):
     instance: Optional[str]
     digest: str
     value: str
+    holder_task: Optional[str]
+    state: Optional[str]
 
 
 class LockDict(_LockFields, total=False):
@@ -59,9 +61,10 @@ class Lock:
 
     Attributes:
         key: The lock's key.
-        task: The task's name.
+        task: The name in the key: the task's, or the ``lock_name`` its tasks share.
         digest: The digest of the call's arguments.
-        type: ``queue``, ``running``, ``slots`` (a slot of a limited key) or ``burst``.
+        type: ``queue``, ``running``, ``slots`` (a slot of a limited key), ``burst`` or ``unique`` (a
+            ``unique_for`` window).
         value: The exact value read; clearing deletes the lock only if it still holds it.
         ttl: Seconds to live; None if the key has no expiry.
         task_id: The holder's task id.
@@ -78,6 +81,10 @@ class Lock:
         reserved: A slot reserved for a waiting call handed over, whose message is on its way.
         calls: A burst of a debounced key: the calls it covers.
         due_in: A burst: seconds until it is due (None once it runs).
+        holder_task: The holder's task, where the key is named by a ``lock_name`` (its value says which task
+            holds it); None otherwise.
+        state: A queue lock's call: ``queued``, or ``running`` (its queue lock is held until its run ends:
+            ``queue_lock_until="end"``); None for the other types.
     """
 
     key: str
@@ -99,6 +106,8 @@ class Lock:
     reserved: bool = False
     calls: Optional[int] = None
     due_in: Optional[float] = None
+    holder_task: Optional[str] = None
+    state: Optional[str] = None
 
     def as_dict(self) -> LockDict:
         """The lock as JSON, as ``once locks --json`` prints it.
@@ -120,6 +129,8 @@ class Lock:
             "instance": self.instance,
             "digest": self.digest,
             "value": self.value,
+            "holder_task": self.holder_task,
+            "state": self.state,
         }
         if self.type == SLOTS:
             found["slot"] = self.slot
@@ -139,12 +150,15 @@ class Lock:
             return f"burst {self.task_id} ({self.calls if self.calls is not None else '?'} calls, {state})"
         if self.type == SLOTS and self.slot is None:
             return "nobody (calls wait in line)"
+        holder = f"task {self.task_id}" + (f" of {self.holder_task}" if self.holder_task else "")
         if self.reserved:
-            return f"task {self.task_id}, attempt {self.attempt}, reserved (handed over, on its way)"
-        if self.type == QUEUE:
-            return f"task {self.task_id}"
+            return f"{holder}, attempt {self.attempt}, reserved (handed over, on its way)"
+        if self.type == QUEUE and self.state == "running":
+            return f"{holder}, running (held until its run ends)"
+        if self.type in (QUEUE, UNIQUE):
+            return holder
         attempt = "?" if self.attempt is None else str(self.attempt)
-        return f"task {self.task_id}, attempt {attempt}, worker {self.worker or '?'}"
+        return f"{holder}, attempt {attempt}, worker {self.worker or '?'}"
 
 
 class HeldSlot(TypedDict):
@@ -208,15 +222,25 @@ def describe_slots(fields: Mapping[str, str]) -> SlotsView:
     return {"limit": limit, "held": held, "reserved": reserved}
 
 
-def make_lock(key: str, value: str, pttl: Optional[int], now: float) -> Optional[Lock]:
-    """The row of a queue or running lock from its value and ``PTTL``; None if ``key`` is not a lock key."""
-    parsed = parse_key(key)
+def make_lock(key: str, value: str, pttl: Optional[int], now: float, prefix: str = KEY_PREFIX,
+              running: Optional[Reply] = None) -> Optional[Lock]:
+    """The row of a queue or running lock, or a window, from its value and ``PTTL``; None if ``key`` is no lock key.
+
+    ``running``: for a queue lock, the value of its call's running lock (None: none is held).
+    """
+    parsed = parse_key(key, prefix=prefix)
     if parsed is None:
         return None
     task, digest, lock_type = parsed
     ttl = seconds(pttl)
-    if lock_type == QUEUE:
-        return Lock(key, task, digest, lock_type, value, ttl, task_id=value)
+    if lock_type in (QUEUE, UNIQUE):
+        task_id, holder_task = split_holder(value)
+        state = None
+        if lock_type == QUEUE:
+            runs = running is not None and json_object(as_text(running)).get("task_id") == task_id
+            state = "running" if runs else "queued"
+        return Lock(key, task, digest, lock_type, value, ttl, task_id=task_id, holder_task=holder_task or None,
+                    state=state)
     data = json_object(value)
     since = optional_float(data.get("since"))
     return Lock(
@@ -228,12 +252,14 @@ def make_lock(key: str, value: str, pttl: Optional[int], now: float) -> Optional
         # Only a worker with the boot step keeps a heartbeat: filled in by the reader, which asks the server.
         alive=None,
         age=None if since is None else round(max(0.0, now - since), 1),
+        holder_task=optional_str(data.get("task")),
     )
 
 
-def burst_locks(key: str, fields: Mapping[Reply, Reply], pttl: Optional[int], server_ms: int) -> list[Lock]:
+def burst_locks(key: str, fields: Mapping[Reply, Reply], pttl: Optional[int], server_ms: int,
+                prefix: str = KEY_PREFIX) -> list[Lock]:
     """The rows of a debounced key (its hash and ``PTTL``): its open burst, and each burst whose execution runs."""
-    parsed = parse_key(key)
+    parsed = parse_key(key, prefix=prefix)
     if parsed is None or not fields:
         return []
     task, digest, _ = parsed
@@ -252,9 +278,10 @@ def burst_locks(key: str, fields: Mapping[Reply, Reply], pttl: Optional[int], se
     return rows
 
 
-def slot_locks(key: str, fields: Mapping[Reply, Reply], waiting: int, server_ms: int, now: float) -> list[Lock]:
+def slot_locks(key: str, fields: Mapping[Reply, Reply], waiting: int, server_ms: int, now: float,
+               prefix: str = KEY_PREFIX) -> list[Lock]:
     """The rows of a limited key (its hash, its line's length): one per live slot, or one for its line alone."""
-    parsed = parse_key(key)
+    parsed = parse_key(key, prefix=prefix)
     if parsed is None or not fields:
         return []
     task, digest, _ = parsed
@@ -272,7 +299,8 @@ def slot_locks(key: str, fields: Mapping[Reply, Reply], waiting: int, server_ms:
             slot="s:" + held_slot["token"],
             task_id=str(data.get("task_id", "")), attempt=optional_int(data.get("retries")),
             worker=optional_str(data.get("worker")), instance=optional_str(data.get("instance")),
-            age=None if since is None else round(max(0.0, now - since), 1), **common,
+            age=None if since is None else round(max(0.0, now - since), 1),
+            holder_task=optional_str(data.get("task")), **common,
         ))
     for reserved_slot in reserved:
         rows.append(Lock(
@@ -284,53 +312,6 @@ def slot_locks(key: str, fields: Mapping[Reply, Reply], waiting: int, server_ms:
     if not rows and waiting:
         rows.append(Lock(key, value="", ttl=None, task_id="", **common))
     return rows
-
-
-# -- values ------------------------------------------------------------------------
-
-
-def seconds(pttl: Optional[int]) -> Optional[float]:
-    """A ``PTTL`` reply in seconds; None for no expiry (-1) and for no key (-2: gone between two commands)."""
-    return None if pttl is None or int(pttl) < 0 else round(int(pttl) / 1000, 3)
-
-
-def as_text(value: Reply) -> str:
-    """A reply as text."""
-    return str(text(value))
-
-
-def json_object(value: str) -> dict[str, object]:
-    """``value``'s JSON object; empty if ``value`` is not one (a queue lock's value is a bare task id)."""
-    try:
-        data = json.loads(value)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def optional_str(value: object) -> Optional[str]:
-    """``value`` as text; None stays None."""
-    return None if value is None else str(value)
-
-
-def optional_int(value: object) -> Optional[int]:
-    """``value`` as a whole number; None if it is none (JSON's booleans, ``null``, lists and objects are not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str, bytes)):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def optional_float(value: object) -> Optional[float]:
-    """``value`` as a number; None if it is none (JSON's booleans, ``null``, lists and objects are not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str, bytes)):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _since(stamp: str) -> Optional[float]:

@@ -13,11 +13,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Optional, TypedDict
 
-from ..keys import RUNNING, SLOTS
-from ..ownership import HEARTBEAT_PREFIX
+from ..keys import KEY_PREFIX, RUNNING, SLOTS, heartbeat_pattern
 from ..store.connection import Client
 from .listing import BATCH, glob_escape, iter_keys, iter_locks
-from .rows import Lock, as_text, json_object, optional_float, optional_int, optional_str, seconds
+from .rows import Lock
+from .values import as_text, json_object, optional_float, optional_int, optional_str, seconds
 
 __all__ = ["WorkerDict", "WorkerInstance", "iter_workers"]
 
@@ -76,13 +76,15 @@ class WorkerInstance:
         }
 
 
-def iter_workers(client: Client, locks: Optional[Iterable[Lock]] = None) -> Iterator[WorkerInstance]:
+def iter_workers(client: Client, locks: Optional[Iterable[Lock]] = None,
+                 prefix: str = KEY_PREFIX) -> Iterator[WorkerInstance]:
     """The worker instances whose heartbeat is alive, each with the running locks it holds.
 
     Args:
         client: A client of the lock store.
         locks: The running locks (and slots) to share out among the instances;
             read from the server if None.
+        prefix: The ``key_prefix`` the heartbeats and locks were written under.
 
     Yields:
         Each live instance, in the order ``SCAN`` finds the heartbeats.
@@ -91,20 +93,24 @@ def iter_workers(client: Client, locks: Optional[Iterable[Lock]] = None) -> Iter
         redis.RedisError: The lock store could not be read.
     """
     held: dict[str, list[Lock]] = {}
-    running = [*iter_locks(client, lock_type=RUNNING), *iter_locks(client, lock_type=SLOTS)] if locks is None else locks
+    running = ([*iter_locks(client, lock_type=RUNNING, prefix=prefix), *iter_locks(client, lock_type=SLOTS,
+                                                                                   prefix=prefix)]
+               if locks is None else locks)
     for lock in running:
         if lock.instance is not None:
             held.setdefault(lock.instance, []).append(lock)
+    head, length = heartbeat_pattern(prefix)
     batch: list[bytes] = []
-    for key in iter_keys(client, f"{glob_escape(HEARTBEAT_PREFIX)}:*", BATCH):
+    for key in iter_keys(client, f"{glob_escape(head)}*", BATCH):
         batch.append(key)
         if len(batch) >= BATCH:
-            yield from _read_workers(client, batch, held)
+            yield from _read_workers(client, batch, held, length)
             batch = []
-    yield from _read_workers(client, batch, held)
+    yield from _read_workers(client, batch, held, length)
 
 
-def _read_workers(client: Client, keys: Sequence[bytes], held: Mapping[str, list[Lock]]) -> Iterator[WorkerInstance]:
+def _read_workers(client: Client, keys: Sequence[bytes], held: Mapping[str, list[Lock]],
+                  head: int) -> Iterator[WorkerInstance]:
     if not keys:
         return
     pipe = client.pipeline(transaction=False)
@@ -116,7 +122,7 @@ def _read_workers(client: Client, keys: Sequence[bytes], held: Mapping[str, list
         value, pttl = replies[2 * index], replies[2 * index + 1]
         if value is None:
             continue
-        instance = as_text(raw_key)[len(HEARTBEAT_PREFIX) + 1:]
+        instance = as_text(raw_key)[head:]
         data = json_object(as_text(value))
         holds = held.get(instance, [])
         # Heartbeats that do not name the worker: its running locks do.

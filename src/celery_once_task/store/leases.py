@@ -9,49 +9,63 @@ worker still lives.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
-from ..ownership import heartbeat_key
+from ..keys import KEY_PREFIX, heartbeat_key
 from . import scripts
 from .connection import is_cluster
+from .lua.calls import QUEUE_LEASE
 from .lua.locks import RENEW
 from .lua.slots import SLOT_RENEW
 from .runner import Runner
 from .scripts import Call
 from .values import ms
 
+#: What a lease is of: a running lock, a slot of a limited key, or a call's queue lock held until its run ends.
+LeaseKind = Literal["running", "slot", "queue"]
+
 
 class Leases:
     """The leases and worker heartbeats of one lock store."""
 
-    __slots__ = ("_runner",)
+    __slots__ = ("_prefix", "_runner")
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, prefix: str = KEY_PREFIX) -> None:
         self._runner = runner
+        #: The ``key_prefix`` of the heartbeats.
+        self._prefix = prefix
 
-    def renew(self, locks: Iterable[tuple[str, str, bool]], ttl: float, instance: str, heartbeat: str) -> list[bool]:
-        """Extend each ``(key, token, slot)`` lock the token still holds, and write the heartbeat: one round trip.
+    def renew(self, locks: Iterable[tuple[str, str, LeaseKind]], ttl: float, instance: str,
+              heartbeat: str) -> list[bool]:
+        """Extend each ``(key, token, kind)`` lock the token still holds, and write the heartbeat: one round trip.
 
-        ``slot``: the lock is a slot of a limited key, not a running lock of
-        its own. On a cluster: one pipeline per node, sent together. Sent
-        once, without retries: the next renewal is the retry. Returns, per
-        lock, whether it was extended.
+        ``kind``: a running lock of its own, a slot of a limited key, or a
+        call's queue lock held until its run ends (never shortened: a retry's
+        publish may have set it longer). On a cluster: one pipeline per
+        node, sent together. Sent once, without retries: the next renewal is
+        the retry. Returns, per lock, whether it was extended.
         """
         client = self._runner.client
-        calls = [Call(SLOT_RENEW if slot else RENEW, key, (token, ms(ttl))) for key, token, slot in locks]
+        ttl_ms = ms(ttl)
+        calls = [Call(QUEUE_LEASE, key, (token, ttl_ms, "extend")) if kind == "queue"
+                 else Call(SLOT_RENEW if kind == "slot" else RENEW, key, (token, ttl_ms))
+                 for key, token, kind in locks]
+        beat = heartbeat_key(instance, self._prefix)
         if is_cluster(client):
-            client.set(heartbeat_key(instance), heartbeat, px=ms(ttl))
+            client.set(beat, heartbeat, px=ttl_ms)
             replies = scripts.run(client, calls) if calls else []
         else:
             pipe = client.pipeline(transaction=False)
-            pipe.set(heartbeat_key(instance), heartbeat, px=ms(ttl))
+            pipe.set(beat, heartbeat, px=ttl_ms)
             replies = scripts.run_in(pipe, client, calls)
         return [bool(reply) for reply in replies]
 
     def forget_instance(self, instance: str) -> None:
         """Remove a worker instance's heartbeat: it is gone."""
-        self._runner.client.delete(heartbeat_key(instance))
+        self._runner.client.delete(heartbeat_key(instance, self._prefix))
 
     def instance_alive(self, instance: str) -> bool:
         """Whether a worker instance's heartbeat lives."""
-        alive, _ = self._runner.tries(lambda: self._runner.client.exists(heartbeat_key(instance)))
+        beat = heartbeat_key(instance, self._prefix)
+        alive, _ = self._runner.tries(lambda: self._runner.client.exists(beat))
         return bool(alive)

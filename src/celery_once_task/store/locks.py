@@ -8,7 +8,7 @@ by the token as a prefix. Every operation is one round trip (``Runner``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from ..keys import waiting_token
 from ..ownership import RunningOwner
@@ -27,6 +27,10 @@ class Acquired(NamedTuple):
     acquired: bool
     #: The holder's value when it was not acquired.
     holder: Optional[str] = None
+    #: Not acquired: the call met a ``unique_for`` window alone (its queue lock was free).
+    window: bool = False
+    #: Not acquired: the call's arguments replaced those of the queued call that holds it (``replace``).
+    replaced: bool = False
 
 
 #: The outcome of most acquisitions, made once.
@@ -44,6 +48,8 @@ class Pickup(NamedTuple):
     queue_released: bool = False
     #: The finished record that says this attempt already ended (nothing was taken).
     finished: Optional[str] = None
+    #: The arguments a duplicate replaced the call's with, taken with the queue lock (``replace``).
+    arguments: Optional[str] = None
 
 
 def compare_and_delete(key: str, token: str, mode: Mode) -> Call:
@@ -59,6 +65,13 @@ def acquire(key: str, value: str, ttl: float, takeover: str = "", mode: Mode = "
         return call
     # Where the server refuses the record's key (an ACL without its pattern), the lock alone.
     return Call(ACQUIRE, key, (*call.args, check.attempt, check.call), (check.key,), call)
+
+
+def queue_reply(reply: Any) -> tuple[bool, Optional[str]]:
+    """A pickup's queue-side reply: whether the queue lock was the message's, and the arguments it took, if any."""
+    if isinstance(reply, list):  # ``lua.calls.ARGUMENTS_TAKE``
+        return reply[0] == 1, text(reply[1]) if reply[1] else None
+    return reply == 1, None
 
 
 def release_running(key: str, token: str, record: Optional[FinishedRecord], client: object) -> Call:
@@ -103,14 +116,14 @@ class Locks:
         (reply,), _ = self._runner.run([compare_and_delete(key, token, "prefix" if prefix else "exact")])
         return bool(reply)
 
-    def release_all(self, locks: Sequence[tuple[str, str, bool]]) -> None:
-        """Release each ``(key, token, prefix)`` its token holds: one round trip."""
-        self._runner.run([compare_and_delete(key, token, "prefix" if prefix else "exact")
-                          for key, token, prefix in locks])
+    def release_all(self, locks: Sequence[tuple[str, str, bool]], also: Sequence[Call] = ()) -> None:
+        """Release each ``(key, token, prefix)`` its token holds, and run ``also``: one round trip."""
+        self._runner.run([*(compare_and_delete(key, token, "prefix" if prefix else "exact")
+                            for key, token, prefix in locks), *also])
 
     def pickup(self, queue_key: Optional[str], task_id: str, running_key: Optional[str], owner: RunningOwner,
                running_ttl: float, *, takeover: str = "", waiting_key: Optional[str] = None,
-               finished: Optional[FinishedCheck] = None) -> Pickup:
+               finished: Optional[FinishedCheck] = None, queue: Optional[Call] = None) -> Pickup:
         """Release the task's queue lock and take its running lock, in one round trip.
 
         Args:
@@ -124,10 +137,14 @@ class Locks:
             waiting_key: The entry of a waiting copy of this message, deleted with it.
             finished: The record that says this attempt already ended; if it does, the running lock
                 is not taken and ``Pickup.finished`` holds it.
+            queue: What to do with the queue lock instead of releasing ``queue_key`` (``windows``: keep it
+                until the run ends, take the arguments a duplicate replaced).
         """
         calls = []
-        if queue_key is not None:
-            calls.append(compare_and_delete(queue_key, task_id, "exact"))
+        if queue is None and queue_key is not None:
+            queue = compare_and_delete(queue_key, task_id, "exact")
+        if queue is not None:
+            calls.append(queue)
         if waiting_key is not None:
             calls.append(compare_and_delete(waiting_key, waiting_token(task_id), "prefix"))
         if running_key is not None:
@@ -136,30 +153,35 @@ class Locks:
         if not calls:
             return Pickup(True)
         replies, maybe_applied = self._runner.run(calls)
+        ours, arguments = queue_reply(replies[0]) if queue is not None else (False, None)
         # A lost reply and a second try: the first try released it.
-        queue_released = queue_key is not None and (replies[0] == 1 or maybe_applied)
+        queue_released = queue is not None and (ours or maybe_applied)
         reply = replies[-1]
         if running_key is None or reply == 1:
-            return Pickup(True, queue_released=queue_released)
+            return Pickup(True, queue_released=queue_released, arguments=arguments)
         if isinstance(reply, list):
-            return Pickup(False, queue_released=queue_released, finished=text(reply[0]))
+            return Pickup(False, queue_released=queue_released, finished=text(reply[0]), arguments=arguments)
         holder = text(reply)
         if maybe_applied and owner.holds(holder):
-            return Pickup(True, queue_released=queue_released)
-        return Pickup(False, holder, queue_released=queue_released)
+            return Pickup(True, queue_released=queue_released, arguments=arguments)
+        return Pickup(False, holder, queue_released=queue_released, arguments=arguments)
 
     def retake(self, key: str, owner: RunningOwner, running_ttl: float) -> Pickup:
         """Try the running lock once more, with nothing else to release (a retry's or a waiting execution's)."""
         return self.pickup(None, owner.task_id, key, owner, running_ttl)
 
-    def release_running(self, key: str, token: str, record: Optional[FinishedRecord]) -> bool:
-        """Delete the running lock ``key`` if ``token`` holds it, writing ``record`` (if any) in the same script."""
-        (reply,), _ = self._runner.run([release_running(key, token, record, self._runner.client)])
+    def release_running(self, key: str, token: str, record: Optional[FinishedRecord],
+                        also: Sequence[Call] = ()) -> bool:
+        """Delete the running lock ``key`` if ``token`` holds it, writing ``record`` (if any) in the same script.
+
+        ``also``: the calls that end the call's queue-side keys (``windows``), in the same round trip.
+        """
+        (reply, *_), _ = self._runner.run([release_running(key, token, record, self._runner.client), *also])
         return bool(reply)
 
-    def record_finished(self, record: FinishedRecord) -> None:
+    def record_finished(self, record: FinishedRecord, also: Sequence[Call] = ()) -> None:
         """Write the finished record of an attempt that ended without the running lock (a rejected duplicate)."""
-        self._runner.run([Call(RECORD_FINISHED, record.key, record.args())])
+        self._runner.run([Call(RECORD_FINISHED, record.key, record.args()), *also])
 
     def replace(self, key: str, expected: str, value: str, ttl: float) -> bool:
         """Hand ``key`` from the owner token ``expected`` to ``value``; False if someone else holds it."""

@@ -31,15 +31,16 @@ from ..internals import cluster_pipeline_queue
 from .connection import is_cluster
 from .lua import Script
 from .lua.bursts import BURST_CALL, BURST_FORGET, BURST_TAKE
+from .lua.calls import ARGUMENTS_FORGET, ARGUMENTS_TAKE, ARGUMENTS_UNDO, CALL_ACQUIRE, QUEUE_LEASE
 from .lua.locks import ACQUIRE, COMPARE_AND_DELETE, COMPARE_AND_SWAP, RECORD_FINISHED, RELEASE_RUNNING, RENEW, TAKE
 from .lua.slots import SLOT_ACQUIRE, SLOT_CLEAR, SLOT_FORGET, SLOT_RELEASE, SLOT_RENEW
 from .wire import Arg, pack_args, send_packed, set_nx_get
 
 __all__ = [
-    "ACQUIRE", "BURST_CALL", "BURST_FORGET", "BURST_TAKE", "COMPARE_AND_DELETE", "COMPARE_AND_SWAP",
-    "RECORD_FINISHED", "RELEASE_RUNNING", "RENEW", "SCRIPTS", "SLOT_ACQUIRE", "SLOT_CLEAR", "SLOT_FORGET",
-    "SLOT_RELEASE", "SLOT_RENEW", "TAKE", "Call", "Script", "acquire_free", "forget_refusals",
-    "refused_nx_get", "refuses_more_keys", "run", "run_in",
+    "ACQUIRE", "ARGUMENTS_FORGET", "ARGUMENTS_TAKE", "ARGUMENTS_UNDO", "BURST_CALL", "BURST_FORGET", "BURST_TAKE",
+    "CALL_ACQUIRE", "COMPARE_AND_DELETE", "COMPARE_AND_SWAP", "QUEUE_LEASE", "RECORD_FINISHED", "RELEASE_RUNNING",
+    "RENEW", "SCRIPTS", "SLOT_ACQUIRE", "SLOT_CLEAR", "SLOT_FORGET", "SLOT_RELEASE", "SLOT_RENEW", "TAKE", "Call",
+    "Script", "acquire_free", "forget_refusals", "refused_nx_get", "refuses_more_keys", "run", "run_in",
 ]
 
 logger = logging.getLogger("celery_once_task")
@@ -65,7 +66,8 @@ class Call(NamedTuple):
 
 
 SCRIPTS = (COMPARE_AND_DELETE, ACQUIRE, RELEASE_RUNNING, RECORD_FINISHED, RENEW, COMPARE_AND_SWAP, TAKE,
-           SLOT_ACQUIRE, SLOT_RELEASE, SLOT_RENEW, SLOT_CLEAR, SLOT_FORGET, BURST_CALL, BURST_TAKE, BURST_FORGET)
+           SLOT_ACQUIRE, SLOT_RELEASE, SLOT_RENEW, SLOT_CLEAR, SLOT_FORGET, BURST_CALL, BURST_TAKE, BURST_FORGET,
+           CALL_ACQUIRE, QUEUE_LEASE, ARGUMENTS_TAKE, ARGUMENTS_FORGET, ARGUMENTS_UNDO)
 
 
 def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:

@@ -7,11 +7,12 @@ messages -- siblings in one Redis Cluster hash slot (``keys.sibling``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional, Union
 
 from ..keys import MESSAGES, WAITERS, sibling
 from .finished import FinishedCheck, FinishedRecord
-from .locks import acquire, compare_and_delete
+from .locks import acquire, compare_and_delete, queue_reply
 from .lua.slots import SLOT_ACQUIRE, SLOT_CLEAR, SLOT_FORGET, SLOT_RELEASE, SlotAcquireArgs, SlotCode
 from .runner import Runner
 from .scripts import Call
@@ -52,6 +53,8 @@ class Joining(NamedTuple):
     line_ttl: float
     #: The call's queue lock, taken back while it waits (None: the task has none).
     queue_key: Optional[str] = None
+    #: The value it is taken back with (``KeySpace.holder``; "" : the task id).
+    holder: str = ""
 
 
 class SlotPickup(NamedTuple):
@@ -63,6 +66,8 @@ class SlotPickup(NamedTuple):
     #: The waiting calls' entries given a free slot here: to be published.
     handed: list[str]
     queue_released: bool = False
+    #: The arguments a duplicate replaced the call's with, taken with the queue lock (``replace``).
+    arguments: Optional[str] = None
 
 
 class Slots:
@@ -75,7 +80,7 @@ class Slots:
 
     def pickup(self, claim: Claim, since: str, *, queue_key: Optional[str] = None, task_id: str = "",
                takeover: str = "", finished: Optional[FinishedCheck] = None,
-               joining: Optional[Joining] = None) -> SlotPickup:
+               joining: Optional[Joining] = None, queue: Optional[Call] = None) -> SlotPickup:
         """Release the queue lock and take a slot, in one round trip (``lua.slots.SLOT_ACQUIRE``).
 
         Args:
@@ -86,10 +91,13 @@ class Slots:
             takeover: A token whose slot this execution may take over ("": none).
             finished: The record that says this attempt already ended (FINISHED: nothing is taken).
             joining: Join the line if no slot is free, and take the queue lock back while waiting.
+            queue: What to do with the queue lock instead of releasing ``queue_key`` (see ``Locks.pickup``).
         """
         calls = []
-        if queue_key is not None:
-            calls.append(compare_and_delete(queue_key, task_id, "exact"))
+        if queue is None and queue_key is not None:
+            queue = compare_and_delete(queue_key, task_id, "exact")
+        if queue is not None:
+            calls.append(queue)
         args = SlotAcquireArgs(
             token=claim.token, since=since, lease_ms=ms(claim.lease), limit=claim.limit, call_id=claim.call_id,
             attempt_prefix=claim.attempt_prefix, join="1" if joining is not None else "",
@@ -105,25 +113,28 @@ class Slots:
             calls.append(Call(SLOT_ACQUIRE, claim.key, (*args, finished.attempt, finished.call),
                               (*keys, finished.key)))
         if joining is not None and joining.queue_key is not None:
-            calls.append(acquire(joining.queue_key, task_id, joining.line_ttl, task_id, "exact"))
+            holder = joining.holder or task_id
+            calls.append(acquire(joining.queue_key, holder, joining.line_ttl, holder, "exact"))
         replies, maybe_applied = self._runner.run(calls)
-        reply = replies[1 if queue_key is not None else 0]
-        queue_released = queue_key is not None and (replies[0] == 1 or maybe_applied)
+        reply = replies[1 if queue is not None else 0]
+        ours, arguments = queue_reply(replies[0]) if queue is not None else (False, None)
+        queue_released = queue is not None and (ours or maybe_applied)
         code, detail, *handed = reply
         return SlotPickup(SlotCode(int(code)), str(text(detail)) if isinstance(detail, bytes) else int(detail),
-                          [str(text(item)) for item in handed], queue_released)
+                          [str(text(item)) for item in handed], queue_released, arguments)
 
     def release(self, key: str, token: str, limit: int, reserve: float,
-                record: Optional[FinishedRecord] = None) -> tuple[bool, list[str]]:
+                record: Optional[FinishedRecord] = None, also: Sequence[Call] = ()) -> tuple[bool, list[str]]:
         """Free the token's slot, writing ``record``; hand free slots to the line: one round trip.
 
+        ``also``: the calls that end the call's queue-side keys (``windows``), in the same round trip.
         Returns whether the token held a slot, and the entries handed over (to be published).
         """
         args: tuple[Any, ...] = (token, limit, ms(reserve))
         keys: tuple[str, ...] = line_of(key)
         if record is not None:
             args, keys = (*args, *record.args()), (*keys, record.key)
-        (reply,), _ = self._runner.run([Call(SLOT_RELEASE, key, args, keys)])
+        (reply, *_), _ = self._runner.run([Call(SLOT_RELEASE, key, args, keys), *also])
         released, *handed = reply
         return bool(released), [str(text(item)) for item in handed]
 

@@ -7,6 +7,7 @@ running lock are the call's siblings (``keys.sibling``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple, Optional
 
 from ..keys import QUEUE, WAITING, sibling, waiting_token
@@ -39,7 +40,7 @@ class WaitingCopies:
         self._runner = runner
 
     def wait(self, running_key: str, owner: RunningOwner, running_ttl: float, queue_ttl: float,
-             message: Optional[str]) -> Waited:
+             message: Optional[str], holder: str = "") -> Waited:
         """Become the key's waiting copy: take the queue lock back, leave the message, try the running lock again.
 
         One round trip. The entry is written before the running lock is
@@ -53,9 +54,11 @@ class WaitingCopies:
             running_ttl: The running lock's TTL, should it be taken after all.
             queue_ttl: How long the queue lock and the entry are kept.
             message: The entry's value (``waiting.entry``); None: no entry, only the safety copy brings it back.
+            holder: The queue lock's value (``KeySpace.holder``; "" : the task id).
         """
         task_id = owner.task_id
-        calls = [acquire(sibling(running_key, QUEUE), task_id, queue_ttl, task_id, "exact")]
+        holder = holder or task_id
+        calls = [acquire(sibling(running_key, QUEUE), holder, queue_ttl, holder, "exact")]
         if message is not None:
             calls.append(acquire(sibling(running_key, WAITING), message, queue_ttl, waiting_token(task_id), "prefix"))
         calls.append(acquire(running_key, owner.value(), running_ttl))
@@ -63,18 +66,22 @@ class WaitingCopies:
         queue_taken = replies[0] == 1
         if replies[-1] == 1:
             return Waited(True, None, queue_taken)
-        holder = text(replies[-1])
-        if maybe_applied and owner.holds(holder):
+        running_holder = text(replies[-1])
+        if maybe_applied and owner.holds(running_holder):
             return Waited(True, None, queue_taken)
-        return Waited(False, holder, queue_taken)
+        return Waited(False, running_holder, queue_taken)
 
-    def leave(self, running_key: str, task_id: str) -> None:
+    def leave(self, running_key: str, task_id: str, holder: str = "") -> None:
         """Give back the queue lock and the entry a waiting copy took, in one round trip: it runs now after all."""
-        self._runner.run([compare_and_delete(sibling(running_key, QUEUE), task_id, "exact"),
+        self._runner.run([compare_and_delete(sibling(running_key, QUEUE), holder or task_id, "exact"),
                           compare_and_delete(sibling(running_key, WAITING), waiting_token(task_id), "prefix")])
 
-    def release_taking_waiter(self, key: str, token: str, record: Optional[FinishedRecord] = None) -> Optional[str]:
-        """Release the running lock ``key`` (writing ``record``) and take its waiting copy's entry: one round trip."""
+    def release_taking_waiter(self, key: str, token: str, record: Optional[FinishedRecord] = None,
+                              also: Sequence[Call] = ()) -> Optional[str]:
+        """Release the running lock ``key`` (writing ``record``) and take its waiting copy's entry: one round trip.
+
+        ``also``: the calls that end the call's queue-side keys (``windows``), in the same round trip.
+        """
         replies, _ = self._runner.run([release_running(key, token, record, self._runner.client),
-                                       Call(TAKE, sibling(key, WAITING), ())])
+                                       Call(TAKE, sibling(key, WAITING), ()), *also])
         return text(replies[1])

@@ -1,6 +1,8 @@
 """Every Lua script the library runs, each headed by its KEYS, ARGV and return: here and beside.
 
 * ``lua.locks``: the queue and running locks, and the finished records;
+* ``lua.calls``: a call's keys beside its queue lock (its window, its
+  replaced arguments, its queue lock held until its run ends);
 * ``lua.slots``: the slots and the line of a key with a ``running_limit``;
 * ``lua.bursts``: the bursts of a debounced key.
 
