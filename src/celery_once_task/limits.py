@@ -42,7 +42,7 @@ from typing import NamedTuple, Optional
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
-from . import holds
+from . import holds, telemetry
 from .deferral import defer, store_down
 from .events import duplicate_execution
 from .headers import CALLED_HEADER, header, message_headers
@@ -54,6 +54,7 @@ from .redelivery import call_of, copy_of_finished
 from .settings import Settings
 from .store import Claim, FinishedCheck, Joining, LockStore, store_for
 from .store.lua.slots import SlotCode
+from .store.operations import SLOT_FREE, SLOT_JOIN, SLOT_PICKUP
 from .waiting import hand_over_entries as hand_over
 from .waiting import message_of
 
@@ -118,15 +119,21 @@ class Slot(NamedTuple):
         """Free the slot by its owner token, recording the end; hand the free slots to the line."""
         record = holds.finished_record(task, self, outcome)
         claim = self.claim
+        started = telemetry.started(self.settings) if telemetry.active else 0
         try:
             _, handed = self.store.slots.release(claim.key, claim.token, claim.limit, claim.reserve, record)
         except RedisError as exc:
+            if telemetry.active:
+                telemetry.released(task, self.settings, self.store.client, SLOT_FREE, claim.key, started, error=exc)
             logger.warning("%s[%s]: lock operation failed: could not release a slot of %s (%s); retrying until the "
                            "lock store answers: %s", task.name, task_id, claim.key, reason, exc)
             janitor.add(Cleanup(self.settings.redis_url, claim.key, claim.token, True, task, task_id, reason,
                                 options=self.settings.redis_options, record=record, slot=True, limit=claim.limit,
                                 reserve=claim.reserve))
             return
+        if telemetry.active:
+            telemetry.released(task, self.settings, self.store.client, SLOT_FREE, claim.key, started,
+                               handed=len(handed))
         hand_over(task, handed, claim.key)
 
 
@@ -165,6 +172,8 @@ def pick_up(task: TaskLike, settings: Settings, digest: str, request: TaskReques
         return held
     if pickup.code == SlotCode.IN_LINE:
         # A copy of a call that is still waiting in line: back to the broker.
+        if telemetry.active:
+            telemetry.executed(task, request, "postponed", client=held.store.client)
         _come_back(task, settings, request, int(pickup.detail), claim.limit)
         raise Ignore()
     if pickup.code == SlotCode.FULL:
@@ -191,6 +200,9 @@ def _full(task: TaskLike, request: TaskRequest, held: Slot, queue_key: Optional[
         holds.refuse(task, request, held, holder_token, why=f"{describe} (one of them: {holder_id})")
     duplicate_execution.send(sender=task, task_id=request.id, key=claim.key, holder_id=holder_id, policy="wait")
     if request.is_eager:
+        if telemetry.active:  # the pickup's span ends; the next covers the retakes until it runs
+            telemetry.step(request, "waiting", SLOT_PICKUP, holder=holder_token, policy="wait",
+                           client=held.store.client)
         holds.wait_here(task, request, held, holder_token)
         return held
     joining = Joining(
@@ -199,6 +211,9 @@ def _full(task: TaskLike, request: TaskRequest, held: Slot, queue_key: Optional[
         line_ttl=settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl,
         queue_key=queue_key,
     )
+    if telemetry.active:
+        telemetry.step(request, "waiting", SLOT_JOIN, 1 + (queue_key is not None), holder=holder_token,
+                       policy="wait", client=held.store.client)
     try:
         pickup = held.store.slots.pickup(claim, _now(), task_id=request.id, joining=joining)
     except RedisError as exc:
@@ -207,6 +222,8 @@ def _full(task: TaskLike, request: TaskRequest, held: Slot, queue_key: Optional[
         return None
     hand_over(task, pickup.handed, claim.key)
     if pickup.code == SlotCode.IN_LINE:
+        if telemetry.active:
+            telemetry.executed(task, request, "waiting", holder=holder_token, policy="wait", client=held.store.client)
         logger.info("%s[%s]: execution waiting: %s; waits in line, place %s", task.name, request.id, describe,
                     pickup.detail)
         _come_back(task, settings, request, int(pickup.detail), claim.limit)

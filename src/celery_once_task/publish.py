@@ -29,6 +29,7 @@ from celery.app.task import Context
 from celery.result import AsyncResult
 from redis.exceptions import RedisError
 
+from . import telemetry
 from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskLocked
 from .events import duplicate_call
 from .headers import CALL_HEADER, CALLED_HEADER, DIGEST_HEADER
@@ -40,6 +41,7 @@ from .redelivery import new_call
 from .settings import Settings
 from .store import Acquired, store_for
 from .store.connection import redact_url
+from .store.operations import QUEUE_ACQUIRE, QUEUE_RENEW
 
 logger = logging.getLogger("celery_once_task")
 
@@ -89,6 +91,7 @@ def publish_once(
     ttl: float = settings.queue_lock_timeout
     if "countdown" in options or "eta" in options:
         ttl += seconds_until_start(options)
+    started = telemetry.started(settings) if telemetry.active else 0
     try:
         # Inside the try: a Redis Cluster client connects when it is made.
         store = store_for(task, settings)
@@ -96,14 +99,21 @@ def publish_once(
         # so that new calls are de-duplicated against it while it waits.
         outcome = store.locks.acquire_queue(key, task_id, ttl, renew=retry)
     except RedisError as exc:
-        return _store_down(task, settings, key, task_id, retry, exc, publish)
+        return _store_down(task, settings, key, task_id, retry, exc, publish, started)
 
     if not outcome.acquired:
         if retry:
+            if telemetry.active:  # published all the same: not a duplicate
+                telemetry.called(task, settings, store.client, QUEUE_RENEW, key, task_id, started, "published",
+                                 holder=outcome.holder)
             logger.info("%s[%s]: retry published; queue lock %s is held by %s", task.name, task_id, key, outcome.holder)
             return publish(task_id)
-        return _duplicate(task, settings, key, task_id, fixed_id, outcome, args, kwargs, link, link_error, options)
+        return _duplicate(task, settings, key, task_id, fixed_id, outcome, args, kwargs, link, link_error, options,
+                          store.client, started)
 
+    if telemetry.active:
+        telemetry.called(task, settings, store.client, QUEUE_RENEW if retry else QUEUE_ACQUIRE, key, task_id,
+                         started, "acquired")
     try:
         return publish(task_id)
     except BaseException as exc:
@@ -116,8 +126,12 @@ def publish_once(
 
 
 def _store_down(
-    task: TaskLike, settings: Settings, key: str, task_id: str, retry: bool, exc: RedisError, publish: Publish
+    task: TaskLike, settings: Settings, key: str, task_id: str, retry: bool, exc: RedisError, publish: Publish,
+    started: int,
 ) -> Optional[AsyncResult]:
+    if telemetry.active:
+        telemetry.called(task, settings, None, QUEUE_RENEW if retry else QUEUE_ACQUIRE, key, task_id, started,
+                         "store_unavailable", policy="fail_open" if settings.fail_open or retry else None, error=exc)
     if settings.fail_open or retry:
         # Published under this task id: if a lost reply did take the lock, a
         # message is behind it, and the worker releases it at pickup.
@@ -151,11 +165,16 @@ def _duplicate(
     link: Links,
     link_error: Links,
     options: Mapping[str, Any],
+    client: object,
+    started: int,
 ) -> Optional[AsyncResult]:
     holder = outcome.holder
     # A fixed id (a canvas member, apply_async(task_id=...)) keeps the
     # behaviour below whatever the policy: something waits on that id.
     policy = "drop" if fixed_id else settings.queue_lock_conflict
+    if telemetry.active:
+        telemetry.called(task, settings, client, QUEUE_ACQUIRE, key, task_id, started, "duplicate", holder=holder,
+                         policy=policy)
     duplicate_call.send(sender=task, key=key, holder_id=holder, policy=policy)
     if policy == "existing":
         logger.info(

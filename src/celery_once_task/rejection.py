@@ -15,6 +15,7 @@ import time
 import celery
 from redis.exceptions import RedisError
 
+from . import telemetry
 from .errors import OnceTaskLocked
 from .events import duplicate_execution
 from .ownership import RunningOwner
@@ -22,6 +23,7 @@ from .protocols import TaskLike, TaskRequest
 from .redelivery import Finished, guard_seconds, writer_instance
 from .settings import Settings
 from .store import FinishedCheck, FinishedRecord, LockStore
+from .store.operations import RUNNING_RECORD
 
 logger = logging.getLogger("celery_once_task")
 
@@ -54,11 +56,22 @@ def reject_duplicate(task: TaskLike, request: TaskRequest, key: str, holder_valu
 
 
 def record_rejection(task: TaskLike, settings: Settings, store: LockStore, check: FinishedCheck,
-                     request: TaskRequest) -> None:
+                     request: TaskRequest, key: str) -> None:
+    """Record that the duplicate ended (rejected), so that a copy of its message never runs it.
+
+    ``key``: the running lock (or slots) it met.
+    """
     finished = Finished(check.attempt, check.call, writer_instance(), os.getpid(), True, time.time())
+    started = telemetry.started(settings) if telemetry.active else 0
     try:
         store.locks.record_finished(FinishedRecord(check.key, finished.value(), guard_seconds(task, settings),
                                              check.attempt, check.call))
     except RedisError as exc:
+        if telemetry.active:
+            telemetry.round_trip(task, settings, store.client, RUNNING_RECORD, key, started, "store_unavailable",
+                                 error=exc)
         logger.warning("%s[%s]: lock operation failed: rejection not recorded (%s): %s", task.name, request.id,
                        check.key, exc)
+        return
+    if telemetry.active:
+        telemetry.round_trip(task, settings, store.client, RUNNING_RECORD, key, started, "rejected")

@@ -26,7 +26,7 @@ from typing import NamedTuple, Optional
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
-from . import holds, waiting
+from . import holds, telemetry, waiting
 from .deferral import defer, store_down
 from .events import duplicate_execution
 from .headers import DIGEST_HEADER, WAITER_HEADER, message_headers
@@ -37,6 +37,7 @@ from .protocols import TaskLike, TaskRequest
 from .redelivery import call_of, copy_of_finished
 from .settings import Settings
 from .store import FinishedCheck, LockStore, Pickup, store_for
+from .store.operations import RUNNING_DELETE, RUNNING_PICKUP, RUNNING_RELEASE, RUNNING_WAIT
 
 logger = logging.getLogger("celery_once_task")
 
@@ -75,17 +76,24 @@ class RunningLock(NamedTuple):
         message published (``waiting.hand_over``).
         """
         record = holds.finished_record(task, self, outcome)
+        started = telemetry.started(self.settings) if telemetry.active else 0
         if self.settings.running_lock_conflict == "wait" and task.queue_lock:
             try:
                 entry = self.store.waiting.release_taking_waiter(self.key, self.token, record)
             except RedisError:
                 pass  # the waiting copy comes back by itself (its safety copy); the release goes to the janitor
             else:
+                if telemetry.active:
+                    telemetry.released(task, self.settings, self.store.client, RUNNING_RELEASE, self.key, started,
+                                       handed=entry is not None, batch=2)
                 if entry is not None:
                     waiting.hand_over(task, entry, self.key)
                 return
-        release_or_leave(self.store, self.settings, task, task_id, self.key, self.token, reason, prefix=True,
-                         record=record)
+        left = release_or_leave(self.store, self.settings, task, task_id, self.key, self.token, reason, prefix=True,
+                                record=record)
+        if telemetry.active:
+            telemetry.released(task, self.settings, self.store.client, RUNNING_RELEASE if record else RUNNING_DELETE,
+                               self.key, started, error=left)
 
 
 def pick_up(task: TaskLike, settings: Settings, digest: str, request: TaskRequest,
@@ -157,12 +165,18 @@ def _wait(task: TaskLike, request: TaskRequest, held: RunningLock, holder_value:
     duplicate_execution.send(sender=task, task_id=request.id, key=held.key,
                              holder_id=holder.task_id if holder else holder_value, policy="wait")
     if request.is_eager:
+        if telemetry.active:  # the pickup's span ends; the next covers the retakes until it runs
+            telemetry.step(request, "waiting", RUNNING_PICKUP, holder=holder_value, policy="wait",
+                           client=held.store.client)
         holds.wait_here(task, request, held, holder_value)
         return held
     settings, digest = held.settings, held.digest
     headers = {DIGEST_HEADER: digest, WAITER_HEADER: "1"}
     message = waiting.entry(task, request, {**message_headers(request), **headers})
     ttl = running_ttl(settings, held.owner)
+    if telemetry.active:
+        telemetry.step(request, "waiting", RUNNING_WAIT, 2 + (message is not None), holder=holder_value,
+                       policy="wait", client=held.store.client)
     try:
         waited = held.store.waiting.wait(held.key, held.owner, ttl, settings.queue_lock_timeout + ttl, message)
     except RedisError as exc:
@@ -178,6 +192,8 @@ def _wait(task: TaskLike, request: TaskRequest, held: RunningLock, holder_value:
         # and waits or runs then. Only a copy that holds the queue lock is a
         # waiting copy, whose copies run once between them.
         del headers[WAITER_HEADER]
+    if telemetry.active:
+        telemetry.executed(task, request, "waiting", holder=holder_value, policy="wait", client=held.store.client)
     logger.info("%s[%s]: execution waiting: running lock %s is held by %s; it runs when that execution ends",
                 task.name, request.id, held.key, holder_value)
     # The safety copy: back within a lease if no hand-over brings it sooner.

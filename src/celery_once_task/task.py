@@ -19,7 +19,7 @@ from celery.app.task import Context
 from celery.result import AsyncResult, EagerResult
 from kombu.messaging import Producer
 
-from . import debounce, execute
+from . import debounce, execute, telemetry
 from .errors import OnceTaskLocked
 from .headers import DIGEST_HEADER, header
 from .keys import call_digest, check_lock_args, lock_key, signature_of, well_formed_digest
@@ -201,7 +201,9 @@ class OnceTask(Task):
         # Before anything else: a call without a canonical form fails here,
         # with nothing published and no lock taken.
         digest = self.once_digest(args, kwargs)
-        with_digest(options, digest, fixed_id=task_id is not None, stamped=self._once_in_line)
+        # Stamped with the time of the call where it waits in a line, or where telemetry may record how long
+        # it waited to start (``celery_once.wait.duration``).
+        with_digest(options, digest, fixed_id=task_id is not None, stamped=self._once_in_line or telemetry.active)
         settings, eager = for_publish(self.app, self)
         if debounce.debounced(settings, task_id, eager):
             return debounce.publish(self, settings, digest, args, kwargs, options, lambda burst_id, opts: super(

@@ -4,12 +4,17 @@ The worker's main process renews every lock its executions hold together with
 its heartbeat key, in one round trip (``renewal``); an execution that meets a
 lock held by another delivery of its own message asks whether the holder's
 worker still lives.
+
+These go through redis-py's commands and pipelines: they run
+``telemetry.quietly`` while telemetry may record, so that a Redis
+instrumentor makes no root span per worker per renewal interval.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from .. import telemetry
 from ..ownership import heartbeat_key
 from . import scripts
 from .connection import is_cluster
@@ -49,9 +54,17 @@ class Leases:
 
     def forget_instance(self, instance: str) -> None:
         """Remove a worker instance's heartbeat: it is gone."""
-        self._runner.client.delete(heartbeat_key(instance))
+        delete = self._runner.client.delete
+        if telemetry.active:
+            telemetry.quietly(delete, heartbeat_key(instance))
+        else:
+            delete(heartbeat_key(instance))
 
     def instance_alive(self, instance: str) -> bool:
         """Whether a worker instance's heartbeat lives."""
-        alive, _ = self._runner.tries(lambda: self._runner.client.exists(heartbeat_key(instance)))
+        exists = self._runner.client.exists
+        if telemetry.active:
+            alive, _ = self._runner.tries(lambda: telemetry.quietly(exists, heartbeat_key(instance)))
+        else:
+            alive, _ = self._runner.tries(lambda: exists(heartbeat_key(instance)))
         return bool(alive)

@@ -1,0 +1,324 @@
+"""OpenTelemetry: each lock round trip a span under the caller's, the calls and executions counted, nothing when off.
+
+The providers are the SDK's, with an ``InMemorySpanExporter`` and an
+``InMemoryMetricReader``, given to ``configure()`` for each test (a global
+provider can be set only once per process). The locks are on the session's
+redis-server; the tasks are ``tests.worker_app``'s, called in this process:
+``parked`` is routed to a queue no worker consumes, ``add`` runs eagerly
+with ``apply()``. The execution through a real worker is
+``tests/test_telemetry_worker.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
+
+from benchmarks.counting import count, install, uninstall
+from celery_once_task import LockStoreUnavailable, configure, telemetry
+from celery_once_task.store import client_for
+from tests import worker_app as tasks
+from tests.support import ROOT, free_port
+
+SCOPE = "celery_once_task"
+
+
+class Recorded(NamedTuple):
+    spans: InMemorySpanExporter
+    metrics: InMemoryMetricReader
+    tracer: Tracer
+
+    def lock_spans(self) -> list[ReadableSpan]:
+        """The library's spans, in the order they ended."""
+        return [s for s in self.spans.get_finished_spans() if s.instrumentation_scope.name == SCOPE]
+
+    def points(self, name: str) -> list[Any]:
+        """The data points of the library's metric ``name``."""
+        data = self.metrics.get_metrics_data()
+        return [point for resource in (data.resource_metrics if data else ()) for scope in resource.scope_metrics
+                if scope.scope.name == SCOPE for metric in scope.metrics if metric.name == name
+                for point in metric.data.data_points]
+
+    def counted(self, name: str, task: str) -> dict[str, int]:
+        """A counter's values for ``task``, by ``celery_once.outcome``."""
+        return {p.attributes["celery_once.outcome"]: p.value for p in self.points(name)
+                if p.attributes["celery_once.task.name"] == task}
+
+
+def outcomes(spans: list[ReadableSpan]) -> list[tuple[Any, Any]]:
+    return [(s.attributes["celery_once.lock.type"], s.attributes["celery_once.outcome"]) for s in spans]
+
+
+def providers(sampler: Any = None) -> tuple[TracerProvider, InMemorySpanExporter, MeterProvider, InMemoryMetricReader]:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider(sampler=sampler) if sampler is not None else TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    return tracer_provider, exporter, MeterProvider(metric_readers=[reader]), reader
+
+
+@pytest.fixture
+def otel() -> Iterator[Recorded]:
+    tracer_provider, exporter, meter_provider, reader = providers()
+    configure(telemetry="auto", tracer_provider=tracer_provider, meter_provider=meter_provider)
+    try:
+        yield Recorded(exporter, reader, tracer_provider.get_tracer("tests"))
+    finally:
+        configure(telemetry="auto")
+        telemetry.reset()
+
+
+def test_a_unique_call_and_a_dropped_duplicate_leave_queue_spans_under_the_callers_span(otel: Recorded) -> None:
+    tag = uuid.uuid4().hex
+    with otel.tracer.start_as_current_span("caller") as caller:
+        first = tasks.parked.delay(tag)
+        second = tasks.parked.delay(tag)
+    assert first is not None and second is None
+    spans = otel.lock_spans()
+    assert outcomes(spans) == [("queue", "acquired"), ("queue", "duplicate")]
+    assert {s.parent.span_id for s in spans if s.parent} == {caller.get_span_context().span_id}
+    assert {s.kind for s in spans} == {SpanKind.CLIENT}
+
+
+def test_a_duplicate_is_an_expected_outcome_not_an_error_and_names_its_holder(otel: Recorded) -> None:
+    tag = uuid.uuid4().hex
+    first = tasks.parked.delay(tag)
+    tasks.parked.delay(tag)
+    duplicate = otel.lock_spans()[-1]
+    assert duplicate.status.status_code is StatusCode.UNSET
+    assert duplicate.attributes["celery_once.holder.task_id"] == first.id
+    assert duplicate.attributes["celery_once.policy"] == "drop"
+    assert duplicate.attributes["celery_once.task.name"] == tasks.parked.name
+
+
+def test_calls_are_counted_by_outcome(otel: Recorded) -> None:
+    tag = uuid.uuid4().hex
+    tasks.parked.delay(tag)
+    tasks.parked.delay(tag)
+    assert otel.counted("celery_once.calls", tasks.parked.name) == {"acquired": 1, "duplicate": 1}
+
+
+def test_an_eager_execution_leaves_its_pickup_and_release(otel: Recorded) -> None:
+    with otel.tracer.start_as_current_span("caller") as caller:
+        assert tasks.add.apply((1, 2)).get() == 3
+    spans = otel.lock_spans()
+    assert outcomes(spans) == [("running", "acquired"), ("running", "released")]
+    assert [s.name for s in spans] == ["running pickup", "running release"]
+    assert {s.parent.span_id for s in spans if s.parent} == {caller.get_span_context().span_id}
+    assert otel.counted("celery_once.executions", tasks.add.name) == {"acquired": 1}
+
+
+def test_a_round_trip_carries_the_redis_attributes_of_the_database_conventions(otel: Recorded,
+                                                                                redis_server: Any) -> None:
+    tasks.parked.delay(uuid.uuid4().hex)
+    tasks.add.apply((2, 3))
+    publish, pickup, _ = otel.lock_spans()
+    for span in (publish, pickup):
+        assert span.attributes["db.system.name"] == "redis"
+        assert span.attributes["server.address"] == "127.0.0.1"
+        assert span.attributes["server.port"] == redis_server.port
+        assert span.attributes["db.namespace"] == "2"
+    assert publish.attributes["db.operation.name"] == "SET"
+    assert (pickup.attributes["db.operation.name"], pickup.attributes["db.stored_procedure.name"]) == (
+        "EVALSHA", "acquire")
+
+
+def test_a_key_appears_as_its_task_name_and_digest(otel: Recorded) -> None:
+    tag = uuid.uuid4().hex
+    tasks.parked.delay(tag)
+    span = otel.lock_spans()[0]
+    key = tasks.parked.once_key((tag,), {}, "queue")
+    assert f"once_task:{span.attributes['celery_once.task.name']}:{span.attributes['celery_once.lock.digest']}:queue" \
+        == key
+    assert key not in json.dumps(dict(span.attributes))
+
+
+def test_no_argument_value_appears_in_any_span_or_metric(otel: Recorded) -> None:
+    secret = f"secret-{uuid.uuid4().hex}"
+    tasks.parked.delay(secret)
+    tasks.parked.delay(secret)
+    tasks.echo.apply((secret,), {"value": secret})
+    recorded = [s.to_json() for s in otel.spans.get_finished_spans()]
+    recorded += [json.dumps(dict(p.attributes)) for name in ("celery_once.calls", "celery_once.executions",
+                 "db.client.operation.duration", "celery_once.lock.held") for p in otel.points(name)]
+    assert len(recorded) > 5
+    assert not [text for text in recorded if secret in text]
+
+
+def test_metric_attributes_never_hold_a_key_digest_or_task_id(otel: Recorded) -> None:
+    tag = uuid.uuid4().hex
+    result = tasks.add.apply((tag, "x"))
+    names = ("celery_once.calls", "celery_once.executions", "celery_once.lock.held", "celery_once.lock.hold.duration",
+             "db.client.operation.duration")
+    attributes = {key for name in names for point in otel.points(name) for key in point.attributes}
+    assert attributes and not attributes & {"celery_once.lock.digest", "messaging.message.id",
+                                            "celery_once.holder.task_id"}
+    values = json.dumps([dict(p.attributes) for name in names for p in otel.points(name)])
+    assert result.id not in values
+
+
+def test_round_trip_durations_have_buckets_fine_enough_for_200_microseconds(otel: Recorded) -> None:
+    tasks.parked.delay(uuid.uuid4().hex)
+    (point,) = [p for p in otel.points("db.client.operation.duration") if p.attributes["db.operation.name"] == "SET"]
+    assert point.count == 1
+    assert {0.0001, 0.0002, 0.0003}.issubset(point.explicit_bounds)
+
+
+def test_held_locks_and_hold_duration_follow_an_execution(otel: Recorded) -> None:
+    tasks.add.apply((3, 4))
+    (held,) = otel.points("celery_once.lock.held")
+    (hold,) = otel.points("celery_once.lock.hold.duration")
+    assert held.value == 0 and hold.count == 1
+
+
+def test_an_unreachable_store_is_an_error_with_its_type() -> None:
+    tracer_provider, exporter, meter_provider, _ = providers()
+    configure(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    tasks.app.conf.once_redis_url = f"redis://127.0.0.1:{free_port()}/2"
+    retry = tasks.app.conf.task_publish_retry
+    tasks.app.conf.task_publish_retry = False
+    try:
+        with pytest.raises(LockStoreUnavailable):
+            tasks.parked.delay(uuid.uuid4().hex)
+    finally:
+        tasks.app.conf.pop("once_redis_url", None)
+        tasks.app.conf.task_publish_retry = retry
+        telemetry.reset()
+    (span,) = [s for s in exporter.get_finished_spans() if s.instrumentation_scope.name == SCOPE]
+    assert span.attributes["celery_once.outcome"] == "store_unavailable"
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"] == "redis.exceptions.ConnectionError"
+
+
+def test_a_sampled_out_provider_records_no_span_but_the_metrics() -> None:
+    tracer_provider, exporter, meter_provider, reader = providers(sampler=ALWAYS_OFF)
+    configure(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    try:
+        tasks.parked.delay(uuid.uuid4().hex)
+        recorded = Recorded(exporter, reader, tracer_provider.get_tracer("tests"))
+        assert recorded.lock_spans() == []
+        assert recorded.counted("celery_once.calls", tasks.parked.name) == {"acquired": 1}
+    finally:
+        telemetry.reset()
+
+
+class Refusing:
+    """A tracer or meter provider that fails the test if it is asked for anything."""
+
+    calls: list[str]
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append("get_tracer")
+        raise AssertionError("asked for a tracer")
+
+    def get_meter(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append("get_meter")
+        raise AssertionError("asked for a meter")
+
+
+def test_off_asks_no_provider_for_anything_and_lowers_the_flag() -> None:
+    refusing = Refusing()
+    configure(telemetry="off", tracer_provider=refusing, meter_provider=refusing)
+    try:
+        tag = uuid.uuid4().hex
+        tasks.parked.delay(tag)
+        tasks.parked.delay(tag)
+        tasks.add.apply((5, 6))
+        assert refusing.calls == []
+        assert telemetry.active is False
+    finally:
+        configure(telemetry="auto")
+        telemetry.reset()
+
+
+def test_a_broken_telemetry_never_fails_a_call() -> None:
+    class Broken:
+        def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
+            return self
+
+        def start_span(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("exporter down")
+
+    configure(tracer_provider=Broken())
+    try:
+        tag = uuid.uuid4().hex
+        assert tasks.parked.delay(tag) is not None
+        assert tasks.parked.delay(tag) is None
+        assert tasks.add.apply((1, 1)).get() == 2
+    finally:
+        telemetry.reset()
+
+
+def test_recording_adds_no_round_trip(otel: Recorded) -> None:
+    pool = client_for(tasks.LOCKS_URL).connection_pool
+    install(pool, "telemetry")
+    try:
+        tasks.parked.delay("warm-up")  # opens this thread's connection
+        before = count("telemetry")
+        tag = uuid.uuid4().hex
+        tasks.parked.delay(tag)
+        tasks.parked.delay(tag)
+        tasks.add.apply((tag, "y"))
+        assert count("telemetry") - before == 4  # a publish, a duplicate, a pickup, a release
+    finally:
+        uninstall(pool)
+    assert len(otel.lock_spans()) == 5
+
+
+def test_the_librarys_own_redis_py_commands_are_not_traced_again(otel: Recorded, locks: Any) -> None:
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+    instrumentor = RedisInstrumentor()
+    tracer_provider = TracerProvider()
+    redis_spans = InMemorySpanExporter()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(redis_spans))
+    instrumentor.instrument(tracer_provider=tracer_provider)
+    try:
+        locks.script_flush()  # the pickup meets NOSCRIPT: its script is loaded again through redis-py
+        redis_spans.clear()
+        assert tasks.add.apply((7, 8)).get() == 15
+        traced_by_redis = [s.name for s in redis_spans.get_finished_spans()]
+        client_for(tasks.LOCKS_URL).ping()  # the instrumentor does trace redis-py's commands
+    finally:
+        instrumentor.uninstrument()
+    assert traced_by_redis == []
+    assert [s.name for s in redis_spans.get_finished_spans()] == ["PING"]
+    assert outcomes(otel.lock_spans()) == [("running", "acquired"), ("running", "released")]
+
+
+def test_without_the_api_calls_and_executions_run_and_nothing_is_recorded() -> None:
+    # A process in which opentelemetry cannot be imported, even with telemetry "on".
+    program = """
+import json, sys, uuid
+sys.modules["opentelemetry"] = None
+from celery_once_task import configure, telemetry
+from tests import worker_app as tasks
+tag = uuid.uuid4().hex
+first, second = tasks.parked.delay(tag), tasks.parked.delay(tag)
+auto = telemetry.active
+configure(telemetry="on")
+eager = tasks.add.apply((1, 2)).get()
+print(json.dumps({"published": first is not None, "dropped": second is None, "eager": eager, "auto": auto,
+                  "on": telemetry.active,
+                  "imported": [m for m, module in sys.modules.items() if m.startswith("opentelemetry") and module]}))
+"""
+    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == {
+        "published": True, "dropped": True, "eager": 3, "auto": False, "on": False, "imported": []}
