@@ -19,11 +19,10 @@ from redis.exceptions import ResponseError
 
 from ..headers import CALLED_HEADER, header
 from ..keys import parse_key
-from ..ownership import RunningOwner
 from ..protocols import TaskLike, TaskRequest
 from . import SCOPE, STASH, Operation, TelemetrySettings
-from .metrics import Instruments
-from .spans import Attributes, Value, database_attributes, error_type, execution_event, lock_span, server_attributes
+from .metrics import Instruments, instruments_of
+from .spans import Attributes, error_type, execution_event, holder_id, lock_span, server_of
 
 #: The outcomes of an execution that does not run: each is an event on Celery's ``run/{task}`` span too.
 NOT_RUN = frozenset(("rejected", "waiting", "postponed", "finished_copy", "store_unavailable"))
@@ -73,7 +72,7 @@ def make_recorder(on: bool, tracer_provider: object, meter_provider: object) -> 
         tracer = tracers.get_tracer(SCOPE, version)  # type: ignore[attr-defined]
     meters = meter_provider if meter_provider is not None else _global_meter_provider(on)
     if meters is not None:
-        instruments = Instruments(meters.get_meter(SCOPE, version))  # type: ignore[attr-defined]
+        instruments = instruments_of(meters, version)  # type: ignore[arg-type]
     return Recorder(tracer, instruments) if tracer is not None or instruments is not None else None
 
 
@@ -103,25 +102,22 @@ class Recorder:
     def __init__(self, tracer: Optional[Tracer], instruments: Optional[Instruments]) -> None:
         self.tracer = tracer
         self.instruments = instruments
-        #: The database attributes of each round trip's shape, made once.
-        self._creation: dict[tuple[Operation, int, tuple[tuple[str, Value], ...]], dict[str, Value]] = {}
 
     def _round_trip(self, operation: Operation, batch: int, client: object, url: str, started: int, outcome: str,
-                    task_name: str, digest: Optional[str], task_id: Optional[str], holder: Optional[str] = None,
+                    task_name: str, key: str, task_id: Optional[str], holder: Optional[str] = None,
                     policy: Optional[str] = None, error: Optional[BaseException] = None,
                     extra: Optional[Attributes] = None) -> None:
-        """A round trip that started at ``started``, ending now: its span and its duration."""
+        """A round trip that started at ``started``, ending now: its span and its duration.
+
+        ``key``: the lock's key, or its digest; ``holder``: the lock's value the round trip met.
+        """
         if not started:
             return
         ended = time.perf_counter_ns()
-        server = server_attributes(client, url)
-        shape = (operation, batch, tuple(server.items()))
-        creation = self._creation.get(shape)
-        if creation is None:
-            creation = self._creation[shape] = database_attributes(operation, batch, server)
+        creation = server_of(client, url).database_attributes(operation, batch)
         if self.tracer is not None:
-            lock_span(self.tracer, operation, creation, started, ended, outcome, task_name, digest, task_id,
-                      _holder_id(holder), policy, error, extra)
+            lock_span(self.tracer, operation, creation, started, ended, outcome, task_name, key, task_id, holder,
+                      policy, error, extra)
         if self.instruments is not None:
             attributes = creation if error is None else {**creation, "error.type": error_type(error)[0]}
             self.instruments.operation_duration.record((ended - started) / 1e9, attributes)
@@ -130,8 +126,8 @@ class Recorder:
                task_id: str, started: int, outcome: str, holder: Optional[str], policy: Optional[str],
                error: Optional[BaseException]) -> None:
         outcome = _failed(outcome, error)
-        self._round_trip(operation, 1, client, settings.redis_url, started, outcome, task.name, _digest(key), task_id,
-                         holder, policy, error)
+        self._round_trip(operation, 1, client, settings.redis_url, started, outcome, task.name, key, task_id, holder,
+                         policy, error)
         if self.instruments is not None:
             self.instruments.calls.add(1, _bounded(task.name, outcome, operation.lock_type, policy))
 
@@ -162,7 +158,7 @@ class Recorder:
             execution_event(outcome, {
                 "celery_once.outcome": outcome, "celery_once.lock.type": pickup.lock_type,
                 "celery_once.lock.digest": pickup.digest, **({"celery_once.policy": policy} if policy else {}),
-                **({"celery_once.holder.task_id": _holder_id(holder) or ""} if holder else {}),
+                **({"celery_once.holder.task_id": holder_id(holder) or ""} if holder else {}),
             })
 
     def picked_up(self, task: TaskLike, request: TaskRequest, client: object) -> None:
@@ -209,7 +205,7 @@ class Recorder:
                  started: int, error: Optional[BaseException], handed: int, batch: int) -> None:
         request = task.request
         outcome = _failed("store_unavailable", error) if error is not None else "released"
-        self._round_trip(operation, batch, client, settings.redis_url, started, outcome, task.name, _digest(key),
+        self._round_trip(operation, batch, client, settings.redis_url, started, outcome, task.name, key,
                          request.id if request else None, error=error,
                          extra={"celery_once.handed_over": handed} if handed else None)
         pickup = pickup_of(request)
@@ -223,8 +219,8 @@ class Recorder:
     def round_trip(self, task: TaskLike, settings: TelemetrySettings, client: object, operation: Operation, key: str,
                    started: int, outcome: str, error: Optional[BaseException]) -> None:
         request = task.request
-        self._round_trip(operation, 1, client, settings.redis_url, started, _failed(outcome, error), task.name,
-                         _digest(key), request.id if request else None, error=error)
+        self._round_trip(operation, 1, client, settings.redis_url, started, _failed(outcome, error), task.name, key,
+                         request.id if request else None, error=error)
 
 
 def _failed(outcome: str, error: Optional[BaseException]) -> str:
@@ -241,21 +237,8 @@ def _bounded(task_name: str, outcome: str, lock_type: str, policy: Optional[str]
     return attributes
 
 
-def _digest(key: str) -> Optional[str]:
-    parts = parse_key(key, _KEY_TYPES)
-    return parts.digest if parts is not None else None
-
-
 def _lock_type(key_type: str) -> str:
     return "slot" if key_type == "slots" else key_type
-
-
-def _holder_id(holder: Optional[str]) -> Optional[str]:
-    """A holder as a task id: a running lock's or slot's value names its owner's, a queue lock's is one."""
-    if not holder:
-        return None
-    owner = RunningOwner.parse(holder)
-    return owner.task_id if owner is not None else holder
 
 
 def _task_of(request: TaskRequest) -> str:

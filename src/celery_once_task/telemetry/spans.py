@@ -24,7 +24,12 @@ from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 from redis import exceptions
 
+from ..keys import parse_key
+from ..ownership import RunningOwner
 from . import Operation
+
+#: The key types whose digest a span shows.
+_KEY_TYPES = ("queue", "running", "waiting", "slots", "burst")
 
 #: What an attribute value may be here.
 Value = Union[str, int]
@@ -57,12 +62,45 @@ def error_type(error: BaseException) -> tuple[str, Optional[str]]:
 
 # -- where the store is ----------------------------------------------------------------
 
-#: The server attributes of each client, made once; and of each URL, for a hook that has no client.
-_by_client: weakref.WeakKeyDictionary[object, dict[str, Value]] = weakref.WeakKeyDictionary()
-_by_url: dict[str, dict[str, Value]] = {}
+
+class Server:
+    """Where a lock client's commands go, as the conventions name it, and each round trip's attributes there."""
+
+    __slots__ = ("_shapes", "attributes")
+
+    def __init__(self, attributes: dict[str, Value]) -> None:
+        self.attributes = attributes
+        self._shapes: dict[tuple[Operation, int], dict[str, Value]] = {}
+
+    def database_attributes(self, operation: Operation, batch: int) -> dict[str, Value]:
+        """What the database conventions say of a round trip here: given at the span's creation, and to the metric.
+
+        Made once for each shape of round trip; the span and the metric take the dict as it is.
+        """
+        shape = (operation, batch)
+        attributes = self._shapes.get(shape)
+        if attributes is None:
+            attributes = self._shapes[shape] = {
+                "db.system.name": "redis",
+                # Several commands in one round trip: a pipeline of the lock's command.
+                "db.operation.name": operation.command if batch < 2 else f"PIPELINE {operation.command}",
+                "celery_once.lock.type": operation.lock_type,
+                **self.attributes,
+            }
+            if operation.procedure is not None:
+                attributes["db.stored_procedure.name"] = operation.procedure
+            if batch > 1:
+                attributes["db.operation.batch.size"] = batch
+        return attributes
 
 
-def server_attributes(client: object, url: str) -> dict[str, Value]:
+#: The server of each client, made once; and of each URL, for a hook that has no client at hand.
+_by_client: weakref.WeakKeyDictionary[object, Server] = weakref.WeakKeyDictionary()
+_by_url: dict[str, Server] = {}
+_UNKNOWN = Server({})
+
+
+def server_of(client: object, url: str) -> Server:
     """``server.address``, ``server.port`` and ``db.namespace`` of a lock client, from its configuration.
 
     Read from the client's connection pool's keyword arguments (a Redis
@@ -72,18 +110,19 @@ def server_attributes(client: object, url: str) -> dict[str, Value]:
     with.
     """
     if client is None:
-        return _by_url.get(url, {})
+        return _by_url.get(url, _UNKNOWN)
     try:
         return _by_client[client]
     except (KeyError, TypeError):
         pass
     attributes: dict[str, Value] = {}
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
     if isinstance(kwargs, Mapping):
         if kwargs.get("path"):
             attributes["server.address"] = str(kwargs["path"])
             attributes["network.transport"] = "unix"
-        elif kwargs.get("host") and not hasattr(client.connection_pool, "service_name"):  # type: ignore[attr-defined]
+        elif kwargs.get("host") and not hasattr(pool, "service_name"):  # Sentinel: the host is found, not set
             attributes["server.address"] = str(kwargs["host"])
             attributes["server.port"] = int(kwargs.get("port") or 6379)
         attributes["db.namespace"] = str(kwargs.get("db") or 0)
@@ -94,30 +133,11 @@ def server_attributes(client: object, url: str) -> dict[str, Value]:
             attributes["server.address"] = str(node.host)
             attributes["server.port"] = int(node.port)
         attributes["db.namespace"] = "0"
+    server = Server(attributes)
     with contextlib.suppress(TypeError):  # a client that takes no weak reference: made again next time
-        _by_client[client] = attributes
-    _by_url.setdefault(url, attributes)
-    return attributes
-
-
-def operation_name(operation: Operation, batch: int) -> str:
-    """``db.operation.name``: the command, or ``PIPELINE <command>`` for several in one round trip."""
-    return operation.command if batch < 2 else f"PIPELINE {operation.command}"
-
-
-def database_attributes(operation: Operation, batch: int, server: Attributes) -> dict[str, Value]:
-    """What the database conventions say of a round trip: given at the span's creation, and to the metric."""
-    attributes: dict[str, Value] = {
-        "db.system.name": "redis",
-        "db.operation.name": operation_name(operation, batch),
-        "celery_once.lock.type": operation.lock_type,
-        **server,
-    }
-    if operation.procedure is not None:
-        attributes["db.stored_procedure.name"] = operation.procedure
-    if batch > 1:
-        attributes["db.operation.batch.size"] = batch
-    return attributes
+        _by_client[client] = server
+    _by_url.setdefault(url, server)
+    return server
 
 
 # -- spans ---------------------------------------------------------------------------------
@@ -131,20 +151,23 @@ def wall_clock(started: int, ended: int) -> tuple[int, int]:
 
 def lock_span(
     tracer: Tracer, operation: Operation, creation: Attributes, started: int, ended: int, outcome: str,
-    task_name: str, digest: Optional[str], task_id: Optional[str], holder: Optional[str] = None,
-    policy: Optional[str] = None, error: Optional[BaseException] = None, extra: Optional[Attributes] = None,
+    task_name: str, key: str, task_id: Optional[str], holder: Optional[str] = None, policy: Optional[str] = None,
+    error: Optional[BaseException] = None, extra: Optional[Attributes] = None,
 ) -> None:
     """One round trip's span, from ``started`` to ``ended`` (``perf_counter_ns``), under the current span.
 
     A duplicate, a rejection or a wait is an outcome the library exists to
     produce: its status stays unset. An error (the store unreachable, an
-    error reply) is ERROR, with ``error.type``.
+    error reply) is ERROR, with ``error.type``. ``key``: the lock's key, or
+    its digest (shown as the digest); ``holder``: the lock's value that met
+    the round trip (shown as its task id).
     """
     start, end = wall_clock(started, ended)
     span = tracer.start_span(f"{operation.lock_type} {operation.verb}", kind=SpanKind.CLIENT, attributes=creation,
                              start_time=start)
     if span.is_recording():
-        span.set_attributes(outcome_attributes(outcome, task_name, digest, task_id, holder, policy, extra))
+        span.set_attributes(outcome_attributes(outcome, task_name, digest_of(key), task_id, holder_id(holder),
+                                               policy, extra))
         if error is not None:
             kind, code = error_type(error)
             span.set_attribute("error.type", kind)
@@ -168,6 +191,20 @@ def outcome_attributes(outcome: str, task_name: str, digest: Optional[str], task
     if extra:
         attributes.update(extra)
     return attributes
+
+
+def digest_of(key: str) -> str:
+    """The digest of a lock key (its task name is shown beside it): never the key itself."""
+    parts = parse_key(key, _KEY_TYPES) if key.startswith("once_task:") else None
+    return parts.digest if parts is not None else key
+
+
+def holder_id(holder: Optional[str]) -> Optional[str]:
+    """A holder as a task id: a running lock's or slot's value names its owner's; a queue lock's is one."""
+    if not holder:
+        return None
+    owner = RunningOwner.parse(holder) if holder.startswith("{") else None
+    return owner.task_id if owner is not None else holder
 
 
 def execution_event(outcome: str, attributes: Attributes) -> None:

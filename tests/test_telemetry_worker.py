@@ -1,0 +1,82 @@
+"""OpenTelemetry through a real worker: a prefork worker whose pool processes set their provider up after the fork.
+
+The worker runs ``tests.telemetry_app`` (``tests.worker_app``'s tasks,
+Celery instrumented in ``worker_process_init``) on a queue of this module's
+own; its spans come back through a list on the test session's redis-server.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from tests import worker_app as tasks
+from tests.support import Worker, running_worker, started, wait_until
+from tests.telemetry_app import SPANS
+
+QUEUE = "telemetry"
+SCOPE = "celery_once_task"
+
+
+@pytest.fixture(scope="module")
+def instrumented_worker(redis_server: Any, recs: redis.Redis) -> Iterator[Worker]:
+    recs.delete(SPANS)
+    with running_worker(redis_server.port, "telemetry", app="tests.telemetry_app", queues=QUEUE,
+                        concurrency=2) as worker:
+        yield worker
+
+
+def spans(recs: redis.Redis) -> list[dict[str, Any]]:
+    return [json.loads(item) for item in recs.lrange(SPANS, 0, -1)]
+
+
+def lock_spans(recs: redis.Redis, task_id: str) -> list[dict[str, Any]]:
+    """The library's spans of one execution, in the order they ended."""
+    return [span for span in spans(recs)
+            if span["scope"] == SCOPE and span["attributes"].get("messaging.message.id") == task_id]
+
+
+def run_span(recs: redis.Redis, task: Any, span_id: str) -> dict[str, Any]:
+    """Celery's ``run/{task}`` span whose id is ``span_id``, once it ended."""
+    found = wait_until(lambda: [s for s in spans(recs) if s["span_id"] == span_id], what=f"run/{task.name}")
+    assert found[0]["name"] == f"run/{task.name}"
+    return found[0]  # type: ignore[no-any-return]
+
+
+def test_an_execution_picks_up_and_releases_under_celerys_run_span(instrumented_worker: Worker,
+                                                                   recs: redis.Redis) -> None:
+    result = tasks.echo.apply_async((uuid.uuid4().hex,), queue=QUEUE)
+    result.get(timeout=30)
+    pickup, release = wait_until(lambda: len(lock_spans(recs, result.id)) == 2 and lock_spans(recs, result.id),
+                                 what="the pickup's and the release's spans")
+    assert (pickup["name"], pickup["attributes"]["celery_once.outcome"]) == ("running pickup", "acquired")
+    assert (release["name"], release["attributes"]["celery_once.outcome"]) == ("running release", "released")
+    assert pickup["kind"] == release["kind"] == "CLIENT"
+    assert pickup["parent_id"] == release["parent_id"]
+    run_span(recs, tasks.echo, pickup["parent_id"])
+
+
+def test_a_rejected_duplicate_execution_is_a_span_and_an_event_of_its_run_span(instrumented_worker: Worker,
+                                                                               recs: redis.Redis) -> None:
+    tag = uuid.uuid4().hex
+    first = tasks.without_queue_lock.apply_async((tag,), queue=QUEUE)
+    started(recs, tag)
+    second = tasks.without_queue_lock.apply_async((tag,), queue=QUEUE)
+    rejected = wait_until(lambda: lock_spans(recs, second.id), what="the duplicate's pickup span")
+    recs.rpush(f"gate:{tag}", 1)
+    first.get(timeout=30)
+    pickup = rejected[0]
+    assert pickup["name"] == "running pickup"
+    assert pickup["attributes"]["celery_once.outcome"] == "rejected"
+    assert pickup["attributes"]["celery_once.holder.task_id"] == first.id
+    assert pickup["attributes"]["celery_once.policy"] == "reject"
+    assert pickup["status"] == "UNSET"
+    run = run_span(recs, tasks.without_queue_lock, pickup["parent_id"])
+    (event,) = [event for event in run["events"] if event["name"].startswith("celery_once.")]
+    assert event["name"] == "celery_once.rejected"
+    assert event["attributes"]["celery_once.holder.task_id"] == first.id
