@@ -28,7 +28,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from benchmarks.counting import count, install, uninstall
-from celery_once_task import LockStoreUnavailable, configure, telemetry
+from celery_once_task import LockStoreUnavailable, OnceTaskLocked, configure, telemetry
+from celery_once_task.ownership import RunningOwner
 from celery_once_task.store import client_for
 from tests import worker_app as tasks
 from tests.support import ROOT, free_port
@@ -119,6 +120,59 @@ def test_an_eager_execution_leaves_its_pickup_and_release(otel: Recorded) -> Non
     assert [s.name for s in spans] == ["running pickup", "running release"]
     assert {s.parent.span_id for s in spans if s.parent} == {caller.get_span_context().span_id}
     assert otel.counted("celery_once.executions", tasks.add.name) == {"acquired": 1}
+
+
+def test_a_rejected_execution_is_a_span_and_an_event_on_the_current_span(otel: Recorded, locks: Any) -> None:
+    tag = uuid.uuid4().hex
+    other = RunningOwner("another-call", 0, "elsewhere@host", "0123456789abcdef", False)
+    running = tasks.add.once_key((tag, 1), {}, "running")
+    locks.set(running, other.value(), px=60_000)
+    try:
+        with otel.tracer.start_as_current_span("run/tests.worker_app.add"):
+            result = tasks.add.apply((tag, 1))
+    finally:
+        locks.delete(running)
+    assert isinstance(result.result, OnceTaskLocked)
+    (pickup,) = otel.lock_spans()
+    assert outcomes([pickup]) == [("running", "rejected")]
+    assert pickup.attributes["celery_once.holder.task_id"] == "another-call"
+    assert pickup.status.status_code is StatusCode.UNSET
+    (run,) = [s for s in otel.spans.get_finished_spans() if s.name == "run/tests.worker_app.add"]
+    assert [(e.name, e.attributes["celery_once.holder.task_id"]) for e in run.events] == [
+        ("celery_once.rejected", "another-call")]
+    assert otel.counted("celery_once.executions", tasks.add.name) == {"rejected": 1}
+
+
+def test_a_limited_execution_takes_and_frees_a_slot(otel: Recorded) -> None:
+    tasks.export.apply((uuid.uuid4().hex, 1, 0))
+    spans = otel.lock_spans()
+    assert [s.name for s in spans] == ["slot pickup", "slot release"]
+    assert outcomes(spans) == [("slot", "acquired"), ("slot", "released")]
+    assert spans[0].attributes["db.stored_procedure.name"] == "slot_acquire"
+
+
+def test_debounced_calls_start_and_join_a_burst(otel: Recorded) -> None:
+    doc = uuid.uuid4().hex
+    first = tasks.parked_reindex.delay(doc, 1)
+    joined = tasks.parked_reindex.delay(doc, 2)
+    assert joined.id == first.id
+    assert outcomes(otel.lock_spans()) == [("burst", "acquired"), ("burst", "joined")]
+    assert otel.counted("celery_once.calls", tasks.parked_reindex.name) == {"acquired": 1, "joined": 1}
+
+
+def test_an_eager_execution_that_finds_the_store_unreachable_is_an_error(otel: Recorded) -> None:
+    tasks.app.conf.once_redis_url = f"redis://127.0.0.1:{free_port()}/2"
+    retry = tasks.app.conf.task_publish_retry
+    tasks.app.conf.task_publish_retry = False
+    try:
+        assert tasks.add.apply((4, 4)).get() == 8  # eager: it runs without its lock
+    finally:
+        tasks.app.conf.pop("once_redis_url", None)
+        tasks.app.conf.task_publish_retry = retry
+    (pickup,) = otel.lock_spans()
+    assert outcomes([pickup]) == [("running", "store_unavailable")]
+    assert pickup.status.status_code is StatusCode.ERROR
+    assert otel.counted("celery_once.executions", tasks.add.name) == {"store_unavailable": 1}
 
 
 def test_a_round_trip_carries_the_redis_attributes_of_the_database_conventions(otel: Recorded,

@@ -26,8 +26,9 @@ SCOPE = "celery_once_task"
 @pytest.fixture(scope="module")
 def instrumented_worker(redis_server: Any, recs: redis.Redis) -> Iterator[Worker]:
     recs.delete(SPANS)
+    # Three pool processes: a limit of two held, and the call beyond it picked up.
     with running_worker(redis_server.port, "telemetry", app="tests.telemetry_app", queues=QUEUE,
-                        concurrency=2) as worker:
+                        concurrency=3) as worker:
         yield worker
 
 
@@ -80,3 +81,41 @@ def test_a_rejected_duplicate_execution_is_a_span_and_an_event_of_its_run_span(i
     (event,) = [event for event in run["events"] if event["name"].startswith("celery_once.")]
     assert event["name"] == "celery_once.rejected"
     assert event["attributes"]["celery_once.holder.task_id"] == first.id
+
+
+def test_a_waiting_copy_is_its_pickup_its_wait_and_an_event_then_runs_when_handed_over(
+        instrumented_worker: Worker, recs: redis.Redis) -> None:
+    tag = uuid.uuid4().hex
+    running = tasks.waiting_gated.apply_async((tag,), queue=QUEUE)
+    started(recs, tag)
+    # The first one's pickup released its queue lock: this call is published, and its execution waits.
+    waiting = tasks.waiting_gated.apply_async((tag,), queue=QUEUE)
+    pickup, wait = wait_until(lambda: len(lock_spans(recs, waiting.id)) >= 2 and lock_spans(recs, waiting.id),
+                              what="the waiting execution's spans")
+    recs.rpush(f"gate:{tag}", 1, 1)
+    running.get(timeout=30)
+    waiting.get(timeout=30)
+    assert [(s["name"], s["attributes"]["celery_once.outcome"]) for s in (pickup, wait)] == [
+        ("running pickup", "waiting"), ("running wait", "waiting")]
+    assert wait["attributes"]["db.operation.name"] == "PIPELINE EVALSHA"
+    run = run_span(recs, tasks.waiting_gated, wait["parent_id"])
+    assert [e["name"] for e in run["events"] if e["name"].startswith("celery_once.")] == ["celery_once.waiting"]
+    release = wait_until(lambda: [s for s in lock_spans(recs, running.id) if s["name"] == "running release"],
+                         what="the running execution's release")
+    assert release[0]["attributes"]["celery_once.handed_over"] == 1
+
+
+def test_a_call_beyond_the_running_limit_joins_the_line_and_runs_when_a_slot_frees(
+        instrumented_worker: Worker, recs: redis.Redis) -> None:
+    tenant = uuid.uuid4().hex
+    first, second = (tasks.export_waiting_gated.apply_async((tenant, n), queue=QUEUE) for n in (1, 2))
+    started(recs, tenant, 2)
+    third = tasks.export_waiting_gated.apply_async((tenant, 3), queue=QUEUE)
+    pickup, join = wait_until(lambda: len(lock_spans(recs, third.id)) >= 2 and lock_spans(recs, third.id),
+                              what="the third call's pickup and join")
+    for n in (1, 2, 3):
+        recs.rpush(f"gate:{tenant}:{n}", 1)
+    assert [result.get(timeout=30) for result in (first, second, third)] == [1, 2, 3]
+    assert [(s["name"], s["attributes"]["celery_once.outcome"]) for s in (pickup, join)] == [
+        ("slot pickup", "waiting"), ("slot join", "waiting")]
+    assert join["attributes"]["celery_once.lock.type"] == "slot"
