@@ -42,6 +42,17 @@ def lock_spans(recs: redis.Redis, task_id: str) -> list[dict[str, Any]]:
             if span["scope"] == SCOPE and span["attributes"].get("messaging.message.id") == task_id]
 
 
+def named(recs: redis.Redis, task_id: str, *names: str) -> list[dict[str, Any]]:
+    """The first of one execution's spans by each of ``names``, once they all ended."""
+    def found() -> list[dict[str, Any]]:
+        first: dict[str, dict[str, Any]] = {}
+        for span in lock_spans(recs, task_id):
+            first.setdefault(span["name"], span)
+        return [first[name] for name in names] if all(name in first for name in names) else []
+
+    return wait_until(found, what=f"the spans {', '.join(names)} of {task_id}")  # type: ignore[no-any-return]
+
+
 def run_span(recs: redis.Redis, task: Any, span_id: str) -> dict[str, Any]:
     """Celery's ``run/{task}`` span whose id is ``span_id``, once it ended."""
     found = wait_until(lambda: [s for s in spans(recs) if s["span_id"] == span_id], what=f"run/{task.name}")
@@ -53,8 +64,7 @@ def test_an_execution_picks_up_and_releases_under_celerys_run_span(instrumented_
                                                                    recs: redis.Redis) -> None:
     result = tasks.echo.apply_async((uuid.uuid4().hex,), queue=QUEUE)
     result.get(timeout=30)
-    pickup, release = wait_until(lambda: len(lock_spans(recs, result.id)) == 2 and lock_spans(recs, result.id),
-                                 what="the pickup's and the release's spans")
+    pickup, release = named(recs, result.id, "running pickup", "running release")
     assert (pickup["name"], pickup["attributes"]["celery_once.outcome"]) == ("running pickup", "acquired")
     assert (release["name"], release["attributes"]["celery_once.outcome"]) == ("running release", "released")
     assert pickup["kind"] == release["kind"] == "CLIENT"
@@ -68,11 +78,9 @@ def test_a_rejected_duplicate_execution_is_a_span_and_an_event_of_its_run_span(i
     first = tasks.without_queue_lock.apply_async((tag,), queue=QUEUE)
     started(recs, tag)
     second = tasks.without_queue_lock.apply_async((tag,), queue=QUEUE)
-    rejected = wait_until(lambda: lock_spans(recs, second.id), what="the duplicate's pickup span")
+    (pickup,) = named(recs, second.id, "running pickup")
     recs.rpush(f"gate:{tag}", 1)
     first.get(timeout=30)
-    pickup = rejected[0]
-    assert pickup["name"] == "running pickup"
     assert pickup["attributes"]["celery_once.outcome"] == "rejected"
     assert pickup["attributes"]["celery_once.holder.task_id"] == first.id
     assert pickup["attributes"]["celery_once.policy"] == "reject"
@@ -90,8 +98,7 @@ def test_a_waiting_copy_is_its_pickup_its_wait_and_an_event_then_runs_when_hande
     started(recs, tag)
     # The first one's pickup released its queue lock: this call is published, and its execution waits.
     waiting = tasks.waiting_gated.apply_async((tag,), queue=QUEUE)
-    pickup, wait = wait_until(lambda: len(lock_spans(recs, waiting.id)) >= 2 and lock_spans(recs, waiting.id),
-                              what="the waiting execution's spans")
+    pickup, wait = named(recs, waiting.id, "running pickup", "running wait")
     recs.rpush(f"gate:{tag}", 1, 1)
     running.get(timeout=30)
     waiting.get(timeout=30)
@@ -100,9 +107,8 @@ def test_a_waiting_copy_is_its_pickup_its_wait_and_an_event_then_runs_when_hande
     assert wait["attributes"]["db.operation.name"] == "PIPELINE EVALSHA"
     run = run_span(recs, tasks.waiting_gated, wait["parent_id"])
     assert [e["name"] for e in run["events"] if e["name"].startswith("celery_once.")] == ["celery_once.waiting"]
-    release = wait_until(lambda: [s for s in lock_spans(recs, running.id) if s["name"] == "running release"],
-                         what="the running execution's release")
-    assert release[0]["attributes"]["celery_once.handed_over"] == 1
+    (release,) = named(recs, running.id, "running release")
+    assert release["attributes"]["celery_once.handed_over"] == 1
 
 
 def test_a_call_beyond_the_running_limit_joins_the_line_and_runs_when_a_slot_frees(
@@ -111,8 +117,7 @@ def test_a_call_beyond_the_running_limit_joins_the_line_and_runs_when_a_slot_fre
     first, second = (tasks.export_waiting_gated.apply_async((tenant, n), queue=QUEUE) for n in (1, 2))
     started(recs, tenant, 2)
     third = tasks.export_waiting_gated.apply_async((tenant, 3), queue=QUEUE)
-    pickup, join = wait_until(lambda: len(lock_spans(recs, third.id)) >= 2 and lock_spans(recs, third.id),
-                              what="the third call's pickup and join")
+    pickup, join = named(recs, third.id, "slot pickup", "slot join")
     for n in (1, 2, 3):
         recs.rpush(f"gate:{tenant}:{n}", 1)
     assert [result.get(timeout=30) for result in (first, second, third)] == [1, 2, 3]

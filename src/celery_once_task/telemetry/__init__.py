@@ -61,8 +61,9 @@ SCOPE = "celery_once_task"
 #: The one flag the hot paths test: False once this process knows it records nothing.
 active = True
 
-#: The attribute of a request that carries its pickup as telemetry follows it (``recorder.Pickup``).
-STASH = "_once_telemetry"
+#: The attribute of a request that carries its pickup as telemetry follows it (``recorder.Pickup``): in the
+#: library's namespace, which Celery 5.0 to 5.2's flattened headers leave out (``headers.message_headers``).
+STASH = "once_task_telemetry"
 
 
 class Operation(NamedTuple):
