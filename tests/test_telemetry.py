@@ -12,6 +12,8 @@ with ``apply()``. The execution through a real worker is
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 import sys
 import uuid
@@ -19,6 +21,8 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import pytest
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -28,13 +32,23 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from benchmarks.counting import count, install, uninstall
-from celery_once_task import LockStoreUnavailable, OnceTaskLocked, configure, telemetry
+from celery_once_task import LockStoreUnavailable, OnceTask, OnceTaskLocked, configure, telemetry
 from celery_once_task.ownership import RunningOwner
 from celery_once_task.store import client_for
 from tests import worker_app as tasks
-from tests.support import ROOT, free_port
+from tests.support import ROOT, free_port, wait_until
 
 SCOPE = "celery_once_task"
+
+# An app and a queue of this module's own for the worker it runs in this process (see ``solo_worker``).
+QUEUE = "telemetry_waits"
+app = Celery("telemetry_waits", broker=tasks.BROKER_URL)
+app.conf.update(task_ignore_result=True, worker_hijack_root_logger=False)
+
+
+@app.task(base=OnceTask, name="tests.test_telemetry.probe")
+def probe(tag: str) -> None:
+    pass
 
 
 class Recorded(NamedTuple):
@@ -376,3 +390,28 @@ print(json.dumps({"published": first is not None, "dropped": second is None, "ea
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1]) == {
         "published": True, "dropped": True, "eager": 3, "auto": False, "on": False, "imported": []}
+
+
+@pytest.fixture(scope="module")
+def solo_worker(redis_server: Any) -> Iterator[None]:
+    """A solo worker in this process, consuming this module's queue: its pickups record with this test's providers."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    environ = dict(os.environ)
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False, queues=[QUEUE]):
+            yield
+    finally:
+        # The worker set up logging for a worker process: give the session its own back.
+        root.setLevel(level)
+        root.handlers[:] = handlers
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def test_an_execution_records_how_long_its_call_waited_to_start(solo_worker: None, otel: Recorded) -> None:
+    probe.apply_async((uuid.uuid4().hex,), queue=QUEUE, countdown=0.5)
+    (waited,) = wait_until(lambda: otel.points("celery_once.wait.duration"), what="the execution's wait")
+    assert waited.count == 1
+    assert 0.5 <= waited.sum < 10
+    assert dict(waited.attributes) == {"celery_once.task.name": probe.name}
