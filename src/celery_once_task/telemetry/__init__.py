@@ -109,7 +109,7 @@ def _recorder(mode: str) -> Optional[Recorder]:
         recorder = _decided[mode]
     except KeyError:
         recorder = _decide(mode)
-    if recorder is None and active and not any(_decided.values()):
+    if recorder is None and active and not any(list(_decided.values())):
         active = False
     return recorder
 
@@ -123,16 +123,15 @@ def _decide(mode: str) -> Optional[Recorder]:
         if mode != "off" and _importable:
             try:
                 from .recorder import make_recorder
+
+                recorder = make_recorder(mode == "on", _tracer_provider, _meter_provider)
             except ImportError as exc:
                 _importable = False
                 if mode == "on":
                     logger.warning("telemetry is on but OpenTelemetry cannot be imported (%s): install "
                                    "celery-once-task[otel]; nothing is recorded", exc)
-            else:
-                try:
-                    recorder = make_recorder(mode == "on", _tracer_provider, _meter_provider)
-                except Exception:
-                    logger.warning("telemetry: no tracer or meter could be made; nothing is recorded", exc_info=True)
+            except Exception:  # a broken install or provider: the lock operations go on unrecorded
+                logger.warning("telemetry: no tracer or meter could be made; nothing is recorded", exc_info=True)
         _decided[mode] = recorder
         _quiet = any(_decided.values())
         return recorder
@@ -146,7 +145,8 @@ def _request_recorder(request: Optional[TaskRequest]) -> Optional[Recorder]:
 
 def _process_mode() -> str:
     """The mode a hook without settings goes by: one that records, else ``"auto"``."""
-    return next((mode for mode, recorder in _decided.items() if recorder is not None), "auto")
+    # A copy: another thread's configure() may clear the decisions meanwhile.
+    return next((mode for mode, recorder in list(_decided.items()) if recorder is not None), "auto")
 
 
 def rearm() -> None:
@@ -230,11 +230,13 @@ def _guess_quiet() -> bool:
         return False
     try:
         from .recorder import provider_set
+
+        quiet = provider_set(False, _tracer_provider, _meter_provider)
     except ImportError:
-        _importable = False
-        _quiet = False
-        return False
-    _quiet = quiet = provider_set(False, _tracer_provider, _meter_provider)
+        _importable = quiet = False
+    except Exception:  # the command runs all the same, traced or not
+        quiet = False
+    _quiet = quiet
     return quiet
 
 
@@ -261,7 +263,11 @@ def _guarded(hook: _Hook) -> _Hook:
 
 def started(settings: TelemetrySettings) -> int:
     """The clock at a round trip's start (``time.perf_counter_ns``), or 0 where nothing records."""
-    return time.perf_counter_ns() if _recorder(settings.telemetry) is not None else 0
+    try:
+        recording = _recorder(settings.telemetry) is not None
+    except Exception:  # never into a lock operation
+        return 0
+    return time.perf_counter_ns() if recording else 0
 
 
 @_guarded

@@ -221,12 +221,16 @@ def suppressed() -> Iterator[None]:
     Sets the API's suppression key, and the plain ``"suppress_instrumentation"``
     that instrumentation releases before the key still read.
     """
-    values = context.set_value("suppress_instrumentation", True)
-    key = getattr(context, "_SUPPRESS_INSTRUMENTATION_KEY", None)
-    if key is not None:
-        values = context.set_value(key, True, values)
-    token = context.attach(values)
+    try:
+        values = context.set_value("suppress_instrumentation", True)
+        key = getattr(context, "_SUPPRESS_INSTRUMENTATION_KEY", None)
+        if key is not None:
+            values = context.set_value(key, True, values)
+        token: Optional[object] = context.attach(values)
+    except Exception:  # the commands run all the same, traced or not
+        token = None
     try:
         yield
     finally:
-        context.detach(token)
+        if token is not None:
+            context.detach(token)  # type: ignore[arg-type]
