@@ -1,12 +1,13 @@
-"""OpenTelemetry: each lock round trip a span under the caller's, the calls and executions counted, nothing when off.
+"""OpenTelemetry: each lock round trip a span under the current one, the calls and executions counted.
 
 The providers are the SDK's, with an ``InMemorySpanExporter`` and an
 ``InMemoryMetricReader``, given to ``configure()`` for each test (a global
-provider can be set only once per process). The locks are on the session's
-redis-server; the tasks are ``tests.worker_app``'s, called in this process:
-``parked`` is routed to a queue no worker consumes, ``add`` runs eagerly
-with ``apply()``. The execution through a real worker is
-``tests/test_telemetry_worker.py``.
+provider can be set only once per process; ``tests.telemetry_support``).
+The locks are on the session's redis-server; the tasks are
+``tests.worker_app``'s, called in this process: ``parked`` is routed to a
+queue no worker consumes, ``add`` runs eagerly with ``apply()``. Through a
+real worker: ``tests/test_telemetry_worker.py``; what telemetry never does
+(off, without the API, ...): ``tests/test_telemetry_guards.py``.
 """
 
 from __future__ import annotations
@@ -14,31 +15,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.trace import SpanKind, StatusCode, Tracer
+from opentelemetry.trace import SpanKind, StatusCode
 
-from benchmarks.counting import count, install, uninstall
 from celery_once_task import LockStoreUnavailable, OnceTask, OnceTaskLocked, configure, telemetry
 from celery_once_task.ownership import RunningOwner
-from celery_once_task.store import client_for
 from tests import worker_app as tasks
-from tests.support import ROOT, free_port, wait_until
+from tests.support import free_port, wait_until
+from tests.telemetry_support import SCOPE, Recorded, otel, outcomes, providers
 
-SCOPE = "celery_once_task"
+__all__ = ["otel"]
 
 # An app and a queue of this module's own for the worker it runs in this process (see ``solo_worker``).
 QUEUE = "telemetry_waits"
@@ -49,62 +42,6 @@ app.conf.update(task_ignore_result=True, worker_hijack_root_logger=False)
 @app.task(base=OnceTask, name="tests.test_telemetry.probe")
 def probe(tag: str) -> None:
     pass
-
-
-class Recorded(NamedTuple):
-    spans: InMemorySpanExporter
-    metrics: InMemoryMetricReader
-    tracer: Tracer
-
-    def lock_spans(self) -> list[ReadableSpan]:
-        """The library's spans, in the order they ended."""
-        return [s for s in self.spans.get_finished_spans() if s.instrumentation_scope.name == SCOPE]
-
-    def collect(self, *names: str) -> dict[str, list[Any]]:
-        """The data points of the library's metrics ``names``, from one collection.
-
-        One: an SDK before 1.2x reports a histogram's point only in the collection after it changed.
-        """
-        data = self.metrics.get_metrics_data()
-        found: dict[str, list[Any]] = {name: [] for name in names}
-        for resource in data.resource_metrics if data else ():
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics if scope.scope.name == SCOPE else ():
-                    if metric.name in found:
-                        found[metric.name].extend(metric.data.data_points)
-        return found
-
-    def points(self, name: str) -> list[Any]:
-        """The data points of the library's metric ``name``."""
-        return self.collect(name)[name]
-
-    def counted(self, name: str, task: str) -> dict[str, int]:
-        """A counter's values for ``task``, by ``celery_once.outcome``."""
-        return {p.attributes["celery_once.outcome"]: p.value for p in self.points(name)
-                if p.attributes["celery_once.task.name"] == task}
-
-
-def outcomes(spans: list[ReadableSpan]) -> list[tuple[Any, Any]]:
-    return [(s.attributes["celery_once.lock.type"], s.attributes["celery_once.outcome"]) for s in spans]
-
-
-def providers(sampler: Any = None) -> tuple[TracerProvider, InMemorySpanExporter, MeterProvider, InMemoryMetricReader]:
-    exporter = InMemorySpanExporter()
-    tracer_provider = TracerProvider(sampler=sampler) if sampler is not None else TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    reader = InMemoryMetricReader()
-    return tracer_provider, exporter, MeterProvider(metric_readers=[reader]), reader
-
-
-@pytest.fixture
-def otel() -> Iterator[Recorded]:
-    tracer_provider, exporter, meter_provider, reader = providers()
-    configure(telemetry="auto", tracer_provider=tracer_provider, meter_provider=meter_provider)
-    try:
-        yield Recorded(exporter, reader, tracer_provider.get_tracer("tests"))
-    finally:
-        configure(telemetry="auto")
-        telemetry.reset()
 
 
 def test_a_unique_call_and_a_dropped_duplicate_leave_queue_spans_under_the_callers_span(otel: Recorded) -> None:
@@ -293,115 +230,6 @@ def test_a_sampled_out_provider_records_no_span_but_the_metrics() -> None:
         assert recorded.counted("celery_once.calls", tasks.parked.name) == {"acquired": 1}
     finally:
         telemetry.reset()
-
-
-class Refusing:
-    """A tracer or meter provider that fails the test if it is asked for anything."""
-
-    calls: list[str]
-
-    def __init__(self) -> None:
-        self.calls = []
-
-    def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls.append("get_tracer")
-        raise AssertionError("asked for a tracer")
-
-    def get_meter(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls.append("get_meter")
-        raise AssertionError("asked for a meter")
-
-
-def test_off_asks_no_provider_for_anything_and_lowers_the_flag() -> None:
-    refusing = Refusing()
-    configure(telemetry="off", tracer_provider=refusing, meter_provider=refusing)
-    try:
-        tag = uuid.uuid4().hex
-        tasks.parked.delay(tag)
-        tasks.parked.delay(tag)
-        tasks.add.apply((5, 6))
-        assert refusing.calls == []
-        assert telemetry.active is False
-    finally:
-        configure(telemetry="auto")
-        telemetry.reset()
-
-
-def test_a_broken_telemetry_never_fails_a_call() -> None:
-    class Broken:
-        def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
-            return self
-
-        def start_span(self, *args: Any, **kwargs: Any) -> Any:
-            raise RuntimeError("exporter down")
-
-    configure(tracer_provider=Broken())
-    try:
-        tag = uuid.uuid4().hex
-        assert tasks.parked.delay(tag) is not None
-        assert tasks.parked.delay(tag) is None
-        assert tasks.add.apply((1, 1)).get() == 2
-    finally:
-        telemetry.reset()
-
-
-def test_recording_adds_no_round_trip(otel: Recorded) -> None:
-    pool = client_for(tasks.LOCKS_URL).connection_pool
-    install(pool, "telemetry")
-    try:
-        tasks.parked.delay("warm-up")  # opens this thread's connection
-        before = count("telemetry")
-        tag = uuid.uuid4().hex
-        tasks.parked.delay(tag)
-        tasks.parked.delay(tag)
-        tasks.add.apply((tag, "y"))
-        assert count("telemetry") - before == 4  # a publish, a duplicate, a pickup, a release
-    finally:
-        uninstall(pool)
-    assert len(otel.lock_spans()) == 5
-
-
-def test_the_librarys_own_redis_py_commands_are_not_traced_again(otel: Recorded, locks: Any) -> None:
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
-
-    instrumentor = RedisInstrumentor()
-    tracer_provider = TracerProvider()
-    redis_spans = InMemorySpanExporter()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(redis_spans))
-    instrumentor.instrument(tracer_provider=tracer_provider)
-    try:
-        locks.script_flush()  # the pickup meets NOSCRIPT: its script is loaded again through redis-py
-        redis_spans.clear()
-        assert tasks.add.apply((7, 8)).get() == 15
-        traced_by_redis = [s.name for s in redis_spans.get_finished_spans()]
-        client_for(tasks.LOCKS_URL).ping()  # the instrumentor does trace redis-py's commands
-    finally:
-        instrumentor.uninstrument()
-    assert traced_by_redis == []
-    assert [s.name for s in redis_spans.get_finished_spans()] == ["PING"]
-    assert outcomes(otel.lock_spans()) == [("running", "acquired"), ("running", "released")]
-
-
-def test_without_the_api_calls_and_executions_run_and_nothing_is_recorded() -> None:
-    # A process in which opentelemetry cannot be imported, even with telemetry "on".
-    program = """
-import json, sys, uuid
-sys.modules["opentelemetry"] = None
-from celery_once_task import configure, telemetry
-from tests import worker_app as tasks
-tag = uuid.uuid4().hex
-first, second = tasks.parked.delay(tag), tasks.parked.delay(tag)
-auto = telemetry.active
-configure(telemetry="on")
-eager = tasks.add.apply((1, 2)).get()
-print(json.dumps({"published": first is not None, "dropped": second is None, "eager": eager, "auto": auto,
-                  "on": telemetry.active,
-                  "imported": [m for m, module in sys.modules.items() if m.startswith("opentelemetry") and module]}))
-"""
-    done = subprocess.run([sys.executable, "-c", program], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1]) == {
-        "published": True, "dropped": True, "eager": 3, "auto": False, "on": False, "imported": []}
 
 
 @pytest.fixture(scope="module")
