@@ -294,6 +294,7 @@ def test_unset_settings_take_the_documented_defaults() -> None:
         "redelivery_guard_timeout": 3600,
         "debounce": None,
         "debounce_max": None,
+        "telemetry": "auto",
     }
 
 
