@@ -18,7 +18,8 @@ writes to a Redis it did not start), and gives each document:
   for documents whose examples use it.
 
 After a document, what its examples changed in the process is put back:
-``configure()``, the library's signals and their receivers.
+``configure()`` (the telemetry providers given to it too), the library's
+signals and their receivers.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from sybil import Example, Sybil
 from sybil.evaluators.python import pad
 from sybil.parsers.markdown import CodeBlockParser
 
-from celery_once_task import events, settings, signals
+from celery_once_task import events, settings, signals, telemetry
 from tests.support import RedisServer
 
 _documents = itertools.count(1)
@@ -123,6 +124,7 @@ class Examples:
             settings._configured.reset()
             settings._configured.update(self._configured)
             settings._configured.integration = self._integration
+            telemetry.reset()  # the providers an example gave configure()
             if signals.signals_connected() and not self._signals_connected:
                 signals.teardown_once_task_signals()
             for name, receivers in self._receivers.items():

@@ -38,6 +38,8 @@ class Config:
     memory_locks: int
     profile_n: int
     limits_pairs: int
+    telemetry_rounds: int
+    telemetry_block: int
 
 
 FULL = Config(
@@ -45,14 +47,14 @@ FULL = Config(
     compare_publish_rounds=40, compare_publish_calls=40,
     throughput_rounds=7, throughput_n=1000,
     latency_levels=(1_000, 100_000, 1_000_000), latency_rounds=12, latency_per_round=250,
-    memory_locks=1_000_000, profile_n=3000, limits_pairs=3000,
+    memory_locks=1_000_000, profile_n=3000, limits_pairs=3000, telemetry_rounds=20, telemetry_block=100,
 )
 QUICK = Config(
     publish_rounds=4, publish_calls=200,
     compare_publish_rounds=10, compare_publish_calls=15,
     throughput_rounds=2, throughput_n=400,
     latency_levels=(1_000, 100_000), latency_rounds=3, latency_per_round=100,
-    memory_locks=100_000, profile_n=400, limits_pairs=500,
+    memory_locks=100_000, profile_n=400, limits_pairs=500, telemetry_rounds=4, telemetry_block=50,
 )
 
 
@@ -131,6 +133,18 @@ def profile_only(config: Config) -> dict[str, Any]:
         server.stop()
 
 
+def telemetry_only(config: Config) -> dict[str, Any]:
+    """Part (k) alone: the paths with telemetry off, sampled out and recording (on a server of its own)."""
+    server = RedisServer()
+    os.environ["BENCH_REDIS_PORT"] = str(server.port)
+    from . import telemetry
+
+    try:
+        return telemetry.run(config.telemetry_rounds, config.telemetry_block, server.client(0), server.client(2))
+    finally:
+        server.stop()
+
+
 def compare_only(config: Config, variants: list[str], rounds: int | None, pools: list[str],
                  against: str | None = None) -> dict[str, Any]:
     """Part (g) alone: the implementations side by side, ``rounds`` rounds of each path, workers of ``pools``;
@@ -176,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the concurrency limits' pickup and release at N = 1, 3, 100 (part i)")
     parser.add_argument("--debounce", action="store_true",
                         help="only a burst of 1,000 debounced calls: round trips, messages, time per call (part j)")
+    parser.add_argument("--telemetry", action="store_true",
+                        help="only the publish, duplicate and execution paths with telemetry off, on with a "
+                             "sampled-out provider, and on recording (part k)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--from-json", type=Path, help="measure nothing: report the figures of an earlier run")
     args = parser.parse_args(argv)
@@ -200,6 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         print(limits.table(cases))
         if args.json:
             args.json.write_text(json.dumps({"limits": cases}, indent=1) + "\n")
+        return 0
+    if args.telemetry:
+        figures = telemetry_only(config)
+        from .telemetry import table as telemetry_table
+
+        print(telemetry_table(figures))
+        if args.json:
+            args.json.write_text(json.dumps({"telemetry": figures}, indent=1) + "\n")
         return 0
     if args.debounce:
         from . import bursts

@@ -297,6 +297,7 @@ def test_unset_settings_take_the_documented_defaults() -> None:
         "queue_lock_until": "pickup",
         "unique_for": None,
         "key_prefix": "once_task",
+        "telemetry": "auto",
     }
 
 

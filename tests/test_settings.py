@@ -21,6 +21,7 @@ import pytest
 from celery_once_task import OnceTask, configure
 from celery_once_task.settings import (
     APP_CONF_NAMES,
+    CONFIGURE_ONLY,
     DEFAULT_QUEUE_LOCK_TIMEOUT,
     DEFAULT_REDIS_URL,
     DEFAULT_RUNNING_LOCK_TIMEOUT,
@@ -183,16 +184,18 @@ def test_the_settings_fields_are_the_table() -> None:
 
 def test_configure_takes_every_setting_and_documents_it() -> None:
     parameters = inspect.signature(configure).parameters
-    assert list(parameters) == [spec.name for spec in SETTINGS]
+    # The settings, then the arguments that are not settings (the OpenTelemetry providers).
+    assert list(parameters) == [*(spec.name for spec in SETTINGS), *CONFIGURE_ONLY]
     # The first three stay positional, as they were before the others came.
     assert [p.kind for p in parameters.values()] == (
-        [inspect.Parameter.POSITIONAL_OR_KEYWORD] * 3 + [inspect.Parameter.KEYWORD_ONLY] * (len(SETTINGS) - 3))
+        [inspect.Parameter.POSITIONAL_OR_KEYWORD] * 3
+        + [inspect.Parameter.KEYWORD_ONLY] * (len(SETTINGS) - 3 + len(CONFIGURE_ONLY)))
     assert all(p.default is None for p in parameters.values())
     hints = get_type_hints(configure)
     for spec in SETTINGS:
         assert hints[spec.name] == Optional[field_type(spec)], f"configure({spec.name}) takes a {hints[spec.name]}"
     documented = docstring_entries(configure, "Args")
-    assert list(documented) == [spec.name for spec in SETTINGS]
+    assert list(documented) == [*(spec.name for spec in SETTINGS), *CONFIGURE_ONLY]
     for spec in SETTINGS:
         assert documented[spec.name].startswith(spec.doc), f"configure()'s docstring: {spec.name} is not {spec.doc!r}"
     assert "ValueError" in docstring_entries(configure, "Raises")

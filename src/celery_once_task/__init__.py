@@ -1,8 +1,8 @@
 """celery-once-task: stop duplicate Celery task execution with Redis locks.
 
 The user guide is the documentation site (``docs/``). The package, by layer:
-a module imports only modules listed before it (and, in ``store/`` and
-``ops/``, its own package's).
+a module imports only modules listed before it (and, in ``store/``,
+``telemetry/`` and ``ops/``, its own package's).
 
 Foundations, importing nothing of the library above them:
 
@@ -15,11 +15,14 @@ Foundations, importing nothing of the library above them:
 ``native``      an OS thread no pool can starve, for the renewal
 ``internals``   the one place that touches private attributes of redis-py, Celery or billiard
 ``protocols``   what the library needs of Celery's objects, as Protocols
+``telemetry/``  OpenTelemetry: whether this process records (the one flag the paths test), the
+                hooks they call; its ``recorder``, ``spans`` and ``metrics`` load once something records
 
 ``store/``      every round trip to Redis: ``runner`` (clients, tries), ``locks``, ``calls``,
                 ``waiting``, ``slots``, ``bursts``, ``leases`` by concern, over ``lua`` (every
                 script), ``scripts`` (one round trip), ``wire`` (commands on a connection),
-                ``addresses`` and ``connection`` (where the store is, and its clients)
+                ``addresses`` and ``connection`` (where the store is, and its clients);
+                ``operations`` names each round trip for telemetry
 ``options``     what an option may be: the kinds of value, the combinations refused
 ``settings``    every setting declared once; validation, ``configure()``, precedence
 ``definition``  a task's options checked where it is defined; tasks that share a ``lock_name``

@@ -46,6 +46,7 @@ from celery.result import AsyncResult
 from kombu.utils.json import dumps, loads
 from redis.exceptions import RedisError
 
+from . import telemetry
 from .deferral import defer
 from .errors import LockStoreUnavailable
 from .headers import BURST_HEADER, header
@@ -57,6 +58,7 @@ from .settings import Settings
 from .store import LockStore, store_for
 from .store.connection import redact_url
 from .store.lua.bursts import Called, Taken
+from .store.operations import BURST_DUE, BURST_END, BURST_OUTCOMES, BURST_START
 
 logger = logging.getLogger("celery_once_task")
 
@@ -91,12 +93,16 @@ def publish(task: TaskLike, settings: Settings, digest: str, args: Optional[Sequ
     # A message overdue by two leases is taken for lost (a duplicate of one that was merely late
     # runs once all the same: see ``take``).
     overdue = 2 * Lease(settings.heartbeat_timeout).ttl
+    started = telemetry.started(settings) if telemetry.active else 0
     try:
         store = store_for(task, settings)
         code, burst_id, due_ms = store.bursts.call(
             key, new_task_id(), debounce=settings.debounce or 0, most=settings.debounce_max, arguments=arguments,
             keep=settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl, overdue=overdue)
     except RedisError as exc:
+        if telemetry.active:
+            telemetry.called(task, settings, None, BURST_START, key, "", started, "store_unavailable",
+                             policy="fail_open" if settings.fail_open else None, error=exc)
         if settings.fail_open:
             logger.warning("%s: lock operation failed: the lock store is unreachable; published at once, not "
                            "debounced (burst %s): %s", task.name, key, exc)
@@ -105,6 +111,8 @@ def publish(task: TaskLike, settings: Settings, digest: str, args: Optional[Sequ
             f"{task.name}: the lock store {redact_url(settings.redis_url)} is unreachable, so the call was not "
             f"published (burst {key}): {exc}"
         ) from exc
+    if telemetry.active:
+        telemetry.called(task, settings, store.client, BURST_START, key, burst_id, started, BURST_OUTCOMES[code])
     if code is Called.JOINED:
         logger.info("%s[%s]: call joined burst %s; due in %.3fs", task.name, burst_id, key, due_ms / 1000)
         return task.AsyncResult(burst_id)
@@ -144,21 +152,29 @@ def take(task: TaskLike, settings: Settings, digest: str, request: TaskRequest, 
         return None, args, kwargs
     key = burst_key(key_space(task, settings), digest)
     keep = settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl
+    if telemetry.active:
+        telemetry.picking_up(task, settings, request, BURST_DUE, digest)
     try:
         store = store_for(task, settings)
         taken = store.bursts.take(key, request.id, keep)
     except RedisError as exc:
+        if telemetry.active:
+            telemetry.executed(task, request, "store_unavailable", error=exc)
         # Neither run with arguments that may be stale nor drop it: look again in a moment.
         logger.warning("%s[%s]: lock operation failed: burst %s unreachable; deferred by %.1fs: %s",
                        task.name, request.id, key, Lease(settings.heartbeat_timeout).interval, exc)
         defer(task, request, {}, Lease(settings.heartbeat_timeout).interval)
         raise Ignore() from None
     if taken.code is Taken.NOT_DUE:
+        if telemetry.active:
+            telemetry.executed(task, request, "postponed", client=store.client)
         seconds = taken.due_ms / 1000
         logger.info("%s[%s]: execution waiting: burst %s was extended; due in %.3fs", task.name, request.id, key,
                     seconds)
         defer(task, request, {}, seconds)
         raise Ignore()
+    if telemetry.active:  # the execution's pickup follows, and counts it
+        telemetry.step(request, "acquired", client=store.client)
     if taken.code is Taken.NONE:
         # No such burst: the lock store lost it, or its execution ended (a copy of its message, which the
         # finished record turns away). It runs with the message's own arguments.
@@ -171,12 +187,19 @@ def take(task: TaskLike, settings: Settings, digest: str, request: TaskRequest, 
 
 def done(task: TaskLike, burst: Burst) -> None:
     """The burst's execution ended: forget the arguments it ran with (the janitor does, if the store is away)."""
+    started = telemetry.started(burst.settings) if telemetry.active else 0
     try:
         burst.store.bursts.forget(burst.key, burst.task_id, "closed", remember(burst.settings))
     except RedisError as exc:
+        if telemetry.active:
+            telemetry.round_trip(task, burst.settings, burst.store.client, BURST_END, burst.key, started,
+                                 "store_unavailable", error=exc)
         logger.warning("%s[%s]: lock operation failed: burst %s not cleared; left to the janitor: %s", task.name,
                        burst.task_id, burst.key, exc)
         janitor.add(ended(task, burst.settings, burst.key, burst.task_id, "task ended"))
+        return
+    if telemetry.active:
+        telemetry.round_trip(task, burst.settings, burst.store.client, BURST_END, burst.key, started, "released")
 
 
 def ended(task: TaskLike, settings: Settings, key: str, task_id: str, reason: str,

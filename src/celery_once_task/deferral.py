@@ -17,6 +17,7 @@ from typing import Any, Optional
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
+from . import telemetry
 from .headers import DIGEST_HEADER, TAKEOVER_HEADER, message_headers
 from .janitor import Cleanup, janitor
 from .ownership import RunningOwner
@@ -61,6 +62,9 @@ def store_down(
     Returns where the execution runs without its lock; raises ``Ignore``
     where the message was published again.
     """
+    if telemetry.active:
+        telemetry.executed(task, request, "store_unavailable", policy="fail_open" if settings.fail_open else None,
+                           error=exc)
     maybe_applied = getattr(exc, "maybe_applied", True)
     if running_key is not None and maybe_applied:
         # A lost reply may have taken the lock in this execution's name.

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-from . import limits, running, windows
+from . import limits, running, telemetry, windows
 from .headers import AFTER_HEADER, TAKEOVER_HEADER, WAITER_HEADER, header
 from .holds import Hold
 from .keys import key_space
 from .ownership import running_ttl
 from .protocols import TaskLike, TaskRequest
 from .settings import Settings
+from .store.operations import QUEUE_RELEASE, RUNNING_PICKUP, SLOT_PICKUP
 
 
 def pick_up(task: TaskLike, settings: Settings, digest: str, request: TaskRequest,
@@ -48,9 +49,18 @@ def pick_up(task: TaskLike, settings: Settings, digest: str, request: TaskReques
     takeover = takeover if isinstance(takeover, str) else ""
     after = header(request, AFTER_HEADER) or ""
     if task.running_lock and limits.limited(task, settings):
-        return limits.pick_up(task, settings, space, digest, request, side, takeover, after)
-    waiter = bool(header(request, WAITER_HEADER)) and side is not None
-    return running.pick_up(task, settings, space, digest, request, side, takeover, waiter, after)
+        if telemetry.active:
+            telemetry.picking_up(task, settings, request, SLOT_PICKUP, digest, 1 + (side is not None))
+        held: Optional[Hold] = limits.pick_up(task, settings, space, digest, request, side, takeover, after)
+    else:
+        waiter = bool(header(request, WAITER_HEADER)) and side is not None
+        if telemetry.active and (task.running_lock or side is not None):
+            telemetry.picking_up(task, settings, request, RUNNING_PICKUP if task.running_lock else QUEUE_RELEASE,
+                                 digest, task.running_lock + (side is not None) + waiter)
+        held = running.pick_up(task, settings, space, digest, request, side, takeover, waiter, after)
+    if telemetry.active:
+        telemetry.picked_up(task, request, held.store.client if held is not None else None)
+    return held
 
 
 def release(task: TaskLike, held: Hold, task_id: Optional[str], outcome: Optional[BaseException] = None,

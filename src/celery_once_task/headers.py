@@ -56,7 +56,8 @@ _CELERY_FIELDS = frozenset({
     "properties", "replaced_task_nesting", "stamped_headers", "stamps", "time_limit", "soft_time_limit",
 })
 
-#: The library's namespace: its headers, and the state it keeps on a request it runs (``once_task_entered``).
+#: The library's namespace: its headers, and the state it keeps on a request it runs (``once_task_entered``,
+#: ``once_task_telemetry``).
 _NAMESPACE = "once_task_"
 
 

@@ -25,6 +25,7 @@ from typing import NoReturn, Optional, Protocol
 
 from celery.exceptions import Ignore
 
+from . import telemetry
 from .deferral import defer
 from .events import lock_recovered
 from .headers import AFTER_HEADER
@@ -88,11 +89,13 @@ def finished_record(task: TaskLike, hold: Hold, outcome: Optional[BaseException]
 
 def refuse(task: TaskLike, request: TaskRequest, hold: Hold, holder_value: str, why: str = "") -> NoReturn:
     """Reject a duplicate execution (``OnceTaskLocked``); its end is recorded, for its result is final."""
+    if telemetry.active:
+        telemetry.executed(task, request, "rejected", holder=holder_value, policy="reject", client=hold.store.client)
     exc = reject_duplicate(task, request, hold.key, holder_value, why)
     if hold.finished is not None:
         # A copy of its message must not run it after all; the call has ended.
         side = hold.side
-        record_rejection(task, hold.settings, hold.store, hold.finished, request,
+        record_rejection(task, hold.settings, hold.store, hold.finished, request, hold.key,
                          side.ended(FINISHED) if side is not None else (),
                          side.later(hold.settings, task, request.id, FINISHED, "rejected") if side is not None else ())
     raise exc
@@ -121,8 +124,12 @@ def same_attempt(task: TaskLike, request: TaskRequest, hold: Hold, holder_value:
     if gone and holder is not None and hold.take_over(task, request, holder.token):
         logger.warning("%s[%s]: lock recovered: took over %s from gone worker %s", task.name, request.id,
                        hold.describe(), holder.worker)
+        if telemetry.active:
+            telemetry.recovered(task, hold.key, "worker gone", request)
         lock_recovered.send(sender=task, key=hold.key, holder=holder_value, reason="worker gone")
         return hold
+    if telemetry.active:
+        telemetry.executed(task, request, "postponed", holder=holder_value, client=hold.store.client)
     countdown = running_ttl(hold.settings, holder) if holder is not None else Lease(
         hold.settings.heartbeat_timeout).ttl
     logger.info("%s[%s]: execution waiting: another delivery of this task holds %s (holder %s); deferred by %.1fs",
@@ -134,4 +141,6 @@ def same_attempt(task: TaskLike, request: TaskRequest, hold: Hold, holder_value:
 def recovered(task: TaskLike, request: TaskRequest, hold: Hold, holder: str) -> None:
     """A deferred copy took the lock: the delivery it waited on, or its own earlier pickup, never ended."""
     logger.warning("%s[%s]: lock recovered: %s taken by a deferred copy", task.name, request.id, hold.describe())
+    if telemetry.active:
+        telemetry.recovered(task, hold.key, "deferred copy", request)
     lock_recovered.send(sender=task, key=hold.key, holder=holder, reason="deferred copy")

@@ -24,6 +24,7 @@ from typing import Literal, Optional, Union
 
 from redis.exceptions import RedisError
 
+from . import telemetry
 from .events import lock_recovered
 from .protocols import TaskLike
 from .settings import Settings
@@ -227,7 +228,7 @@ def release_or_leave(
     store: LockStore, settings: Settings, task: TaskLike, task_id: Optional[str], key: str, token: str, reason: str,
     *, prefix: bool = False, record: Optional[FinishedRecord] = None, also: Sequence[Call] = (),
     also_later: Sequence[Cleanup] = (),
-) -> None:
+) -> Optional[RedisError]:
     """Release a lock by its owner token now, or leave the delete to the janitor until the store answers.
 
     Args:
@@ -242,6 +243,10 @@ def release_or_leave(
         record: The finished record to write with the release (see ``redelivery``).
         also: Further calls of the release's round trip (the call's queue-side keys: ``windows``).
         also_later: What the janitor makes of ``also`` should the store not answer.
+
+    Returns:
+        None where the lock was released now; else the error that left it to the janitor (or, an error
+        reply, unreleased).
     """
     try:
         if record is None and not also:
@@ -259,6 +264,8 @@ def release_or_leave(
         else:  # an error reply: the store answered and will answer the same again
             logger.warning("%s[%s]: lock operation failed: could not release lock %s (%s): %s",
                            _name(task), task_id, key, reason, exc)
+        return exc
+    return None
 
 
 def _name(task: object) -> str:
@@ -266,10 +273,11 @@ def _name(task: object) -> str:
 
 
 def _recovered(cleanup: Cleanup) -> None:
+    reason = f"released late ({cleanup.reason})"
+    if telemetry.active:
+        telemetry.recovered(cleanup.task, cleanup.key, reason)
     if cleanup.task is not None and not isinstance(cleanup.task, str):
-        lock_recovered.send(
-            sender=cleanup.task, key=cleanup.key, holder=cleanup.token, reason=f"released late ({cleanup.reason})"
-        )
+        lock_recovered.send(sender=cleanup.task, key=cleanup.key, holder=cleanup.token, reason=reason)
 
 
 janitor = Janitor()

@@ -42,7 +42,7 @@ from typing import NamedTuple, Optional
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
-from . import holds
+from . import holds, telemetry
 from .deferral import defer, store_down
 from .events import duplicate_execution
 from .headers import CALLED_HEADER, header, message_headers
@@ -54,6 +54,7 @@ from .redelivery import call_of, copy_of_finished
 from .settings import Settings
 from .store import Claim, FinishedCheck, Joining, LockStore, store_for
 from .store.lua.slots import SlotCode
+from .store.operations import SLOT_FREE, SLOT_JOIN, SLOT_PICKUP
 from .waiting import hand_over_entries as hand_over
 from .waiting import message_of
 from .windows import QueueSide, end_of
@@ -121,10 +122,13 @@ class Slot(NamedTuple):
         """Free the slot by its owner token, recording the end; hand the free slots to the line."""
         record = holds.finished_record(task, self, outcome)
         claim, side, how = self.claim, self.side, end_of(outcome)
+        started = telemetry.started(self.settings) if telemetry.active else 0
         try:
             _, handed = self.store.slots.release(claim.key, claim.token, claim.limit, claim.reserve, record,
                                                  side.ended(how) if side is not None else ())
         except RedisError as exc:
+            if telemetry.active:
+                telemetry.released(task, self.settings, self.store.client, SLOT_FREE, claim.key, started, error=exc)
             logger.warning("%s[%s]: lock operation failed: could not release a slot of %s (%s); retrying until the "
                            "lock store answers: %s", task.name, task_id, claim.key, reason, exc)
             janitor.add(Cleanup(self.settings.redis_url, claim.key, claim.token, True, task, task_id, reason,
@@ -133,6 +137,9 @@ class Slot(NamedTuple):
             for cleanup in side.later(self.settings, task, task_id, how, reason) if side is not None else ():
                 janitor.add(cleanup)
             return
+        if telemetry.active:
+            telemetry.released(task, self.settings, self.store.client, SLOT_FREE, claim.key, started,
+                               handed=len(handed))
         hand_over(task, handed, claim.key)
 
 
@@ -172,6 +179,8 @@ def pick_up(task: TaskLike, settings: Settings, space: KeySpace, digest: str, re
         return held
     if pickup.code == SlotCode.IN_LINE:
         # A copy of a call that is still waiting in line: back to the broker.
+        if telemetry.active:
+            telemetry.executed(task, request, "postponed", client=held.store.client)
         _come_back(task, settings, request, int(pickup.detail), claim.limit)
         raise Ignore()
     if pickup.code == SlotCode.FULL:
@@ -198,6 +207,9 @@ def _full(task: TaskLike, request: TaskRequest, held: Slot, side: Optional[Queue
         holds.refuse(task, request, held, holder_token, why=f"{describe} (one of them: {holder_id})")
     duplicate_execution.send(sender=task, task_id=request.id, key=claim.key, holder_id=holder_id, policy="wait")
     if request.is_eager:
+        if telemetry.active:  # the pickup's span ends; the next covers the retakes until it runs
+            telemetry.step(request, "waiting", SLOT_PICKUP, holder=holder_token, policy="wait",
+                           client=held.store.client)
         holds.wait_here(task, request, held, holder_token)
         return held
     joining = Joining(
@@ -207,6 +219,9 @@ def _full(task: TaskLike, request: TaskRequest, held: Slot, side: Optional[Queue
         queue_key=side.key if side is not None else None,
         holder=side.holder if side is not None else "",
     )
+    if telemetry.active:
+        telemetry.step(request, "waiting", SLOT_JOIN, 1 + (side is not None), holder=holder_token,
+                       policy="wait", client=held.store.client)
     try:
         pickup = held.store.slots.pickup(claim, _now(), task_id=request.id, joining=joining)
     except RedisError as exc:
@@ -215,6 +230,8 @@ def _full(task: TaskLike, request: TaskRequest, held: Slot, side: Optional[Queue
         return None
     hand_over(task, pickup.handed, claim.key)
     if pickup.code == SlotCode.IN_LINE:
+        if telemetry.active:
+            telemetry.executed(task, request, "waiting", holder=holder_token, policy="wait", client=held.store.client)
         logger.info("%s[%s]: execution waiting: %s; waits in line, place %s", task.name, request.id, describe,
                     pickup.detail)
         _come_back(task, settings, request, int(pickup.detail), claim.limit)

@@ -32,7 +32,7 @@ from celery.app.task import Context
 from celery.result import AsyncResult
 from redis.exceptions import RedisError
 
-from . import replace, windows
+from . import replace, telemetry, windows
 from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskLocked
 from .events import duplicate_call
 from .headers import CALL_HEADER, CALLED_HEADER, DIGEST_HEADER
@@ -44,6 +44,8 @@ from .redelivery import new_call
 from .settings import Settings
 from .store import Acquired, store_for
 from .store.connection import redact_url
+from .store.operations import QUEUE_ACQUIRE, QUEUE_RENEW, WINDOW_ACQUIRE
+from .telemetry import Operation
 
 logger = logging.getLogger("celery_once_task")
 
@@ -105,6 +107,7 @@ def publish_once(
     # A retry renews its queue lock alone: its window and its arguments are its call's.
     call = None if retry else windows.acquisition(task, settings, space, digest, task_id, ttl, queue_lock,
                                                    replace.replaces(task, settings, queue_lock), args, kwargs)
+    started = telemetry.started(settings) if telemetry.active else 0
     try:
         # Inside the try: a Redis Cluster client connects when it is made.
         store = store_for(task, settings)
@@ -113,15 +116,23 @@ def publish_once(
         outcome = (windows.acquire(store, call) if call is not None
                    else store.locks.acquire_queue(key, holder, ttl, renew=retry))
     except RedisError as exc:
-        return _store_down(task, settings, key, task_id, holder, retry, exc, publish, call)
+        return _store_down(task, settings, key, task_id, holder, retry, exc, publish, call, started)
 
     if not outcome.acquired:
         if retry:
+            if telemetry.active:  # published all the same: not a duplicate
+                telemetry.called(task, settings, store.client, _operation(retry, call), key, task_id, started,
+                                 "published",
+                                 holder=outcome.holder)
             logger.info("%s[%s]: retry published; queue lock %s is held by %s", task.name, task_id, key, outcome.holder)
             return publish(task_id)
         met = call.key_met(outcome) if call is not None else key
-        return _duplicate(task, settings, met, task_id, fixed_id, outcome, args, kwargs, link, link_error, options)
+        return _duplicate(task, settings, met, task_id, fixed_id, outcome, args, kwargs, link, link_error, options,
+                          store.client, started, _operation(retry, call))
 
+    if telemetry.active:
+        telemetry.called(task, settings, store.client, _operation(retry, call), key, task_id, started,
+                         "acquired")
     try:
         return publish(task_id)
     except BaseException as exc:
@@ -138,8 +149,11 @@ def publish_once(
 
 def _store_down(
     task: TaskLike, settings: Settings, key: str, task_id: str, holder: str, retry: bool, exc: RedisError,
-    publish: Publish, call: Optional[windows.Acquisition],
+    publish: Publish, call: Optional[windows.Acquisition], started: int,
 ) -> Optional[AsyncResult]:
+    if telemetry.active:
+        telemetry.called(task, settings, None, _operation(retry, call), key, task_id, started,
+                         "store_unavailable", policy="fail_open" if settings.fail_open or retry else None, error=exc)
     if settings.fail_open or retry:
         # Published under this task id: if a lost reply did take the lock, a
         # message is behind it, and the worker releases it at pickup.
@@ -163,6 +177,13 @@ def _store_down(
     ) from exc
 
 
+def _operation(retry: bool, call: Optional[windows.Acquisition]) -> Operation:
+    """How telemetry names the call's round trip: a retry's renewal, a window's script, or ``SET ... NX GET``."""
+    if retry:
+        return QUEUE_RENEW
+    return WINDOW_ACQUIRE if call is not None else QUEUE_ACQUIRE
+
+
 def _duplicate(
     task: TaskLike,
     settings: Settings,
@@ -175,6 +196,9 @@ def _duplicate(
     link: Links,
     link_error: Links,
     options: Mapping[str, Any],
+    client: object,
+    started: int,
+    operation: Operation,
 ) -> Optional[AsyncResult]:
     holder = holder_id(outcome.holder or "")
     # A fixed id (a canvas member, apply_async(task_id=...)) keeps the
@@ -184,6 +208,9 @@ def _duplicate(
         policy = "existing"  # the holder runs, or holds a window alone: it has no arguments to replace
     # Which window the call met: its queue lock's, or a unique_for window.
     window = "unique_for" if outcome.window else settings.queue_lock_until
+    if telemetry.active:
+        telemetry.called(task, settings, client, operation, key, task_id, started, "duplicate", holder=holder,
+                         policy=policy)
     duplicate_call.send(sender=task, key=key, holder_id=holder, policy=policy, window=window)
     if policy == "replace":
         logger.info("%s[%s]: duplicate call replaced the arguments of queued task %s (lock %s)", task.name, task_id,

@@ -62,6 +62,7 @@ from celery import states
 from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore, Reject, Retry
 
+from . import telemetry
 from .deferral import defer
 from .events import lock_recovered
 from .headers import CALL_HEADER, header
@@ -207,6 +208,12 @@ def copy_of_finished(task: TaskLike, settings: Settings, request: TaskRequest, s
     record = Finished.parse(value)
     outcome, seconds = verdict(task, request, record, settings, store.leases.instance_alive) if record else (
         Verdict.IGNORE, 0.0)
+    if telemetry.active:
+        if outcome is Verdict.RUN:
+            telemetry.recovered(task, running_key or "", "result lost", request)
+        else:
+            telemetry.executed(task, request, "finished_copy" if outcome is Verdict.IGNORE else "postponed",
+                               client=store.client)
     if outcome is Verdict.IGNORE:
         logger.info(
             "%s[%s]: execution ignored: this attempt already ran (a copy of its message delivered again; "

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import celery
 from redis.exceptions import RedisError
 
+from . import telemetry
 from .errors import OnceTaskLocked
 from .events import duplicate_execution
 from .janitor import Cleanup, janitor
@@ -24,6 +25,7 @@ from .protocols import TaskLike, TaskRequest
 from .redelivery import Finished, guard_seconds, writer_instance
 from .settings import Settings
 from .store import FinishedCheck, FinishedRecord, LockStore
+from .store.operations import RUNNING_RECORD
 from .store.scripts import Call
 
 logger = logging.getLogger("celery_once_task")
@@ -57,17 +59,27 @@ def reject_duplicate(task: TaskLike, request: TaskRequest, key: str, holder_valu
 
 
 def record_rejection(task: TaskLike, settings: Settings, store: LockStore, check: FinishedCheck,
-                     request: TaskRequest, also: Sequence[Call] = (), also_later: Sequence[Cleanup] = ()) -> None:
-    """Record the rejected execution's end; ``also``: the calls that end its call's queue-side keys, in its round trip.
+                     request: TaskRequest, key: str, also: Sequence[Call] = (),
+                     also_later: Sequence[Cleanup] = ()) -> None:
+    """Record the rejected execution's end, so that a copy of its message never runs it.
 
+    ``key``: the running lock (or slots) it met. ``also``: the calls that end
+    its call's queue-side keys, in the same round trip (``windows``);
     ``also_later``: what the janitor makes of ``also`` should the store not answer.
     """
     finished = Finished(check.attempt, check.call, writer_instance(), os.getpid(), True, time.time())
+    started = telemetry.started(settings) if telemetry.active else 0
     try:
         store.locks.record_finished(FinishedRecord(check.key, finished.value(), guard_seconds(task, settings),
                                                    check.attempt, check.call), also)
     except RedisError as exc:
+        if telemetry.active:
+            telemetry.round_trip(task, settings, store.client, RUNNING_RECORD, key, started, "store_unavailable",
+                                 error=exc)
         logger.warning("%s[%s]: lock operation failed: rejection not recorded (%s): %s", task.name, request.id,
                        check.key, exc)
         for cleanup in also_later:
             janitor.add(cleanup)
+        return
+    if telemetry.active:
+        telemetry.round_trip(task, settings, store.client, RUNNING_RECORD, key, started, "rejected")

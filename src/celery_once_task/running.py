@@ -28,7 +28,7 @@ from typing import NamedTuple, Optional
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
-from . import holds, waiting
+from . import holds, telemetry, waiting
 from .deferral import defer, store_down
 from .events import duplicate_execution
 from .headers import DIGEST_HEADER, WAITER_HEADER, message_headers
@@ -39,6 +39,7 @@ from .protocols import TaskLike, TaskRequest
 from .redelivery import call_of, copy_of_finished
 from .settings import Settings
 from .store import FinishedCheck, LockStore, Pickup, store_for
+from .store.operations import RUNNING_DELETE, RUNNING_PICKUP, RUNNING_RELEASE, RUNNING_WAIT
 from .windows import QueueSide, end_of
 
 logger = logging.getLogger("celery_once_task")
@@ -82,18 +83,25 @@ class RunningLock(NamedTuple):
         record = holds.finished_record(task, self, outcome)
         side, how = self.side, end_of(outcome)
         also = side.ended(how) if side is not None else []
+        started = telemetry.started(self.settings) if telemetry.active else 0
         if self.settings.running_lock_conflict == "wait" and task.queue_lock:
             try:
                 entry = self.store.waiting.release_taking_waiter(self.key, self.token, record, also)
             except RedisError:
                 pass  # the waiting copy comes back by itself (its safety copy); the release goes to the janitor
             else:
+                if telemetry.active:
+                    telemetry.released(task, self.settings, self.store.client, RUNNING_RELEASE, self.key, started,
+                                       handed=entry is not None, batch=2)
                 if entry is not None:
                     waiting.hand_over(task, entry, self.key)
                 return
-        release_or_leave(self.store, self.settings, task, task_id, self.key, self.token, reason, prefix=True,
-                         record=record, also=also,
-                         also_later=side.later(self.settings, task, task_id, how, reason) if side is not None else ())
+        left = release_or_leave(
+            self.store, self.settings, task, task_id, self.key, self.token, reason, prefix=True, record=record,
+            also=also, also_later=side.later(self.settings, task, task_id, how, reason) if side is not None else ())
+        if telemetry.active:
+            telemetry.released(task, self.settings, self.store.client, RUNNING_RELEASE if record else RUNNING_DELETE,
+                               self.key, started, error=left)
 
 
 def pick_up(task: TaskLike, settings: Settings, space: KeySpace, digest: str, request: TaskRequest,
@@ -168,6 +176,9 @@ def _wait(task: TaskLike, request: TaskRequest, held: RunningLock, holder_value:
     duplicate_execution.send(sender=task, task_id=request.id, key=held.key,
                              holder_id=holder.task_id if holder else holder_value, policy="wait")
     if request.is_eager:
+        if telemetry.active:  # the pickup's span ends; the next covers the retakes until it runs
+            telemetry.step(request, "waiting", RUNNING_PICKUP, holder=holder_value, policy="wait",
+                           client=held.store.client)
         holds.wait_here(task, request, held, holder_value)
         return held
     settings, digest = held.settings, held.digest
@@ -175,6 +186,9 @@ def _wait(task: TaskLike, request: TaskRequest, held: RunningLock, holder_value:
     message = waiting.entry(task, request, {**message_headers(request), **headers})
     ttl = running_ttl(settings, held.owner)
     queue_holder = key_space(task, settings).holder(request.id)
+    if telemetry.active:
+        telemetry.step(request, "waiting", RUNNING_WAIT, 2 + (message is not None), holder=holder_value,
+                       policy="wait", client=held.store.client)
     try:
         waited = held.store.waiting.wait(held.key, held.owner, ttl, settings.queue_lock_timeout + ttl, message,
                                          queue_holder)
@@ -191,6 +205,8 @@ def _wait(task: TaskLike, request: TaskRequest, held: RunningLock, holder_value:
         # and waits or runs then. Only a copy that holds the queue lock is a
         # waiting copy, whose copies run once between them.
         del headers[WAITER_HEADER]
+    if telemetry.active:
+        telemetry.executed(task, request, "waiting", holder=holder_value, policy="wait", client=held.store.client)
     logger.info("%s[%s]: execution waiting: running lock %s is held by %s; it runs when that execution ends",
                 task.name, request.id, held.key, holder_value)
     # The safety copy: back within a lease if no hand-over brings it sooner.

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional, get_args
 
+from . import telemetry as telemetry_
 from .keys import KEY_PREFIX
 from .options import SettingSpec, check_combination
 from .protocols import AppConf, CeleryApp
@@ -49,6 +50,8 @@ RunningLockConflict = Literal["reject", "wait"]
 QueueLockConflict = Literal["drop", "existing", "raise", "replace"]
 #: Until when a call's queue lock makes its duplicates: its execution's start, or its end.
 QueueLockUntil = Literal["pickup", "end"]
+#: Whether the lock operations are recorded with OpenTelemetry (see ``telemetry``).
+Telemetry = telemetry_.Mode
 RUNNING_LOCK_CONFLICTS: tuple[str, ...] = get_args(RunningLockConflict)
 QUEUE_LOCK_CONFLICTS: tuple[str, ...] = get_args(QueueLockConflict)
 QUEUE_LOCK_UNTIL: tuple[str, ...] = get_args(QueueLockUntil)
@@ -63,6 +66,7 @@ DEFAULT_REDELIVERY_GUARD_TIMEOUT = 3600
 DEFAULT_RUNNING_LOCK_CONFLICT: RunningLockConflict = "reject"
 DEFAULT_QUEUE_LOCK_CONFLICT: QueueLockConflict = "drop"
 DEFAULT_QUEUE_LOCK_UNTIL: QueueLockUntil = "pickup"
+DEFAULT_TELEMETRY: Telemetry = "auto"
 
 #: Every setting, in the order of ``Settings``' fields (positional arguments, repr).
 SETTINGS: tuple[SettingSpec, ...] = (
@@ -100,6 +104,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("key_prefix", KEY_PREFIX, "name",
                 doc="The start of every key the library writes: apps with different prefixes never see each other's "
                     "keys."),
+    SettingSpec("telemetry", DEFAULT_TELEMETRY, "choice", choices=telemetry_.MODES,
+                doc='Record each lock round trip as an OpenTelemetry span and in metrics: ``"on"``, ``"off"``, or '
+                    '``"auto"`` (when ``opentelemetry-api`` is installed and a provider is set).'),
 )
 _BY_NAME = {spec.name: spec for spec in SETTINGS}
 
@@ -108,6 +115,10 @@ APP_CONF_NAMES = {spec.name: spec.conf_name for spec in SETTINGS}
 
 #: Settings a task may set for itself (decorator keyword or subclass attribute).
 TASK_OPTIONS = tuple(spec.name for spec in SETTINGS if spec.task_option)
+
+#: ``configure()``'s arguments that are not settings: OpenTelemetry's providers, live objects of the process
+#: handed to ``telemetry`` once -- never resolved per task, spelled in an app's or Django's settings, or shown.
+CONFIGURE_ONLY = ("tracer_provider", "meter_provider")
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,7 @@ class Settings:
     queue_lock_until: QueueLockUntil = DEFAULT_QUEUE_LOCK_UNTIL
     unique_for: Optional[float] = None
     key_prefix: str = KEY_PREFIX
+    telemetry: Telemetry = DEFAULT_TELEMETRY
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: never show a password.
@@ -206,6 +218,9 @@ def configure(
     queue_lock_until: Optional[QueueLockUntil] = None,
     unique_for: Optional[float] = None,
     key_prefix: Optional[str] = None,
+    telemetry: Optional[Telemetry] = None,
+    tracer_provider: object = None,
+    meter_provider: object = None,
 ) -> None:
     """Set the process-wide configuration; only the arguments given change.
 
@@ -236,19 +251,30 @@ def configure(
             its execution.
         key_prefix: The start of every key the library writes: apps with different prefixes never see each
             other's keys.
+        telemetry: Record each lock round trip as an OpenTelemetry span and in metrics: ``"on"``, ``"off"``, or
+            ``"auto"`` (when ``opentelemetry-api`` is installed and a provider is set).
+        tracer_provider: The OpenTelemetry ``TracerProvider`` the spans go to, instead of the global one.
+        meter_provider: The OpenTelemetry ``MeterProvider`` the metrics go to, instead of the global one.
 
     Raises:
         ValueError: A value is not valid for its setting (the message names it); nothing changes then.
     """
-    # Nothing but the parameters is bound yet, so these are exactly the settings (a test holds the
-    # signature to SETTINGS); copied, as a frame's locals may change under iteration before Python 3.13.
+    # Nothing but the parameters is bound yet, so these are exactly the settings and CONFIGURE_ONLY (a
+    # test holds the signature to them); copied, as a frame's locals may change under iteration before
+    # Python 3.13.
     given = dict(locals())
-    _configured.update({name: validate(name, value) for name, value in given.items() if value is not None})
+    providers = [given.pop(name) for name in CONFIGURE_ONLY]
+    values = {name: validate(name, value) for name, value in given.items() if value is not None}
+    telemetry_.check_providers(*providers)
+    _configured.update(values)
+    # Whatever changed, the next lock operation decides again whether it records.
+    telemetry_.reconfigure(*providers)
 
 
 def reset_configuration() -> None:
     """Forget everything ``configure()`` and integrations set (for tests)."""
     _configured.reset()
+    telemetry_.reset()
 
 
 def set_integration_source(source: Optional[Callable[[], Mapping[str, Any]]]) -> None:
@@ -292,6 +318,8 @@ def _kept(app: Optional[CeleryApp], task: object) -> tuple[Settings, bool]:
     kept = (_resolve(conf, task), bool(conf is not None and conf.get("task_always_eager")))
     # On the task, which lives as long as the app: no registry of tasks to keep in step.
     setattr(task, "_once_resolved", (fingerprint, kept))  # noqa: B010
+    # The task's telemetry setting may differ from what was decided before: look again.
+    telemetry_.rearm()
     return kept
 
 

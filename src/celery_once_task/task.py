@@ -19,7 +19,7 @@ from celery.app.task import Context
 from celery.result import AsyncResult, EagerResult
 from kombu.messaging import Producer
 
-from . import call_options, debounce, execute, replace
+from . import call_options, debounce, execute, replace, telemetry
 from .definition import check_shared_name, check_task_class
 from .errors import OnceTaskLocked
 from .headers import DIGEST_HEADER, header
@@ -198,7 +198,9 @@ class OnceTask(Task):
         # Before anything else: a call without a canonical form fails here,
         # with nothing published and no lock taken.
         digest = self.once_digest(args, kwargs)
-        with_digest(options, digest, fixed_id=task_id is not None, stamped=self._once_in_line)
+        # Stamped with the time of the call where it waits in a line, or where telemetry may record how long
+        # it waited to start (``celery_once.wait.duration``).
+        with_digest(options, digest, fixed_id=task_id is not None, stamped=self._once_in_line or telemetry.active)
         settings, eager = for_publish(self.app, self)
         # Its own options (``once``; a retry's are those its message carries) over the task's.
         settings, queue_lock = call_options.for_call(self, settings, once, options["headers"], task_id)

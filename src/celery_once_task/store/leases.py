@@ -4,6 +4,10 @@ The worker's main process renews every lock its executions hold together with
 its heartbeat key, in one round trip (``renewal``); an execution that meets a
 lock held by another delivery of its own message asks whether the holder's
 worker still lives.
+
+These go through redis-py's commands and pipelines: they run
+``telemetry.quietly`` while telemetry may record, so that a Redis
+instrumentor makes no root span per worker per renewal interval.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal
 
+from .. import telemetry
 from ..keys import KEY_PREFIX, heartbeat_key
 from . import scripts
 from .connection import is_cluster
@@ -62,10 +67,19 @@ class Leases:
 
     def forget_instance(self, instance: str) -> None:
         """Remove a worker instance's heartbeat: it is gone."""
-        self._runner.client.delete(heartbeat_key(instance, self._prefix))
+        delete = self._runner.client.delete
+        beat = heartbeat_key(instance, self._prefix)
+        if telemetry.active:
+            telemetry.quietly(delete, beat)
+        else:
+            delete(beat)
 
     def instance_alive(self, instance: str) -> bool:
         """Whether a worker instance's heartbeat lives."""
+        exists = self._runner.client.exists
         beat = heartbeat_key(instance, self._prefix)
-        alive, _ = self._runner.tries(lambda: self._runner.client.exists(beat))
+        if telemetry.active:
+            alive, _ = self._runner.tries(lambda: telemetry.quietly(exists, beat))
+        else:
+            alive, _ = self._runner.tries(lambda: exists(beat))
         return bool(alive)

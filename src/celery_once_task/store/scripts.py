@@ -14,6 +14,11 @@ pipeline, one network round trip. Scripts are sent by SHA1 (``EVALSHA``); after 
 ``SCRIPT FLUSH`` or a failover to a server that never saw them, the calls that
 came back with ``NOSCRIPT`` are loaded and run again. Only those: a call that
 ran must not run twice.
+
+What goes through redis-py's commands and pipelines (a Redis Cluster's
+calls, a script loaded again) runs ``telemetry.quietly`` while telemetry may
+record: the library's own span covers it, and a Redis instrumentor would
+count it twice.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import redis
 from redis import exceptions
 from redis.exceptions import NoScriptError, ResponseError
 
+from .. import telemetry
 from ..internals import cluster_pipeline_queue
 from .connection import is_cluster
 from .lua import Script
@@ -77,7 +83,7 @@ def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
     ``NOPERM`` where the call has a fallback) raises it.
     """
     if is_cluster(client):
-        return _run_on_cluster(client, calls)
+        return telemetry.quietly(_run_on_cluster, client, calls) if telemetry.active else _run_on_cluster(client, calls)
     replies = send_packed(client, lambda encoder: _pack_calls(encoder, calls), len(calls))
     for index, reply in enumerate(replies):
         if isinstance(reply, NoScriptError):
@@ -167,10 +173,8 @@ def acquire_free(client: Any, key: str, value: str, ttl_ms: int) -> Any:
     """
     if client not in _REFUSES_NX_GET:
         if is_cluster(client):
-            try:
-                reply = client.execute_command("SET", key, value, "PX", ttl_ms, "NX", "GET", get=True)
-            except ResponseError as exc:
-                reply = exc
+            reply = telemetry.quietly(_set_nx_get_on_cluster, client, key, value, ttl_ms) if telemetry.active else (
+                _set_nx_get_on_cluster(client, key, value, ttl_ms))
         else:
             reply = set_nx_get(client, key, value, ttl_ms)
         if not isinstance(reply, ResponseError):
@@ -179,6 +183,13 @@ def acquire_free(client: Any, key: str, value: str, ttl_ms: int) -> Any:
             raise reply
         refused_nx_get(client)
     return run(client, [Call(ACQUIRE, key, (value, ttl_ms, "", "exact"))])[0]
+
+
+def _set_nx_get_on_cluster(client: Any, key: str, value: str, ttl_ms: int) -> Any:
+    try:
+        return client.execute_command("SET", key, value, "PX", ttl_ms, "NX", "GET", get=True)
+    except ResponseError as exc:
+        return exc
 
 
 def run_in(pipe: Any, client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
@@ -204,6 +215,10 @@ def run_in(pipe: Any, client: redis.Redis, calls: Sequence[Call]) -> list[Any]:
 
 
 def _load_and_run(client: redis.Redis, call: Call) -> Any:
+    return telemetry.quietly(_load_and_run_now, client, call) if telemetry.active else _load_and_run_now(client, call)
+
+
+def _load_and_run_now(client: redis.Redis, call: Call) -> Any:
     client.script_load(call.script.source)
     return client.execute_command(*call.evalsha())  # type: ignore[no-untyped-call]
 
