@@ -123,6 +123,21 @@ def test_call_acquire_replaces_nothing_in_use(client: Any, view: Any, keys: Keys
     assert view.hget(keys.args, "a:task-1") is None
 
 
+def test_call_acquire_never_replaces_the_arguments_of_another_task_of_the_same_lock_name(client: Any, view: Any,
+                                                                                      keys: Keys) -> None:
+    call(client, keys, "task-1\x1ftests.sync_account", arguments='{"args": [1]}')
+    assert call(client, keys, "task-2\x1ftests.rebuild_account", arguments='{"args": [2]}') == [
+        "task-1\x1ftests.sync_account", 0]
+    assert view.exists(keys.args) == 0
+
+
+def test_call_acquire_replaces_the_arguments_of_the_same_task_of_a_lock_name(client: Any, view: Any,
+                                                                             keys: Keys) -> None:
+    call(client, keys, "task-1\x1ftests.sync_account", arguments='{"args": [1]}')
+    assert call(client, keys, "task-2\x1ftests.sync_account", arguments='{"args": [2]}') == [
+        "task-1\x1ftests.sync_account", 1]
+
+
 # -- QUEUE_LEASE -------------------------------------------------------------------------------------------------
 
 
@@ -175,6 +190,16 @@ def test_arguments_take_of_a_call_nobody_replaced_returns_none(client: Any, view
     call(client, keys, "task-1", arguments='{"args": [1]}')
     assert take(client, keys, "task-1") == [1, None]
     assert view.exists(keys.args) == 0  # nothing written for it
+
+
+def test_arguments_take_marks_replaced_arguments_in_use_so_no_undo_changes_them(client: Any, view: Any,
+                                                                              keys: Keys) -> None:
+    call(client, keys, "task-1", arguments='{"args": [1]}')
+    call(client, keys, "task-2", arguments='{"args": [2]}')
+    take(client, keys, "task-1")
+    assert view.hget(keys.args, "t:task-1") == "1"
+    assert run(client, ARGUMENTS_UNDO, keys.args, "task-2") == 0
+    assert view.hget(keys.args, "a:task-1") == '{"args": [2]}'
 
 
 def test_arguments_take_keeping_the_queue_lock_marks_the_arguments_in_use(client: Any, view: Any,

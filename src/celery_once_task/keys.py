@@ -113,6 +113,12 @@ def companion_key(queue_key: str, kind: str, prefix: str = KEY_PREFIX) -> str:
     the queue lock and the window, or replace the arguments of the call
     that holds it.
     """
+    if "{" in queue_key or "}" in queue_key:
+        # A task name with braces: Redis would hash the queue key by them, and
+        # this key by the first pair it finds. A short tag of the queue key's
+        # own slot comes first, and the whole queue key after it keeps the key
+        # the call's own.
+        return f"{prefix}:{{{_tag_of_slot(slot_of(queue_key))}}}:{queue_key}:{kind}"
     return f"{prefix}:{{{queue_key}}}:{kind}"
 
 

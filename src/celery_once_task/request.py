@@ -79,9 +79,12 @@ class OnceTaskRequest(Request):
 
     def cancel(self, *args: object, **kwargs: object) -> object:
         # Celery >= 5.5 cancels running tasks at cold shutdown before the boot
-        # steps are stopped; the pool child is killed right after.
+        # steps are stopped; the pool child is killed right after. The message
+        # comes back (Celery marks it for a retry): the call has not ended, so
+        # what it keeps until its end (an "end" window, replaced arguments, a
+        # burst's arguments) stays for the copy.
         try:
             return super().cancel(*args, **kwargs)
         finally:
             if self.time_start:
-                self.release_running_lock("cancelled")
+                self.release_running_lock("cancelled", unfinished=True, final=False)

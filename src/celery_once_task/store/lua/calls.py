@@ -33,8 +33,10 @@ from . import CLOCK_LUA, Script
 # ARGV[4] the call's arguments as kombu JSON ("" : the call replaces nothing)
 # ARGV[5] the call's task id (what its replacement is known by: an undo names it)
 # return  1 if the queue lock (and the window) are now the call's (or its earlier try's);
-#         else {holder, how}: how 0 -- the queue lock is held; 1 -- it is held, and the call's
-#         arguments replaced its holder's (not in use yet); 2 -- the window alone is held
+#         else {holder, how}: how 0 -- the queue lock is held (by a call of this task whose arguments
+#         are in use, or by a call of another task of the same lock_name: its arguments are never
+#         another task's); 1 -- it is held, and the call's arguments replaced its holder's (not in
+#         use yet); 2 -- the window alone is held
 CALL_ACQUIRE = Script(
     "call_acquire",
     CLOCK_LUA
@@ -43,10 +45,12 @@ local queue, value, queue_ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local window_ttl, arguments, token = tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local window = window_ttl > 0 and KEYS[2] or nil
 local replaced = arguments ~= '' and KEYS[window and 3 or 2] or nil
+-- The task a holder's value names after the separator ("" where no lock_name names the key).
+local function task_of(v) return string.match(v, '\\31(.*)$') or '' end
 local holder = redis.call('GET', queue)
 if holder == value then return 1 end
 if holder then
-    if replaced and redis.call('HEXISTS', replaced, 't:' .. holder) == 0 then
+    if replaced and task_of(holder) == task_of(value) and redis.call('HEXISTS', replaced, 't:' .. holder) == 0 then
         if redis.call('HGET', replaced, 'b:' .. holder) ~= token then
             local previous = redis.call('HGET', replaced, 'a:' .. holder) or ''
             redis.call('HSET', replaced, 'a:' .. holder, arguments, 'b:' .. holder, token, 'p:' .. holder, previous)
@@ -91,7 +95,8 @@ return 1
 # KEYS[1] the call's queue lock, KEYS[2] the key's replaced arguments (in KEYS[1]'s hash slot)
 # ARGV[1] the holder's value (matched whole)
 # ARGV[2] "release": the queue lock goes (queue_lock_until="pickup"); else the lease in milliseconds
-#         it is kept for (queue_lock_until="end"), and the arguments are marked taken
+#         it is kept for (queue_lock_until="end"); either way, arguments a duplicate replaced are
+#         marked taken (in use: no undo changes them under the execution)
 # ARGV[3] how long the arguments are kept at least, in milliseconds (for a copy of the message)
 # return  {1 if the holder held the queue lock (now released, or kept) else 0,
 #          the arguments a duplicate replaced the holder's with, or false: its message's own}
@@ -105,6 +110,7 @@ local ours = redis.call('GET', queue) == value
 if ours then
     if keep == 'release' then
         redis.call('DEL', queue)
+        if redis.call('HEXISTS', replaced, 'a:' .. value) == 1 then redis.call('HSET', replaced, 't:' .. value, 1) end
     else
         redis.call('PEXPIRE', queue, tonumber(keep))
         redis.call('HSET', replaced, 't:' .. value, 1)
