@@ -12,6 +12,7 @@ span as it ends, as JSON, to a list on the test session's redis-server
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,8 +57,17 @@ class RedisListExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+#: Set in the environment of the worker that runs this app (``test_telemetry_worker``).
+WORKER_ENV = "ONCE_TEST_TELEMETRY_WORKER"
+
+
 @signals.worker_process_init.connect(weak=False)
 def set_up_telemetry(**_: Any) -> None:
+    # Connected wherever this module is imported, the test process included,
+    # where a solo worker (start_worker) sends worker_process_init too: only
+    # the instrumented worker's pool processes set up its provider.
+    if os.environ.get(WORKER_ENV) != "1":
+        return
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(RedisListExporter()))
     trace.set_tracer_provider(provider)

@@ -17,7 +17,7 @@ import redis
 
 from tests import worker_app as tasks
 from tests.support import Worker, running_worker, started, wait_until
-from tests.telemetry_app import SPANS
+from tests.telemetry_app import SPANS, WORKER_ENV
 
 QUEUE = "telemetry"
 SCOPE = "celery_once_task"
@@ -28,7 +28,7 @@ def instrumented_worker(redis_server: Any, recs: redis.Redis) -> Iterator[Worker
     recs.delete(SPANS)
     # Three pool processes: a limit of two held, and the call beyond it picked up.
     with running_worker(redis_server.port, "telemetry", app="tests.telemetry_app", queues=QUEUE,
-                        concurrency=3) as worker:
+                        concurrency=3, env={WORKER_ENV: "1"}) as worker:
         yield worker
 
 
