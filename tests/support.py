@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -206,3 +206,19 @@ def records(client: redis.Redis, tag: str) -> list[dict[str, Any]]:
 
 def events(client: redis.Redis, tag: str, event: str) -> list[dict[str, Any]]:
     return [item for item in records(client, tag) if item["event"] == event]
+
+
+def decoded(reply: Any) -> Any:
+    """A script's reply with its strings decoded."""
+    if isinstance(reply, bytes):
+        return reply.decode()
+    if isinstance(reply, list):
+        return [decoded(item) for item in reply]
+    return reply
+
+
+def run_script(client: redis.Redis, script: Any, key: str, *args: str | int, more_keys: Sequence[str] = ()) -> Any:
+    """The reply of ``script`` on KEYS ``key, *more_keys`` with ARGV ``args``, run as the library runs it."""
+    from celery_once_task.store import scripts
+
+    return decoded(scripts.run(client, [scripts.Call(script, key, args, more_keys)])[0])

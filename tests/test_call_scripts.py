@@ -9,14 +9,11 @@ it twice.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
-from celery_once_task.store import scripts
-from celery_once_task.store.lua import Script
 from celery_once_task.store.lua.calls import (
     ARGUMENTS_FORGET,
     ARGUMENTS_TAKE,
@@ -24,7 +21,7 @@ from celery_once_task.store.lua.calls import (
     CALL_ACQUIRE,
     QUEUE_LEASE,
 )
-from tests.support import RedisServer
+from tests.support import RedisServer, run_script
 
 LONG = 60_000
 #: A database of the session's server that no other test uses.
@@ -59,21 +56,14 @@ def keys() -> Keys:
     return Keys()
 
 
-def text(reply: Any) -> Any:
-    if isinstance(reply, bytes):
-        return reply.decode()
-    if isinstance(reply, list):
-        return [text(item) for item in reply]
-    return reply
 
 
-def run(client: redis.Redis, script: Script, key: str, *args: str | int, more_keys: Sequence[str] = ()) -> Any:
-    return text(scripts.run(client, [scripts.Call(script, key, args, more_keys)])[0])
 
 
 def call(client: Any, keys: Keys, holder: str, *, window: int = 0, arguments: str = "", token: str = "") -> Any:
     more = [key for key, used in ((keys.window, window), (keys.args, arguments)) if used]
-    return run(client, CALL_ACQUIRE, keys.queue, holder, LONG, window, arguments, token or holder, more_keys=more)
+    return run_script(client, CALL_ACQUIRE, keys.queue, holder, LONG, window, arguments, token or holder,
+                      more_keys=more)
 
 
 # -- CALL_ACQUIRE ----------------------------------------------------------------------------------------------
@@ -143,24 +133,24 @@ def test_call_acquire_replaces_the_arguments_of_the_same_task_of_a_lock_name(cli
 
 def test_queue_lease_set_makes_the_holders_queue_lock_a_lease(client: Any, view: Any, keys: Keys) -> None:
     view.set(keys.queue, "task-1", px=LONG)
-    assert run(client, QUEUE_LEASE, keys.queue, "task-1", 2000, "set") == 1
+    assert run_script(client, QUEUE_LEASE, keys.queue, "task-1", 2000, "set") == 1
     assert 0 < view.pttl(keys.queue) <= 2000
 
 
 def test_queue_lease_extend_never_shortens_it(client: Any, view: Any, keys: Keys) -> None:
     view.set(keys.queue, "task-1", px=LONG)
-    assert run(client, QUEUE_LEASE, keys.queue, "task-1", 2000, "extend") == 1
+    assert run_script(client, QUEUE_LEASE, keys.queue, "task-1", 2000, "extend") == 1
     assert view.pttl(keys.queue) > 2000
 
 
 def test_queue_lease_leaves_another_holders_queue_lock(client: Any, view: Any, keys: Keys) -> None:
     view.set(keys.queue, "task-2", px=LONG)
-    assert run(client, QUEUE_LEASE, keys.queue, "task-1", 2000, "set") == 0
+    assert run_script(client, QUEUE_LEASE, keys.queue, "task-1", 2000, "set") == 0
     assert view.pttl(keys.queue) > 2000
 
 
 def test_queue_lease_takes_no_free_key(client: Any, view: Any, keys: Keys) -> None:
-    assert run(client, QUEUE_LEASE, keys.queue, "task-1", 2000, "set") == 0
+    assert run_script(client, QUEUE_LEASE, keys.queue, "task-1", 2000, "set") == 0
     assert view.exists(keys.queue) == 0
 
 
@@ -168,7 +158,7 @@ def test_queue_lease_takes_no_free_key(client: Any, view: Any, keys: Keys) -> No
 
 
 def take(client: Any, keys: Keys, holder: str, keep: str | int = "release") -> Any:
-    return run(client, ARGUMENTS_TAKE, keys.queue, holder, keep, LONG, more_keys=[keys.args])
+    return run_script(client, ARGUMENTS_TAKE, keys.queue, holder, keep, LONG, more_keys=[keys.args])
 
 
 def test_arguments_take_releases_the_queue_lock_and_returns_the_replaced_arguments(client: Any, view: Any,
@@ -198,7 +188,7 @@ def test_arguments_take_marks_replaced_arguments_in_use_so_no_undo_changes_them(
     call(client, keys, "task-2", arguments='{"args": [2]}')
     take(client, keys, "task-1")
     assert view.hget(keys.args, "t:task-1") == "1"
-    assert run(client, ARGUMENTS_UNDO, keys.args, "task-2") == 0
+    assert run_script(client, ARGUMENTS_UNDO, keys.args, "task-2") == 0
     assert view.hget(keys.args, "a:task-1") == '{"args": [2]}'
 
 
@@ -220,9 +210,9 @@ def test_arguments_forget_takes_every_field_of_the_holder_and_the_key_with_the_l
                                                                                   keys: Keys) -> None:
     call(client, keys, "task-1", arguments='{"args": [1]}')
     call(client, keys, "task-2", arguments='{"args": [2]}')
-    assert run(client, ARGUMENTS_FORGET, keys.args, "task-1") == 1
+    assert run_script(client, ARGUMENTS_FORGET, keys.args, "task-1") == 1
     assert view.exists(keys.args) == 0
-    assert run(client, ARGUMENTS_FORGET, keys.args, "task-1") == 0
+    assert run_script(client, ARGUMENTS_FORGET, keys.args, "task-1") == 0
 
 
 # -- ARGUMENTS_UNDO ----------------------------------------------------------------------------------------------
@@ -233,7 +223,7 @@ def test_arguments_undo_puts_back_the_arguments_a_refused_duplicate_replaced(cli
     call(client, keys, "task-1", arguments='{"args": [1]}')
     call(client, keys, "task-2", arguments='{"args": [2]}')
     call(client, keys, "task-3", arguments='{"args": [3]}')
-    assert run(client, ARGUMENTS_UNDO, keys.args, "task-3") == 1
+    assert run_script(client, ARGUMENTS_UNDO, keys.args, "task-3") == 1
     assert view.hget(keys.args, "a:task-1") == '{"args": [2]}'
 
 
@@ -241,7 +231,7 @@ def test_arguments_undo_of_the_first_replacement_leaves_the_messages_own(client:
                                                                         keys: Keys) -> None:
     call(client, keys, "task-1", arguments='{"args": [1]}')
     call(client, keys, "task-2", arguments='{"args": [2]}')
-    assert run(client, ARGUMENTS_UNDO, keys.args, "task-2") == 1
+    assert run_script(client, ARGUMENTS_UNDO, keys.args, "task-2") == 1
     assert view.exists(keys.args) == 0
 
 
@@ -249,7 +239,7 @@ def test_arguments_undo_leaves_a_later_replacement(client: Any, view: Any, keys:
     call(client, keys, "task-1", arguments='{"args": [1]}')
     call(client, keys, "task-2", arguments='{"args": [2]}')
     call(client, keys, "task-3", arguments='{"args": [3]}')
-    assert run(client, ARGUMENTS_UNDO, keys.args, "task-2") == 0
+    assert run_script(client, ARGUMENTS_UNDO, keys.args, "task-2") == 0
     assert view.hget(keys.args, "a:task-1") == '{"args": [3]}'
 
 
@@ -257,5 +247,5 @@ def test_arguments_undo_leaves_arguments_in_use(client: Any, view: Any, keys: Ke
     call(client, keys, "task-1", arguments='{"args": [1]}')
     call(client, keys, "task-2", arguments='{"args": [2]}')
     take(client, keys, "task-1", 2000)
-    assert run(client, ARGUMENTS_UNDO, keys.args, "task-2") == 0
+    assert run_script(client, ARGUMENTS_UNDO, keys.args, "task-2") == 0
     assert view.hget(keys.args, "a:task-1") == '{"args": [2]}'

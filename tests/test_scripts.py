@@ -11,14 +11,12 @@ the test waits for the server's clock to pass them.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from typing import Any, Optional
 
 import pytest
 import redis
 
 from celery_once_task.store import scripts
-from celery_once_task.store.lua import Script
 from celery_once_task.store.lua.bursts import BURST_CALL, BURST_FORGET, BURST_TAKE
 from celery_once_task.store.lua.locks import (
     ACQUIRE,
@@ -30,7 +28,7 @@ from celery_once_task.store.lua.locks import (
     TAKE,
 )
 from celery_once_task.store.lua.slots import SLOT_ACQUIRE, SLOT_CLEAR, SLOT_FORGET, SLOT_RELEASE, SLOT_RENEW
-from tests.support import RedisServer, wait_until
+from tests.support import RedisServer, decoded, run_script, wait_until
 
 #: A time to live, lease or debounce that does not run out during a test (milliseconds).
 LONG = 60_000
@@ -73,18 +71,8 @@ def keys() -> Keys:
     return Keys()
 
 
-def text(reply: Any) -> Any:
-    """A script's reply with its strings decoded."""
-    if isinstance(reply, bytes):
-        return reply.decode()
-    if isinstance(reply, list):
-        return [text(item) for item in reply]
-    return reply
 
 
-def run(client: redis.Redis, script: Script, key: str, *args: str | int, more_keys: Sequence[str] = ()) -> Any:
-    """The reply of ``script`` on KEYS ``key, *more_keys`` with ARGV ``args``, run as the library runs it."""
-    return text(scripts.run(client, [scripts.Call(script, key, args, more_keys)])[0])
 
 
 def server_ms(view: redis.Redis) -> int:
@@ -107,32 +95,32 @@ def finished(attempt: int, call: str) -> str:
 
 def test_compare_and_delete_deletes_the_lock_its_token_holds(client: Any, view: Any, keys: Keys) -> None:
     view.set(keys.lock, "task-1")
-    assert run(client, COMPARE_AND_DELETE, keys.lock, "task-1", "exact") == 1
+    assert run_script(client, COMPARE_AND_DELETE, keys.lock, "task-1", "exact") == 1
     assert view.exists(keys.lock) == 0
 
 
 def test_compare_and_delete_matches_a_running_lock_by_its_token_as_a_prefix(client: Any, view: Any,
                                                                            keys: Keys) -> None:
     view.set(keys.lock, "owner-1|1700000000.5")
-    assert run(client, COMPARE_AND_DELETE, keys.lock, "owner-1", "prefix") == 1
+    assert run_script(client, COMPARE_AND_DELETE, keys.lock, "owner-1", "prefix") == 1
     assert view.exists(keys.lock) == 0
 
 
 def test_compare_and_delete_leaves_a_lock_another_token_holds(client: Any, view: Any, keys: Keys) -> None:
     view.set(keys.lock, "task-2")
-    assert run(client, COMPARE_AND_DELETE, keys.lock, "task-1", "exact") == 0
+    assert run_script(client, COMPARE_AND_DELETE, keys.lock, "task-1", "exact") == 0
     assert view.get(keys.lock) == "task-2"
 
 
 def test_compare_and_delete_exact_does_not_match_a_value_the_token_only_begins(client: Any, view: Any,
                                                                                keys: Keys) -> None:
     view.set(keys.lock, "task-1|more")
-    assert run(client, COMPARE_AND_DELETE, keys.lock, "task-1", "exact") == 0
+    assert run_script(client, COMPARE_AND_DELETE, keys.lock, "task-1", "exact") == 0
     assert view.get(keys.lock) == "task-1|more"
 
 
 def test_compare_and_delete_of_a_free_lock_is_0(client: Any, view: Any, keys: Keys) -> None:
-    assert run(client, COMPARE_AND_DELETE, keys.lock, "task-1", "prefix") == 0
+    assert run_script(client, COMPARE_AND_DELETE, keys.lock, "task-1", "prefix") == 0
     assert view.exists(keys.lock) == 0
 
 
@@ -149,8 +137,8 @@ def acquire(client: Any, keys: Keys, value: str, *, ttl: int = LONG, takeover: s
         mode,  # ARGV[4] how ARGV[3] is matched
     )
     if attempt is None:
-        return run(client, ACQUIRE, keys.lock, *args)
-    return run(client, ACQUIRE, keys.lock, *args, attempt, call, more_keys=[keys.record])
+        return run_script(client, ACQUIRE, keys.lock, *args)
+    return run_script(client, ACQUIRE, keys.lock, *args, attempt, call, more_keys=[keys.record])
 
 
 def test_acquire_takes_a_free_lock(client: Any, view: Any, keys: Keys) -> None:
@@ -233,13 +221,14 @@ def test_acquire_free_takes_a_free_lock_as_acquire_does(client: Any, view: Any, 
 
 def test_acquire_free_names_the_holder_as_acquire_does(client: Any, view: Any, keys: Keys) -> None:
     view.set(keys.lock, "task-2")
-    assert text(scripts.acquire_free(client, keys.lock, "task-1", LONG)) == acquire(client, keys, "task-1")
+    assert decoded(scripts.acquire_free(client, keys.lock, "task-1", LONG)) == acquire(client, keys, "task-1")
     assert view.get(keys.lock) == "task-2"
 
 
 def test_acquire_free_sent_again_finds_its_own_value_as_acquire_does(client: Any, view: Any, keys: Keys) -> None:
     assert scripts.acquire_free(client, keys.lock, "task-1", LONG) == 1
-    assert text(scripts.acquire_free(client, keys.lock, "task-1", LONG)) == acquire(client, keys, "task-1") == "task-1"
+    again = decoded(scripts.acquire_free(client, keys.lock, "task-1", LONG))
+    assert again == acquire(client, keys, "task-1") == "task-1"
 
 
 # -- RELEASE_RUNNING ---------------------------------------------------------------------------------------------
@@ -247,7 +236,7 @@ def test_acquire_free_sent_again_finds_its_own_value_as_acquire_does(client: Any
 
 def release_running(client: Any, keys: Keys, token: str, record: str, *, attempt: int = 0,
                     call: str = "call-1") -> Any:
-    return run(client, RELEASE_RUNNING, keys.lock,
+    return run_script(client, RELEASE_RUNNING, keys.lock,
                token,  # ARGV[1] owner token (a prefix of the lock's value)
                record,  # ARGV[2] the record to write
                LONG,  # ARGV[3] its time to live
@@ -289,7 +278,7 @@ def test_release_running_never_replaces_the_record_of_a_later_attempt(client: An
 
 
 def record_finished(client: Any, keys: Keys, record: str, attempt: int, call: str = "call-1") -> Any:
-    return run(client, RECORD_FINISHED, keys.record,
+    return run_script(client, RECORD_FINISHED, keys.record,
                record,  # ARGV[1] the record to write
                LONG,  # ARGV[2] its time to live
                attempt,  # ARGV[3] the attempt that ended
@@ -326,19 +315,19 @@ def test_record_finished_replaces_a_later_attempt_of_another_call(client: Any, v
 
 def test_renew_extends_the_lease_of_the_lock_its_token_holds(client: Any, view: Any, keys: Keys) -> None:
     view.set(keys.lock, "owner-1|1700000000.5", px=1000)
-    assert run(client, RENEW, keys.lock, "owner-1", LONG) == 1
+    assert run_script(client, RENEW, keys.lock, "owner-1", LONG) == 1
     assert view.pttl(keys.lock) > 1000
     assert view.get(keys.lock) == "owner-1|1700000000.5"
 
 
 def test_renew_leaves_the_lease_of_a_lock_another_token_holds(client: Any, view: Any, keys: Keys) -> None:
     view.set(keys.lock, "owner-2|1700000001.5", px=1000)
-    assert run(client, RENEW, keys.lock, "owner-1", LONG) == 0
+    assert run_script(client, RENEW, keys.lock, "owner-1", LONG) == 0
     assert view.pttl(keys.lock) <= 1000
 
 
 def test_renew_does_not_bring_back_a_lost_lock(client: Any, view: Any, keys: Keys) -> None:
-    assert run(client, RENEW, keys.lock, "owner-1", LONG) == 0
+    assert run_script(client, RENEW, keys.lock, "owner-1", LONG) == 0
     assert view.exists(keys.lock) == 0
 
 
@@ -347,19 +336,19 @@ def test_renew_does_not_bring_back_a_lost_lock(client: Any, view: Any, keys: Key
 
 def test_compare_and_swap_writes_the_new_value_over_the_expected_token(client: Any, view: Any, keys: Keys) -> None:
     view.set(keys.lock, "owner-1|1700000000.5", px=1000)
-    assert run(client, COMPARE_AND_SWAP, keys.lock, "owner-1", "owner-2|1700000001.5", LONG) == 1
+    assert run_script(client, COMPARE_AND_SWAP, keys.lock, "owner-1", "owner-2|1700000001.5", LONG) == 1
     assert view.get(keys.lock) == "owner-2|1700000001.5"
     assert 1000 < view.pttl(keys.lock) <= LONG
 
 
 def test_compare_and_swap_leaves_a_lock_another_token_holds(client: Any, view: Any, keys: Keys) -> None:
     view.set(keys.lock, "owner-3|1700000000.5")
-    assert run(client, COMPARE_AND_SWAP, keys.lock, "owner-1", "owner-2|1700000001.5", LONG) == 0
+    assert run_script(client, COMPARE_AND_SWAP, keys.lock, "owner-1", "owner-2|1700000001.5", LONG) == 0
     assert view.get(keys.lock) == "owner-3|1700000000.5"
 
 
 def test_compare_and_swap_does_not_take_a_free_lock(client: Any, view: Any, keys: Keys) -> None:
-    assert run(client, COMPARE_AND_SWAP, keys.lock, "owner-1", "owner-2|1700000001.5", LONG) == 0
+    assert run_script(client, COMPARE_AND_SWAP, keys.lock, "owner-1", "owner-2|1700000001.5", LONG) == 0
     assert view.exists(keys.lock) == 0
 
 
@@ -368,12 +357,12 @@ def test_compare_and_swap_does_not_take_a_free_lock(client: Any, view: Any, keys
 
 def test_take_returns_the_waiting_entry_and_deletes_it(client: Any, view: Any, keys: Keys) -> None:
     view.set(keys.entry, "task-1\x1f{}")
-    assert run(client, TAKE, keys.entry) == "task-1\x1f{}"
+    assert run_script(client, TAKE, keys.entry) == "task-1\x1f{}"
     assert view.exists(keys.entry) == 0
 
 
 def test_take_of_no_entry_is_nil(client: Any, keys: Keys) -> None:
-    assert run(client, TAKE, keys.entry) is None
+    assert run_script(client, TAKE, keys.entry) is None
 
 
 # -- running_limit: SLOT_ACQUIRE ---------------------------------------------------------------------------------
@@ -405,7 +394,7 @@ def handed(task: str, retries: int = 0) -> str:
 def slot_acquire(client: Any, keys: Keys, task: str, *, retries: int = 0, delivery: int = 1, taken: str = "since-1",
                  lease: int = LONG, limit: int = 1, wait: bool = False, called: int = 0, reserve: int = LONG,
                  takeover: str = "", with_record: bool = False, call: str = "call-1") -> Any:
-    return run(client, SLOT_ACQUIRE, keys.slots,
+    return run_script(client, SLOT_ACQUIRE, keys.slots,
                owner(task, retries, delivery),  # ARGV[1] owner token
                taken,  # ARGV[2] when the lock is taken
                lease,  # ARGV[3] lease
@@ -431,9 +420,9 @@ def slot_release(client: Any, keys: Keys, task: str, *, delivery: int = 1, limit
         reserve,  # ARGV[3] how long a reservation is kept
     )
     if record is None:
-        return run(client, SLOT_RELEASE, keys.slots, *args, more_keys=[keys.line, keys.messages])
+        return run_script(client, SLOT_RELEASE, keys.slots, *args, more_keys=[keys.line, keys.messages])
     # ARGV[4..7] the record to write, its time to live, the attempt, its call
-    return run(client, SLOT_RELEASE, keys.slots, *args, record, LONG, 0, "call-1",
+    return run_script(client, SLOT_RELEASE, keys.slots, *args, record, LONG, 0, "call-1",
                more_keys=[keys.line, keys.messages, keys.record])
 
 
@@ -635,14 +624,14 @@ def test_slot_release_leaves_no_key_behind_once_nothing_is_held_or_waiting(clien
 def test_slot_renew_extends_the_lease_of_the_slot_its_token_holds(client: Any, view: Any, keys: Keys) -> None:
     slot_acquire(client, keys, "task-a", lease=1000, taken="since-1")
     before = server_ms(view)
-    assert run(client, SLOT_RENEW, keys.slots, owner("task-a"), LONG) == 1
+    assert run_script(client, SLOT_RENEW, keys.slots, owner("task-a"), LONG) == 1
     assert expiry(view, keys, f"s:{owner('task-a')}") >= before + LONG
     assert view.hget(keys.slots, f"s:{owner('task-a')}").endswith(":since-1")
     assert view.pttl(keys.slots) > 1000
 
 
 def test_slot_renew_of_a_token_without_a_slot_is_0(client: Any, view: Any, keys: Keys) -> None:
-    assert run(client, SLOT_RENEW, keys.slots, owner("task-a"), LONG) == 0
+    assert run_script(client, SLOT_RENEW, keys.slots, owner("task-a"), LONG) == 0
     assert view.exists(keys.slots) == 0
 
 
@@ -650,14 +639,14 @@ def test_slot_clear_deletes_a_field_that_still_holds_the_value(client: Any, view
     slot_acquire(client, keys, "task-a", limit=2)
     slot_acquire(client, keys, "task-b", limit=2)
     field = f"s:{owner('task-a')}"
-    assert run(client, SLOT_CLEAR, keys.slots, field, view.hget(keys.slots, field)) == 1
+    assert run_script(client, SLOT_CLEAR, keys.slots, field, view.hget(keys.slots, field)) == 1
     assert slot_fields(view, keys) == [f"s:{owner('task-b')}"]
 
 
 def test_slot_clear_leaves_a_field_whose_value_changed(client: Any, view: Any, keys: Keys) -> None:
     slot_acquire(client, keys, "task-a")
     field = f"s:{owner('task-a')}"
-    assert run(client, SLOT_CLEAR, keys.slots, field, "1:since-0") == 0
+    assert run_script(client, SLOT_CLEAR, keys.slots, field, "1:since-0") == 0
     assert slot_fields(view, keys) == [field]
 
 
@@ -665,12 +654,12 @@ def test_slot_clear_deletes_the_key_once_no_slot_or_reservation_is_left(client: 
                                                                         keys: Keys) -> None:
     slot_acquire(client, keys, "task-a")
     field = f"s:{owner('task-a')}"
-    assert run(client, SLOT_CLEAR, keys.slots, field, view.hget(keys.slots, field)) == 1
+    assert run_script(client, SLOT_CLEAR, keys.slots, field, view.hget(keys.slots, field)) == 1
     assert view.exists(keys.slots) == 0
 
 
 def slot_forget(client: Any, keys: Keys, task: str, *, limit: int = 1) -> Any:
-    return run(client, SLOT_FORGET, keys.slots,
+    return run_script(client, SLOT_FORGET, keys.slots,
                call_id(task),  # ARGV[1] the call id whose place or reservation goes
                limit,  # ARGV[2] the limit
                LONG,  # ARGV[3] how long a reservation is kept
@@ -716,7 +705,7 @@ def test_slot_forget_leaves_no_key_behind_once_nothing_is_held_or_waiting(client
 
 def burst_call(client: Any, keys: Keys, token: str, arguments: str = "[]", *, debounce: int = LONG, most: int = 0,
                overdue: int = LONG) -> Any:
-    return run(client, BURST_CALL, keys.burst,
+    return run_script(client, BURST_CALL, keys.burst,
                token,  # ARGV[1] a new task id
                debounce,  # ARGV[2] debounce
                most,  # ARGV[3] debounce_max (0: none)
@@ -726,13 +715,13 @@ def burst_call(client: Any, keys: Keys, token: str, arguments: str = "[]", *, de
 
 
 def burst_take(client: Any, keys: Keys, burst_id: str) -> Any:
-    return run(client, BURST_TAKE, keys.burst,
+    return run_script(client, BURST_TAKE, keys.burst,
                burst_id,  # ARGV[1] the burst's task id
                LONG)  # ARGV[2] how long a started burst's arguments are kept
 
 
 def burst_forget(client: Any, keys: Keys, burst_id: str, what: str, keep: int = LONG) -> Any:
-    return run(client, BURST_FORGET, keys.burst,
+    return run_script(client, BURST_FORGET, keys.burst,
                burst_id,  # ARGV[1] a burst's task id
                what,  # ARGV[2] "open", "drop" or "closed"
                keep)  # ARGV[3] with "closed": how long the ended burst's last call is remembered
