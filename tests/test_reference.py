@@ -11,6 +11,7 @@ the way the library writes it), and the version the site shows.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -244,10 +245,10 @@ def test_the_operators_page_lists_every_reason_of_lock_recovered() -> None:
 DIGEST = "5a22e471c650ee22"
 TASK_ID = "62ac4d0e-8f7b-4c1e-9d3a-0b5c6d7e8f90"
 PLACEHOLDERS = {
-    "<task name>": "shop.tasks.send_invoice", "<task>": "shop.tasks.send_invoice", "<digest>": DIGEST,
+    "<task name>": "proj.tasks.send_invoice", "<task>": "proj.tasks.send_invoice", "<digest>": DIGEST,
     "<task id>": TASK_ID, "<instance>": "e7361c0f2a9b4d58",
-    "<queue lock key>": f"once_task:shop.tasks.send_invoice:{DIGEST}:queue",
-    "<running lock key>": f"once_task:shop.tasks.send_invoice:{DIGEST}:running",
+    "<queue lock key>": f"once_task:proj.tasks.send_invoice:{DIGEST}:queue",
+    "<running lock key>": f"once_task:proj.tasks.send_invoice:{DIGEST}:running",
 }
 TYPE_PLACEHOLDERS = ("<lock type>", "<type>")
 
@@ -281,7 +282,7 @@ def written(key: str) -> bool:
     if key.startswith("once_task_done:"):
         task_id = key.rsplit(":", 1)[1]
         return key in (finished_key(PLACEHOLDERS["<running lock key>"], task_id),
-                       finished_key(KeySpace("once_task", "shop.tasks.send_invoice", "").limited(DIGEST, SLOTS),
+                       finished_key(KeySpace("once_task", "proj.tasks.send_invoice", "").limited(DIGEST, SLOTS),
                                     task_id))
     parts = parse_key(key, CALL_KEY_TYPES)
     if parts is None or not well_formed_digest(parts.digest):
@@ -311,12 +312,16 @@ def test_the_example_key_of_the_guarantees_page_is_the_calls_key() -> None:
 
     app = Celery("reference", set_as_current=False)
 
-    @app.task(base=OnceTask, name="shop.tasks.send_invoice", shared=False)
+    @app.task(base=OnceTask, name="proj.tasks.send_invoice", shared=False)
     def send_invoice(customer_id: int, month: str) -> None: ...
 
     key = send_invoice.once_key((42, "2026-11"), {}, QUEUE)
     assert f"`{key}`" in (DOCS / "guarantees.md").read_text()
     assert f"`{key}`" in (ROOT / "CHANGELOG.md").read_text()  # the upgrade's example
+    # ... beside the key 1.0.0 gave the same call: a SHA-256 of the name and the str() of the arguments.
+    old = hashlib.sha256(f"{send_invoice.name}:{(42, '2026-11')!s}:".encode()).hexdigest()[:16]
+    changelog = " ".join((ROOT / "CHANGELOG.md").read_text().split())
+    assert f"`once_task:{send_invoice.name}:{old}:queue` in 1.0.0" in changelog
     assert send_invoice.once_key((42, "2026-11"), {}, RUNNING) == PLACEHOLDERS["<running lock key>"]
 
 
