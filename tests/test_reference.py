@@ -325,6 +325,18 @@ def test_the_example_key_of_the_guarantees_page_is_the_calls_key() -> None:
     assert send_invoice.once_key((42, "2026-11"), {}, RUNNING) == PLACEHOLDERS["<running lock key>"]
 
 
+# -- headings -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("page", sorted(path.name for path in DOCS.glob("*.md")))
+def test_every_page_of_the_site_has_sections_for_its_table_of_contents(page: str) -> None:
+    text = (DOCS / page).read_text()
+    if text.strip() == '--8<-- "CHANGELOG.md"':  # the changelog page is the file
+        text = (ROOT / "CHANGELOG.md").read_text()
+    assert re.match(r"# \S", text), f"{page} has no title"
+    assert re.search(r"(?m)^## \S", text), f"{page} has no sections"
+
+
 # -- the version ----------------------------------------------------------------------------------
 
 
