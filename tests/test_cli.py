@@ -199,7 +199,8 @@ def test_standalone_program_never_prints_the_password_of_a_url_it_refuses() -> N
     done = subprocess.run([sys.executable, "-m", "celery_once_task", "--url", "http://user:s3cr3t-pw@host/", "locks"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert "http://user:***@host/ is not a redis://" in done.stderr
+    assert "http://user:***@host/ is not a lock store URL" in done.stderr
+    assert "redis+sentinel://" in done.stderr and "redis+cluster://" in done.stderr  # every form it takes
     assert "s3cr3t-pw" not in done.stdout + done.stderr
 
 

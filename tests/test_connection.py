@@ -98,9 +98,15 @@ def test_a_master_name_other_than_the_urls_service_is_refused() -> None:
         make_client("redis+sentinel://h:1/mymaster", {"master_name": "other"})
 
 
-def test_redis_options_must_be_a_dict() -> None:
-    with pytest.raises(ValueError, match="redis_options must be a dict"):
+def test_redis_options_must_be_a_mapping() -> None:
+    with pytest.raises(ValueError, match=r"redis_options must be a mapping of the Redis client's keyword arguments.*"
+                                         r"got a list"):
         configure(redis_options=["socket_timeout", 2])  # type: ignore[arg-type]
+
+
+def test_redis_options_with_a_key_that_is_no_argument_name_names_the_key() -> None:
+    with pytest.raises(ValueError, match=r"redis_options must be a mapping.*got a mapping with the key 2 \(int\)"):
+        configure(redis_options={2: "socket_timeout"})  # type: ignore[dict-item]
 
 
 @pytest.mark.parametrize(

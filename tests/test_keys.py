@@ -14,9 +14,9 @@ import pytest
 from celery import Celery
 from kombu import serialization
 
-from celery_once_task import OnceTask, OnceTaskLocked
+from celery_once_task import OnceTask, OnceTaskLocked, debounce, limits
 from celery_once_task.headers import DIGEST_HEADER
-from celery_once_task.keys import canonical_call, signature_of
+from celery_once_task.keys import KeyParts, canonical_call, key_space, parse_key, signature_of
 from tests import worker_app as tasks
 from tests.support import events, wait_until
 
@@ -31,6 +31,33 @@ def test_key_is_name_digest_and_lock_type() -> None:
     key = tasks.add.once_key((1, 2), {}, "queue")
     assert re.fullmatch(r"once_task:tests\.worker_app\.add:[0-9a-f]{16}:queue", key)
     assert tasks.add.once_key((1, 2), {}, "running") == key[: -len("queue")] + "running"
+
+
+@pytest.mark.parametrize(("task", "lock_type", "written"), [
+    (tasks.export, "slots", lambda space, digest: limits.slots_key(space, digest)),
+    (tasks.reindex, "burst", lambda space, digest: debounce.burst_key(space, digest)),
+    (tasks.parked, "unique", lambda space, digest: space.companion(digest, "unique")),
+], ids=["slots", "burst", "unique"])
+def test_once_key_gives_the_key_the_library_writes_for_limited_debounced_and_windowed_calls(
+    task: Any, lock_type: str, written: Any,
+) -> None:
+    args = ("tenant-1",) if task is tasks.parked else ("tenant-1", 1)
+    key = task.once_key(args, {}, lock_type)
+    space = key_space(task, task.once_settings())
+    assert key == written(space, task.once_digest(args, {}))
+    # What `celery once show KEY` reads it with.
+    assert parse_key(key) == KeyParts(task.name, task.once_digest(args, {}), lock_type)
+
+
+def test_once_key_tags_the_digest_of_limited_and_debounced_keys_for_redis_cluster() -> None:
+    digest = tasks.reindex.once_digest(("doc", 1), {})
+    assert tasks.reindex.once_key(("doc", 1), {}, "burst") == f"once_task:tests.worker_app.reindex:{{{digest}}}:burst"
+
+
+def test_once_key_refuses_an_unknown_lock_type_naming_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"^'nonsense' is not a type of lock key: one of queue, running, waiting, "
+                                         r"slots, waiters, messages, burst, unique, args$"):
+        tasks.add.once_key((1, 2), {}, "nonsense")
 
 
 def test_digest_is_the_first_16_hex_of_a_sha256_of_the_canonical_call() -> None:

@@ -104,6 +104,21 @@ def test_a_rejected_value_changes_nothing() -> None:
     assert resolve().queue_lock_timeout == 5
 
 
+def test_configure_refuses_debounce_max_below_debounce_when_it_is_called() -> None:
+    with pytest.raises(ValueError, match=r"^configure\(\): debounce_max \(1\) must be at least debounce \(5\)$"):
+        configure(debounce=5, debounce_max=1)
+    assert resolve().debounce is None
+
+
+def test_configure_refuses_a_setting_that_contradicts_one_it_set_before() -> None:
+    configure(debounce=5)
+    with pytest.raises(ValueError, match="debounce_max"):
+        configure(debounce_max=1)
+    with pytest.raises(ValueError, match="unique_for cannot be used with debounce"):
+        configure(unique_for=60)
+    assert resolve().debounce_max is None
+
+
 def test_configure_again_takes_effect_for_the_next_lock(locks: Any) -> None:
     configure(queue_lock_timeout=77)
     tag = uuid.uuid4().hex

@@ -66,7 +66,7 @@ from .settings import configure
 from .signals import setup_once_task_signals, teardown_once_task_signals
 from .task import OnceTask
 
-__version__ = "1.1.0"
+__version__ = "2.0.0"
 
 __all__ = [
     "LockStoreUnavailable",

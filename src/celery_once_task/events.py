@@ -10,7 +10,8 @@ that every module can send them; ``signals`` offers them to users too.
 ``duplicate_execution(sender=task, task_id, key, holder_id, policy)``
     in the process that meets a held running lock (or a full ``running_limit``);
 ``lock_recovered(sender=task, key, holder, reason)``
-    when the lock of a gone or finished owner is taken over or released late.
+    when the lock of a gone or finished owner is taken over or released late;
+    ``reason`` is one of ``RECOVERY_REASONS`` (the last with why it was released).
 """
 
 from __future__ import annotations
@@ -22,3 +23,13 @@ duplicate_execution = Signal(
     name="duplicate_execution", providing_args={"task_id", "key", "holder_id", "policy"}
 )
 lock_recovered = Signal(name="lock_recovered", providing_args={"key", "holder", "reason"})
+
+#: ``lock_recovered``'s reasons: a copy of a message delivered again took over from the same attempt's gone worker;
+WORKER_GONE = "worker gone"
+#: a copy put off to wait for another delivery took the lock, that delivery (or its own earlier pickup) never ended;
+DEFERRED_COPY = "deferred copy"
+#: an attempt ended but its result was never stored: it runs again;
+RESULT_LOST = "result lost"
+#: a release that failed while the store was away was made later (``why``: the release's own reason).
+RELEASED_LATE = "released late ({why})"
+RECOVERY_REASONS = (WORKER_GONE, DEFERRED_COPY, RESULT_LOST, RELEASED_LATE)

@@ -27,7 +27,7 @@ from celery.exceptions import Ignore
 
 from . import telemetry
 from .deferral import defer
-from .events import lock_recovered
+from .events import DEFERRED_COPY, WORKER_GONE, lock_recovered
 from .headers import AFTER_HEADER
 from .ownership import Lease, RunningOwner, running_ttl
 from .protocols import TaskLike, TaskRequest
@@ -125,8 +125,8 @@ def same_attempt(task: TaskLike, request: TaskRequest, hold: Hold, holder_value:
         logger.warning("%s[%s]: lock recovered: took over %s from gone worker %s", task.name, request.id,
                        hold.describe(), holder.worker)
         if telemetry.active:
-            telemetry.recovered(task, hold.key, "worker gone", request)
-        lock_recovered.send(sender=task, key=hold.key, holder=holder_value, reason="worker gone")
+            telemetry.recovered(task, hold.key, WORKER_GONE, request)
+        lock_recovered.send(sender=task, key=hold.key, holder=holder_value, reason=WORKER_GONE)
         return hold
     if telemetry.active:
         telemetry.executed(task, request, "postponed", holder=holder_value, client=hold.store.client)
@@ -142,5 +142,5 @@ def recovered(task: TaskLike, request: TaskRequest, hold: Hold, holder: str) -> 
     """A deferred copy took the lock: the delivery it waited on, or its own earlier pickup, never ended."""
     logger.warning("%s[%s]: lock recovered: %s taken by a deferred copy", task.name, request.id, hold.describe())
     if telemetry.active:
-        telemetry.recovered(task, hold.key, "deferred copy", request)
-    lock_recovered.send(sender=task, key=hold.key, holder=holder, reason="deferred copy")
+        telemetry.recovered(task, hold.key, DEFERRED_COPY, request)
+    lock_recovered.send(sender=task, key=hold.key, holder=holder, reason=DEFERRED_COPY)

@@ -25,7 +25,7 @@ from typing import Literal, Optional, Union
 from redis.exceptions import RedisError
 
 from . import telemetry
-from .events import lock_recovered
+from .events import RELEASED_LATE, lock_recovered
 from .protocols import TaskLike
 from .settings import Settings
 from .store import FinishedRecord, LockStore, StoreUnavailable
@@ -273,7 +273,7 @@ def _name(task: object) -> str:
 
 
 def _recovered(cleanup: Cleanup) -> None:
-    reason = f"released late ({cleanup.reason})"
+    reason = RELEASED_LATE.format(why=cleanup.reason)
     if telemetry.active:
         telemetry.recovered(cleanup.task, cleanup.key, reason)
     if cleanup.task is not None and not isinstance(cleanup.task, str):

@@ -48,7 +48,8 @@ from .digest import (
 )
 
 __all__ = [
-    "ARGUMENTS", "BURST", "DIGEST_LENGTH", "FINISHED_PREFIX", "KEY_PREFIX", "LOCK_TYPES", "MESSAGES", "QUEUE",
+    "ARGUMENTS", "BURST", "CALL_KEY_TYPES",
+    "DIGEST_LENGTH", "FINISHED_PREFIX", "KEY_PREFIX", "LOCK_TYPES", "MESSAGES", "QUEUE",
     "RUNNING", "SEPARATOR", "SLOTS", "UNIQUE", "WAITERS", "WAITING", "KeyParts", "KeySpace", "Select", "call_digest",
     "call_id", "canonical_call", "check_lock_args", "companion_key", "finished_key", "heartbeat_key",
     "heartbeat_pattern", "holder_id", "holder_value", "key_space", "limited_key", "lock_key", "new_task_id",
@@ -81,6 +82,8 @@ _TAGGED = frozenset((SLOTS, WAITERS, MESSAGES, BURST))
 #: The keys tagged with their call's queue key (``companion_key``).
 _COMPANIONS = frozenset((UNIQUE, ARGUMENTS))
 _TYPES = frozenset((QUEUE, RUNNING, WAITING, *_TAGGED))
+#: Every type of key a call can have, each in the form it is written in (``KeySpace.of_type``).
+CALL_KEY_TYPES = (QUEUE, RUNNING, WAITING, SLOTS, WAITERS, MESSAGES, BURST, UNIQUE, ARGUMENTS)
 
 #: Between a task id and what follows it inside a value: no task id contains it.
 SEPARATOR = "\x1f"
@@ -144,6 +147,16 @@ class KeySpace(NamedTuple):
 
     def companion(self, digest: str, kind: str) -> str:
         return companion_key(self.lock(digest, QUEUE), kind, self.prefix)
+
+    def of_type(self, digest: str, lock_type: str) -> str:
+        """The call's key of ``lock_type`` in the form that type is written in; ``ValueError`` for any other type."""
+        if lock_type in _TAGGED:
+            return self.limited(digest, lock_type)
+        if lock_type in _COMPANIONS:
+            return self.companion(digest, lock_type)
+        if lock_type in _TYPES:
+            return self.lock(digest, lock_type)
+        raise ValueError(f"{lock_type!r} is not a type of lock key: one of {', '.join(CALL_KEY_TYPES)}")
 
     def holder(self, task_id: str) -> str:
         """The value of a queue lock (or a window) ``task_id`` holds: ``holder_value``."""

@@ -58,9 +58,16 @@ class SettingSpec:
             # The master name of a sentinel:// URL comes from redis_options: checked with it when a client is made.
             connection.parse_url(value, {"master_name": "-"}, label=label)
         elif kind == "options":
-            if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
-                raise ValueError(f"{label} must be a dict of keyword arguments for the Redis client, got {type(value)}")
-            return dict(value)
+            if not isinstance(value, Mapping):
+                # The type only: the value may hold a password.
+                got = f"a {type(value).__name__}"
+            else:
+                odd = next((key for key in value if not isinstance(key, str)), None)
+                if odd is None:
+                    return dict(value)
+                got = f"a mapping with the key {odd!r} ({type(odd).__name__}), which is no argument name"
+            raise ValueError(f"{label} must be a mapping of the Redis client's keyword arguments (names as str: "
+                             f"{{\"socket_timeout\": 1.0}}), got {got}")
         elif kind == "int_seconds":
             # bool is an int to Python, never a number of seconds to anyone.
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

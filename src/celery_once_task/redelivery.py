@@ -64,7 +64,7 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from . import telemetry
 from .deferral import defer
-from .events import lock_recovered
+from .events import RESULT_LOST, lock_recovered
 from .headers import CALL_HEADER, header
 from .ownership import INSTANCE, Lease, heartbeat_enabled
 from .protocols import TaskLike, TaskRequest
@@ -210,7 +210,7 @@ def copy_of_finished(task: TaskLike, settings: Settings, request: TaskRequest, s
         Verdict.IGNORE, 0.0)
     if telemetry.active:
         if outcome is Verdict.RUN:
-            telemetry.recovered(task, running_key or "", "result lost", request)
+            telemetry.recovered(task, running_key or "", RESULT_LOST, request)
         else:
             telemetry.executed(task, request, "finished_copy" if outcome is Verdict.IGNORE else "postponed",
                                client=store.client)
@@ -232,5 +232,5 @@ def copy_of_finished(task: TaskLike, settings: Settings, request: TaskRequest, s
         "it runs again (lock %s)", task.name, request.id, running_key,
     )
     if running_key is not None:
-        lock_recovered.send(sender=task, key=running_key, holder=value, reason="result lost")
+        lock_recovered.send(sender=task, key=running_key, holder=value, reason=RESULT_LOST)
     return again()

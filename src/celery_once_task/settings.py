@@ -40,8 +40,9 @@ from .store import connection
 
 __all__ = [
     "APP_CONF_NAMES", "QUEUE_LOCK_CONFLICTS", "QUEUE_LOCK_UNTIL", "RUNNING_LOCK_CONFLICTS", "SETTINGS", "TASK_OPTIONS",
-    "QueueLockConflict", "QueueLockUntil", "RunningLockConflict", "SettingSpec", "Settings", "configure",
-    "for_publish", "reset_configuration", "resolve", "set_integration_source", "settings_changed", "validate",
+    "QueueLockConflict", "QueueLockUntil", "RunningLockConflict", "SettingSpec", "Settings", "check_relations",
+    "configure", "for_publish", "reset_configuration", "resolve", "set_integration_source", "settings_changed",
+    "validate",
 ]
 
 #: What an execution that meets a running copy of its call gets.
@@ -265,6 +266,8 @@ def configure(
     given = dict(locals())
     providers = [given.pop(name) for name in CONFIGURE_ONLY]
     values = {name: validate(name, value) for name, value in given.items() if value is not None}
+    # What configure() will hold must make sense together: refused here, not at the first lock operation.
+    check_relations({**_configured.values(), **values}, "configure()")
     telemetry_.check_providers(*providers)
     _configured.update(values)
     # Whatever changed, the next lock operation decides again whether it records.
@@ -351,11 +354,17 @@ def _resolve(conf: Optional[AppConf], task: object) -> Settings:
             value = getattr(task, name, None)
             if value is not None:
                 values[name] = spec.check(value, f"{getattr(task, 'name', None)}.{name}")
-    where = getattr(task, "name", None) or "the configuration"
+    check_relations(values, getattr(task, "name", None) or "the configuration")
+    return Settings(**values)
+
+
+def check_relations(values: Mapping[str, Any], where: str) -> None:
+    """Refuse settings that contradict each other (``debounce_max`` below ``debounce``, ...): a ``ValueError``.
+
+    The settings in force only: the task-only options (queue_lock, running_limit ...) were checked with its own
+    at its definition, and a default for every task is not refused for a task it does not concern.
+    """
     debounce, most = values.get("debounce"), values.get("debounce_max")
     if debounce and most and most < debounce:
         raise ValueError(f"{where}: debounce_max ({most!r}) must be at least debounce ({debounce!r})")
-    # The settings in force only: the task-only options (queue_lock, running_limit ...) were checked with its own
-    # at its definition, and a default for every task is not refused for a task it does not concern.
     check_combination(values, where)
-    return Settings(**values)

@@ -105,7 +105,18 @@ class OnceTask(Task):
     # -- keys ---------------------------------------------------------------
 
     def once_digest(self, args: Optional[Sequence[Any]], kwargs: Optional[Mapping[str, Any]]) -> str:
-        """The digest of a call's canonical form; ``TypeError`` if it has none."""
+        """The digest of a call's canonical form: the middle part of its keys.
+
+        Args:
+            args: The call's positional arguments.
+            kwargs: The call's keyword arguments.
+
+        Returns:
+            The first 16 hex characters of a SHA-256 of the call's canonical form.
+
+        Raises:
+            TypeError: The arguments have no canonical form, or do not fit the task's signature.
+        """
         spec = type(self).__dict__.get("_once_spec")
         if spec is None:
             spec = self._once_prepare()
@@ -134,16 +145,44 @@ class OnceTask(Task):
         Picks ``lock_args``. Override it where naming arguments is not
         enough, e.g. to key on ``order.id`` rather than a whole ``order``
         dict; what it returns must have a canonical form (see ``keys``).
+
+        Args:
+            arguments: The call's arguments bound to the task's signature, by parameter name, defaults applied.
+
+        Returns:
+            The arguments the key is made of: those ``lock_args`` names, or all of them.
         """
         if self.lock_args is None:
             return arguments
         return {name: arguments[name] for name in self.lock_args if name in arguments}
 
     def once_key(self, args: Optional[Sequence[Any]], kwargs: Optional[Mapping[str, Any]], lock_type: str) -> str:
-        """The lock key of a call: ``{key_prefix}:{lock_name or name}:{digest}:{queue|running}``."""
-        return key_space(self, self.once_settings()).lock(self.once_digest(args, kwargs), lock_type)
+        """The key of a call's lock of ``lock_type``, exactly as the library writes it (``celery once show`` takes it).
+
+        Args:
+            args: The call's positional arguments.
+            kwargs: The call's keyword arguments.
+            lock_type: ``"queue"``, ``"running"``, ``"slots"`` (a task with a ``running_limit``),
+                ``"burst"`` (a debounced task) or ``"unique"`` (a ``unique_for`` window): the types
+                ``celery once locks`` lists; or ``"waiting"``, ``"waiters"``, ``"messages"``, ``"args"``.
+
+        Returns:
+            ``{key_prefix}:{lock_name or name}:{digest}:{queue|running|waiting}``;
+                ``{key_prefix}:{lock_name or name}:{{digest}}:{slots|waiters|messages|burst}`` (the braces are a
+                Redis Cluster hash tag); ``{key_prefix}:{<queue key>}:{unique|args}``.
+
+        Raises:
+            ValueError: ``lock_type`` is none of those.
+            TypeError: The arguments have no canonical form, or do not fit the task's signature.
+        """
+        return key_space(self, self.once_settings()).of_type(self.once_digest(args, kwargs), lock_type)
 
     def once_settings(self) -> Settings:
+        """The settings in force for this task.
+
+        Returns:
+            Its options, over the app's ``once_*`` configuration, over ``configure()``, over the defaults.
+        """
         return resolve(self.app, self)
 
     # -- publish ------------------------------------------------------------
@@ -223,6 +262,10 @@ class OnceTask(Task):
         lock. Outside a transaction the call is published at once. Returns
         ``None``, as Celery's does: whether the call is a duplicate is known
         only at commit.
+
+        Args:
+            *args: The call's positional arguments.
+            **kwargs: The call's keyword arguments.
         """
         self._publish_on_commit(args, kwargs, {})
 
@@ -232,6 +275,11 @@ class OnceTask(Task):
         """``apply_async(args, kwargs, **options)`` once the current Django transaction commits.
 
         See ``delay_on_commit``.
+
+        Args:
+            args: The call's positional arguments.
+            kwargs: The call's keyword arguments.
+            **options: ``apply_async``'s options, ``once={...}`` included.
         """
         self._publish_on_commit(args, kwargs, options)
 

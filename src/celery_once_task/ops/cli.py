@@ -44,6 +44,7 @@ from ..keys import KEY_PREFIX, RUNNING, SLOTS
 from ..protocols import WorkerApp
 from ..settings import DEFAULT_REDIS_URL, resolve, validate
 from ..store import client_for
+from ..store.addresses import SCHEMES
 from ..store.connection import Client, redact_url
 from . import locks as lockinfo
 from . import printing
@@ -133,7 +134,8 @@ def main(ctx: click.Context, url: Optional[str], prefix: Optional[str], app_name
         target = validate("redis_url", url, label="--url")
     except ValueError:
         # Not the validation message: it quotes the URL as given, password and all.
-        raise click.BadParameter(f"{redact_url(url)} is not a redis://, rediss:// or unix:// URL",
+        raise click.BadParameter(f"{redact_url(url)} is not a lock store URL: "
+                                 f"one of {', '.join(f'{scheme}://' for scheme in SCHEMES)}",
                                  param_hint="--url") from None
     try:
         ctx.obj = LockStoreTarget(target, prefix=validate("key_prefix", prefix or KEY_PREFIX, label="--prefix"))
