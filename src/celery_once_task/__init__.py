@@ -61,7 +61,7 @@ The worker, the operators, the integrations:
 """
 
 from .bootstep import OnceTaskUnlockBootStep
-from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskError, OnceTaskLocked
+from .errors import LockStorePermissionError, LockStoreUnavailable, OnceTaskDuplicate, OnceTaskError, OnceTaskLocked
 from .settings import configure
 from .signals import setup_once_task_signals, teardown_once_task_signals
 from .task import OnceTask
@@ -69,6 +69,7 @@ from .task import OnceTask
 __version__ = "1.1.0"
 
 __all__ = [
+    "LockStorePermissionError",
     "LockStoreUnavailable",
     "OnceTask",
     "OnceTaskDuplicate",
