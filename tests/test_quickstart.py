@@ -69,7 +69,13 @@ def _project_files() -> dict[str, str]:
 
 
 def _in_the_standard_library(module: str) -> bool:
-    spec = importlib.util.find_spec(module)
+    names = getattr(sys, "stdlib_module_names", None)  # Python 3.10+
+    if names is not None:
+        return module in names
+    try:
+        spec = importlib.util.find_spec(module)
+    except ValueError:  # a module that replaced itself in sys.modules (Celery 5.0's lazy module): installed
+        return False
     assert spec is not None, f"the project imports {module}, which is not installed"
     origin = spec.origin or ""
     return origin in ("built-in", "frozen") or (
