@@ -29,7 +29,8 @@ from celery_once_task.keys import finished_key, limited_key
 from celery_once_task.ops import locks as lockinfo
 from celery_once_task.store import client_for
 from celery_once_task.store.connection import make_client
-from celery_once_task.store.permissions import lua_scripts, script_commands
+from celery_once_task.store.lua.bursts import BURST_CALL
+from celery_once_task.store.permissions import lua_scripts, refusal, script_commands
 from tests.lock_scenarios import (
     TOPOLOGY_QUEUE,
     duplicate_call_is_dropped,
@@ -374,3 +375,18 @@ def test_a_permission_error_pickles_with_what_the_user_lacks() -> None:
     error = pickle.loads(pickle.dumps(LockStorePermissionError("refused: lacks 'hgetall'", "'hgetall'")))
     assert (str(error), error.missing) == ("refused: lacks 'hgetall'", "'hgetall'")
     assert isinstance(error, LockStoreUnavailable)
+
+
+@pytest.mark.parametrize(("reply", "missing"), [
+    ("this user has no permissions to run the 'hgetall' command", "'hgetall' (add +hgetall to its rules)"),
+    ("NOPERM User u has no permissions to run the 'hget' command script: 0123, on @user_script:9.",
+     "'hget' (add +hget to its rules)"),
+    (f"The user executing the script can't run this command or subcommand script: {BURST_CALL.sha}, on "
+     "@user_script:12.", "a command of the script burst_call (it runs: +hget +hincrby +hset +pexpire +pttl +time)"),
+])
+def test_a_refusal_names_what_the_user_lacks(reply: str, missing: str) -> None:
+    assert refusal(redis.ResponseError(reply)) == missing
+
+
+def test_an_outage_is_no_refusal() -> None:
+    assert refusal(redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")) is None

@@ -22,7 +22,8 @@ Foundations, importing nothing of the library above them:
                 ``waiting``, ``slots``, ``bursts``, ``leases`` by concern, over ``lua`` (every
                 script), ``scripts`` (one round trip), ``wire`` (commands on a connection),
                 ``addresses`` and ``connection`` (where the store is, and its clients);
-                ``operations`` names each round trip for telemetry
+                ``operations`` names each round trip for telemetry; ``permissions`` tells a refusal by
+                the store's ACL from an outage
 ``options``     what an option may be: the kinds of value, the combinations refused
 ``settings``    every setting declared once; validation, ``configure()``, precedence
 ``definition``  a task's options checked where it is defined; tasks that share a ``lock_name``
