@@ -22,7 +22,8 @@ Foundations, importing nothing of the library above them:
                 ``waiting``, ``slots``, ``bursts``, ``leases`` by concern, over ``lua`` (every
                 script), ``scripts`` (one round trip), ``wire`` (commands on a connection),
                 ``addresses`` and ``connection`` (where the store is, and its clients);
-                ``operations`` names each round trip for telemetry
+                ``operations`` names each round trip for telemetry; ``permissions`` tells a refusal by
+                the store's ACL from an outage
 ``options``     what an option may be: the kinds of value, the combinations refused
 ``settings``    every setting declared once; validation, ``configure()``, precedence
 ``definition``  a task's options checked where it is defined; tasks that share a ``lock_name``
@@ -61,7 +62,7 @@ The worker, the operators, the integrations:
 """
 
 from .bootstep import OnceTaskUnlockBootStep
-from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskError, OnceTaskLocked
+from .errors import LockStorePermissionError, LockStoreUnavailable, OnceTaskDuplicate, OnceTaskError, OnceTaskLocked
 from .settings import configure
 from .signals import setup_once_task_signals, teardown_once_task_signals
 from .task import OnceTask
@@ -69,6 +70,7 @@ from .task import OnceTask
 __version__ = "2.0.0"
 
 __all__ = [
+    "LockStorePermissionError",
     "LockStoreUnavailable",
     "OnceTask",
     "OnceTaskDuplicate",

@@ -48,7 +48,7 @@ from redis.exceptions import RedisError
 
 from . import telemetry
 from .deferral import defer
-from .errors import LockStoreUnavailable
+from .errors import LockStorePermissionError, LockStoreUnavailable
 from .headers import BURST_HEADER, header
 from .janitor import Cleanup, janitor
 from .keys import BURST, KeySpace, key_space, new_task_id
@@ -59,6 +59,7 @@ from .store import LockStore, store_for
 from .store.connection import redact_url
 from .store.lua.bursts import Called, Taken
 from .store.operations import BURST_DUE, BURST_END, BURST_OUTCOMES, BURST_START
+from .store.permissions import refusal
 
 logger = logging.getLogger("celery_once_task")
 
@@ -103,6 +104,12 @@ def publish(task: TaskLike, settings: Settings, digest: str, args: Optional[Sequ
         if telemetry.active:
             telemetry.called(task, settings, None, BURST_START, key, "", started, "store_unavailable",
                              policy="fail_open" if settings.fail_open else None, error=exc)
+        denied = refusal(exc)
+        if denied is not None:  # an ACL refusal is no outage: fail_open does not publish past it
+            raise LockStorePermissionError(
+                f"{task.name}: the lock store {redact_url(settings.redis_url)} refused a command, so the call was "
+                f"not published (burst {key}): permission denied: the ACL user lacks {denied}: {exc}", denied,
+            ) from exc
         if settings.fail_open:
             logger.warning("%s: lock operation failed: the lock store is unreachable; published at once, not "
                            "debounced (burst %s): %s", task.name, key, exc)

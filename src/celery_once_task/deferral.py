@@ -24,6 +24,7 @@ from .ownership import RunningOwner
 from .protocols import TaskLike, TaskRequest
 from .republish import republish
 from .settings import Settings
+from .store.permissions import refusal, what_failed
 
 logger = logging.getLogger("celery_once_task")
 
@@ -72,18 +73,19 @@ def store_down(
                                   "pickup refused", options=settings.redis_options)
         cleanup.uncertain = True
         janitor.add(cleanup)
-    if settings.fail_open or request.is_eager:
+    # An ACL refusal is no outage: fail_open does not run past it.
+    if (settings.fail_open and refusal(exc) is None) or request.is_eager:
         logger.warning(
-            "%s[%s]: lock operation failed: the lock store is unreachable; running without running lock %s: %s",
-            task.name, request.id, running_key, exc,
+            "%s[%s]: lock operation failed: %s; running without running lock %s: %s",
+            task.name, request.id, what_failed(exc), running_key, exc,
         )
         return
     # Neither run unguarded nor drop the message: publish it again, same id
     # and attempt, to run when the lock store is back. If publishing fails
     # too, the error propagates and the task fails visibly.
     logger.warning(
-        "%s[%s]: lock operation failed: the lock store is unreachable; deferred by %ss (running lock %s): %s",
-        task.name, request.id, DEFER_SECONDS, running_key, exc,
+        "%s[%s]: lock operation failed: %s; deferred by %ss (running lock %s): %s",
+        task.name, request.id, what_failed(exc), DEFER_SECONDS, running_key, exc,
     )
     defer(task, request, {DIGEST_HEADER: digest, **({TAKEOVER_HEADER: owner.token} if maybe_applied else {})},
            DEFER_SECONDS)

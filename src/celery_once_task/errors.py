@@ -25,6 +25,31 @@ class LockStoreUnavailable(OnceTaskError):
     """
 
 
+class LockStorePermissionError(LockStoreUnavailable):
+    """The lock store refused a command by its ACL: its user lacks a command or a key pattern.
+
+    Not an outage: the server answered, and trying again cannot help, so the
+    call is refused at once (``fail_open`` does not publish past it: it is for
+    a store that cannot be reached, not for one whose rules are wrong). A
+    subclass of ``LockStoreUnavailable``, so that code catching that keeps
+    catching every refused call.
+
+    Args:
+        message: What was refused, and what the user lacks.
+        missing: What the user lacks: ``'hgetall' (add +hgetall to its rules)``.
+
+    Attributes:
+        missing (str): What the user lacks.
+    """
+
+    def __init__(self, message: str, missing: str = "") -> None:
+        super().__init__(message, missing)
+        self.missing = missing
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class OnceTaskDuplicate(OnceTaskError):
     """A call met a queued copy of itself, with ``queue_lock_conflict="raise"``.
 

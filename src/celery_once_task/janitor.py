@@ -29,6 +29,7 @@ from .events import RELEASED_LATE, lock_recovered
 from .protocols import TaskLike
 from .settings import Settings
 from .store import FinishedRecord, LockStore, StoreUnavailable
+from .store.permissions import what_failed
 from .store.scripts import Call
 from .waiting import hand_over_entries
 
@@ -158,9 +159,9 @@ class Janitor:
                 wait = min(wait or backoff, backoff)
                 if cleanup.failures == 1:
                     logger.warning(
-                        "%s[%s]: lock operation failed: could not release lock %s (%s); retrying until the "
+                        "%s[%s]: lock operation failed: could not release lock %s (%s): %s; retrying until the "
                         "lock store answers: %s",
-                        _name(cleanup.task), cleanup.task_id, cleanup.key, cleanup.reason, exc,
+                        _name(cleanup.task), cleanup.task_id, cleanup.key, cleanup.reason, what_failed(exc), exc,
                     )
                 continue
             if handed and cleanup.task is not None and not isinstance(cleanup.task, str):

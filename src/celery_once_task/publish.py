@@ -33,7 +33,7 @@ from celery.result import AsyncResult
 from redis.exceptions import RedisError
 
 from . import replace, telemetry, windows
-from .errors import LockStoreUnavailable, OnceTaskDuplicate, OnceTaskLocked
+from .errors import LockStorePermissionError, LockStoreUnavailable, OnceTaskDuplicate, OnceTaskLocked
 from .events import duplicate_call
 from .headers import CALL_HEADER, CALLED_HEADER, DIGEST_HEADER
 from .internals import called_by_beat
@@ -45,6 +45,7 @@ from .settings import Settings
 from .store import Acquired, store_for
 from .store.connection import redact_url
 from .store.operations import QUEUE_ACQUIRE, QUEUE_RENEW, WINDOW_ACQUIRE
+from .store.permissions import refusal, what_failed
 from .telemetry import Operation
 
 logger = logging.getLogger("celery_once_task")
@@ -154,12 +155,14 @@ def _store_down(
     if telemetry.active:
         telemetry.called(task, settings, None, _operation(retry, call), key, task_id, started,
                          "store_unavailable", policy="fail_open" if settings.fail_open or retry else None, error=exc)
-    if settings.fail_open or retry:
+    # An ACL refusal is no outage: fail_open does not publish past it (a retry's message is never lost).
+    denied = refusal(exc)
+    if (settings.fail_open and denied is None) or retry:
         # Published under this task id: if a lost reply did take the lock, a
         # message is behind it, and the worker releases it at pickup.
         logger.warning(
-            "%s[%s]: lock operation failed: the lock store is unreachable; publishing without queue lock %s: %s",
-            task.name, task_id, key, exc,
+            "%s[%s]: lock operation failed: %s; publishing without queue lock %s: %s",
+            task.name, task_id, what_failed(exc), key, exc,
         )
         return publish(task_id)
     if getattr(exc, "maybe_applied", True):
@@ -168,9 +171,14 @@ def _store_down(
                         options=settings.redis_options)]):
             janitor.add(cleanup)
     logger.warning(
-        "%s[%s]: lock operation failed: call refused, the lock store is unreachable (queue lock %s): %s",
-        task.name, task_id, key, exc,
+        "%s[%s]: lock operation failed: call refused, %s (queue lock %s): %s",
+        task.name, task_id, what_failed(exc), key, exc,
     )
+    if denied is not None:
+        raise LockStorePermissionError(
+            f"{task.name}: the lock store {redact_url(settings.redis_url)} refused a command, so the call was not "
+            f"published (queue lock {key}): permission denied: the ACL user lacks {denied}: {exc}", denied,
+        ) from exc
     raise LockStoreUnavailable(
         f"{task.name}: the lock store {redact_url(settings.redis_url)} is unreachable, so the call was not "
         f"published (queue lock {key}): {exc}"

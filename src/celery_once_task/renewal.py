@@ -39,6 +39,7 @@ from .protocols import CeleryApp, WorkerRequest
 from .settings import resolve
 from .store import LeaseKind, LockStore
 from .store.connection import make_client
+from .store.permissions import what_failed
 
 #: A lease the worker renews: (lock store URL, key, owner token, what it is of).
 Renewed = tuple[str, str, str, LeaseKind]
@@ -130,8 +131,8 @@ class LeaseKeeper:
         except RedisError as exc:
             if not self._failing:
                 logger.warning(
-                    "lock operation failed: leases of worker instance %s not renewed; retrying every %.1fs: %s",
-                    INSTANCE, self.lease.interval, exc,
+                    "lock operation failed: leases of worker instance %s not renewed (%s); retrying every %.1fs: %s",
+                    INSTANCE, what_failed(exc), self.lease.interval, exc,
                 )
             self._failing = True
             return

@@ -35,6 +35,7 @@ from .ops import locks as lockinfo
 from .settings import Settings, resolve
 from .store import client_for
 from .store.connection import redact_url
+from .store.permissions import refusal
 
 #: Rows shown at most: the page must stay quick with a million locks held.
 MAX_ROWS = 500
@@ -70,7 +71,8 @@ def _locks_page(request: HttpRequest) -> HttpResponse:
     try:
         client = client_for(url, settings.redis_options)
         rows = list(itertools.islice(lockinfo.iter_locks(client, task, lock_type, prefix=prefix), MAX_ROWS + 1))
-    except (redis.RedisError, OSError):
+    except (redis.RedisError, OSError) as exc:
+        context["denied"] = refusal(exc)
         context["unreachable"] = lockinfo.address_of(url)
         return render(request, "celery_once_task/locks.html", context, status=503)
     context["locks"] = rows[:MAX_ROWS]
@@ -93,9 +95,11 @@ def _clear(request: HttpRequest, url: str, prefix: str) -> HttpResponse:
         return HttpResponse("not a celery-once-task lock key (or slot)", status=400, content_type="text/plain")
     try:
         outcome = lockinfo.clear_value(client_for(url, _lock_store().redis_options), key, value, slot, prefix)
-    except (redis.RedisError, OSError):
-        messages.error(request, f"The lock store at {lockinfo.address_of(url)} cannot be reached: nothing cleared.",
-                       fail_silently=True)
+    except (redis.RedisError, OSError) as exc:
+        missing = refusal(exc)
+        problem = (f"Permission denied: the lock store's ACL user lacks {missing}" if missing
+                   else f"The lock store at {lockinfo.address_of(url)} cannot be reached")
+        messages.error(request, f"{problem}: nothing cleared.", fail_silently=True)
         return HttpResponseRedirect(request.get_full_path())
     if outcome == lockinfo.DELETED:
         messages.success(request, f"Cleared {key}.", fail_silently=True)

@@ -46,11 +46,13 @@ from ..settings import DEFAULT_REDIS_URL, resolve, validate
 from ..store import client_for
 from ..store.addresses import SCHEMES
 from ..store.connection import Client, redact_url
+from ..store.permissions import refusal
 from . import locks as lockinfo
 from . import printing
 
 EXIT_NOT_DONE = 1
 EXIT_UNREACHABLE = 2
+EXIT_PERMISSION_DENIED = 3
 
 
 @dataclass
@@ -76,10 +78,19 @@ class LockStoreTarget:
 
     @contextmanager
     def reaching(self) -> Iterator[Client]:
-        """The client; an unreachable store ends the command with one line and exit code 2."""
+        """The client; an unreachable store ends the command with one line and exit code 2, a refusal by
+        its ACL with one line naming what the user lacks and exit code 3."""
         try:
             yield self.client()
         except (redis.RedisError, OSError) as exc:
+            missing = refusal(exc)
+            if missing is not None:
+                click.echo(
+                    f"permission denied: the ACL user lacks {missing}, at the lock store {redact_url(self.url)}: "
+                    f"{_scrub(str(exc), self.url)}",
+                    err=True,
+                )
+                raise click.exceptions.Exit(EXIT_PERMISSION_DENIED) from None
             click.echo(
                 f"cannot reach the lock store {redact_url(self.url)} "
                 f"at {lockinfo.address_of(self.url)}: {_scrub(str(exc), self.url)}",

@@ -7,6 +7,8 @@
   the slots and line of a ``running_limit`` key; ``bursts``: the bursts of a
   debounced key; ``leases``: renewal and worker heartbeats;
 * ``finished``: the finished record's arguments; ``values``: seconds and replies;
+* ``permissions``: a refusal by the store's ACL told from an outage, and the
+  commands each script runs;
 * below them: ``lua`` (every script), ``scripts`` (running them in one round
   trip), ``wire`` (the commands on a connection), ``addresses`` and
   ``connection`` (where the store is, and its clients).

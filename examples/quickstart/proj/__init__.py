@@ -1,0 +1,4 @@
+# proj/__init__.py
+from .celery import app
+
+__all__ = ["app"]
