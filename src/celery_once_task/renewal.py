@@ -114,7 +114,9 @@ class LeaseKeeper:
             self.ended.set()
 
     def renew(self) -> None:
-        """One renewal: one round trip per lock store."""
+        """One renewal: one round trip per lock store; none while the library is switched off (``enabled``)."""
+        if not resolve(self.app).enabled:
+            return
         by_url: dict[str, list[tuple[str, str, LeaseKind]]] = {self.url: []}
         active = {}
         for request in list(worker_state.active_requests):
