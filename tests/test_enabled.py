@@ -19,10 +19,11 @@ import pytest
 from celery import Celery
 
 from celery_once_task import LockStoreUnavailable, OnceTask, configure
+from celery_once_task.janitor import janitor
 from celery_once_task.settings import configured
 from celery_once_task.store import runner
 from tests import worker_app as tasks
-from tests.support import events, free_port, running_worker, wait_until
+from tests.support import RedisServer, events, free_port, running_worker, wait_until
 
 #: A retry policy whose first pause alone is longer than any of these tests takes.
 SLOW_RETRIES = {"max_retries": 3, "interval_start": 5.0, "interval_step": 5.0, "interval_max": 5.0}
@@ -168,6 +169,15 @@ def test_eager_call_without_fail_open_raises_at_once_when_the_store_refuses(clos
     assert time.monotonic() - began < SLOW_RETRIES["interval_start"]
 
 
+def test_a_refused_connection_leaves_nothing_to_undo(closed_port: str) -> None:
+    # Refused: no command was sent, so no lock can have been taken in the call's name.
+    _, send_invoice = user_app(eager=False)
+    configure(redis_url=closed_port)
+    with pytest.raises(LockStoreUnavailable, match=r"after 1 tries"):
+        send_invoice.delay(42, "2026-11")
+    assert [cleanup for cleanup in janitor.pending() if cleanup.url == closed_port] == []
+
+
 def test_eager_call_without_fail_open_does_not_run_the_body(closed_port: str) -> None:
     ran: list[int] = []
     app = Celery("user-ran", broker="memory://", set_as_current=False)
@@ -193,10 +203,22 @@ def test_eager_call_with_fail_open_runs_without_the_lock_and_warns_once(
     assert len(warnings) == 1 and "running without running lock" in warnings[0].getMessage()
 
 
-def test_a_lock_operation_that_times_out_is_tried_again(listener: Listener) -> None:
+def test_a_lock_operation_that_times_out_is_tried_again() -> None:
     # A timeout is an unknown outcome, not a missing server: the policy's tries go on.
-    _, send_invoice = user_app(eager=False, task_publish_retry_policy={
-        "max_retries": 2, "interval_start": 0, "interval_step": 0, "interval_max": 0})
-    configure(redis_url=listener.url, redis_options={"socket_timeout": 0.1})
-    with pytest.raises(LockStoreUnavailable, match=r"after 3 tries"):
-        send_invoice.delay(42, "2026-11")
+    server = RedisServer()
+    try:
+        _, send_invoice = user_app(eager=False, task_publish_retry_policy={
+            "max_retries": 2, "interval_start": 0, "interval_step": 0, "interval_max": 0})
+        configure(redis_url=f"{server.url}/0", redis_options={"socket_timeout": 0.1})
+        server.pause()
+        try:
+            with pytest.raises(LockStoreUnavailable, match=r"after 3 tries"):
+                send_invoice.delay(42, "2026-11")
+        finally:
+            server.resume()
+        # The tries that may have run are undone by owner token once the server answers.
+        wait_until(lambda: not [c for c in janitor.pending() if c.url.startswith(server.url)],
+                   what="the janitor to delete what the timed-out tries may have taken")
+        assert server.client(0).keys("once_task:*") == []
+    finally:
+        server.stop()
