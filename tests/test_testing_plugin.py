@@ -63,7 +63,7 @@ def test_an_eager_call_holds_its_running_lock_while_it_runs(once_task_store):
     assert held_keys() == []
 
 
-def test_disabled_calls_take_no_lock(once_task_store, once_disabled):
+def test_disabled_calls_take_no_lock(once_disabled, once_task_store):
     assert send_invoice.delay(42, "2026-11") is not None
     assert send_invoice.delay(42, "2026-11") is not None
     assert held_keys() == []

@@ -276,14 +276,19 @@ def once_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def once_task_store(once_redis: RedisServer) -> Iterator[OnceStore]:
-    """The library configured to the session's server for one test, its keys cleared before and after."""
+def once_task_store(once_redis: RedisServer, request: pytest.FixtureRequest) -> Iterator[OnceStore]:
+    """The library configured to the session's server for one test, its keys cleared before and after.
+
+    The locks are on for the test (over an autouse fixture that switches them off), unless the test asks
+    for ``once_disabled`` too, whichever order it names them in.
+    """
     from .settings import configured
 
     # Database 0 of a server of our own; a URL given as it is (its database is the user's choice).
     url = f"{once_redis.url}/0" if once_redis.owned else once_redis.url
     store = OnceStore(once_redis, url)
-    with configured(redis_url=url, enabled=True):
+    enabled = None if "once_disabled" in request.fixturenames else True
+    with configured(redis_url=url, enabled=enabled):
         store.clear()
         try:
             yield store
