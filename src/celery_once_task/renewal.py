@@ -181,6 +181,9 @@ class LeaseKeeper:
         gevent and eventlet their sockets belong to its hub), and a renewal it
         is making cannot then write the heartbeat again after its removal.
         """
+        if not resolve(self.app).enabled:  # no heartbeat was written (or it runs out): the store is not contacted
+            self.stopped.set()
+            return
         ran = not self.ended.is_set()
         self._forget = True
         self.stopped.set()
