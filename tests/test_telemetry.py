@@ -127,7 +127,8 @@ def test_an_eager_execution_that_finds_the_store_unreachable_is_an_error(otel: R
     retry = tasks.app.conf.task_publish_retry
     tasks.app.conf.task_publish_retry = False
     try:
-        assert tasks.add.apply((4, 4)).get() == 8  # eager: it runs without its lock
+        with pytest.raises(LockStoreUnavailable):  # eager, without fail_open: refused, not run
+            tasks.add.apply((4, 4))
     finally:
         tasks.app.conf.pop("once_redis_url", None)
         tasks.app.conf.task_publish_retry = retry

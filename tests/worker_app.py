@@ -47,6 +47,9 @@ configure(redis_url=LOCKS_URL, redis_options=LOCKS_OPTIONS, heartbeat_timeout=HE
 # A test may run a worker (and the once command) whose keys start with a prefix of their own.
 if os.environ.get("ONCE_TEST_KEY_PREFIX"):
     configure(key_prefix=os.environ["ONCE_TEST_KEY_PREFIX"])
+# A test may run a worker with the library switched off.
+if os.environ.get("ONCE_TEST_DISABLED"):
+    configure(enabled=False)
 setup_once_task_signals()
 if not os.environ.get("ONCE_TEST_WITHOUT_BOOTSTEP"):
     app.steps["worker"].add(OnceTaskUnlockBootStep)

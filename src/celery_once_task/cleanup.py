@@ -85,9 +85,11 @@ def release_locks(
     if not task_id or not is_once_task(task) or not (queue or running):
         return
     try:
-        digest = digest_from(headers) or task.once_digest(args, kwargs)
         settings, queue_lock = call_options.from_headers(task, resolve(task.app, task),
                                                          headers.get(OPTIONS_HEADER) if headers else None)
+        if not settings.enabled:  # it took no lock
+            return
+        digest = digest_from(headers) or task.once_digest(args, kwargs)
         space = key_space(task, settings)
         url, options = settings.redis_url, settings.redis_options
         # The lease is the execution's, and renewed elsewhere: releases need none.

@@ -18,12 +18,14 @@ from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
 from . import telemetry
+from .errors import LockStoreUnavailable
 from .headers import DIGEST_HEADER, TAKEOVER_HEADER, message_headers
 from .janitor import Cleanup, janitor
 from .ownership import RunningOwner
 from .protocols import TaskLike, TaskRequest
 from .republish import republish
 from .settings import Settings
+from .store.connection import redact_url
 from .store.permissions import refusal, what_failed
 
 logger = logging.getLogger("celery_once_task")
@@ -58,10 +60,11 @@ def store_down(
     exc: RedisError,
     lost: Optional[Cleanup] = None,
 ) -> None:
-    """The lock store did not answer a pickup: defer the message (or run unguarded with ``fail_open``, eagerly).
+    """The lock store did not answer a pickup: defer the message, run unguarded (``fail_open``), or refuse.
 
-    Returns where the execution runs without its lock; raises ``Ignore``
-    where the message was published again.
+    Returns where the execution runs without its lock (``fail_open``);
+    raises ``LockStoreUnavailable`` for an eager execution (nothing can put
+    it off), and ``Ignore`` where the message was published again.
     """
     if telemetry.active:
         telemetry.executed(task, request, "store_unavailable", policy="fail_open" if settings.fail_open else None,
@@ -74,12 +77,23 @@ def store_down(
         cleanup.uncertain = True
         janitor.add(cleanup)
     # An ACL refusal is no outage: fail_open does not run past it.
-    if (settings.fail_open and refusal(exc) is None) or request.is_eager:
+    if settings.fail_open and refusal(exc) is None:
         logger.warning(
             "%s[%s]: lock operation failed: %s; running without running lock %s: %s",
             task.name, request.id, what_failed(exc), running_key, exc,
         )
         return
+    if request.is_eager:
+        # Nothing to publish again, and no worker to put it off: the call is refused, as a call to a worker
+        # is when the store does not answer at publish (``OnceTask.apply`` raises it).
+        logger.warning(
+            "%s[%s]: lock operation failed: call refused, %s (running lock %s): %s",
+            task.name, request.id, what_failed(exc), running_key, exc,
+        )
+        raise LockStoreUnavailable(
+            f"{task.name}: {what_failed(exc)} (lock store {redact_url(settings.redis_url)}), so the eager call did "
+            f"not run (running lock {running_key}): {exc}"
+        ) from exc
     # Neither run unguarded nor drop the message: publish it again, same id
     # and attempt, to run when the lock store is back. If publishing fails
     # too, the error propagates and the task fails visibly.

@@ -115,7 +115,9 @@ class LeaseKeeper:
             self.ended.set()
 
     def renew(self) -> None:
-        """One renewal: one round trip per lock store."""
+        """One renewal: one round trip per lock store; none while the library is switched off (``enabled``)."""
+        if not resolve(self.app).enabled:
+            return
         by_url: dict[str, list[tuple[str, str, LeaseKind]]] = {self.url: []}
         active = {}
         for request in list(worker_state.active_requests):
@@ -180,6 +182,9 @@ class LeaseKeeper:
         gevent and eventlet their sockets belong to its hub), and a renewal it
         is making cannot then write the heartbeat again after its removal.
         """
+        if not resolve(self.app).enabled:  # no heartbeat was written (or it runs out): the store is not contacted
+            self.stopped.set()
+            return
         ran = not self.ended.is_set()
         self._forget = True
         self.stopped.set()

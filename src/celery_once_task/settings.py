@@ -28,7 +28,8 @@ cannot change which value wins.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional, get_args
 
@@ -41,8 +42,8 @@ from .store import connection
 __all__ = [
     "APP_CONF_NAMES", "QUEUE_LOCK_CONFLICTS", "QUEUE_LOCK_UNTIL", "RUNNING_LOCK_CONFLICTS", "SETTINGS", "TASK_OPTIONS",
     "QueueLockConflict", "QueueLockUntil", "RunningLockConflict", "SettingSpec", "Settings", "check_relations",
-    "configure", "for_publish", "reset_configuration", "resolve", "set_integration_source", "settings_changed",
-    "validate",
+    "configure", "configured", "for_publish", "reset_configuration", "resolve", "set_integration_source",
+    "settings_changed", "validate",
 ]
 
 #: What an execution that meets a running copy of its call gets.
@@ -108,6 +109,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("telemetry", DEFAULT_TELEMETRY, "choice", choices=telemetry_.MODES,
                 doc='Record each lock round trip as an OpenTelemetry span and in metrics: ``"on"``, ``"off"``, or '
                     '``"auto"`` (when ``opentelemetry-api`` is installed and a provider is set).'),
+    SettingSpec("enabled", True, "bool",
+                doc="Take locks at all; ``False`` makes every ``OnceTask`` a plain Celery task that never contacts "
+                    "the lock store (for tests)."),
 )
 _BY_NAME = {spec.name: spec for spec in SETTINGS}
 
@@ -141,6 +145,7 @@ class Settings:
     unique_for: Optional[float] = None
     key_prefix: str = KEY_PREFIX
     telemetry: Telemetry = DEFAULT_TELEMETRY
+    enabled: bool = True
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: never show a password.
@@ -186,6 +191,13 @@ class _Configured:
             self._values = {**self._values, **values}
             self.generation += 1
 
+    def swap(self, values: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Put ``values`` in place of everything configured; return what was."""
+        with self._lock:
+            before, self._values = self._values, dict(values)
+            self.generation += 1
+            return before
+
     def reset(self) -> None:
         with self._lock:
             self._values = {}
@@ -220,6 +232,7 @@ def configure(
     unique_for: Optional[float] = None,
     key_prefix: Optional[str] = None,
     telemetry: Optional[Telemetry] = None,
+    enabled: Optional[bool] = None,
     tracer_provider: object = None,
     meter_provider: object = None,
 ) -> None:
@@ -254,6 +267,8 @@ def configure(
             other's keys.
         telemetry: Record each lock round trip as an OpenTelemetry span and in metrics: ``"on"``, ``"off"``, or
             ``"auto"`` (when ``opentelemetry-api`` is installed and a provider is set).
+        enabled: Take locks at all; ``False`` makes every ``OnceTask`` a plain Celery task that never contacts
+            the lock store (for tests).
         tracer_provider: The OpenTelemetry ``TracerProvider`` the spans go to, instead of the global one.
         meter_provider: The OpenTelemetry ``MeterProvider`` the metrics go to, instead of the global one.
 
@@ -278,6 +293,24 @@ def reset_configuration() -> None:
     """Forget everything ``configure()`` and integrations set (for tests)."""
     _configured.reset()
     telemetry_.reset()
+
+
+@contextmanager
+def configured(**values: Any) -> Iterator[None]:
+    """``configure(**values)`` for the duration of a ``with`` block, then exactly what was configured before.
+
+    For tests (``celery_once_task.testing``): a setting ``configure()`` had
+    never been given is unset again afterwards, which ``configure()`` itself
+    cannot do.
+    """
+    checked = {name: validate(name, value) for name, value in values.items() if value is not None}
+    before = _configured.swap({**_configured.values(), **checked})
+    telemetry_.reconfigure()
+    try:
+        yield
+    finally:
+        _configured.swap(before)
+        telemetry_.reconfigure()
 
 
 def set_integration_source(source: Optional[Callable[[], Mapping[str, Any]]]) -> None:

@@ -21,7 +21,7 @@ from kombu.messaging import Producer
 
 from . import call_options, debounce, execute, replace, telemetry
 from .definition import check_shared_name, check_task_class
-from .errors import OnceTaskLocked
+from .errors import LockStoreUnavailable, OnceTaskLocked
 from .headers import DIGEST_HEADER, header
 from .keys import call_digest, check_lock_args, key_space, signature_of, well_formed_digest
 from .limits import may_wait_in_line
@@ -230,7 +230,8 @@ class OnceTask(Task):
                 args, kwargs, task_id, producer, link, link_error, shadow, **options
             )
 
-        if not (self.queue_lock or self.running_lock):
+        # ``enabled=False`` (for tests): a plain Celery task, whose calls never reach the lock store.
+        if not (self.queue_lock or self.running_lock) or not for_publish(self.app, self)[0].enabled:
             if once is not None:  # refused as anywhere, though a task that takes no lock has none to set
                 call_options.parse(self, once)
             return publish(task_id)
@@ -289,7 +290,7 @@ class OnceTask(Task):
         # Imported here: the core package must work, and import, without Django.
         from django.db import transaction
 
-        if self.queue_lock or self.running_lock:
+        if (self.queue_lock or self.running_lock) and self.once_settings().enabled:
             # A call without a canonical form fails now, inside the caller's
             # transaction, rather than after the commit.
             self.once_digest(args, kwargs)
@@ -311,11 +312,18 @@ class OnceTask(Task):
         headers: Optional[Mapping[str, Any]] = None,
         **options: Any,
     ) -> EagerResult:
-        """Run the task in this process (``apply()``, eager mode); a duplicate fails with ``OnceTaskLocked``."""
+        """Run the task in this process (``apply()``, eager mode); a duplicate fails with ``OnceTaskLocked``.
+
+        Raises ``LockStoreUnavailable`` where the lock store does not answer
+        (unless ``fail_open``): the body did not run.
+        """
         result = super().apply(
             args, kwargs, link, link_error, task_id, retries, throw, logfile, loglevel, headers, **options
         )
         exc = result.result
+        if isinstance(exc, LockStoreUnavailable) and result.state == states.FAILURE:
+            # The call was refused, not run (``fail_open=False``): raised as a call to a worker raises it.
+            raise exc
         if result.state != states.REJECTED or not isinstance(exc, OnceTaskLocked):
             return result
         # Celery's tracer turns the rejection into a REJECTED result whose
@@ -337,8 +345,8 @@ class OnceTask(Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
-        if request.called_directly or getattr(request, _ENTERED, False):
-            # A plain function call, or the body calling itself: no locks.
+        if request.called_directly or getattr(request, _ENTERED, False) or not self.once_settings().enabled:
+            # A plain function call, the body calling itself, or the library switched off: no locks.
             return super().__call__(*args, **kwargs)
         setattr(request, _ENTERED, True)
         held = burst = None

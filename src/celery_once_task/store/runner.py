@@ -7,8 +7,9 @@ retry policy where a call is published. redis-py's own retries are off for
 these clients: after a lost reply only the library knows whether an earlier
 try may have run, and every operation is written so that running it again is
 safe (see ``lua``): a try that finds its own token already in place counts as
-taken. An operation whose tries are used up raises ``StoreUnavailable``,
-which says whether any try may have reached the server.
+taken. A connection refused outright is not tried again: nothing listens
+there, and no request was sent. An operation whose tries are used up raises
+``StoreUnavailable``, which says whether any try may have reached the server.
 """
 
 from __future__ import annotations
@@ -42,6 +43,22 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 #: Errors after which the command may have run on the server: the reply, not the request, was lost.
 _MAYBE_APPLIED: tuple[type[Exception], ...] = (exceptions.ConnectionError, exceptions.TimeoutError)
 _NEVER_APPLIED: tuple[type[Exception], ...] = (exceptions.BusyLoadingError,)
+
+
+def refused_outright(exc: BaseException) -> bool:
+    """Whether ``exc`` comes of a connection refused (or a Unix socket that does not exist): nothing was sent.
+
+    redis-py raises its own ``ConnectionError`` from the socket's error, which
+    it chains (as the cause, or the context, by release).
+    """
+    seen: Optional[BaseException] = exc
+    for _ in range(4):  # the chain is short; a cycle must not hang a lock operation
+        if seen is None:
+            return False
+        if isinstance(seen, (ConnectionRefusedError, FileNotFoundError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def client_for(url: str, options: Optional[Mapping[str, Any]] = None) -> Client:
@@ -147,10 +164,13 @@ class Runner:
                 return operation(), maybe_applied
             except TRANSIENT_ERRORS as exc:
                 failed = None
-                if isinstance(exc, _MAYBE_APPLIED) and not isinstance(exc, _NEVER_APPLIED):
+                refused = refused_outright(exc)
+                if isinstance(exc, _MAYBE_APPLIED) and not isinstance(exc, _NEVER_APPLIED) and not refused:
                     maybe_applied = True
                 policy = self.policy
-                if retry >= policy.max_retries:
+                # Refused: nothing listens there. A server that is not running does not start within the
+                # policy's fraction of a second, so tries would only delay the caller's answer.
+                if retry >= policy.max_retries or refused:
                     raise StoreUnavailable(
                         f"{type(exc).__name__}: {exc} (after {retry + 1} tries)", maybe_applied
                     ) from exc
