@@ -17,7 +17,7 @@ import redis
 from celery import Celery, states
 
 from celery_once_task.compat.celery_once import AlreadyQueued, QueueOnce
-from celery_once_task.compat.celery_singleton import DuplicateTaskError, Singleton, read_singleton_conf
+from celery_once_task.compat.celery_singleton import DuplicateTaskError, Singleton, clear_locks, read_singleton_conf
 from celery_once_task.keys import heartbeat_pattern
 from celery_once_task.ops.cli import LockStoreTarget
 from tests import compat_app as tasks
@@ -218,6 +218,13 @@ def test_a_duplicate_of_a_running_call_gets_its_id(compat_worker: Worker, recs: 
     recs.rpush(f"gate:{tag}", 1)
     assert again.get(timeout=20) == tag
     assert len(events(recs, tag, "start")) == 1
+
+
+def test_clear_locks_deletes_no_lock_a_live_call_holds(once_locks: Any) -> None:
+    tag = new_tag()
+    first = parked(tasks.singleton_gated, tag)
+    clear_locks(tasks.app)
+    assert once_locks.get(queue_key(tasks.singleton_gated, tag)) == first.id.encode()
 
 
 def test_raise_on_duplicate_raises_duplicate_task_error() -> None:

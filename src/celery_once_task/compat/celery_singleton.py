@@ -31,6 +31,7 @@ backend's Redis, else the broker's, as celery-singleton did --
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -44,7 +45,9 @@ from ..publish import Links
 from ..settings import QueueLockConflict, QueueLockUntil, add_conf_reader, validate
 from ..task import OnceTask
 
-__all__ = ["DuplicateTaskError", "Singleton"]
+__all__ = ["DuplicateTaskError", "Singleton", "clear_locks"]
+
+logger = logging.getLogger("celery_once_task")
 
 #: celery-singleton's Redis backend, the only one that maps to this library's lock store.
 REDIS_BACKEND = "celery_singleton.backends.redis.RedisBackend"
@@ -159,6 +162,18 @@ class Singleton(OnceTask):
         if self.raise_on_duplicate is not None:
             return self.raise_on_duplicate
         return bool(self.app.conf.get("singleton_raise_on_duplicate"))
+
+
+def clear_locks(app: object) -> None:
+    """celery-singleton's ``clear_locks(app)``, kept so that its callers import: it deletes nothing.
+
+    celery-singleton's users call it when a worker starts, to free the locks
+    of a worker that crashed -- and delete the locks of every other live
+    worker's calls with them. Here a dead worker's locks are freed within
+    ``heartbeat_timeout`` by its lease, and no process deletes a lock it does
+    not own; ``celery -A proj once clear`` deletes one by hand.
+    """
+    logger.info("clear_locks(%r) deletes nothing: a dead worker's locks are freed within heartbeat_timeout", app)
 
 
 def read_singleton_conf(app: Optional[CeleryApp], conf: AppConf, task: object,
