@@ -57,6 +57,7 @@ The worker, the operators, the integrations:
 ``ops/``        reading and clearing locks (``ops.locks``), the ``celery once`` command (``ops.cli``)
 ``django``      the Django ``AppConfig``, and ``apps`` for a bare ``"celery_once_task"`` entry
 ``testing``     the pytest plugin for users' own tests (the ``pytest11`` entry point)
+``compat/``     drop-ins for celery_once (``QueueOnce``) and celery-singleton (``Singleton``)
 ``models``, ``views``, ``urls``  Django only: the permission and the locks page
 
 ``connection``, ``locks`` and ``cli`` keep the import paths of earlier releases.

@@ -15,7 +15,9 @@ One value of each setting is resolved, for every lock operation, in this order:
    task decorator or set on a ``OnceTask`` subclass);
 2. the Celery app's configuration (``app.conf.once_redis_url`` ...; Django
    projects that load settings with ``namespace="CELERY"`` get
-   ``CELERY_ONCE_REDIS_URL`` ... here);
+   ``CELERY_ONCE_REDIS_URL`` ... here), then what the readers of another
+   library's configuration on the app make of it (``add_conf_reader``:
+   ``compat``'s ``app.conf.ONCE``, ``singleton_*``);
 3. ``configure()``;
 4. the settings of a framework integration (Django's ``CELERY_ONCE_*``, read
    when a lock is needed, never at import);
@@ -289,6 +291,33 @@ def configure(
     telemetry_.reconfigure(*providers)
 
 
+#: Reads another library's settings off a Celery app's configuration: ``(app, conf, task, values) -> settings``.
+#: ``task``: the task resolved for (None: the app's own settings); ``values``: what ``configure()`` and the
+#: integration set, so that a reader's fallback can stay below them. It validates what it returns (``validate``).
+ConfReader = Callable[[Optional[CeleryApp], AppConf, object, Mapping[str, Any]], Mapping[str, Any]]
+
+#: The readers added (``add_conf_reader``), by name, in the order they were added.
+_conf_readers: tuple[tuple[str, ConfReader], ...] = ()
+
+
+def add_conf_reader(name: str, conf_names: tuple[str, ...], reader: ConfReader) -> None:
+    """Read another library's settings off every Celery app's configuration, below the app's ``once_*`` names.
+
+    For ``compat``: a drop-in for another library adds one when it is
+    imported, so that every process that defines its tasks -- producers,
+    workers, the ``celery once`` command -- reads the same store from the
+    same configuration. ``conf_names``: the names the reader looks at, so that
+    settings kept on a task are resolved again when one of them changes. A
+    second reader of one ``name`` is ignored.
+    """
+    global _conf_readers, _FINGERPRINTED
+    if any(known == name for known, _ in _conf_readers):
+        return
+    _conf_readers = (*_conf_readers, (name, reader))
+    _FINGERPRINTED = (*_FINGERPRINTED, *conf_names)
+    _configured.changed()
+
+
 def reset_configuration() -> None:
     """Forget everything ``configure()`` and integrations set (for tests)."""
     _configured.reset()
@@ -343,7 +372,7 @@ def _kept(app: Optional[CeleryApp], task: object) -> tuple[Settings, bool]:
     conf: Optional[AppConf] = getattr(app, "conf", None)
     maps = getattr(conf, "maps", None)
     if not maps or task is None:  # nothing to tell a change by: resolved every time
-        return _resolve(conf, task), bool(conf is not None and conf.get("task_always_eager"))
+        return _resolve(conf, task, app), bool(conf is not None and conf.get("task_always_eager"))
     # What can change while the process runs: configure() and the integration
     # (the generation), which conf, and the values set on it (app.conf.x = ...
     # goes to its first map).
@@ -351,7 +380,7 @@ def _kept(app: Optional[CeleryApp], task: object) -> tuple[Settings, bool]:
     cached = getattr(task, "_once_resolved", None)
     if cached is not None and cached[0] == fingerprint:
         return cached[1]  # type: ignore[no-any-return]
-    kept = (_resolve(conf, task), bool(conf is not None and conf.get("task_always_eager")))
+    kept = (_resolve(conf, task, app), bool(conf is not None and conf.get("task_always_eager")))
     # On the task, which lives as long as the app: no registry of tasks to keep in step.
     setattr(task, "_once_resolved", (fingerprint, kept))  # noqa: B010
     # The task's telemetry setting may differ from what was decided before: look again.
@@ -366,13 +395,15 @@ _CONF_SPECS = tuple((spec.name, spec.conf_name, spec) for spec in SETTINGS)
 _TASK_SPECS = tuple((spec.name, spec) for spec in SETTINGS if spec.task_option)
 
 
-def _resolve(conf: Optional[AppConf], task: object) -> Settings:
+def _resolve(conf: Optional[AppConf], task: object, app: Optional[CeleryApp] = None) -> Settings:
     values: dict[str, Any] = {}
     integration = _configured.integration
     if integration is not None:
         values.update(integration())
     values.update(_configured.values())
     if conf is not None:
+        for _, reader in _conf_readers:
+            values.update(reader(app, conf, task, values))
         for name, conf_name, spec in _CONF_SPECS:
             # ``in`` first: these settings are usually absent, and Celery's
             # conf answers ``in`` for an absent key without raising and
