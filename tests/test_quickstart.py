@@ -94,13 +94,18 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     where = tmp_path_factory.mktemp("quickstart")
     shutil.copytree(PROJECT / "proj", where / "proj")
     server = RedisServer()
-    env = {**os.environ, "REDIS_URL": f"{server.url}/0"}
+    # A reader's shell: nothing this test run set up for itself (the docs' examples set DJANGO_SETTINGS_MODULE).
+    env = {name: value for name, value in os.environ.items() if name != "DJANGO_SETTINGS_MODULE"}
+    env["REDIS_URL"] = f"{server.url}/0"
     log_path = where / "worker.log"
     with open(log_path, "w") as log:
         worker = subprocess.Popen(_command(quick.worker), cwd=where, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: worker.poll() is None and "ready." in log_path.read_text(), timeout=60,
-                   what=f"the Quick Start's worker; log:\n{log_path.read_text()[-3000:]}")
+        try:
+            wait_until(lambda: worker.poll() is None and "ready." in log_path.read_text(), timeout=60,
+                       what="the Quick Start's worker")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log:\n{log_path.read_text()[-3000:]}") from None
         calls = subprocess.run(_command(quick.calls), cwd=where, env=env, capture_output=True, text=True, timeout=60)
         assert calls.returncode == 0, calls.stderr
         yield Run(calls.stdout, log_path)
