@@ -298,6 +298,7 @@ def test_unset_settings_take_the_documented_defaults() -> None:
         "unique_for": None,
         "key_prefix": "once_task",
         "telemetry": "auto",
+        "enabled": True,
     }
 
 
