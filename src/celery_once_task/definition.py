@@ -14,6 +14,7 @@ from typing import Any
 from .digest import check_lock_args, signature_of
 from .internals import registered_tasks
 from .options import check_combination, check_name
+from .rates import check_throttle_options
 from .settings import SETTINGS
 
 #: The task options that are not settings, whose combinations are checked with the rest.
@@ -44,6 +45,8 @@ def check_task_class(cls: type, label: str) -> None:
     values: dict[str, Any] = {name: getattr(cls, name, None) for name in _TASK_ONLY}
     values.update((spec.name, getattr(cls, spec.name, None)) for spec in SETTINGS if spec.task_option)
     check_combination(values, label)
+    check_throttle_options({"throttle": getattr(cls, "throttle", None), "debounce": getattr(cls, "debounce", None),
+                            "throttle_conflict": getattr(cls, "throttle_conflict", None)}, label)
     lock_args = own.get("lock_args")
     if lock_args is not None and "run" in own:
         run = own["run"]

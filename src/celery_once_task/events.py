@@ -10,7 +10,9 @@ that every module can send them; ``signals`` offers them to users too.
 ``duplicate_execution(sender=task, task_id, key, holder_id, policy)``
     in the process that meets a held running lock (or a full ``running_limit``);
 ``lock_recovered(sender=task, key, holder, reason)``
-    when the lock of a gone or finished owner is taken over or released late.
+    when the lock of a gone or finished owner is taken over or released late;
+``execution_throttled(sender=task, task_id, key, outcome, start_at, limits)``
+    in the process whose execution a ``throttle`` did not let start now.
 """
 
 from __future__ import annotations
@@ -22,3 +24,6 @@ duplicate_execution = Signal(
     name="duplicate_execution", providing_args={"task_id", "key", "holder_id", "policy"}
 )
 lock_recovered = Signal(name="lock_recovered", providing_args={"key", "holder", "reason"})
+execution_throttled = Signal(
+    name="execution_throttled", providing_args={"task_id", "key", "outcome", "start_at", "limits"}
+)

@@ -1,0 +1,68 @@
+"""The log of a throttled key: at most N starts in any window of a period (``throttle``).
+
+The log is a sorted set of the key's starts -- past ones, and starts reserved
+for postponed calls -- scored by the store's clock in milliseconds; its
+members are call ids (``keys.call_id``). One more member, scored 0, records
+the limits (``rates.spec_of``) for operators. A call may start at ``t`` iff,
+for each limit, fewer than N entries lie after ``t - period - margin``: an
+exact sliding window, O(N) entries per key (the most of any limit).
+"""
+
+from __future__ import annotations
+
+from . import CLOCK_LUA, Script
+
+# KEYS[1] the key's log (a sorted set)
+# ARGV[1] the call's id (its member)
+# ARGV[2] margin in milliseconds, added to every period
+# ARGV[3] how late (ms) a postponed call may arrive and still start on its reservation
+# ARGV[4] "postpone" or "reject": what a call gets when no window allows it now
+# ARGV[5] the limits, as operators read them (``rates.spec_of``)
+# ARGV[6], ARGV[7], ...  N and the period in milliseconds, per limit
+# return  {code, at, now}: the store's clock now, and when the call starts (ms). code 1: it starts now
+#         (``at`` is its entry: now, or its reservation when it arrived on time); 2: postponed -- a start
+#         is reserved at ``at`` in its name (or was, for a copy that arrived early); 0: rejected, ``at``
+#         is the earliest start a window would allow, nothing was written.
+THROTTLE_TAKE = Script(
+    "throttle_take",
+    CLOCK_LUA
+    + """
+local key, member = KEYS[1], ARGV[1]
+local margin, on_time, mode, spec = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local now = now_ms()
+local limits, longest = {}, 0
+for i = 6, #ARGV, 2 do
+    local count, period = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+    limits[#limits + 1] = {count, period}
+    if period > longest then longest = period end
+end
+-- No window can see an entry older than the longest period: trimmed at every call (score 0: the limits).
+redis.call('ZREMRANGEBYSCORE', key, '(0', now - longest - margin)
+local mine = redis.call('ZSCORE', key, member)
+if mine then
+    mine = tonumber(mine)
+    if mine > now then return {2, mine, now} end
+    if now - mine <= on_time then return {1, mine, now} end
+    -- Late (its worker died, or its pool was busy): its reservation is given up, it reserves again at
+    -- the end; starting now on an older entry could put N+1 starts in a window.
+    redis.call('ZREM', key, member)
+end
+local at = now
+for _, limit in ipairs(limits) do
+    local count, period = limit[1], limit[2]
+    if redis.call('ZCOUNT', key, '(' .. (now - period - margin), '+inf') >= count then
+        -- The N-th latest entry, past or reserved: the earliest start after it whose window holds N-1 others.
+        local nth = redis.call('ZREVRANGE', key, count - 1, count - 1, 'WITHSCORES')
+        local free = tonumber(nth[2]) + period + margin
+        if free > at then at = free end
+    end
+end
+if at > now and mode == 'reject' then return {0, at, now} end
+redis.call('ZADD', key, at, member)
+redis.call('ZADD', key, 0, spec)
+local last = redis.call('ZREVRANGE', key, 0, 0, 'WITHSCORES')
+redis.call('PEXPIRE', key, math.floor(tonumber(last[2]) - now + longest + margin) + 1)
+if at > now then return {2, at, now} end
+return {1, at, now}
+""",
+)
