@@ -16,8 +16,11 @@ import pytest
 from celery import states
 
 from celery_once_task import OnceTask, OnceTaskThrottled
+from celery_once_task.keys import limited_key
+from celery_once_task.store import client_for, scripts, throttles
 from tests import worker_app as tasks
 from tests.support import Worker, events, running_worker, wait_until
+from tests.test_cli import once, once_json
 
 pytestmark = pytest.mark.any_broker
 
@@ -153,3 +156,18 @@ def test_a_bad_throttle_conflict_is_an_error_at_definition() -> None:
         def bad_throttle() -> None: ...
 
         bad_throttle.run  # noqa: B018
+
+
+def test_locks_shows_a_throttled_keys_window_next_free_start_and_postponed_calls() -> None:
+    # Given a key of tasks.throttled (3 in 2 s) whose window is full, with one call postponed.
+    digest = tasks.throttled.once_digest((uuid.uuid4().hex, "tag", 0), {})
+    key = limited_key(tasks.throttled.name, digest, "throttle")
+    client = client_for(tasks.LOCKS_URL)
+    for n in range(4):
+        scripts.run(client, [throttles.take(key, f"call-{n}", tasks.throttled._once_rates, "postpone")])
+
+    [row] = [lock for lock in once_json("locks", "--task", tasks.throttled.name) if lock["key"] == key]
+    assert (row["type"], row["used"], row["limit"], row["period"], row["waiting"]) == ("throttle", 3, 3, 2.0, 1)
+    assert 0 < row["due_in"] <= 2.1  # when the first three leave the window (2 s and the margin)
+    shown = once("locks", "--task", tasks.throttled.name).stdout
+    assert "throttle 3/3 started in 2s" in shown and "1 postponed" in shown
