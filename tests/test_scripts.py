@@ -965,6 +965,18 @@ def test_throttle_take_starts_a_call_on_its_reservation_when_on_time(client: Any
     now = server_ms(view)
     view.zadd(keys.throttle, {"other": now - 5, "mine": now - 10})
     assert throttle_take(client, keys.throttle, "mine", 1, LONG)[:2] == [1, now - 10]
+    # Its reservation is now a start: a copy of the call finds none to start on.
+    assert view.zscore(keys.throttle, "mine") is None
+    assert view.zscore(keys.throttle, f"mine@{now - 10}") == now - 10
+
+
+def test_throttle_take_keeps_the_start_of_a_call_whose_copy_comes_again(client: Any, view: Any,
+                                                                        keys: Keys) -> None:
+    code, started, _ = throttle_take(client, keys.throttle, "mine", 1, LONG)
+    assert code == 1 and view.zscore(keys.throttle, f"mine@{started}") == started
+    # A redelivered copy of the execution that started: its start still counts, it waits for its window.
+    code, at, _ = throttle_take(client, keys.throttle, "mine", 1, LONG)
+    assert (code, at) == (2, started + LONG + MARGIN)
 
 
 def test_throttle_take_keeps_the_reservation_of_a_call_that_arrives_early(client: Any, view: Any,

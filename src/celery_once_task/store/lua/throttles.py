@@ -1,9 +1,12 @@
 """The log of a throttled key: at most N starts in any window of a period (``throttle``).
 
 The log is a sorted set of the key's starts -- past ones, and starts reserved
-for postponed calls -- scored by the store's clock in milliseconds; its
-members are call ids (``keys.call_id``). One more member, scored 0, records
-the limits (``rates.spec_of``) for operators. A call may start at ``t`` iff,
+for postponed calls -- scored by the store's clock in milliseconds. A
+reservation's member is its call id (``keys.call_id``); a start's is the call
+id and its time (``<call id>@<ms>``), so that a copy of a call that started
+(a redelivery after its worker died) finds no reservation to give up, and the
+start it made stays counted. One more member, scored 0, records the limits
+(``rates.spec_of``) for operators. A call may start at ``t`` iff,
 for each limit, fewer than N entries lie after ``t - period - margin``: an
 exact sliding window, O(N) entries per key (the most of any limit).
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 from . import CLOCK_LUA, Script
 
 # KEYS[1] the key's log (a sorted set)
-# ARGV[1] the call's id (its member)
+# ARGV[1] the call's id (its reservation's member; its start's is ``<call id>@<ms>``)
 # ARGV[2] margin in milliseconds, added to every period
 # ARGV[3] how late (ms) a postponed call may arrive and still start on its reservation
 # ARGV[4] "postpone" or "reject": what a call gets when no window allows it now
@@ -42,10 +45,13 @@ local mine = redis.call('ZSCORE', key, member)
 if mine then
     mine = tonumber(mine)
     if mine > now then return {2, mine, now} end
-    if now - mine <= on_time then return {1, mine, now} end
-    -- Late (its worker died, or its pool was busy): its reservation is given up, it reserves again at
-    -- the end; starting now on an older entry could put N+1 starts in a window.
     redis.call('ZREM', key, member)
+    if now - mine <= on_time then
+        redis.call('ZADD', key, mine, member .. '@' .. mine)
+        return {1, mine, now}
+    end
+    -- Late (its worker died, or its pool was busy): its reservation, never started on, is given up and
+    -- it reserves again at the end; starting now on an older entry could put N+1 starts in a window.
 end
 local at = now
 for _, limit in ipairs(limits) do
@@ -58,7 +64,7 @@ for _, limit in ipairs(limits) do
     end
 end
 if at > now and mode == 'reject' then return {0, at, now} end
-redis.call('ZADD', key, at, member)
+redis.call('ZADD', key, at, at > now and member or (member .. '@' .. at))
 redis.call('ZADD', key, 0, spec)
 local last = redis.call('ZREVRANGE', key, 0, 0, 'WITHSCORES')
 redis.call('PEXPIRE', key, math.floor(tonumber(last[2]) - now + longest + margin) + 1)
