@@ -928,8 +928,10 @@ def test_burst_forget_closed_of_a_burst_not_running_is_0(client: Any, keys: Keys
 MARGIN, ON_TIME = 100, 60
 
 
-def throttle_take(client: Any, key: str, member: str, *limits: int, mode: str = "postpone") -> list[int]:
-    return list(run_script(client, THROTTLE_TAKE, key, member, MARGIN, ON_TIME, mode, "spec", *limits))
+def throttle_take(client: Any, key: str, member: str, *limits: int, mode: str = "postpone", reserved: str = "",
+                  copies: str = "count") -> list[Any]:
+    return list(run_script(client, THROTTLE_TAKE, key, member, MARGIN, ON_TIME, mode, "spec", "instance-1", reserved,
+                           copies, *limits))
 
 
 def test_throttle_take_starts_calls_while_fewer_than_n_lie_in_the_window(client: Any, view: Any,
@@ -967,13 +969,25 @@ def test_throttle_take_starts_a_call_on_its_reservation_when_on_time(client: Any
     assert throttle_take(client, keys.throttle, "mine", 1, LONG)[:2] == [1, now - 10]
     # Its reservation is now a start: a copy of the call finds none to start on.
     assert view.zscore(keys.throttle, "mine") is None
-    assert view.zscore(keys.throttle, f"mine@{now - 10}") == now - 10
+    assert view.zscore(keys.throttle, f"mine@{now - 10}@instance-1") == now - 10
+
+
+def test_throttle_take_tells_a_copy_of_a_call_that_started_on_its_reservation_who_started_it(
+        client: Any, view: Any, keys: Keys) -> None:
+    now = server_ms(view)
+    view.zadd(keys.throttle, {"mine": now - 10})
+    assert throttle_take(client, keys.throttle, "mine", 1, LONG, reserved=str(now - 10), copies="ignore")[0] == 1
+    # The message delivered twice: its other copy finds the start, and writes nothing.
+    code, at, _, start = throttle_take(client, keys.throttle, "mine", 1, LONG, reserved=str(now - 10),
+                                       copies="ignore")
+    assert (code, at, start) == (3, now - 10, f"mine@{now - 10}@instance-1")
+    assert view.zrange(keys.throttle, 0, -1) == [f"mine@{now - 10}@instance-1"]
 
 
 def test_throttle_take_keeps_the_start_of_a_call_whose_copy_comes_again(client: Any, view: Any,
                                                                         keys: Keys) -> None:
     code, started, _ = throttle_take(client, keys.throttle, "mine", 1, LONG)
-    assert code == 1 and view.zscore(keys.throttle, f"mine@{started}") == started
+    assert code == 1 and view.zscore(keys.throttle, f"mine@{started}@instance-1") == started
     # A redelivered copy of the execution that started: its start still counts, it waits for its window.
     code, at, _ = throttle_take(client, keys.throttle, "mine", 1, LONG)
     assert (code, at) == (2, started + LONG + MARGIN)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from typing import NoReturn, Optional
 
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
@@ -37,7 +37,7 @@ from .errors import OnceTaskThrottled
 from .events import execution_throttled
 from .headers import DIGEST_HEADER, THROTTLE_HEADER, header
 from .keys import THROTTLE, KeySpace, call_id
-from .ownership import RunningOwner
+from .ownership import INSTANCE, RunningOwner, heartbeat_enabled
 from .protocols import TaskLike, TaskRequest
 from .rates import Rate, throttle_conflict
 from .rejection import store_rejection
@@ -75,18 +75,31 @@ def check(task: TaskLike, settings: Settings, space: KeySpace, digest: str, requ
     rates = rates_of(task)
     key = throttle_key(space, digest)
     conflict = throttle_conflict(getattr(task, "throttle_conflict", None))
-    call = throttles.take(key, call_id(request.id, request.retries), rates, conflict)
+    member = call_id(request.id, request.retries)
+    reserved = header(request, THROTTLE_HEADER)
+    reserved = str(reserved) if reserved is not None and not request.is_eager else ""
+    instance = INSTANCE if heartbeat_enabled() else ""
+    # With a running lock, the lock decides whether a copy of an execution runs (``redelivery``).
+    copies = "count" if task.running_lock else "ignore"
+    call = throttles.take(key, member, rates, conflict, instance, reserved, copies)
     queue = side.pickup() if side is not None else None
     try:
         store = store_for(task, settings)
         replies, maybe_applied = store.runner.run([call] if queue is None else [queue, call])
+        answered = time.monotonic()
+        gate = throttles.gate_of(replies[-1])
+        if gate.code == throttles.STARTED and not maybe_applied:
+            if not _starter_gone(store, gate.starter):
+                _ignore_copy(task, request, key, gate)
+            # Its worker died: the execution runs again, as a new start.
+            call = throttles.take(key, member, rates, conflict, instance)
+            (reply,), _ = store.runner.run([call])
+            answered, gate = time.monotonic(), throttles.gate_of(reply)
     except RedisError as exc:
         owner = RunningOwner.for_execution(request.id, request.retries, space.holder_task)
         store_down(task, settings, digest, request, None, owner, exc)
         return  # fail_open, or eager: it runs unthrottled, as store_down logged
-    answered = time.monotonic()
-    gate = throttles.gate_of(replies[-1])
-    if gate.code == throttles.STARTS:
+    if gate.code in (throttles.STARTS, throttles.STARTED):  # STARTED here: its own earlier try, whose reply was lost
         return
     limits = ", ".join(map(str, rates))
     if gate.code == throttles.REJECTED:
@@ -94,8 +107,7 @@ def check(task: TaskLike, settings: Settings, space: KeySpace, digest: str, requ
     if request.is_eager:
         _wait_here(task, request, store, key, call, gate)
         return
-    reserved = header(request, THROTTLE_HEADER)
-    if str(reserved) == str(round(gate.at * 1000)) and gate.wait <= EARLY_WAIT:
+    if reserved == str(round(gate.at * 1000)) and gate.wait <= EARLY_WAIT:
         # This copy's own reservation, a moment ahead (the clocks of the broker's timer and the store differ).
         time.sleep(max(0.0, gate.wait - (time.monotonic() - answered)))
         return
@@ -108,6 +120,18 @@ def check(task: TaskLike, settings: Settings, space: KeySpace, digest: str, requ
     # Timed from the store's answer, so that the copy arrives on its reservation.
     countdown = max(0.0, gate.wait - (time.monotonic() - answered))
     defer(task, request, {DIGEST_HEADER: digest, THROTTLE_HEADER: str(round(gate.at * 1000))}, countdown)
+    raise Ignore()
+
+
+def _starter_gone(store: LockStore, instance: str) -> bool:
+    """Whether the worker that started a call is gone: only one that kept a heartbeat can be known gone."""
+    return bool(instance) and not store.leases.instance_alive(instance)
+
+
+def _ignore_copy(task: TaskLike, request: TaskRequest, key: str, gate: throttles.Gate) -> NoReturn:
+    """A copy of a postponed call that another copy started on its reservation: it does not run twice."""
+    logger.info("%s[%s]: execution ignored: a copy of this call started on its reservation of %s (worker %s)",
+                task.name, request.id, key, gate.starter or "unknown")
     raise Ignore()
 
 

@@ -24,7 +24,7 @@ MARGIN = 0.1
 ON_TIME = 0.06
 
 #: The reply codes of ``THROTTLE_TAKE``.
-REJECTED, STARTS, POSTPONED = 0, 1, 2
+REJECTED, STARTS, POSTPONED, STARTED = 0, 1, 2, 3
 
 
 class Gate(NamedTuple):
@@ -35,6 +35,8 @@ class Gate(NamedTuple):
     at: float
     #: The store's clock when it answered.
     now: float
+    #: ``STARTED``: the worker instance that started the call on its reservation ("" if unknown).
+    starter: str = ""
 
     @property
     def wait(self) -> float:
@@ -42,14 +44,24 @@ class Gate(NamedTuple):
         return max(0.0, self.at - self.now)
 
 
-def take(key: str, member: str, rates: Sequence[Rate], conflict: str) -> Call:
-    """The call that starts ``member`` now on ``key``'s log, or reserves its start (``"postpone"``), or refuses it."""
-    args: list[Any] = [member, round(MARGIN * 1000), round(ON_TIME * 1000), conflict, spec_of(rates)]
+def take(key: str, member: str, rates: Sequence[Rate], conflict: str, instance: str = "", reserved: str = "",
+         copies: str = "count") -> Call:
+    """The call that starts ``member`` now on ``key``'s log, or reserves its start (``"postpone"``), or refuses it.
+
+    ``instance``: who starts it (recorded in its start); ``reserved``: the reservation a postponed copy
+    carries; ``copies``: ``"ignore"`` answers ``STARTED`` to a copy whose call already started on it.
+    """
+    args: list[Any] = [member, round(MARGIN * 1000), round(ON_TIME * 1000), conflict, spec_of(rates), instance,
+                       reserved, copies]
     for rate in rates:
         args += [rate.starts, rate.period_ms]
     return Call(THROTTLE_TAKE, key, args)
 
 
 def gate_of(reply: Any) -> Gate:
-    code, at, now = (int(part) for part in reply)
-    return Gate(code, at / 1000, now / 1000)
+    code, at, now = (int(part) for part in reply[:3])
+    starter = ""
+    if len(reply) > 3:
+        start = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
+        starter = start.rpartition("@")[2]
+    return Gate(code, at / 1000, now / 1000, starter)
