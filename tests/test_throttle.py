@@ -86,6 +86,17 @@ def test_several_limits_hold_at_once(throttle_workers: Any, recs: Any) -> None:
     assert most_in_window(starts, 3.0) <= 3
 
 
+def test_a_throttle_and_a_running_limit_hold_together(throttle_workers: Any, recs: Any) -> None:
+    tag = uuid.uuid4().hex
+    results = [tasks.throttled_limited.apply_async((tag, n), queue=QUEUE) for n in range(5)]
+    assert sorted(result.get(timeout=30) for result in results) == list(range(5))
+    runs = events(recs, tag, "start") + events(recs, tag, "end")
+    moments = sorted((run["t"], 1 if run["event"] == "start" else -1) for run in runs)
+    at_once = [sum(step for _, step in moments[:index + 1]) for index in range(len(moments))]
+    assert max(at_once) <= 2
+    assert most_in_window(start_times(recs, tag), 2.0) <= 3
+
+
 def test_a_postponed_call_keeps_its_queue_lock(throttle_workers: Any, recs: Any) -> None:
     tag = uuid.uuid4().hex
     assert tasks.throttled_queued.apply_async((tag, 1), queue=QUEUE).get(timeout=10) == 1
@@ -116,6 +127,7 @@ def test_an_eager_call_beyond_the_limit_waits_in_its_process() -> None:
 
 def test_a_throttled_task_takes_no_running_lock_unless_set() -> None:
     assert tasks.throttled.running_lock is False
+    assert tasks.throttled_limited.running_lock is True  # running_limit works through it
 
     @tasks.app.task(base=OnceTask, name="tests.throttled_locked", throttle="5/s", running_lock=True, shared=False)
     def throttled_locked() -> None: ...

@@ -648,3 +648,12 @@ def throttled_twice(tag: str, n: int) -> int:
 def throttled_queued(tag: str, n: int) -> int:
     record(tag, "start", n=n)
     return n
+
+
+@app.task(base=OnceTask, throttle=(3, 2), running_limit=2, running_lock_conflict="wait", queue_lock=False,
+          lock_args=["tag"])
+def throttled_limited(tag: str, n: int) -> int:
+    record(tag, "start", n=n)
+    time.sleep(0.3)
+    record(tag, "end", n=n)
+    return n

@@ -34,6 +34,16 @@ logger = logging.getLogger("celery_once_task")
 _ENTERED = "once_task_entered"
 
 
+def _needs_running_lock(cls: type) -> bool:
+    """Whether a task sets its running lock, or an option that works through it, itself (not left to defaults)."""
+    # OnceTask's own default (the class that marks itself ``__once_task__``) is not the task's choice.
+    explicit = any("running_lock" in klass.__dict__ for klass in cls.__mro__ if "__once_task__" not in klass.__dict__)
+    return (explicit or getattr(cls, "running_limit", 1) > 1
+            or getattr(cls, "running_lock_conflict", None) is not None
+            or getattr(cls, "queue_lock_until", None) == "end"
+            or getattr(cls, "queue_lock_conflict", None) == "replace")
+
+
 class OnceTask(Task):
     """A Celery task that is queued at most once and runs at most once at a time per arguments.
 
@@ -113,8 +123,7 @@ class OnceTask(Task):
         label = cls.__dict__.get("name") or f"{cls.__module__}.{cls.__qualname__}"
         check_task_class(cls, label)
         cls._once_rates = parse_throttle(cls.throttle, label)
-        if cls._once_rates and not any("running_lock" in klass.__dict__ for klass in cls.__mro__
-                                       if klass is not OnceTask and issubclass(klass, OnceTask)):
+        if cls._once_rates and not _needs_running_lock(cls):
             # A throttle limits starts; a running lock per key would also cap them at one at a time.
             cls.running_lock = False
         cls._once_in_line = may_wait_in_line(cls.running_limit, cls.running_lock_conflict, cls.queue_lock)
