@@ -32,6 +32,7 @@ from typing import NoReturn, Optional
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
+from . import telemetry
 from .deferral import defer, store_down
 from .errors import OnceTaskThrottled
 from .events import execution_throttled
@@ -44,6 +45,7 @@ from .rejection import store_rejection
 from .settings import Settings
 from .store import LockStore, store_for, throttles
 from .store.locks import queue_reply
+from .store.operations import THROTTLE_PICKUP
 from .store.scripts import Call
 from .windows import QueueSide
 
@@ -83,6 +85,10 @@ def check(task: TaskLike, settings: Settings, space: KeySpace, digest: str, requ
     copies = "count" if task.running_lock else "ignore"
     call = throttles.take(key, member, rates, conflict, instance, reserved, copies)
     queue = side.pickup() if side is not None else None
+    # Where a running lock (or slot) is taken next, its pickup records the execution's span.
+    recording = telemetry.active and not task.running_lock
+    if recording:
+        telemetry.picking_up(task, settings, request, THROTTLE_PICKUP, digest, 1 + (queue is not None))
     try:
         store = store_for(task, settings)
         replies, maybe_applied = store.runner.run([call] if queue is None else [queue, call])
@@ -90,6 +96,8 @@ def check(task: TaskLike, settings: Settings, space: KeySpace, digest: str, requ
         gate = throttles.gate_of(replies[-1])
         if gate.code == throttles.STARTED and not maybe_applied:
             if not _starter_gone(store, gate.starter):
+                if recording:
+                    telemetry.executed(task, request, "finished_copy", client=store.client)
                 _ignore_copy(task, request, key, gate)
             # Its worker died: the execution runs again, as a new start.
             call = throttles.take(key, member, rates, conflict, instance)
@@ -100,17 +108,27 @@ def check(task: TaskLike, settings: Settings, space: KeySpace, digest: str, requ
         store_down(task, settings, digest, request, None, owner, exc)
         return  # fail_open, or eager: it runs unthrottled, as store_down logged
     if gate.code in (throttles.STARTS, throttles.STARTED):  # STARTED here: its own earlier try, whose reply was lost
+        if recording:
+            telemetry.picked_up(task, request, store.client)
         return
     limits = ", ".join(map(str, rates))
     if gate.code == throttles.REJECTED:
+        if recording:
+            telemetry.executed(task, request, "rejected", policy="reject", client=store.client)
         _reject(task, request, key, limits, gate)
     if request.is_eager:
         _wait_here(task, request, store, key, call, gate)
+        if recording:
+            telemetry.picked_up(task, request, store.client)
         return
     if reserved == str(round(gate.at * 1000)) and gate.wait <= EARLY_WAIT:
         # This copy's own reservation, a moment ahead (the clocks of the broker's timer and the store differ).
         time.sleep(max(0.0, gate.wait - (time.monotonic() - answered)))
+        if recording:
+            telemetry.picked_up(task, request, store.client)
         return
+    if recording:
+        telemetry.executed(task, request, "postponed", client=store.client)
     if side is not None and (maybe_applied or queue_reply(replies[0])[0]):
         _keep_queue_lock(task, settings, store, request, side, gate.wait)
     execution_throttled.send(sender=task, task_id=request.id, key=key, outcome="postponed", start_at=gate.at,
