@@ -1,6 +1,6 @@
 """``throttle``: at most N executions of a key start in any window of a period, fleet-wide.
 
-The tasks run on two workers of this module's own, three processes each, so
+The tasks run on two workers of this module's own, four processes each, so
 that it is the throttle, not the pool, that holds calls back; periods are
 short (a second or two) to keep the tests fast.
 """
@@ -29,8 +29,8 @@ QUEUE = "throttle"
 
 @pytest.fixture(scope="module")
 def throttle_workers(redis_server: Any) -> Iterator[tuple[Worker, Worker]]:
-    with running_worker(redis_server.port, "throttle-a", queues=QUEUE, concurrency=3) as first, \
-            running_worker(redis_server.port, "throttle-b", queues=QUEUE, concurrency=3) as second:
+    with running_worker(redis_server.port, "throttle-a", queues=QUEUE, concurrency=4) as first, \
+            running_worker(redis_server.port, "throttle-b", queues=QUEUE, concurrency=4) as second:
         yield first, second
 
 
