@@ -72,10 +72,12 @@ def check_shared_name(task: Any) -> None:
         if _kinds_of_keys(other) != mine:
             raise ValueError(
                 f"{task.name} and {other.name} share lock_name {task.lock_name!r} but not the locks they take "
-                "(queue_lock, running_lock, a running_limit or a line, debounce): they would not exclude each other")
+                "(queue_lock, running_lock, a running_limit or a line, debounce, throttle): they would not exclude "
+                "each other")
 
 
-def _kinds_of_keys(task: Any) -> tuple[bool, bool, bool, bool]:
-    """Which keys a task's calls take: a queue lock, a running lock (or slots), slots, a burst."""
+def _kinds_of_keys(task: Any) -> tuple[bool, bool, bool, bool, bool]:
+    """Which keys a task's calls take: a queue lock, a running lock (or slots), slots, a burst, a throttle's log."""
     limited = task.running_limit > 1 or (task.running_lock_conflict == "wait" and not task.queue_lock)
-    return bool(task.queue_lock), bool(task.running_lock), limited, task.debounce is not None
+    throttled = bool(getattr(task, "_once_rates", ()))
+    return bool(task.queue_lock), bool(task.running_lock), limited, task.debounce is not None, throttled
