@@ -13,9 +13,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from celery import states
+from celery import Task, states
+from celery.result import AsyncResult
 
 from celery_once_task import OnceTask, OnceTaskThrottled
+from celery_once_task.headers import THROTTLE_HEADER
 from celery_once_task.keys import limited_key
 from celery_once_task.store import client_for, scripts, throttles
 from tests import worker_app as tasks
@@ -106,6 +108,25 @@ def test_a_postponed_call_keeps_its_queue_lock(throttle_workers: Any, recs: Any)
     assert tasks.throttled_queued.apply_async((tag, 3), queue=QUEUE) is None  # a duplicate of the postponed call
     assert postponed.get(timeout=10) == 2
     assert [run["n"] for run in events(recs, tag, "start")] == [1, 2]
+
+
+def test_a_postponed_call_delivered_twice_runs_once(throttle_workers: Any, recs: Any) -> None:
+    # Given a key whose window is full, and a call postponed to its reservation,
+    tag = uuid.uuid4().hex
+    results = {tasks.throttled.apply_async((tag, tag, n), queue=QUEUE).id: n for n in range(4)}
+    postponed = wait_until(lambda: [entry for entry in tasks_signals(recs, "execution_throttled")
+                                    if entry.get("task_id") in results], what="a call to be postponed")[0]
+    # when the broker delivers its message twice (as kombu's Redis transport does for a delayed message
+    # that outlasts its visibility timeout),
+    start_at = float(postponed["start_at"])
+    Task.apply_async(tasks.throttled, (tag, tag, results[postponed["task_id"]]), task_id=postponed["task_id"],
+                     queue=QUEUE, countdown=max(0.0, start_at - time.time()),
+                     headers={THROTTLE_HEADER: str(round(start_at * 1000))})
+    # then it runs once.
+    assert AsyncResult(postponed["task_id"], app=tasks.app).get(timeout=20) == results[postponed["task_id"]]
+    wait_until(lambda: any(f"{postponed['task_id']}]: execution ignored" in worker.read_log()
+                           for worker in throttle_workers), what="the second copy to be ignored")
+    assert sorted(run["n"] for run in events(recs, tag, "start")) == [0, 1, 2, 3]
 
 
 def tasks_signals(recs: Any, name: str) -> list[dict[str, Any]]:
