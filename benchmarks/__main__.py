@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the concurrency limits' pickup and release at N = 1, 3, 100 (part i)")
     parser.add_argument("--debounce", action="store_true",
                         help="only a burst of 1,000 debounced calls: round trips, messages, time per call (part j)")
+    parser.add_argument("--throttle", action="store_true",
+                        help="only the throttle: pickup at N = 1, 10, 1000, and the rate achieved on one key with "
+                             "4 worker processes against plain Celery's rate_limit (part l)")
     parser.add_argument("--telemetry", action="store_true",
                         help="only the publish, duplicate and execution paths with telemetry off, on with a "
                              "sampled-out provider, and on recording (part k)")
@@ -217,6 +220,14 @@ def main(argv: list[str] | None = None) -> int:
         print(limits.table(cases))
         if args.json:
             args.json.write_text(json.dumps({"limits": cases}, indent=1) + "\n")
+        return 0
+    if args.throttle:
+        from . import throttle
+
+        throttled = throttle.run(config.limits_pairs)
+        print(throttle.text(throttled))
+        if args.json:
+            args.json.write_text(json.dumps({"throttle": throttled}, indent=1) + "\n")
         return 0
     if args.telemetry:
         figures = telemetry_only(config)

@@ -8,6 +8,8 @@
 #   bash scripts/bench.sh --quick    a short run, for trying a change (rougher figures, about 2 minutes)
 #   bash scripts/bench.sh --profile  profile the publish, duplicate and worker paths (py-spy)
 #   bash scripts/bench.sh --limits   only the concurrency limits' pickup and release at N = 1, 3, 100
+#   bash scripts/bench.sh --throttle only the throttle: pickup at N = 1, 10, 1000, and the rate achieved on one
+#                                    key by 4 worker processes, against plain Celery's rate_limit
 #   bash scripts/bench.sh --debounce only a burst of 1,000 debounced calls: round trips, messages, time per call
 #   bash scripts/bench.sh --telemetry only the publish, duplicate and execution paths with OpenTelemetry off,
 #                                    on with a sampled-out provider, and on recording, side by side
@@ -40,7 +42,7 @@ VENV=${VENV:-.venv-bench}
 ensure_redis_server
 make_venv "$VENV" "$PYTHON" -e . -r benchmarks/requirements.txt
 # --telemetry measures this project alone: the other implementations' virtualenvs are not needed.
-case " $* " in *" --telemetry "*) [ "${BENCH_SETUP_ONLY:-}" ] && exit 0; exec "$VENV/bin/python" -m benchmarks "$@" ;; esac
+case " $* " in *" --telemetry "*|*" --throttle "*) [ "${BENCH_SETUP_ONLY:-}" ] && exit 0; exec "$VENV/bin/python" -m benchmarks "$@" ;; esac
 
 # The same Celery stack everywhere, so that only the lock library differs.
 CONSTRAINTS="$VENV/bench-constraints.txt"

@@ -13,6 +13,7 @@
 #   bash scripts/soak.sh --debounce 1       debounced calls: bursts without an execution, or executed twice
 #   bash scripts/soak.sh --window end       queue_lock_until="end": no call let in while the same call is queued or runs
 #   bash scripts/soak.sh --window unique_for  unique_for=2: no call let in within 2 s of an accepted one
+#   bash scripts/soak.sh --throttle 3/2     throttle=(3, 2): reports the most starts of one key in any 2 s window
 #
 # PYTHON and VENV choose the interpreter and the virtualenv.
 set -euo pipefail

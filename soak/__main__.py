@@ -58,6 +58,8 @@ from celery.states import READY_STATES
 
 from celery_once_task import OnceTask
 from celery_once_task.ownership import Lease
+from celery_once_task.rates import Rate, parse_throttle
+from celery_once_task.store.throttles import MARGIN as THROTTLE_MARGIN
 from soak import report
 from soak.cluster import Servers, SoakWorker
 from soak.faults import FaultLog, Faults, kinds
@@ -96,6 +98,12 @@ class Plan:
     debounce: float = 0.0
     #: A window of the task's: "end" (queue_lock_until="end"), "unique_for" (``UNIQUE_FOR`` seconds); "": none.
     window: str = ""
+    #: ``--throttle N/PERIOD``: at most N starts of a key in any window of the period; "": none.
+    throttle: str = ""
+
+    @property
+    def rate(self) -> Optional[Rate]:
+        return parse_throttle(soak_throttle(self.throttle), "--throttle")[0] if self.throttle else None
 
     @property
     def lease(self) -> Lease:
@@ -124,6 +132,9 @@ def parse(argv: Optional[Sequence[str]]) -> Plan:
     parser.add_argument("--window", choices=("end", "unique_for"), default="",
                         help="a window of the task's: a call is a duplicate until its run ends "
                              "(queue_lock_until=\"end\"), or for a few seconds from the call (unique_for)")
+    parser.add_argument("--throttle", default="", metavar="N/PERIOD",
+                        help="a throttle of N starts per key in any window of PERIOD (s, m, h, d, or seconds): "
+                             "every call kept (queue_lock=False); reports the most starts of one key in any window")
     parser.add_argument("--seed", type=int, default=None, help="seed of the fault and key choices")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir even when every check passed")
     parser.add_argument("--strict", action="store_true",
@@ -136,11 +147,32 @@ def parse(argv: Optional[Sequence[str]]) -> Plan:
     if args.window and (args.debounce or args.policy == "wait" or (args.window == "end" and args.running_limit > 1)):
         parser.error(f"--window {args.window} cannot be used with --debounce, --policy wait, or (end) a running "
                      "limit: the library refuses those combinations")
+    if args.throttle:
+        try:
+            parse_throttle(soak_throttle(args.throttle), "--throttle")
+        except ValueError as exc:
+            parser.error(str(exc))
+        if args.debounce or args.policy == "wait" or args.window:
+            parser.error("--throttle cannot be used with --debounce, --policy wait or --window in the soak")
     if args.short:
         return Plan(75.0, 3, 60.0, args.policy, seed, args.keep, args.strict, args.pool, args.broker, body,
-                    args.running_limit, args.debounce, args.window)
+                    args.running_limit, args.debounce, args.window, args.throttle)
     return Plan(args.minutes * 60, 4, 120.0, args.policy, seed, args.keep, args.strict, args.pool, args.broker, body,
-                args.running_limit, args.debounce, args.window)
+                args.running_limit, args.debounce, args.window, args.throttle)
+
+
+def soak_throttle(text: str) -> object:
+    """``N/PERIOD`` as the task option takes it: ``"N/s"`` and the like as they are, ``N/<seconds>`` a tuple."""
+    count, _, period = text.partition("/")
+    try:
+        return (int(count), float(period))
+    except ValueError:
+        return text
+
+
+def throttled_rate(rate: Rate, keys: int) -> float:
+    """Calls a second the workers keep up with under the throttle: most of what it lets start, across the keys."""
+    return min(LIMITED_CALLS_PER_SECOND, 0.7 * keys * rate.starts / (rate.period + THROTTLE_MARGIN))
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -175,7 +207,7 @@ class Soak:
         plan = self.plan
         app = importlib.import_module("soak.app")
         self.log(f"soak: policy {plan.policy}, running_limit {plan.running_limit}, debounce {plan.debounce or 'off'}, "
-                 f"window {plan.window or 'queued'}, "
+                 f"window {plan.window or 'queued'}, throttle {plan.throttle or 'off'}, "
                  f"{plan.workers} {plan.pool} "
                  f"workers, broker {plan.broker}, body {plan.body}, {plan.load_seconds:.0f}s of load, seed "
                  f"{plan.seed}, heartbeat_timeout {HEARTBEAT_TIMEOUT}s (lease ttl {plan.lease.ttl:.1f}s), "
@@ -188,6 +220,8 @@ class Soak:
         self.wait_ready()
 
         rate = CALLS_PER_SECOND if plan.running_limit == 1 else LIMITED_CALLS_PER_SECOND
+        if plan.rate is not None:
+            rate = throttled_rate(plan.rate, app.KEYS)
         publishers = Publishers(app.work, threads=PUBLISHER_THREADS, rate=rate, keys=app.KEYS, seed=plan.seed)
         faults = Faults(self.servers, self.workers, self.log, random.Random(plan.seed), kinds(plan.pool, plan.broker))
         began = time.time()
@@ -296,6 +330,8 @@ class Soak:
         client = self.servers.locks.client(0, decode_responses=True)
         left = []
         for key in sorted(client.scan_iter(match="once_task:*", count=1000)):
+            if key.endswith(":throttle"):
+                continue  # a throttle's log holds no lock, and expires a period after its last start
             kind = client.type(key)
             value: Any = (client.get(key) if kind == "string" else client.hgetall(key) if kind == "hash"
                           else client.lrange(key, 0, -1) if kind == "list" else kind)
@@ -312,7 +348,8 @@ class Soak:
         runs = report.executions(records, faults.kills)
         accepted = report.accepted(calls)
         states = self.result_states([call.result.id for call in accepted])
-        overlapping = report.overlaps(runs) if plan.running_limit == 1 else []
+        # A throttled task takes no running lock: executions of one key may overlap.
+        overlapping = report.overlaps(runs) if plan.running_limit == 1 and not plan.throttle else []
         most, most_key = report.most_at_once(runs)
         stuck = report.not_terminal(calls, states)
         blocked = report.blocking(faults.blocked, ended)
@@ -358,8 +395,11 @@ class Soak:
         self.say("faults: " + ", ".join(f"{kind} {faults.counts[kind]}" for kind in faults.kinds))
         self.say(f"duration: {ended - began:.1f}s (load {load_ended - began:.1f}s, drain and lease wait "
                  f"{ended - load_ended:.1f}s)")
-        self.say(f"overlaps: {len(overlapping)}" if plan.running_limit == 1 else
-                 f"most executions of one key at once: {most} (key {most_key}; running_limit {plan.running_limit})")
+        if plan.throttle:
+            self.say(f"most executions of one key at once: {most} (key {most_key}; no running lock under a throttle)")
+        else:
+            self.say(f"overlaps: {len(overlapping)}" if plan.running_limit == 1 else
+                     f"most executions of one key at once: {most} (key {most_key}; running_limit {plan.running_limit})")
         self.say(f"results not terminal: {len(stuck)}" + (
             f" ({len(lost)} of them lost by Celery: messages taken off the broker by a worker killed or stopped "
             "before it recorded their delivery)" if lost else ""))
@@ -374,7 +414,13 @@ class Soak:
             self.say(f"crashed worker blocked its keys: max -, median - (no running lock held at "
                      f"{faults.counts['worker_kill']} worker kills)")
         failures = []
-        if overlapping or most > plan.running_limit:
+        if plan.rate is not None:
+            starts, starts_key = report.most_in_window(runs, plan.rate.period)
+            self.say(f"most starts of one key in any {plan.rate.period:g}s window: {starts} (key {starts_key}; "
+                     f"throttle {plan.throttle})")
+            if starts > plan.rate.starts:
+                failures.append(f"more than {plan.rate.starts} starts in {plan.rate.period:g}s")
+        elif overlapping or most > plan.running_limit:
             failures.append("overlaps" if plan.running_limit == 1 else f"more than {plan.running_limit} at once")
         if twice - cut_short:
             failures.append("executions completed twice")
@@ -570,7 +616,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         servers = Servers(plan.broker)
         env = servers.environment(HEARTBEAT_TIMEOUT, VISIBILITY_TIMEOUT, plan.policy, plan.body, plan.running_limit,
-                                  plan.debounce, plan.window, UNIQUE_FOR)
+                                  plan.debounce, plan.window, UNIQUE_FOR, plan.throttle)
         os.environ.update(env)  # read by soak.app, here and in the workers
         workers = [SoakWorker(index, directory, env, plan.pool) for index in range(1, plan.workers + 1)]
         status = 0 if Soak(plan, servers, workers, log, directory).run() else 1

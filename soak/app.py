@@ -34,7 +34,9 @@ RECORDS_KEY = "soak:records"
 RUNNING_LIMIT = int(os.environ.get("SOAK_RUNNING_LIMIT", "1"))
 #: How many different calls the publishers make: ``work(0)`` to ``work(KEYS - 1)``; fewer under a
 #: limit, so that calls of one key pile up past it.
-KEYS = 16 if RUNNING_LIMIT == 1 else 4
+#: ``--throttle N/PERIOD``: at most N starts of a key in any window of the period ("": none).
+THROTTLE = os.environ.get("SOAK_THROTTLE", "")
+KEYS = 16 if RUNNING_LIMIT == 1 and not THROTTLE else 4
 POLICIES = ("reject", "wait")
 
 
@@ -94,6 +96,11 @@ if WINDOW == "end":
     _POLICY_OPTIONS.update(queue_lock_until="end")
 elif WINDOW == "unique_for":
     _POLICY_OPTIONS.update(unique_for=UNIQUE_FOR)
+if THROTTLE:
+    # Every call kept, so that calls of a key pile up past the throttle and are postponed.
+    _count, _, _period = THROTTLE.partition("/")
+    _POLICY_OPTIONS.update(throttle=(int(_count), float(_period)) if _period.replace(".", "", 1).isdigit()
+                           else THROTTLE, queue_lock=False)
 
 # Longer than a stall of the records server could last: it is never faulted.
 _records = redis.Redis.from_url(RECORDS_URL, socket_timeout=30)

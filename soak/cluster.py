@@ -48,7 +48,7 @@ class Servers:
 
     def environment(self, heartbeat_timeout: int, visibility_timeout: int, policy: str, body: str,
                     running_limit: int = 1, debounce: float = 0, window: str = "",
-                    unique_for: float = 0) -> dict[str, str]:
+                    unique_for: float = 0, throttle: str = "") -> dict[str, str]:
         """What ``soak.app`` reads."""
         return {
             "SOAK_BROKER_URL": self.broker_url,
@@ -65,6 +65,7 @@ class Servers:
             "SOAK_DEBOUNCE": str(debounce),
             "SOAK_WINDOW": window,
             "SOAK_UNIQUE_FOR": str(unique_for),
+            "SOAK_THROTTLE": throttle,
         }
 
     def stop(self) -> None:

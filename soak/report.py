@@ -117,6 +117,21 @@ def most_at_once(runs: Sequence[Execution]) -> tuple[int, Optional[int]]:
     return most, where
 
 
+def most_in_window(runs: Sequence[Execution], period: float) -> tuple[int, Optional[int]]:
+    """The most starts of one key in any window of ``period`` seconds (a throttle allows N), and that key."""
+    by_key: dict[int, list[float]] = defaultdict(list)
+    for run in runs:
+        by_key[run.key].append(run.start)
+    most, where = 0, None
+    for key, starts in by_key.items():
+        starts.sort()
+        for index, start in enumerate(starts):
+            inside = bisect.bisect_left(starts, start + period) - index
+            if inside > most:
+                most, where = inside, key
+    return most, where
+
+
 def not_terminal(calls: Sequence[Call], result_states: Mapping[str, tuple[str, Optional[str]]]) -> list[Call]:
     """Accepted calls whose result is not in a ready state."""
     return [call for call in accepted(calls) if result_states.get(call.result.id, (states.PENDING, None))[0]

@@ -84,7 +84,18 @@ def replacing_probe(tag: str) -> None:
     marks["body"] = sent()
 
 
-PROBES = (probe.name, waiting_probe.name, limited_probe.name, until_end_probe.name, replacing_probe.name)
+@app.task(base=OnceTask, name="tests.test_round_trips.throttled_probe_1", throttle=(1, 60), lock_args=["tag"])
+def throttled_probe_1(tag: str) -> None:
+    marks["body"] = sent()
+
+
+@app.task(base=OnceTask, name="tests.test_round_trips.throttled_probe_1000", throttle="1000/s", lock_args=[])
+def throttled_probe_1000(tag: str) -> None:
+    marks["body"] = sent()
+
+
+PROBES = (probe.name, waiting_probe.name, limited_probe.name, until_end_probe.name, replacing_probe.name,
+          throttled_probe_1.name, throttled_probe_1000.name)
 
 
 def on_prerun(task: Any = None, **_: Any) -> None:
@@ -175,6 +186,14 @@ def test_end_takes_one_round_trip(solo_worker: None) -> None:
 def test_pickup_and_end_of_a_limited_task_take_one_round_trip_each(solo_worker: None) -> None:
     mark = run_probe(limited_probe)
     assert (mark["body"] - mark["prerun"], mark["postrun"] - mark["body"]) == (1, 1)
+
+
+@pytest.mark.parametrize("task", [throttled_probe_1, throttled_probe_1000], ids=["N=1", "N=1000"])
+def test_pickup_of_a_throttled_task_takes_one_round_trip_whatever_n_and_its_end_none(solo_worker: None,
+                                                                                      task: Any) -> None:
+    # The throttle's check joins the queue lock's release; a throttled task holds no running lock by default.
+    mark = run_probe(task)
+    assert (mark["body"] - mark["prerun"], mark["postrun"] - mark["body"]) == (1, 0)
 
 
 def test_a_call_in_an_open_burst_takes_one_round_trip_and_publishes_nothing(broker: Any) -> None:

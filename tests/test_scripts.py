@@ -28,6 +28,7 @@ from celery_once_task.store.lua.locks import (
     TAKE,
 )
 from celery_once_task.store.lua.slots import SLOT_ACQUIRE, SLOT_CLEAR, SLOT_FORGET, SLOT_RELEASE, SLOT_RENEW
+from celery_once_task.store.lua.throttles import THROTTLE_TAKE
 from tests.support import RedisServer, decoded, run_script, wait_until
 
 #: A time to live, lease or debounce that does not run out during a test (milliseconds).
@@ -48,6 +49,7 @@ class Keys:
         self.line = prefix + "line"
         self.messages = prefix + "messages"
         self.burst = prefix + "burst"
+        self.throttle = prefix + "throttle"
 
 
 @pytest.fixture(scope="module")
@@ -918,3 +920,109 @@ def test_burst_forget_closed_remembers_only_the_ended_bursts_last_call_for_the_t
 
 def test_burst_forget_closed_of_a_burst_not_running_is_0(client: Any, keys: Keys) -> None:
     assert burst_forget(client, keys, "t1", "closed") == 0
+
+
+# -- throttle: THROTTLE_TAKE -------------------------------------------------------------------------------------
+
+#: The margin and the lateness a reservation is started on with, as the library sends them (ms).
+MARGIN, ON_TIME = 100, 60
+
+
+def throttle_take(client: Any, key: str, member: str, *limits: int, mode: str = "postpone", reserved: str = "",
+                  copies: str = "count") -> list[Any]:
+    return list(run_script(client, THROTTLE_TAKE, key, member, MARGIN, ON_TIME, mode, "spec", "instance-1", reserved,
+                           copies, *limits))
+
+
+def test_throttle_take_starts_calls_while_fewer_than_n_lie_in_the_window(client: Any, view: Any,
+                                                                         keys: Keys) -> None:
+    replies = [throttle_take(client, keys.throttle, f"call-{n}", 3, LONG) for n in range(3)]
+    assert [code for code, _, _ in replies] == [1, 1, 1]
+    assert all(at == now for _, at, now in replies)
+    assert view.zcard(keys.throttle) == 4  # three starts and the limits (score 0)
+    assert view.zscore(keys.throttle, "spec") == 0
+
+
+def test_throttle_take_reserves_the_nth_latest_start_plus_the_period_and_margin(client: Any, view: Any,
+                                                                                keys: Keys) -> None:
+    first = throttle_take(client, keys.throttle, "call-1", 2, LONG)
+    throttle_take(client, keys.throttle, "call-2", 2, LONG)
+    code, at, _ = throttle_take(client, keys.throttle, "call-3", 2, LONG)
+    assert (code, at) == (2, first[1] + LONG + MARGIN)
+    assert view.zscore(keys.throttle, "call-3") == at
+    # The next reservation comes after it, in arrival order.
+    code, later, _ = throttle_take(client, keys.throttle, "call-4", 2, LONG)
+    assert code == 2 and later >= at
+
+
+def test_throttle_take_reject_writes_nothing_and_answers_the_earliest_start(client: Any, view: Any,
+                                                                            keys: Keys) -> None:
+    first = throttle_take(client, keys.throttle, "call-1", 1, LONG, mode="reject")
+    code, at, _ = throttle_take(client, keys.throttle, "call-2", 1, LONG, mode="reject")
+    assert (code, at) == (0, first[1] + LONG + MARGIN)
+    assert view.zscore(keys.throttle, "call-2") is None
+
+
+def test_throttle_take_starts_a_call_on_its_reservation_when_on_time(client: Any, view: Any, keys: Keys) -> None:
+    now = server_ms(view)
+    view.zadd(keys.throttle, {"other": now - 5, "mine": now - 10})
+    assert throttle_take(client, keys.throttle, "mine", 1, LONG)[:2] == [1, now - 10]
+    # Its reservation is now a start: a copy of the call finds none to start on.
+    assert view.zscore(keys.throttle, "mine") is None
+    assert view.zscore(keys.throttle, f"mine@{now - 10}@instance-1") == now - 10
+
+
+def test_throttle_take_tells_a_copy_of_a_call_that_started_on_its_reservation_who_started_it(
+        client: Any, view: Any, keys: Keys) -> None:
+    now = server_ms(view)
+    view.zadd(keys.throttle, {"mine": now - 10})
+    assert throttle_take(client, keys.throttle, "mine", 1, LONG, reserved=str(now - 10), copies="ignore")[0] == 1
+    # The message delivered twice: its other copy finds the start, and writes nothing.
+    code, at, _, start = throttle_take(client, keys.throttle, "mine", 1, LONG, reserved=str(now - 10),
+                                       copies="ignore")
+    assert (code, at, start) == (3, now - 10, f"mine@{now - 10}@instance-1")
+    assert view.zrange(keys.throttle, 0, -1) == [f"mine@{now - 10}@instance-1"]
+
+
+def test_throttle_take_keeps_the_start_of_a_call_whose_copy_comes_again(client: Any, view: Any,
+                                                                        keys: Keys) -> None:
+    code, started, _ = throttle_take(client, keys.throttle, "mine", 1, LONG)
+    assert code == 1 and view.zscore(keys.throttle, f"mine@{started}@instance-1") == started
+    # A redelivered copy of the execution that started: its start still counts, it waits for its window.
+    code, at, _ = throttle_take(client, keys.throttle, "mine", 1, LONG)
+    assert (code, at) == (2, started + LONG + MARGIN)
+
+
+def test_throttle_take_keeps_the_reservation_of_a_call_that_arrives_early(client: Any, view: Any,
+                                                                          keys: Keys) -> None:
+    now = server_ms(view)
+    view.zadd(keys.throttle, {"mine": now + 5000})
+    assert throttle_take(client, keys.throttle, "mine", 1, LONG)[:2] == [2, now + 5000]
+    assert view.zscore(keys.throttle, "mine") == now + 5000
+
+
+def test_throttle_take_makes_a_late_call_reserve_again_at_the_end(client: Any, view: Any, keys: Keys) -> None:
+    now = server_ms(view)
+    view.zadd(keys.throttle, {"mine": now - 1000, "other": now - 500})
+    code, at, _ = throttle_take(client, keys.throttle, "mine", 1, LONG)
+    assert (code, at) == (2, now - 500 + LONG + MARGIN)
+    assert view.zscore(keys.throttle, "mine") == at
+
+
+def test_throttle_take_with_several_limits_waits_for_the_latest_of_them(client: Any, view: Any,
+                                                                        keys: Keys) -> None:
+    now = server_ms(view)
+    # Two starts in the last 2 s (limit 2/2s), three in the last minute (limit 3/60s).
+    view.zadd(keys.throttle, {"a": now - 50_000, "b": now - 1500, "c": now - 1000})
+    code, at, _ = throttle_take(client, keys.throttle, "call", 2, 2000, 3, LONG)
+    assert (code, at) == (2, now - 50_000 + LONG + MARGIN)
+
+
+def test_throttle_take_trims_entries_no_window_sees_and_expires_the_log_after_the_last(client: Any, view: Any,
+                                                                                       keys: Keys) -> None:
+    now = server_ms(view)
+    view.zadd(keys.throttle, {"old": now - 10_000, "spec": 0})
+    throttle_take(client, keys.throttle, "call", 1, 2000)
+    assert view.zscore(keys.throttle, "old") is None
+    assert view.zscore(keys.throttle, "spec") == 0
+    assert 2000 < view.pttl(keys.throttle) <= 2000 + MARGIN + 1

@@ -36,7 +36,8 @@ from tests import worker_app as tasks
 
 REFERENCE = Path(__file__).parent.parent / "docs" / "configuration.md"
 #: The options of ``OnceTask`` that are not settings: a task's alone.
-TASK_ONLY_OPTIONS = ("queue_lock", "running_lock", "lock_args", "lock_name", "running_limit")
+TASK_ONLY_OPTIONS = ("queue_lock", "running_lock", "lock_args", "lock_name", "running_limit", "throttle",
+                     "throttle_conflict")
 #: The type of a setting's value in ``Settings``, by its kind (a choice: the ``Literal`` of its values).
 KIND_TYPES: dict[str, Any] = {
     "url": str, "options": Mapping[str, Any], "int_seconds": int, "seconds": Optional[float], "bool": bool,

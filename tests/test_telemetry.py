@@ -113,6 +113,14 @@ def test_a_limited_execution_takes_and_frees_a_slot(otel: Recorded) -> None:
     assert spans[0].attributes["db.stored_procedure.name"] == "slot_acquire"
 
 
+def test_a_throttled_execution_checks_its_keys_log_and_holds_nothing(otel: Recorded) -> None:
+    tasks.throttled_twice.apply((uuid.uuid4().hex, 1))
+    spans = otel.lock_spans()
+    assert [s.name for s in spans] == ["throttle pickup"]
+    assert outcomes(spans) == [("throttle", "acquired")]
+    assert spans[0].attributes["db.stored_procedure.name"] == "throttle_take"
+
+
 def test_debounced_calls_start_and_join_a_burst(otel: Recorded) -> None:
     doc = uuid.uuid4().hex
     first = tasks.parked_reindex.delay(doc, 1)

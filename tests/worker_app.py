@@ -68,7 +68,7 @@ def _record_signal(name: str) -> Any:
 
 
 # The library's signals, as the worker sees them: tests read them from the records database.
-for _name in ("duplicate_call", "duplicate_execution", "lock_recovered"):
+for _name in ("duplicate_call", "duplicate_execution", "lock_recovered", "execution_throttled"):
     getattr(once_signals, _name).connect(_record_signal(_name), weak=False, dispatch_uid=f"tests.{_name}")
 
 
@@ -626,3 +626,37 @@ def push_balance_late(account: str, balance: int) -> int:
     record(account, "start", balance=balance)
     wait_gate(account)
     return balance
+
+
+# Throttled tasks (tests/test_throttle.py): each start recorded with the attempt it is.
+@app.task(base=OnceTask, bind=True, throttle=(3, 2), lock_args=["tenant"], queue_lock=False)
+def throttled(self: Any, tenant: str, tag: str, n: int) -> int:
+    record(tag, "start", tenant=tenant, n=n, retries=self.request.retries)
+    return n
+
+
+@app.task(base=OnceTask, throttle="2/s", throttle_conflict="reject", lock_args=[], queue_lock=False)
+def throttled_reject(tag: str, n: int) -> int:
+    record(tag, "start", n=n)
+    return n
+
+
+@app.task(base=OnceTask, throttle=["2/s", (3, 3)], lock_args=["tag"], queue_lock=False)
+def throttled_twice(tag: str, n: int) -> int:
+    record(tag, "start", n=n)
+    return n
+
+
+@app.task(base=OnceTask, throttle=(1, 1), lock_args=["tag"])
+def throttled_queued(tag: str, n: int) -> int:
+    record(tag, "start", n=n)
+    return n
+
+
+@app.task(base=OnceTask, throttle=(3, 2), running_limit=2, running_lock_conflict="wait", queue_lock=False,
+          lock_args=["tag"])
+def throttled_limited(tag: str, n: int) -> int:
+    record(tag, "start", n=n)
+    time.sleep(0.3)
+    record(tag, "end", n=n)
+    return n

@@ -10,6 +10,7 @@ Foundations, importing nothing of the library above them:
 ``events``      the library's signals (``duplicate_call``, ...), defined where nothing imports back
 ``headers``     the library's message headers, read off a request on every Celery release
 ``digest``      canonical arguments and their digest
+``rates``       the ``throttle`` option's values: N starts per period, parsed and checked
 ``keys``        the key grammar: every key and id the library writes, and parsing one back
 ``ownership``   the owner tokens stored as lock values, and the lease timing
 ``native``      an OS thread no pool can starve, for the renewal
@@ -19,7 +20,7 @@ Foundations, importing nothing of the library above them:
                 hooks they call; its ``recorder``, ``spans`` and ``metrics`` load once something records
 
 ``store/``      every round trip to Redis: ``runner`` (clients, tries), ``locks``, ``calls``,
-                ``waiting``, ``slots``, ``bursts``, ``leases`` by concern, over ``lua`` (every
+                ``waiting``, ``slots``, ``bursts``, ``throttles``, ``leases`` by concern, over ``lua`` (every
                 script), ``scripts`` (one round trip), ``wire`` (commands on a connection),
                 ``addresses`` and ``connection`` (where the store is, and its clients);
                 ``operations`` names each round trip for telemetry; ``permissions`` tells a refusal by
@@ -43,6 +44,7 @@ The paths of a call:
 ``running``     the running lock: pickup, conflicts, release
 ``limits``      ``running_limit``: a key's slots and its line of waiting calls
 ``debounce``    ``debounce``: a burst of calls becomes one execution, with the last call's arguments
+``throttle``    ``throttle``: at most N starts of a key in any window of a period; the excess postponed or rejected
 ``publish``     the queue lock at publish, and what a duplicate call gets
 ``execute``     pickup and release around the body, for a running lock or a slot alike
 ``task``        ``OnceTask``: a thin class over the paths above
@@ -64,7 +66,9 @@ The worker, the operators, the integrations:
 """
 
 from .bootstep import OnceTaskUnlockBootStep
-from .errors import LockStorePermissionError, LockStoreUnavailable, OnceTaskDuplicate, OnceTaskError, OnceTaskLocked
+from .errors import (
+    LockStorePermissionError, LockStoreUnavailable, OnceTaskDuplicate, OnceTaskError, OnceTaskLocked, OnceTaskThrottled,
+)
 from .settings import configure
 from .signals import setup_once_task_signals, teardown_once_task_signals
 from .task import OnceTask
@@ -78,6 +82,7 @@ __all__ = [
     "OnceTaskDuplicate",
     "OnceTaskError",
     "OnceTaskLocked",
+    "OnceTaskThrottled",
     "OnceTaskUnlockBootStep",
     "configure",
     "setup_once_task_signals",

@@ -14,6 +14,7 @@ from typing import Any
 from .digest import check_lock_args, signature_of
 from .internals import registered_tasks
 from .options import check_combination, check_name
+from .rates import check_throttle_options
 from .settings import SETTINGS
 
 #: The task options that are not settings, whose combinations are checked with the rest.
@@ -44,6 +45,8 @@ def check_task_class(cls: type, label: str) -> None:
     values: dict[str, Any] = {name: getattr(cls, name, None) for name in _TASK_ONLY}
     values.update((spec.name, getattr(cls, spec.name, None)) for spec in SETTINGS if spec.task_option)
     check_combination(values, label)
+    check_throttle_options({"throttle": getattr(cls, "throttle", None), "debounce": getattr(cls, "debounce", None),
+                            "throttle_conflict": getattr(cls, "throttle_conflict", None)}, label)
     lock_args = own.get("lock_args")
     if lock_args is not None and "run" in own:
         run = own["run"]
@@ -69,10 +72,12 @@ def check_shared_name(task: Any) -> None:
         if _kinds_of_keys(other) != mine:
             raise ValueError(
                 f"{task.name} and {other.name} share lock_name {task.lock_name!r} but not the locks they take "
-                "(queue_lock, running_lock, a running_limit or a line, debounce): they would not exclude each other")
+                "(queue_lock, running_lock, a running_limit or a line, debounce, throttle): they would not exclude "
+                "each other")
 
 
-def _kinds_of_keys(task: Any) -> tuple[bool, bool, bool, bool]:
-    """Which keys a task's calls take: a queue lock, a running lock (or slots), slots, a burst."""
+def _kinds_of_keys(task: Any) -> tuple[bool, bool, bool, bool, bool]:
+    """Which keys a task's calls take: a queue lock, a running lock (or slots), slots, a burst, a throttle's log."""
     limited = task.running_limit > 1 or (task.running_lock_conflict == "wait" and not task.queue_lock)
-    return bool(task.queue_lock), bool(task.running_lock), limited, task.debounce is not None
+    throttled = bool(getattr(task, "_once_rates", ()))
+    return bool(task.queue_lock), bool(task.running_lock), limited, task.debounce is not None, throttled

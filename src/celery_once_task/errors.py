@@ -98,3 +98,24 @@ class OnceTaskLocked(Reject, OnceTaskError):
 
     def __reduce__(self) -> tuple[type[OnceTaskLocked], tuple[object, bool]]:
         return (type(self), (self.reason, self.requeue))
+
+
+class OnceTaskThrottled(Reject, OnceTaskError):
+    """An execution was rejected because its key's ``throttle`` allows no start now (``throttle_conflict="reject"``).
+
+    Keeps Celery's ``Reject(reason, requeue)`` signature, as ``OnceTaskLocked``
+    does: its result is a final FAILURE, never PENDING.
+
+    Args:
+        reason: What the rejection says: the task, its id, the key and the limit.
+        requeue: Whether the message goes back to the broker (Celery's ``Reject``).
+    """
+
+    def __init__(self, reason: object = None, requeue: bool = False) -> None:
+        super().__init__(reason, requeue)
+
+    def __str__(self) -> str:
+        return str(self.reason)
+
+    def __reduce__(self) -> tuple[type[OnceTaskThrottled], tuple[object, bool]]:
+        return (type(self), (self.reason, self.requeue))

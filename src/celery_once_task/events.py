@@ -12,6 +12,8 @@ that every module can send them; ``signals`` offers them to users too.
 ``lock_recovered(sender=task, key, holder, reason)``
     when the lock of a gone or finished owner is taken over or released late;
     ``reason`` is one of ``RECOVERY_REASONS`` (the last with why it was released).
+``execution_throttled(sender=task, task_id, key, outcome, start_at, limits)``
+    in the process whose execution a ``throttle`` did not let start now.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ duplicate_execution = Signal(
     name="duplicate_execution", providing_args={"task_id", "key", "holder_id", "policy"}
 )
 lock_recovered = Signal(name="lock_recovered", providing_args={"key", "holder", "reason"})
+execution_throttled = Signal(
+    name="execution_throttled", providing_args={"task_id", "key", "outcome", "start_at", "limits"}
+)
 
 #: ``lock_recovered``'s reasons: a copy of a message delivered again took over from the same attempt's gone worker;
 WORKER_GONE = "worker gone"

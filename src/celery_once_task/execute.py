@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from . import limits, running, telemetry, windows
+from . import limits, running, telemetry, throttle, windows
 from .headers import AFTER_HEADER, TAKEOVER_HEADER, WAITER_HEADER, header
 from .holds import Hold
 from .keys import key_space
@@ -45,6 +45,12 @@ def pick_up(task: TaskLike, settings: Settings, digest: str, request: TaskReques
     # Eager calls never took a queue lock, and are never delivered again.
     side = None if request.is_eager else windows.queue_side(task, settings, space, digest, request.id, queue_lock,
                                                               running_ttl(settings))
+    if throttle.rates_of(task):
+        if not task.running_lock:
+            # One round trip: the queue lock's release and the throttle's check (``throttle``).
+            throttle.check(task, settings, space, digest, request, side)
+            return None
+        throttle.check(task, settings, space, digest, request, None)
     takeover = header(request, TAKEOVER_HEADER)
     takeover = takeover if isinstance(takeover, str) else ""
     after = header(request, AFTER_HEADER) or ""

@@ -32,10 +32,12 @@ CALL_HEADER = "once_task_call"
 BURST_HEADER = "once_task_burst"
 #: A call made with ``once={...}``: the options it set for itself (``call_options``).
 OPTIONS_HEADER = "once_task_options"
+#: A postponed throttled call's reserved start (the store's clock, ms): it starts on it if on time.
+THROTTLE_HEADER = "once_task_throttle"
 
 #: Every header the library puts on a message.
 LIBRARY_HEADERS = (DIGEST_HEADER, TAKEOVER_HEADER, AFTER_HEADER, WAITER_HEADER, CALLED_HEADER, CALL_HEADER,
-                   BURST_HEADER, OPTIONS_HEADER)
+                   BURST_HEADER, OPTIONS_HEADER, THROTTLE_HEADER)
 
 
 #: Celery 5.0 to 5.2 build a worker's request from the message's headers

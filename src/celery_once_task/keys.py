@@ -8,6 +8,7 @@ meet. A call's keys are made of the name that stands for its task (its
     {prefix}:{name}:{digest}:{queue|running|waiting}      a lock of its own
     {prefix}:{name}:{{digest}}:{slots|waiters|messages}   a limited key (``limits``)
     {prefix}:{name}:{{digest}}:burst                      a debounced key (``debounce``)
+    {prefix}:{name}:{{digest}}:throttle                   a throttled key's log of starts (``throttle``)
     {prefix}:{{<queue key>}}:{unique|args}                a call's unique_for window, its replaced arguments
     {prefix}_done:{<hash tag>}:{task_id}                   a finished record (``redelivery``)
     {prefix}_worker:{instance}                             a worker instance's heartbeat (``renewal``)
@@ -50,7 +51,7 @@ from .digest import (
 __all__ = [
     "ARGUMENTS", "BURST", "CALL_KEY_TYPES",
     "DIGEST_LENGTH", "FINISHED_PREFIX", "KEY_PREFIX", "LOCK_TYPES", "MESSAGES", "QUEUE",
-    "RUNNING", "SEPARATOR", "SLOTS", "UNIQUE", "WAITERS", "WAITING", "KeyParts", "KeySpace", "Select", "call_digest",
+    "RUNNING", "SEPARATOR", "SLOTS", "THROTTLE", "UNIQUE", "WAITERS", "WAITING", "KeyParts", "KeySpace", "Select", "call_digest",
     "call_id", "canonical_call", "check_lock_args", "companion_key", "finished_key", "heartbeat_key",
     "heartbeat_pattern", "holder_id", "holder_value", "key_space", "limited_key", "lock_key", "new_task_id",
     "parse_key", "sibling", "signature_of", "slot_of", "split_call_id", "split_entry", "split_holder",
@@ -71,14 +72,16 @@ WAITERS = "waiters"
 MESSAGES = "messages"
 #: A debounced call's burst (see ``debounce``).
 BURST = "burst"
+#: A throttled key's log of starts (see ``throttle``).
+THROTTLE = "throttle"
 #: A call's ``unique_for`` window, and the arguments duplicates replaced (see ``windows``, ``replace``).
 UNIQUE = "unique"
 ARGUMENTS = "args"
 
 #: The lock types operators list and clear (``ops.locks``).
-LOCK_TYPES = (QUEUE, RUNNING, SLOTS, BURST, UNIQUE)
+LOCK_TYPES = (QUEUE, RUNNING, SLOTS, BURST, UNIQUE, THROTTLE)
 #: The lock types whose digest is a hash tag.
-_TAGGED = frozenset((SLOTS, WAITERS, MESSAGES, BURST))
+_TAGGED = frozenset((SLOTS, WAITERS, MESSAGES, BURST, THROTTLE))
 #: The keys tagged with their call's queue key (``companion_key``).
 _COMPANIONS = frozenset((UNIQUE, ARGUMENTS))
 _TYPES = frozenset((QUEUE, RUNNING, WAITING, *_TAGGED))

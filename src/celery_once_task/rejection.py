@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 
 import celery
+from celery.exceptions import Reject
 from redis.exceptions import RedisError
 
 from . import telemetry
@@ -47,6 +48,12 @@ def reject_duplicate(task: TaskLike, request: TaskRequest, key: str, holder_valu
         "%s[%s]: execution rejected: running lock %s is held by %s", task.name, request.id, key, holder_value
     )
     duplicate_execution.send(sender=task, task_id=request.id, key=key, holder_id=holder_id, policy="reject")
+    store_rejection(task, request, exc)
+    return exc
+
+
+def store_rejection(task: TaskLike, request: TaskRequest, exc: Reject) -> None:
+    """Store a rejected execution's failure where Celery does not (before 5.7): its result is final."""
     if not _CELERY_STORES_REJECTIONS and not request.is_eager:
         # Older Celery stores nothing for a rejected task: its result
         # would stay PENDING and .get() would hang.
@@ -55,7 +62,6 @@ def reject_duplicate(task: TaskLike, request: TaskRequest, key: str, holder_valu
             task.backend.mark_as_failure(request.id, exc, request=request, store_result=store_errors)
         except Exception:
             logger.exception("%s[%s]: could not store the rejection", task.name, request.id)
-    return exc
 
 
 def record_rejection(task: TaskLike, settings: Settings, store: LockStore, check: FinishedCheck,

@@ -22,6 +22,13 @@ Attributes:
     lock_recovered: Sent when the lock of a gone or finished owner is taken
         over or released late, with ``sender`` (the task), ``key``, ``holder``
         (the value that held the lock) and ``reason``.
+    execution_throttled: Sent in the process whose execution a ``throttle``
+        did not let start now, with ``sender`` (the task), ``task_id``,
+        ``key`` (the key's log), ``outcome`` (``"postponed"``: it starts at
+        ``start_at``; ``"rejected"``: it failed with ``OnceTaskThrottled``),
+        ``start_at`` (epoch seconds by the lock store's clock: its reserved
+        start, or the earliest a window allowed) and ``limits`` (the
+        throttle, e.g. ``"3/2s"``).
 
 Receivers the library connects (``setup_once_task_signals``):
 ``task_revoked`` is sent in the worker's main process for a revoked message
@@ -39,13 +46,14 @@ from typing import Optional
 from celery import signals
 
 from .cleanup import release_locks
-from .events import duplicate_call, duplicate_execution, lock_recovered
+from .events import duplicate_call, duplicate_execution, execution_throttled, lock_recovered
 from .headers import message_headers
 from .protocols import WorkerRequest
 
 __all__ = [
     "duplicate_call",
     "duplicate_execution",
+    "execution_throttled",
     "lock_recovered",
     "setup_once_task_signals",
     "signals_connected",

@@ -21,16 +21,27 @@ from kombu.messaging import Producer
 
 from . import call_options, debounce, execute, replace, telemetry
 from .definition import check_shared_name, check_task_class
-from .errors import LockStoreUnavailable, OnceTaskLocked
+from .errors import LockStoreUnavailable, OnceTaskLocked, OnceTaskThrottled
 from .headers import DIGEST_HEADER, header
 from .keys import call_digest, check_lock_args, key_space, signature_of, well_formed_digest
 from .limits import may_wait_in_line
 from .publish import Links, as_list, publish_once, with_digest
+from .rates import Rate, ThrottleConflict, parse_throttle
 from .settings import QueueLockConflict, QueueLockUntil, RunningLockConflict, Settings, for_publish, resolve
 
 logger = logging.getLogger("celery_once_task")
 
 _ENTERED = "once_task_entered"
+
+
+def _needs_running_lock(cls: type) -> bool:
+    """Whether a task sets its running lock, or an option that works through it, itself (not left to defaults)."""
+    # OnceTask's own default (the class that marks itself ``__once_task__``) is not the task's choice.
+    explicit = any("running_lock" in klass.__dict__ for klass in cls.__mro__ if "__once_task__" not in klass.__dict__)
+    return (explicit or getattr(cls, "running_limit", 1) > 1
+            or getattr(cls, "running_lock_conflict", None) is not None
+            or getattr(cls, "queue_lock_until", None) == "end"
+            or getattr(cls, "queue_lock_conflict", None) == "replace")
 
 
 class OnceTask(Task):
@@ -65,6 +76,11 @@ class OnceTask(Task):
             (``"end"``).
         unique_for: Seconds from an accepted call during which the same call is a duplicate, whatever became of
             its execution.
+        throttle: At most N executions of a key start in any window of a period, fleet-wide (see ``throttle``):
+            ``"N/s"``, ``"N/m"``, ``"N/h"``, ``"N/d"``, ``(N, seconds)``, or a list of them. A throttled task's
+            ``running_lock`` is off unless set explicitly.
+        throttle_conflict: An execution beyond the throttle is postponed to its window (``"postpone"``) or fails
+            (``"reject"``: ``OnceTaskThrottled``).
     """
 
     # The task options, documented above. Those that are also settings must be the task options of
@@ -83,6 +99,8 @@ class OnceTask(Task):
     debounce_max: Optional[float] = None
     queue_lock_until: Optional[QueueLockUntil] = None
     unique_for: Optional[float] = None
+    throttle: Optional[Any] = None
+    throttle_conflict: Optional[ThrottleConflict] = None
 
     #: Runs in the worker's main process, which cleans up after a pool child that died.
     Request = "celery_once_task.request:OnceTaskRequest"
@@ -93,13 +111,21 @@ class OnceTask(Task):
     #: Whether the task's calls may wait in a line (``limits``): they carry when they were made.
     _once_in_line = False
 
+    #: The throttle's limits, parsed where the task is defined (empty: not throttled).
+    _once_rates: tuple[Rate, ...] = ()
+
     #: (signature, whether ``lock_arguments`` picks the key's arguments), made on first use.
     _once_spec: Optional[tuple[Any, bool]] = None
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         """Check the task's own options where it is defined: a bad one names the task and the option."""
         super().__init_subclass__(**kwargs)
-        check_task_class(cls, cls.__dict__.get("name") or f"{cls.__module__}.{cls.__qualname__}")
+        label = cls.__dict__.get("name") or f"{cls.__module__}.{cls.__qualname__}"
+        check_task_class(cls, label)
+        cls._once_rates = parse_throttle(cls.throttle, label)
+        if cls._once_rates and not _needs_running_lock(cls):
+            # A throttle limits starts; a running lock per key would also cap them at one at a time.
+            cls.running_lock = False
         cls._once_in_line = may_wait_in_line(cls.running_limit, cls.running_lock_conflict, cls.queue_lock)
 
     # -- keys ---------------------------------------------------------------
@@ -324,7 +350,7 @@ class OnceTask(Task):
         if isinstance(exc, LockStoreUnavailable) and result.state == states.FAILURE:
             # The call was refused, not run (``fail_open=False``): raised as a call to a worker raises it.
             raise exc
-        if result.state != states.REJECTED or not isinstance(exc, OnceTaskLocked):
+        if result.state != states.REJECTED or not isinstance(exc, (OnceTaskLocked, OnceTaskThrottled)):
             return result
         # Celery's tracer turns the rejection into a REJECTED result whose
         # get() returns None, so the call would pass for one that ran (and an
@@ -350,7 +376,7 @@ class OnceTask(Task):
             return super().__call__(*args, **kwargs)
         setattr(request, _ENTERED, True)
         held = burst = None
-        if self.queue_lock or self.running_lock:
+        if self.queue_lock or self.running_lock or self._once_rates:
             digest = header(request, DIGEST_HEADER)
             if not well_formed_digest(digest):  # app.send_task, beat, other producers
                 digest = self.once_digest(args, kwargs)

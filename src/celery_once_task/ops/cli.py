@@ -40,7 +40,7 @@ from urllib.parse import unquote, urlsplit
 import click
 import redis
 
-from ..keys import KEY_PREFIX, RUNNING, SLOTS
+from ..keys import KEY_PREFIX, RUNNING, SLOTS, THROTTLE
 from ..protocols import WorkerApp
 from ..settings import DEFAULT_REDIS_URL, resolve, validate
 from ..store import client_for
@@ -233,7 +233,7 @@ def clear_command(
                       if lock_type in (None, lock.type) and holder in (None, lock.task_id)]
         else:
             listed = list(lockinfo.iter_locks(client, task, lock_type, prefix=target.prefix))
-        listed = [lock for lock in listed if lock.type != SLOTS or lock.slot is not None]
+        listed = [lock for lock in listed if (lock.type != SLOTS or lock.slot is not None) and lock.type != THROTTLE]
         if not yes:
             _refuse(ctx, listed, as_json)
             return

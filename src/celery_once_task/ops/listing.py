@@ -27,6 +27,7 @@ from ..keys import (
     QUEUE,
     RUNNING,
     SLOTS,
+    THROTTLE,
     UNIQUE,
     WAITERS,
     heartbeat_key,
@@ -34,7 +35,7 @@ from ..keys import (
     sibling,
 )
 from ..store.connection import Client, scan_keys
-from .rows import Lock, as_text, burst_locks, json_object, make_lock, slot_locks
+from .rows import Lock, as_text, burst_locks, json_object, make_lock, slot_locks, throttle_locks
 
 __all__ = ["BATCH", "get_lock", "get_locks", "glob_escape", "iter_keys", "iter_locks", "lock_pattern", "lock_patterns",
            "read_locks"]
@@ -184,6 +185,9 @@ def read_locks(client: Client, keys: Sequence[bytes], *, now: Optional[float] = 
         if kinds[key] == BURST:
             pipe.hgetall(key)
             pipe.pttl(key)
+        elif kinds[key] == THROTTLE:
+            pipe.zrange(key, 0, -1, withscores=True)
+            pipe.pttl(key)
         elif kinds[key] == SLOTS:
             # A limited key: its slots, and the length of its line. One key per command (Cluster).
             pipe.hgetall(key)
@@ -194,7 +198,7 @@ def read_locks(client: Client, keys: Sequence[bytes], *, now: Optional[float] = 
     queued = [key for key in keys if kinds[key] == QUEUE]
     for key in queued:
         pipe.get(sibling(as_text(key), RUNNING))  # the call runs: its queue lock is held until its run ends
-    timed = any(kinds[key] in (SLOTS, BURST) for key in keys)
+    timed = any(kinds[key] in (SLOTS, BURST, THROTTLE) for key in keys)
     if timed:
         pipe.time()  # slots expire, and bursts fall due, by the server's clock
     replies = pipe.execute()
@@ -206,6 +210,9 @@ def read_locks(client: Client, keys: Sequence[bytes], *, now: Optional[float] = 
         first, second = replies[2 * index], replies[2 * index + 1]
         if kinds[raw_key] == BURST:
             locks.extend(burst_locks(as_text(raw_key), first, second, server_ms, prefix))
+            continue
+        if kinds[raw_key] == THROTTLE:
+            locks.extend(throttle_locks(as_text(raw_key), first, second, server_ms, prefix))
             continue
         if kinds[raw_key] == SLOTS:
             locks.extend(slot_locks(as_text(raw_key), first, int(second), server_ms, now, prefix))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urlsplit
 
-from ..keys import BURST, KEY_PREFIX, LOCK_TYPES, SLOTS, parse_key
+from ..keys import BURST, KEY_PREFIX, LOCK_TYPES, SLOTS, THROTTLE, parse_key
 from ..store import LockStore
 from ..store.connection import Client, parse_url
 from .listing import BATCH, get_lock, get_locks, iter_keys, iter_locks, lock_pattern, lock_patterns, read_locks
@@ -77,6 +77,9 @@ def clear_value(client: Client, key: str, value: str, slot: Optional[str] = None
     parsed = parse_key(key, prefix=prefix)
     if parsed is None:
         raise ValueError(f"{key!r} is not a celery-once-task lock key")
+    if parsed.type == THROTTLE:
+        # Deleting the log would let N more calls start at once: the one thing a throttle promises never happens.
+        raise ValueError(f"{key!r} is a throttle's log: it holds no lock, and is never cleared")
     if parsed.type == BURST:
         closed = value.startswith("closed:")
         task_id = value[len("closed:"):] if closed else value
@@ -110,8 +113,8 @@ def clear(client: Client, locks: Iterable[Lock], prefix: str = KEY_PREFIX) -> Cl
     """
     outcomes: dict[str, list[Lock]] = {DELETED: [], CHANGED_HANDS: [], GONE: []}
     for lock in locks:
-        if lock.type == SLOTS and lock.slot is None:
-            continue  # a line of waiting calls: nothing is held
+        if (lock.type == SLOTS and lock.slot is None) or lock.type == THROTTLE:
+            continue  # a line of waiting calls, a throttle's log: nothing is held
         outcomes[clear_value(client, lock.key, lock.value, lock.slot, prefix)].append(lock)
     return Cleared(tuple(outcomes[DELETED]), tuple(outcomes[CHANGED_HANDS]), tuple(outcomes[GONE]))
 

@@ -12,13 +12,15 @@ from typing import Optional
 
 import click
 
-from ..keys import BURST, QUEUE, RUNNING, SLOTS, UNIQUE
+from ..keys import BURST, QUEUE, RUNNING, SLOTS, THROTTLE, UNIQUE
 from .rows import Lock
 
 __all__ = ["age", "describe", "duration", "echo_json_list", "fields", "liveness"]
 
 
 def describe(lock: Lock) -> str:
+    if lock.type == THROTTLE:
+        return f"{lock.key}\n    throttle {lock.describe_owner()}, TTL {duration(lock.ttl)}"
     if lock.type == BURST:
         return f"{lock.key}\n    {lock.describe_owner()}, TTL {duration(lock.ttl)}"
     if lock.type == SLOTS:
@@ -41,6 +43,11 @@ def fields(lock: Lock) -> Iterable[tuple[str, str]]:
     yield "digest", lock.digest
     if lock.type == BURST:
         yield "burst", lock.describe_owner()
+    if lock.type == THROTTLE:
+        yield "throttle", lock.describe_owner()
+        yield "TTL", duration(lock.ttl)
+        yield "limits", lock.value
+        return
     if lock.type == SLOTS:
         yield "slots", f"{lock.used} of {lock.limit} used"
         yield "waiting", str(lock.waiting)

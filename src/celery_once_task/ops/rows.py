@@ -4,8 +4,9 @@ Nothing here talks to the server: ``listing`` reads the replies and this
 module turns them into rows -- one per plain lock or ``unique_for`` window;
 one per slot held or reserved of a limited key (``limits``), or one for its
 line of waiting calls alone; one per burst of a debounced key
-(``debounce``). A key named by a ``lock_name`` names it where a task's name
-would be (``Lock.task``), and its holder's value names the holder's task
+(``debounce``); one per limit of a throttled key's log (``throttle``). A
+key named by a ``lock_name`` names it where a task's name would be
+(``Lock.task``), and its holder's value names the holder's task
 (``Lock.holder_task``). Values are read
 leniently: a field that a value lacks (values written by older releases
 do) or that is malformed is None, never an error, so that one odd lock
@@ -14,12 +15,26 @@ cannot keep an operator from listing the others.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional, TypedDict
 
-from ..keys import BURST, KEY_PREFIX, QUEUE, SEPARATOR, SLOTS, UNIQUE, call_id, parse_key, split_call_id, split_holder
+from ..keys import (
+    BURST,
+    KEY_PREFIX,
+    QUEUE,
+    SEPARATOR,
+    SLOTS,
+    THROTTLE,
+    UNIQUE,
+    call_id,
+    parse_key,
+    split_call_id,
+    split_holder,
+)
 from ..ownership import value_of_token
+from ..rates import parse_spec
+from ..store.throttles import MARGIN
 from .values import Reply, as_text, json_object, optional_float, optional_int, optional_str, seconds
 
 __all__ = ["HeldSlot", "Lock", "LockDict", "ReservedSlot", "SlotsView", "as_text", "describe_slots", "json_object",
@@ -53,6 +68,7 @@ class LockDict(_LockFields, total=False):
     reserved: bool
     calls: Optional[int]
     due_in: Optional[float]
+    period: Optional[float]
 
 
 @dataclass(frozen=True)
@@ -63,8 +79,8 @@ class Lock:
         key: The lock's key.
         task: The name in the key: the task's, or the ``lock_name`` its tasks share.
         digest: The digest of the call's arguments.
-        type: ``queue``, ``running``, ``slots`` (a slot of a limited key), ``burst`` or ``unique`` (a
-            ``unique_for`` window).
+        type: ``queue``, ``running``, ``slots`` (a slot of a limited key), ``burst``, ``unique`` (a
+            ``unique_for`` window) or ``throttle`` (one limit of a throttled key's log).
         value: The exact value read; clearing deletes the lock only if it still holds it.
         ttl: Seconds to live; None if the key has no expiry.
         task_id: The holder's task id.
@@ -75,12 +91,14 @@ class Lock:
             (a queue lock, or a worker without the boot step, which keeps no heartbeat).
         age: Seconds since the execution took the lock; None if the value does not say.
         slot: A slot of a limited key: its field in the key's hash (None for a row of waiting calls only).
-        limit: A limited key's ``running_limit``.
-        used: The slots of a limited key held or reserved.
-        waiting: The calls waiting in a limited key's line.
+        limit: A limited key's ``running_limit``; a throttle's N.
+        used: The slots of a limited key held or reserved; a throttle's starts in the current window.
+        waiting: The calls waiting in a limited key's line; a throttle's calls postponed (starts reserved ahead).
+        period: A throttle's period, in seconds.
         reserved: A slot reserved for a waiting call handed over, whose message is on its way.
         calls: A burst of a debounced key: the calls it covers.
-        due_in: A burst: seconds until it is due (None once it runs).
+        due_in: A burst: seconds until it is due (None once it runs); a throttle: seconds until a new call
+            could start (0: now).
         holder_task: The holder's task, where the key is named by a ``lock_name`` (its value says which task
             holds it); None otherwise.
         state: A queue lock's call: ``queued``, or ``running`` (its queue lock is held until its run ends:
@@ -108,6 +126,7 @@ class Lock:
     due_in: Optional[float] = None
     holder_task: Optional[str] = None
     state: Optional[str] = None
+    period: Optional[float] = None
 
     def as_dict(self) -> LockDict:
         """The lock as JSON, as ``once locks --json`` prints it.
@@ -141,6 +160,12 @@ class Lock:
         if self.type == BURST:
             found["calls"] = self.calls
             found["due_in"] = self.due_in
+        if self.type == THROTTLE:
+            found["limit"] = self.limit
+            found["period"] = self.period
+            found["used"] = self.used
+            found["waiting"] = self.waiting
+            found["due_in"] = self.due_in
         return found
 
     def describe_owner(self) -> str:
@@ -150,6 +175,9 @@ class Lock:
             return f"burst {self.task_id} ({self.calls if self.calls is not None else '?'} calls, {state})"
         if self.type == SLOTS and self.slot is None:
             return "nobody (calls wait in line)"
+        if self.type == THROTTLE:
+            return (f"{self.used}/{self.limit} started in {self.period or 0:g}s, next start free in "
+                    f"{self.due_in or 0:.1f}s, {self.waiting} postponed")
         holder = f"task {self.task_id}" + (f" of {self.holder_task}" if self.holder_task else "")
         if self.reserved:
             return f"{holder}, attempt {self.attempt}, reserved (handed over, on its way)"
@@ -311,6 +339,38 @@ def slot_locks(key: str, fields: Mapping[Reply, Reply], waiting: int, server_ms:
         ))
     if not rows and waiting:
         rows.append(Lock(key, value="", ttl=None, task_id="", **common))
+    return rows
+
+
+def throttle_locks(key: str, entries: Sequence[tuple[Reply, float]], pttl: Optional[int], server_ms: int,
+                   prefix: str = KEY_PREFIX) -> list[Lock]:
+    """The rows of a throttled key's log (its members with their scores, its ``PTTL``): one per limit.
+
+    A row says the starts in the limit's current window (used of N), the
+    calls postponed (starts reserved ahead of the store's clock), and when
+    a new call could start: what ``lua.throttles.THROTTLE_TAKE`` would answer.
+    """
+    parsed = parse_key(key, prefix=prefix)
+    if parsed is None or not entries:
+        return []
+    task, digest, _ = parsed
+    specs = [as_text(member) for member, score in entries if score == 0]
+    starts = sorted((score for _, score in entries if score > 0), reverse=True)
+    margin = MARGIN * 1000
+    rows = []
+    for spec in specs:
+        for rate in parse_spec(spec):
+            period = rate.period * 1000
+            seen = [start for start in starts if start > server_ms - period - margin]
+            free = float(server_ms)
+            if len(seen) >= rate.starts:
+                free = max(free, seen[rate.starts - 1] + period + margin)
+            rows.append(Lock(
+                key, task, digest, THROTTLE, value=spec, ttl=seconds(pttl), task_id="", limit=rate.starts,
+                period=rate.period, used=sum(1 for start in seen if start <= server_ms),
+                waiting=sum(1 for start in starts if start > server_ms),
+                due_in=round((free - server_ms) / 1000, 3),
+            ))
     return rows
 
 

@@ -16,6 +16,7 @@ from .lua.bursts import BURST_CALL, BURST_FORGET, BURST_TAKE, Called
 from .lua.calls import CALL_ACQUIRE
 from .lua.locks import ACQUIRE, COMPARE_AND_DELETE, RECORD_FINISHED, RELEASE_RUNNING
 from .lua.slots import SLOT_ACQUIRE, SLOT_RELEASE
+from .lua.throttles import THROTTLE_TAKE
 
 #: A call's queue lock at publish: ``SET key value PX ttl NX GET``; a retry's renews its own with the script.
 QUEUE_ACQUIRE = Operation("queue", "acquire", "SET", None)
@@ -39,6 +40,9 @@ SLOT_PICKUP = Operation("slot", "pickup", "EVALSHA", SLOT_ACQUIRE.name)
 #: Joining a limited key's line: no slot was free.
 SLOT_JOIN = Operation("slot", "join", "EVALSHA", SLOT_ACQUIRE.name)
 SLOT_FREE = Operation("slot", "release", "EVALSHA", SLOT_RELEASE.name)
+
+#: A throttled execution's check of its key's log (with its queue lock's release, where it holds one).
+THROTTLE_PICKUP = Operation("throttle", "pickup", "EVALSHA", THROTTLE_TAKE.name)
 
 BURST_START = Operation("burst", "call", "EVALSHA", BURST_CALL.name)
 BURST_DUE = Operation("burst", "take", "EVALSHA", BURST_TAKE.name)

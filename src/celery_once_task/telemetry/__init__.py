@@ -69,7 +69,7 @@ STASH = "once_task_telemetry"
 class Operation(NamedTuple):
     """A lock round trip as its span names it (``store.operations`` has one for each)."""
 
-    #: ``celery_once.lock.type``: queue, running, slot, burst.
+    #: ``celery_once.lock.type``: queue, running, slot, burst, throttle.
     lock_type: str
     #: What the round trip does: acquire, pickup, wait, join, release, record, call, take, forget.
     verb: str

@@ -166,8 +166,9 @@ class Recorder:
         if pickup is None or pickup.decided:
             return
         pickup.decided = True
-        holds = pickup.lock_type != "queue"  # a task without a running lock only released its queue lock
-        outcome = pickup.outcome or ("acquired" if holds else "released")
+        # A task without a running lock only released its queue lock (or, throttled, entered its start in a log).
+        holds = pickup.lock_type not in ("queue", "throttle")
+        outcome = pickup.outcome or ("released" if pickup.lock_type == "queue" else "acquired")
         self._end(pickup, request, outcome, None, None, None, client, task.name)
         instruments = self.instruments
         if instruments is None:

@@ -1,0 +1,189 @@
+"""``throttle``: at most N executions of a key start in any window of a period, fleet-wide; the excess waits or fails.
+
+A throttled task's key (``lock_args`` / ``lock_name`` choose it, as for the
+locks; ``lock_args=[]`` is one bucket for the task) has a *log* of its starts
+in the store (``store.throttles``, ``lua.throttles``): an exact sliding window,
+O(N) entries per key. At pickup the worker asks the log, in the same round
+trip as its queue lock's release, whether the execution may start now:
+
+* it may: it is entered in the log, and runs;
+* no window allows it now, under ``throttle_conflict="postpone"`` (the
+  default): the store reserves the earliest start a window allows, after the
+  reservations already made (so calls of a key keep their order), and the
+  worker publishes the message again, same task id and attempt
+  (``request.retries`` unchanged, ``max_retries`` not spent), to arrive then
+  (``deferral.defer``), and gives its pool process back (``Ignore``). The copy
+  starts on its reservation if it arrives on time; a late one (its worker
+  died, its pool was busy) gives its reservation up and reserves again at
+  the end, so the limit holds whatever became of it;
+* under ``"reject"``: it fails with ``OnceTaskThrottled``, its result final.
+
+Eager calls wait in the calling process until their reservation. Where the
+task also has a running lock (or a ``running_limit``), the log is asked
+first, in a round trip of its own, then the lock is taken as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import NoReturn, Optional
+
+from celery.exceptions import Ignore
+from redis.exceptions import RedisError
+
+from . import telemetry
+from .deferral import defer, store_down
+from .errors import OnceTaskThrottled
+from .events import execution_throttled
+from .headers import DIGEST_HEADER, THROTTLE_HEADER, header
+from .keys import THROTTLE, KeySpace, call_id
+from .ownership import INSTANCE, RunningOwner, heartbeat_enabled
+from .protocols import TaskLike, TaskRequest
+from .rates import Rate, throttle_conflict
+from .rejection import store_rejection
+from .settings import Settings
+from .store import LockStore, store_for, throttles
+from .store.locks import queue_reply
+from .store.operations import THROTTLE_PICKUP
+from .store.scripts import Call
+from .windows import QueueSide
+
+logger = logging.getLogger("celery_once_task")
+
+#: A postponed copy that arrives at most this early waits for its reservation in its process: publishing
+#: it again would cost more than the wait.
+EARLY_WAIT = 0.25
+
+
+def rates_of(task: object) -> tuple[Rate, ...]:
+    """The task's limits, parsed where it was defined (``OnceTask.__init_subclass__``); empty: not throttled."""
+    rates: tuple[Rate, ...] = getattr(type(task), "_once_rates", ())
+    return rates
+
+
+def throttle_key(space: KeySpace, digest: str) -> str:
+    """The log of a throttled call's key: in the hash slot of the key's other tagged keys."""
+    return space.limited(digest, THROTTLE)
+
+
+def check(task: TaskLike, settings: Settings, space: KeySpace, digest: str, request: TaskRequest,
+          side: Optional[QueueSide]) -> None:
+    """Return when this execution may start; else postpone it (``Ignore``) or reject it (``OnceTaskThrottled``).
+
+    ``side``: the call's queue lock, released in the same round trip (None: it
+    took none, or the pickup that follows releases it).
+    """
+    rates = rates_of(task)
+    key = throttle_key(space, digest)
+    conflict = throttle_conflict(getattr(task, "throttle_conflict", None))
+    member = call_id(request.id, request.retries)
+    reserved = header(request, THROTTLE_HEADER)
+    reserved = str(reserved) if reserved is not None and not request.is_eager else ""
+    instance = INSTANCE if heartbeat_enabled() else ""
+    # With a running lock, the lock decides whether a copy of an execution runs (``redelivery``).
+    copies = "count" if task.running_lock else "ignore"
+    call = throttles.take(key, member, rates, conflict, instance, reserved, copies)
+    queue = side.pickup() if side is not None else None
+    # Where a running lock (or slot) is taken next, its pickup records the execution's span.
+    recording = telemetry.active and not task.running_lock
+    if recording:
+        telemetry.picking_up(task, settings, request, THROTTLE_PICKUP, digest, 1 + (queue is not None))
+    try:
+        store = store_for(task, settings)
+        replies, maybe_applied = store.runner.run([call] if queue is None else [queue, call])
+        answered = time.monotonic()
+        gate = throttles.gate_of(replies[-1])
+        if gate.code == throttles.STARTED and not maybe_applied:
+            if not _starter_gone(store, gate.starter):
+                if recording:
+                    telemetry.executed(task, request, "finished_copy", client=store.client)
+                _ignore_copy(task, request, key, gate)
+            # Its worker died: the execution runs again, as a new start.
+            call = throttles.take(key, member, rates, conflict, instance)
+            (reply,), _ = store.runner.run([call])
+            answered, gate = time.monotonic(), throttles.gate_of(reply)
+    except RedisError as exc:
+        owner = RunningOwner.for_execution(request.id, request.retries, space.holder_task)
+        store_down(task, settings, digest, request, None, owner, exc)
+        return  # fail_open, or eager: it runs unthrottled, as store_down logged
+    if gate.code in (throttles.STARTS, throttles.STARTED):  # STARTED here: its own earlier try, whose reply was lost
+        if recording:
+            telemetry.picked_up(task, request, store.client)
+        return
+    limits = ", ".join(map(str, rates))
+    if gate.code == throttles.REJECTED:
+        if recording:
+            telemetry.executed(task, request, "rejected", policy="reject", client=store.client)
+        _reject(task, request, key, limits, gate)
+    if request.is_eager:
+        _wait_here(task, request, store, key, call, gate)
+        if recording:
+            telemetry.picked_up(task, request, store.client)
+        return
+    if reserved == str(round(gate.at * 1000)) and gate.wait <= EARLY_WAIT:
+        # This copy's own reservation, a moment ahead (the clocks of the broker's timer and the store differ).
+        time.sleep(max(0.0, gate.wait - (time.monotonic() - answered)))
+        if recording:
+            telemetry.picked_up(task, request, store.client)
+        return
+    if recording:
+        telemetry.executed(task, request, "postponed", client=store.client)
+    if side is not None and (maybe_applied or queue_reply(replies[0])[0]):
+        _keep_queue_lock(task, settings, store, request, side, gate.wait)
+    execution_throttled.send(sender=task, task_id=request.id, key=key, outcome="postponed", start_at=gate.at,
+                             limits=limits)
+    logger.info("%s[%s]: execution postponed: throttle %s of %s allows its start in %.3fs", task.name, request.id,
+                limits, key, gate.wait)
+    # Timed from the store's answer, so that the copy arrives on its reservation.
+    countdown = max(0.0, gate.wait - (time.monotonic() - answered))
+    defer(task, request, {DIGEST_HEADER: digest, THROTTLE_HEADER: str(round(gate.at * 1000))}, countdown)
+    raise Ignore()
+
+
+def _starter_gone(store: LockStore, instance: str) -> bool:
+    """Whether the worker that started a call is gone: only one that kept a heartbeat can be known gone."""
+    return bool(instance) and not store.leases.instance_alive(instance)
+
+
+def _ignore_copy(task: TaskLike, request: TaskRequest, key: str, gate: throttles.Gate) -> NoReturn:
+    """A copy of a postponed call that another copy started on its reservation: it does not run twice."""
+    logger.info("%s[%s]: execution ignored: a copy of this call started on its reservation of %s (worker %s)",
+                task.name, request.id, key, gate.starter or "unknown")
+    raise Ignore()
+
+
+def _reject(task: TaskLike, request: TaskRequest, key: str, limits: str, gate: throttles.Gate) -> None:
+    exc = OnceTaskThrottled(f"{task.name}[{request.id}]: rejected, throttle {limits} of {key} allows no start "
+                            f"for {gate.wait:.3f}s")
+    logger.warning("%s[%s]: execution rejected: throttle %s of %s allows no start for %.3fs", task.name, request.id,
+                   limits, key, gate.wait)
+    execution_throttled.send(sender=task, task_id=request.id, key=key, outcome="rejected", start_at=gate.at,
+                             limits=limits)
+    store_rejection(task, request, exc)
+    raise exc
+
+
+def _wait_here(task: TaskLike, request: TaskRequest, store: LockStore, key: str, call: Call,
+               gate: throttles.Gate) -> None:
+    """An eager execution waits in the calling process until its reservation, and starts on it."""
+    logger.info("%s[%s]: execution waiting: throttle of %s allows its start in %.3fs", task.name, request.id, key,
+                gate.wait)
+    while gate.code != throttles.STARTS:
+        time.sleep(gate.wait)
+        (reply,), _ = store.runner.run([call])
+        gate = throttles.gate_of(reply)
+
+
+def _keep_queue_lock(task: TaskLike, settings: Settings, store: LockStore, request: TaskRequest, side: QueueSide,
+                     wait: float) -> None:
+    """Take back the queue lock the pickup released: a postponed call is still queued, its duplicates still drop."""
+    try:
+        taken = store.locks.acquire_queue(side.key, side.holder, settings.queue_lock_timeout + wait, renew=True)
+    except RedisError as exc:
+        logger.warning("%s[%s]: lock operation failed: could not keep queue lock %s of a postponed execution: %s",
+                       task.name, request.id, side.key, exc)
+        return
+    if not taken.acquired:
+        logger.info("%s[%s]: queue lock %s was taken by %s while this execution was postponed", task.name,
+                    request.id, side.key, taken.holder)
