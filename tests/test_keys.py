@@ -56,7 +56,7 @@ def test_once_key_tags_the_digest_of_limited_and_debounced_keys_for_redis_cluste
 
 def test_once_key_refuses_an_unknown_lock_type_naming_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"^'nonsense' is not a type of lock key: one of queue, running, waiting, "
-                                         r"slots, waiters, messages, burst, unique, args$"):
+                                         r"slots, waiters, messages, burst, unique, args, throttle$"):
         tasks.add.once_key((1, 2), {}, "nonsense")
 
 

@@ -67,7 +67,12 @@ The worker, the operators, the integrations:
 
 from .bootstep import OnceTaskUnlockBootStep
 from .errors import (
-    LockStorePermissionError, LockStoreUnavailable, OnceTaskDuplicate, OnceTaskError, OnceTaskLocked, OnceTaskThrottled,
+    LockStorePermissionError,
+    LockStoreUnavailable,
+    OnceTaskDuplicate,
+    OnceTaskError,
+    OnceTaskLocked,
+    OnceTaskThrottled,
 )
 from .settings import configure
 from .signals import setup_once_task_signals, teardown_once_task_signals

@@ -49,10 +49,10 @@ from .digest import (
 )
 
 __all__ = [
-    "ARGUMENTS", "BURST", "CALL_KEY_TYPES",
-    "DIGEST_LENGTH", "FINISHED_PREFIX", "KEY_PREFIX", "LOCK_TYPES", "MESSAGES", "QUEUE",
-    "RUNNING", "SEPARATOR", "SLOTS", "THROTTLE", "UNIQUE", "WAITERS", "WAITING", "KeyParts", "KeySpace", "Select", "call_digest",
-    "call_id", "canonical_call", "check_lock_args", "companion_key", "finished_key", "heartbeat_key",
+    "ARGUMENTS", "BURST", "CALL_KEY_TYPES", "DIGEST_LENGTH", "FINISHED_PREFIX", "KEY_PREFIX", "LOCK_TYPES", "MESSAGES",
+    "QUEUE", "RUNNING", "SEPARATOR", "SLOTS", "THROTTLE", "UNIQUE", "WAITERS", "WAITING", "KeyParts", "KeySpace",
+    "Select",
+    "call_digest", "call_id", "canonical_call", "check_lock_args", "companion_key", "finished_key", "heartbeat_key",
     "heartbeat_pattern", "holder_id", "holder_value", "key_space", "limited_key", "lock_key", "new_task_id",
     "parse_key", "sibling", "signature_of", "slot_of", "split_call_id", "split_entry", "split_holder",
     "waiting_token", "well_formed_digest",
@@ -86,7 +86,7 @@ _TAGGED = frozenset((SLOTS, WAITERS, MESSAGES, BURST, THROTTLE))
 _COMPANIONS = frozenset((UNIQUE, ARGUMENTS))
 _TYPES = frozenset((QUEUE, RUNNING, WAITING, *_TAGGED))
 #: Every type of key a call can have, each in the form it is written in (``KeySpace.of_type``).
-CALL_KEY_TYPES = (QUEUE, RUNNING, WAITING, SLOTS, WAITERS, MESSAGES, BURST, UNIQUE, ARGUMENTS)
+CALL_KEY_TYPES = (QUEUE, RUNNING, WAITING, SLOTS, WAITERS, MESSAGES, BURST, UNIQUE, ARGUMENTS, THROTTLE)
 
 #: Between a task id and what follows it inside a value: no task id contains it.
 SEPARATOR = "\x1f"
