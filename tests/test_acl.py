@@ -41,7 +41,9 @@ from tests.lock_scenarios import (
 )
 from tests.support import ROOT, RedisServer, Worker, events, running_worker, wait_until
 from tests.topologies import Server
-from tests.worker_app import echo, export, gated, in_turn, parked_reindex, push_balance, reindex, remind, until_end
+from tests.worker_app import (
+    echo, export, gated, in_turn, parked_reindex, push_balance, reindex, remind, throttled, until_end,
+)
 
 PASSWORD = "S3cret-lock-pw"
 DOCUMENT = ROOT / "docs" / "topologies.md"
@@ -282,6 +284,12 @@ def test_a_queued_call_runs_with_the_newest_arguments_for_a_user_limited_to_the_
     first = push_balance.apply_async((account, 1), queue=TOPOLOGY_QUEUE, countdown=1)
     push_balance.apply_async((account, 2), queue=TOPOLOGY_QUEUE)
     assert first.get(timeout=30) == 2
+
+
+def test_a_throttle_postpones_the_excess_and_runs_every_call_for_a_user_limited_to_the_library(locks: Any) -> None:
+    tag = new_tag("acl-throttle")
+    results = [throttled.apply_async(("acl", tag, n), queue=TOPOLOGY_QUEUE) for n in range(4)]
+    assert sorted(result.get(timeout=30) for result in results) == [0, 1, 2, 3]
 
 
 def test_celery_once_locks_lists_a_burst_for_a_user_limited_to_the_library(acl: tuple[str, Worker, Server]) -> None:
