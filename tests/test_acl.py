@@ -42,7 +42,16 @@ from tests.lock_scenarios import (
 from tests.support import ROOT, RedisServer, Worker, events, running_worker, wait_until
 from tests.topologies import Server
 from tests.worker_app import (
-    echo, export, gated, in_turn, parked_reindex, push_balance, reindex, remind, throttled, until_end,
+    echo,
+    export,
+    gated,
+    in_turn,
+    parked_reindex,
+    push_balance,
+    reindex,
+    remind,
+    throttled,
+    until_end,
 )
 
 PASSWORD = "S3cret-lock-pw"
