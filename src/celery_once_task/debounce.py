@@ -23,7 +23,9 @@ arguments); ``lua.bursts`` owns its scripts.
 * **Faults.** The closed burst's arguments are kept until its execution ends,
   so that a copy of its message delivered again (its worker died) runs with
   them; the finished record and the running lock keep it from running
-  twice. A burst whose message is overdue by two leases (its publisher died
+  twice. The burst's message, and each one published again, is parked
+  (``parking``): a worker that dies holding it leaves it to the rescuer.
+  A burst whose message is overdue by two leases (its publisher died
   before publishing it, or the broker lost it) has it published again by
   the next call that joins it, at most once per two leases. A call that finds the lock
   store unreachable is refused (``LockStoreUnavailable``), or -- with
@@ -53,6 +55,7 @@ from .headers import BURST_HEADER, header
 from .janitor import Cleanup, janitor
 from .keys import BURST, KeySpace, key_space, new_task_id
 from .ownership import Lease
+from .parking import publish_parked
 from .protocols import TaskLike, TaskRequest
 from .settings import Settings
 from .store import LockStore, store_for
@@ -123,7 +126,9 @@ def publish(task: TaskLike, settings: Settings, digest: str, args: Optional[Sequ
         logger.warning("%s[%s]: burst %s is overdue and its message was not seen: published again",
                        task.name, burst_id, key)
     try:
-        result = send(burst_id, message_options)
+        # Parked: a worker that dies holding it does not keep the burst from running (``parking``).
+        result = publish_parked(task, settings, burst_id, args, kwargs, message_options,
+                                lambda: send(burst_id, message_options))
     except BaseException:
         if code is Called.STARTED:
             # No message behind the burst: the next call starts a new one.

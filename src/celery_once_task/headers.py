@@ -33,9 +33,12 @@ BURST_HEADER = "once_task_burst"
 #: A call made with ``once={...}``: the options it set for itself (``call_options``).
 OPTIONS_HEADER = "once_task_options"
 
+#: A message put off with a countdown: its entry's token in the parked registry (``parking``).
+PARKED_HEADER = "once_task_parked"
+
 #: Every header the library puts on a message.
 LIBRARY_HEADERS = (DIGEST_HEADER, TAKEOVER_HEADER, AFTER_HEADER, WAITER_HEADER, CALLED_HEADER, CALL_HEADER,
-                   BURST_HEADER, OPTIONS_HEADER)
+                   BURST_HEADER, OPTIONS_HEADER, PARKED_HEADER)
 
 
 #: Celery 5.0 to 5.2 build a worker's request from the message's headers

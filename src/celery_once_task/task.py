@@ -19,7 +19,7 @@ from celery.app.task import Context
 from celery.result import AsyncResult, EagerResult
 from kombu.messaging import Producer
 
-from . import call_options, debounce, execute, replace, telemetry
+from . import call_options, debounce, execute, replace, rescue, telemetry
 from .definition import check_shared_name, check_task_class
 from .errors import OnceTaskLocked
 from .headers import DIGEST_HEADER, header
@@ -299,6 +299,7 @@ class OnceTask(Task):
             if not well_formed_digest(digest):  # app.send_task, beat, other producers
                 digest = self.once_digest(args, kwargs)
             settings, queue_lock = call_options.for_request(self, self.once_settings(), request)
+            rescue.claim(self, settings, request)  # a copy put off with a countdown: is it the one to run?
             if settings.debounce and not request.is_eager:
                 burst, args, kwargs = debounce.take(self, settings, digest, request, args, dict(kwargs))
                 if burst is not None:  # what self.retry() publishes again
