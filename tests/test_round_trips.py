@@ -197,7 +197,8 @@ def test_existing_duplicate_takes_one_round_trip() -> None:
     assert sent() - before == 1
 
 
-def test_waiting_copy_takes_its_pickup_and_one_round_trip_to_wait(solo_worker: None, locks: Any) -> None:
+def test_waiting_copy_takes_its_pickup_one_round_trip_to_wait_and_one_to_park_its_safety_copy(
+        solo_worker: None, locks: Any) -> None:
     tag = uuid.uuid4().hex
     running = waiting_probe.once_key((tag,), {}, "running")
     other = RunningOwner("another-call", 0, "elsewhere@host", "0123456789abcdef", False)
@@ -205,7 +206,7 @@ def test_waiting_copy_takes_its_pickup_and_one_round_trip_to_wait(solo_worker: N
     try:
         mark = run_probe(waiting_probe, tag)
         assert "body" not in mark
-        assert mark["postrun"] - mark["prerun"] == 2
+        assert mark["postrun"] - mark["prerun"] == 3  # the safety copy, put off a lease, is parked (``parking``)
         assert locks.exists(waiting_probe.once_key((tag,), {}, "waiting")) == 1
     finally:
         locks.delete(running, waiting_probe.once_key((tag,), {}, "queue"))
