@@ -26,7 +26,7 @@ from tests.worker_app import echo, gated
 PASSWORD = "S3cret-lock-pw"
 #: The ACL rules of docs/topologies.md, word for word.
 ACL_RULES = (
-    "~once_task:* ~once_task_worker:* ~once_task_done:* resetchannels -@all "
+    "~once_task:* ~once_task_worker:* ~once_task_done:* ~once_task_parked:* resetchannels -@all "
     "+get +set +del +exists +pttl +pexpire +evalsha +script|load +scan +ping +select"
 )
 #: The rules before finished records: a user set up then keeps its locks.

@@ -55,7 +55,7 @@ from .headers import BURST_HEADER, header
 from .janitor import Cleanup, janitor
 from .keys import BURST, KeySpace, key_space, new_task_id
 from .ownership import Lease
-from .parking import publish_parked
+from .parking import Claim, publish_parked, settle
 from .protocols import TaskLike, TaskRequest
 from .settings import Settings
 from .store import LockStore, store_for
@@ -146,14 +146,23 @@ def publish(task: TaskLike, settings: Settings, digest: str, args: Optional[Sequ
     return result
 
 
+def is_burst(request: TaskRequest) -> bool:
+    """Whether a message is a burst's."""
+    return bool(header(request, BURST_HEADER))
+
+
 def take(task: TaskLike, settings: Settings, digest: str, request: TaskRequest, args: tuple[Any, ...],
-         kwargs: dict[str, Any]) -> tuple[Optional[Burst], tuple[Any, ...], dict[str, Any]]:
+         kwargs: dict[str, Any],
+         claim: Optional[Claim] = None) -> tuple[Optional[Burst], tuple[Any, ...], dict[str, Any]]:
     """Close the burst this message runs, if it is due; the burst, and the arguments to run with.
 
     Not due (later calls moved it on): the message is published again to
-    arrive when it is, and this delivery ends (``Ignore``).
+    arrive when it is, and this delivery ends (``Ignore``). ``claim``: the
+    copy's claim of its parked entry, in the same round trip (``parking``);
+    a copy another one superseded ends there (``Ignore``) -- the burst it may
+    have closed is the other copy's to run.
     """
-    if not header(request, BURST_HEADER):
+    if not is_burst(request):
         return None, args, kwargs
     key = burst_key(key_space(task, settings), digest)
     keep = settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl
@@ -161,7 +170,7 @@ def take(task: TaskLike, settings: Settings, digest: str, request: TaskRequest, 
         telemetry.picking_up(task, settings, request, BURST_DUE, digest)
     try:
         store = store_for(task, settings)
-        taken = store.bursts.take(key, request.id, keep)
+        taken = store.bursts.take(key, request.id, keep, claim.call if claim is not None else None)
     except RedisError as exc:
         if telemetry.active:
             telemetry.executed(task, request, "store_unavailable", error=exc)
@@ -170,6 +179,8 @@ def take(task: TaskLike, settings: Settings, digest: str, request: TaskRequest, 
                        task.name, request.id, key, Lease(settings.heartbeat_timeout).interval, exc)
         defer(task, request, {}, Lease(settings.heartbeat_timeout).interval)
         raise Ignore() from None
+    if claim is not None:
+        settle(task, request, claim, taken.also)
     if taken.code is Taken.NOT_DUE:
         if telemetry.active:
             telemetry.executed(task, request, "postponed", client=store.client)

@@ -57,16 +57,20 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
+from celery.exceptions import Ignore
 from kombu.serialization import dumps as serialize
 from kombu.serialization import loads as deserialize
 from kombu.serialization import prepare_accept_content
 from kombu.utils.json import dumps, loads
 from redis.exceptions import RedisError
 
-from .headers import PARKED_HEADER
-from .protocols import TaskLike
+from .headers import PARKED_HEADER, header
+from .protocols import TaskLike, TaskRequest
 from .settings import Settings, resolve
 from .store import store_for
+from .store.lua.parked import Claimed
+from .store.parked import claim_call
+from .store.scripts import Call
 
 logger = logging.getLogger("celery_once_task")
 
@@ -87,6 +91,33 @@ class Message(NamedTuple):
     args: list[Any]
     kwargs: dict[str, Any]
     options: dict[str, Any]
+
+
+class Claim(NamedTuple):
+    """A copy's claim of its parked entry: its token, and the call that claims it (for a caller's round trip)."""
+
+    token: str
+    call: Call
+
+
+def claim_of(task: TaskLike, settings: Settings, request: TaskRequest, keep: float) -> Optional[Claim]:
+    """The claim a copy makes at pickup; None for a message that was not parked (or an eager call).
+
+    ``keep``: seconds the claim is remembered.
+    """
+    token = header(request, PARKED_HEADER)
+    if not isinstance(token, str) or not token or request.is_eager:
+        return None
+    return Claim(token, claim_call(request.id, token, keep, settings.key_prefix))
+
+
+def settle(task: TaskLike, request: TaskRequest, claim: Claim, reply: Any) -> None:
+    """What a claim's reply means for the copy: ``Ignore`` where another copy is the one to run."""
+    if Claimed(int(reply)) is Claimed.SUPERSEDED:
+        logger.warning("%s[%s]: execution ignored: another copy of this put-off message runs instead (this copy's "
+                       "parked token %s was superseded: its worker was taken for dead, or it was deferred again)",
+                       task.name, request.id, claim.token)
+        raise Ignore()
 
 
 def new_token() -> str:
@@ -157,10 +188,16 @@ def park(task: TaskLike, settings: Settings, task_id: str, args: Optional[Sequen
         store_for(task, settings).parked.park(task_id, token, message, countdown)
     except RedisError as exc:
         logger.warning("%s[%s]: lock operation failed: message put off by %.3fs not parked; if its worker dies "
-                       "before it is due, only the broker brings it back: %s", task.name, task_id, countdown, exc)
+                       "before it is due, only the broker brings it back: %s%s", task.name, task_id, countdown, exc,
+                       acl_hint(exc))
         return None
     options["headers"] = {**(options.get("headers") or {}), PARKED_HEADER: token}
     return Parked(task_id, token)
+
+
+def acl_hint(exc: Exception) -> str:
+    """What to add where the store's ACL user may not touch the registry's keys."""
+    return "; add the key pattern ~once_task_parked:* to the user's ACL rules" if "NOPERM" in str(exc) else ""
 
 
 def forget(task: TaskLike, settings: Settings, parked: Parked) -> None:

@@ -3,7 +3,8 @@
 What parking is, and why, is ``parking``'s. Here are its two readers:
 
 * ``claim``, where an execution is picked up: a copy that carries a parked
-  token claims its entry before anything else is taken. A copy another
+  token claims its entry before anything else is taken -- in the round trip
+  of a burst's message (``debounce.take``), else in one of its own. A copy another
   publish superseded (a rescued copy, a later deferral of the same message)
   is acknowledged without running, and logged with its task id. If the store
   does not answer, the copy is deferred (``deferral``), keeping its token:
@@ -33,24 +34,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 from celery import Task
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
+from . import parking
 from .deferral import DEFER_SECONDS, defer
 from .events import lock_recovered
-from .headers import PARKED_HEADER, header
+from .headers import PARKED_HEADER
 from .keys import parked_keys
 from .ownership import Lease
-from .parking import decode, new_token
+from .parking import Claim, decode, new_token
 from .protocols import CeleryApp, TaskLike, TaskRequest
 from .redelivery import guard_seconds
 from .settings import Settings, resolve
 from .store import LockStore, Rescued, store_for
 from .store.connection import make_client
-from .store.lua.parked import Claimed
 
 logger = logging.getLogger("celery_once_task")
 
@@ -67,23 +68,26 @@ def claim_seconds(task: TaskLike, settings: Settings) -> float:
     return guard_seconds(task, settings) + Lease(settings.heartbeat_timeout).ttl
 
 
-def claim(task: TaskLike, settings: Settings, request: TaskRequest) -> None:
-    """Claim this copy's parked entry; ``Ignore`` where another copy is the one to run, or the copy is deferred."""
-    token = header(request, PARKED_HEADER)
-    if not isinstance(token, str) or not token or request.is_eager:
-        return
+def claim_of(task: TaskLike, settings: Settings, request: TaskRequest) -> Optional[Claim]:
+    """The claim this copy makes at pickup (to ride in its first round trip); None for a message never parked."""
+    return parking.claim_of(task, settings, request, claim_seconds(task, settings))
+
+
+def claim(task: TaskLike, settings: Settings, request: TaskRequest, claiming: Claim) -> None:
+    """Claim this copy's parked entry, alone; ``Ignore`` where another copy is the one to run, or it is deferred."""
     try:
-        claimed = store_for(task, settings).parked.claim(request.id, token, claim_seconds(task, settings))
+        (reply,), _ = store_for(task, settings).runner.run([claiming.call])
     except RedisError as exc:
-        logger.warning("%s[%s]: lock operation failed: parked message not claimed; deferred by %ss: %s",
-                       task.name, request.id, DEFER_SECONDS, exc)
-        defer(task, request, {}, DEFER_SECONDS)
-        raise Ignore() from None
-    if claimed is Claimed.SUPERSEDED:
-        logger.warning("%s[%s]: execution ignored: another copy of this put-off message runs instead (this copy's "
-                       "parked token %s was superseded: its worker was taken for dead, or it was deferred again)",
-                       task.name, request.id, token)
-        raise Ignore()
+        claim_failed(task, request, exc)
+    parking.settle(task, request, claiming, reply)
+
+
+def claim_failed(task: TaskLike, request: TaskRequest, exc: RedisError) -> NoReturn:
+    """The store did not answer a claim: the copy is deferred, keeping its token (``Ignore``)."""
+    logger.warning("%s[%s]: lock operation failed: parked message not claimed; deferred by %ss: %s",
+                   task.name, request.id, DEFER_SECONDS, exc)
+    defer(task, request, {}, DEFER_SECONDS)
+    raise Ignore() from None
 
 
 class Rescuer:
@@ -140,8 +144,8 @@ class Rescuer:
             rescued = self.store.parked.rescue(self.grace, self.lease, new_token(), RESCUE_BATCH)
         except RedisError as exc:
             if not self._failing:
-                logger.warning("lock operation failed: parked messages not looked after; retrying every %.1fs: %s",
-                               self.interval, exc)
+                logger.warning("lock operation failed: parked messages not looked after; retrying every %.1fs: %s%s",
+                               self.interval, exc, parking.acl_hint(exc))
             self._failing = True
             return 0
         self._failing = False

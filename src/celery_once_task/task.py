@@ -299,11 +299,14 @@ class OnceTask(Task):
             if not well_formed_digest(digest):  # app.send_task, beat, other producers
                 digest = self.once_digest(args, kwargs)
             settings, queue_lock = call_options.for_request(self, self.once_settings(), request)
-            rescue.claim(self, settings, request)  # a copy put off with a countdown: is it the one to run?
-            if settings.debounce and not request.is_eager:
-                burst, args, kwargs = debounce.take(self, settings, digest, request, args, dict(kwargs))
+            # A copy put off with a countdown claims its parked entry: is it the one to run?
+            claim = rescue.claim_of(self, settings, request)
+            if settings.debounce and not request.is_eager and debounce.is_burst(request):
+                burst, args, kwargs = debounce.take(self, settings, digest, request, args, dict(kwargs), claim)
                 if burst is not None:  # what self.retry() publishes again
                     request.args, request.kwargs = list(args), kwargs
+            elif claim is not None:
+                rescue.claim(self, settings, request, claim)
             try:
                 held = execute.pick_up(self, settings, digest, request, queue_lock)
             except OnceTaskLocked:

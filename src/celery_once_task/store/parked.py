@@ -15,6 +15,12 @@ from .scripts import Call
 from .values import ms, text
 
 
+def claim_call(task_id: str, token: str, keep: float, prefix: str = KEY_PREFIX) -> Call:
+    """The call that claims ``task_id``'s entry for the copy ``token``; ``keep``: seconds the claim is remembered."""
+    entries, due = parked_keys(prefix)
+    return Call(PARKED_CLAIM, entries, (task_id, token, ms(keep)), (due, parked_claimed_key(task_id, prefix)))
+
+
 class Rescued(NamedTuple):
     """An overdue entry a rescuer took: its task id, the token its new copy carries, its rescues, its message."""
 
@@ -41,9 +47,8 @@ class ParkedMessages:
         return int(reply)
 
     def claim_call(self, task_id: str, token: str, keep: float) -> Call:
-        """The call that claims ``task_id``'s entry for the copy ``token`` (see ``claim``)."""
-        return Call(PARKED_CLAIM, self._entries, (task_id, token, ms(keep)),
-                    (self._due, parked_claimed_key(task_id, self._prefix)))
+        """The call that claims ``task_id``'s entry for the copy ``token`` (see ``claim``), for a round trip."""
+        return claim_call(task_id, token, keep, self._prefix)
 
     def claim(self, task_id: str, token: str, keep: float) -> Claimed:
         """Take ``task_id``'s entry for the copy ``token``; ``keep``: seconds the claim is remembered."""
