@@ -27,7 +27,8 @@ PASSWORD = "S3cret-lock-pw"
 #: The ACL rules of docs/topologies.md, word for word.
 ACL_RULES = (
     "~once_task:* ~once_task_worker:* ~once_task_done:* ~once_task_parked:* resetchannels -@all "
-    "+get +set +del +exists +pttl +pexpire +evalsha +script|load +scan +ping +select"
+    "+get +set +del +exists +pttl +pexpire +evalsha +script|load +scan +ping +select "
+    "+time +hget +hset +hdel +zadd +zrem +zrangebyscore"
 )
 #: The rules before finished records: a user set up then keeps its locks.
 RULES_WITHOUT_RECORDS = ACL_RULES.replace(" ~once_task_done:*", "")

@@ -86,8 +86,12 @@ def debounced(settings: Settings, task_id: Optional[str], eager: bool) -> bool:
 
 def publish(task: TaskLike, settings: Settings, digest: str, args: Optional[Sequence[Any]],
             kwargs: Optional[Mapping[str, Any]], options: dict[str, Any],
-            send: Callable[[Optional[str], dict[str, Any]], Optional[AsyncResult]]) -> Optional[AsyncResult]:
-    """Join the key's open burst, or start one and publish its message; the burst's result."""
+            send: Callable[[Optional[str], dict[str, Any]], Optional[AsyncResult]],
+            beside: Optional[Mapping[str, Any]] = None) -> Optional[AsyncResult]:
+    """Join the key's open burst, or start one and publish its message; the burst's result.
+
+    ``beside``: the publish options ``send`` passes beside ``options`` (``link``, ...), kept with the parked message.
+    """
     key = burst_key(key_space(task, settings), digest)
     try:
         arguments: str = dumps({"args": list(args or ()), "kwargs": dict(kwargs or {})})  # type: ignore[no-untyped-call]
@@ -128,7 +132,7 @@ def publish(task: TaskLike, settings: Settings, digest: str, args: Optional[Sequ
     try:
         # Parked: a worker that dies holding it does not keep the burst from running (``parking``).
         result = publish_parked(task, settings, burst_id, args, kwargs, message_options,
-                                lambda: send(burst_id, message_options))
+                                lambda: send(burst_id, message_options), beside)
     except BaseException:
         if code is Called.STARTED:
             # No message behind the burst: the next call starts a new one.

@@ -169,18 +169,22 @@ def decode(message: str, accept: Optional[Sequence[str]]) -> Message:
 
 
 def park(task: TaskLike, settings: Settings, task_id: str, args: Optional[Sequence[Any]],
-         kwargs: Optional[Mapping[str, Any]], options: dict[str, Any]) -> Optional[Parked]:
+         kwargs: Optional[Mapping[str, Any]], options: dict[str, Any],
+         also: Optional[Mapping[str, Any]] = None) -> Optional[Parked]:
     """Park the message about to be published with ``options``, and put its token in ``options``' headers.
 
-    Returns None (and leaves ``options`` as they are) where there is no
-    countdown, or where the store did not take it (logged).
+    ``also``: publish options the caller passes beside ``options`` (``link``,
+    ``link_error``, ``shadow``), for the copy a rescue publishes. Returns None
+    (and leaves ``options`` as they are) where there is no countdown, or
+    where the store did not take it (logged).
     """
     countdown = countdown_of(options)
     if countdown <= 0:
         return None
     token = new_token()
     try:
-        message = encode(task, args, kwargs, options)
+        kept = {**options, **{name: value for name, value in (also or {}).items() if value is not None}}
+        message = encode(task, args, kwargs, kept)
     except Exception as exc:  # a body its serializer refuses: publishing it will say so
         logger.warning("%s[%s]: message not parked (it cannot be serialized): %s", task.name, task_id, exc)
         return None
@@ -210,13 +214,14 @@ def forget(task: TaskLike, settings: Settings, parked: Parked) -> None:
 
 
 def publish_parked(task: TaskLike, settings: Optional[Settings], task_id: str, args: Optional[Sequence[Any]],
-                   kwargs: Optional[Mapping[str, Any]], options: dict[str, Any], send: Callable[[], _T]) -> _T:
+                   kwargs: Optional[Mapping[str, Any]], options: dict[str, Any], send: Callable[[], _T],
+                   also: Optional[Mapping[str, Any]] = None) -> _T:
     """Park the message (if it has a countdown), then ``send()`` it with ``options`` (which carry its token).
 
-    ``settings``: the task's (None: resolved here).
+    ``settings``: the task's (None: resolved here). ``also``: see ``park``.
     """
     settings = settings if settings is not None else resolve(task.app, task)
-    parked = park(task, settings, task_id, args, kwargs, options)
+    parked = park(task, settings, task_id, args, kwargs, options, also)
     if parked is None:
         return send()
     try:

@@ -176,8 +176,8 @@ class Rescuer:
                            message.task_name, entry.task_id, self.lease * 2 ** (entry.rescues - 1), exc)
             return False
         logger.warning("%s[%s]: lock recovered: message put off with a countdown was not taken %.1fs after it was "
-                       "due (its worker is gone): published again (rescue %d)", message.task_name, entry.task_id,
-                       self.grace, entry.rescues)
+                       "due (its worker is gone, or too busy to start it): published again (rescue %d)",
+                       message.task_name, entry.task_id, self.grace, entry.rescues)
         key = parked_keys(self._prefix)[0]
         lock_recovered.send(sender=task if task is not None else message.task_name, key=key, holder=entry.task_id,
                             reason=RESCUED)

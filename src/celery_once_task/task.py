@@ -206,7 +206,8 @@ class OnceTask(Task):
         settings, queue_lock = call_options.for_call(self, settings, once, options["headers"], task_id)
         if debounce.debounced(settings, task_id, eager):
             return debounce.publish(self, settings, digest, args, kwargs, options, lambda burst_id, opts: super(
-                OnceTask, self).apply_async(args, kwargs, burst_id, producer, link, link_error, shadow, **opts))
+                OnceTask, self).apply_async(args, kwargs, burst_id, producer, link, link_error, shadow, **opts),
+                {"link": link, "link_error": link_error, "shadow": shadow})
         if eager or not (queue_lock or settings.unique_for is not None):  # eager: nothing is queued, nothing locked
             return publish(task_id)
         return publish_once(self, settings, digest, queue_lock, args, kwargs, task_id, link, link_error, options,
