@@ -13,14 +13,16 @@ import time
 import uuid
 from typing import Any
 
+from celery import Task
 from kombu import Connection
 
+from celery_once_task.headers import PARKED_HEADER
 from celery_once_task.keys import parked_keys
 from celery_once_task.parking import park
 from celery_once_task.rescue import Rescuer
 from celery_once_task.store import store_for
 from tests import worker_app as tasks
-from tests.support import Worker, events, running_worker, wait_until
+from tests.support import Worker, events, lock_key_of, running_worker, wait_until
 
 #: How late after its due time a rescued call may start: the grace, the rescuer's second, and the
 #: time a loaded machine takes to start a worker and pass a message through the broker.
@@ -99,6 +101,22 @@ def test_the_dead_workers_copy_restored_late_is_turned_away(redis_server: Any, r
     assert [event["version"] for event in events(recs, doc, "run")] == [2]
 
 
+def test_a_copy_another_publish_superseded_is_turned_away_and_gives_its_running_lock_back(
+        worker: Worker, locks: Any, recs: Any) -> None:
+    tag, task_id = uuid.uuid4().hex, str(uuid.uuid4())
+    settings = tasks.echo.once_settings()
+    options: dict[str, Any] = {"countdown": 60, "task_id": task_id}
+    park(tasks.echo, settings, task_id, (tag,), {}, options)  # the entry is another copy's
+    try:
+        Task.apply_async(tasks.echo, (tag,), task_id=task_id, headers={PARKED_HEADER: "an-older-copy"})
+        wait_until(lambda: f"{task_id}]: execution ignored: another copy" in worker.read_log(),
+                   what="the superseded copy to be turned away")
+        assert events(recs, tag, "run") == []
+        assert locks.exists(lock_key_of(tasks.echo, "running", tag)) == 0
+    finally:
+        store_for(tasks.echo, settings).parked.forget(task_id, options["headers"][PARKED_HEADER])
+
+
 def test_the_rescuer_publishes_no_message_whose_copy_was_claimed(broker: Any, locks: Any) -> None:
     settings = tasks.parked.once_settings()
     store = store_for(tasks.parked, settings)
@@ -107,7 +125,7 @@ def test_the_rescuer_publishes_no_message_whose_copy_was_claimed(broker: Any, lo
     park(tasks.parked, settings, claimed_id, ("claimed",), {}, claimed_options)
     park(tasks.parked, settings, unclaimed_id, ("unclaimed",), {},
          {"countdown": 0.001, "task_id": unclaimed_id, "queue": "parked"})
-    token = claimed_options["headers"]["once_task_parked"]
+    token = claimed_options["headers"][PARKED_HEADER]
     assert store.parked.claim(claimed_id, token, 60) == 1
     rescuer = Rescuer(tasks.app)
     rescuer.grace = 0.0  # due entries are overdue at once

@@ -26,8 +26,9 @@ from kombu.utils.json import dumps
 
 from benchmarks.counting import count, install, uninstall
 from celery_once_task import OnceTask
-from celery_once_task.keys import waiting_token
+from celery_once_task.keys import parked_keys, waiting_token
 from celery_once_task.ownership import RunningOwner
+from celery_once_task.republish import republish
 from celery_once_task.store import client_for
 from celery_once_task.store.scripts import SCRIPTS
 from tests import worker_app
@@ -165,6 +166,16 @@ def test_dropped_duplicate_takes_one_round_trip() -> None:
 def test_pickup_takes_one_round_trip(solo_worker: None) -> None:
     mark = run_probe()
     assert mark["body"] - mark["prerun"] == 1
+
+
+def test_pickup_of_a_parked_copy_claims_it_in_the_same_round_trip(solo_worker: None, locks: Any) -> None:
+    task_id = str(uuid.uuid4())
+    marks.clear()
+    # A copy the library puts off with a countdown (a deferral) is parked before it is published.
+    republish(probe, (uuid.uuid4().hex,), {}, {"task_id": task_id, "countdown": 0.05, "queue": QUEUE})
+    wait_until(lambda: "postrun" in marks, what="the parked probe to run")
+    assert marks["body"] - marks["prerun"] == 1
+    assert locks.hexists(parked_keys()[0], task_id) == 0
 
 
 def test_end_takes_one_round_trip(solo_worker: None) -> None:

@@ -306,10 +306,9 @@ class OnceTask(Task):
                 burst, args, kwargs = debounce.take(self, settings, digest, request, args, dict(kwargs), claim)
                 if burst is not None:  # what self.retry() publishes again
                     request.args, request.kwargs = list(args), kwargs
-            elif claim is not None:
-                rescue.claim(self, settings, request, claim)
+                claim = None  # it rode in the burst's round trip
             try:
-                held = execute.pick_up(self, settings, digest, request, queue_lock)
+                held = execute.pick_up(self, settings, digest, request, queue_lock, claim)
             except OnceTaskLocked:
                 if burst is not None:  # refused for good: its burst's arguments are of no more use
                     debounce.done(self, burst)
