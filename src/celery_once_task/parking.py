@@ -12,12 +12,14 @@ publish (``PARKED_HEADER``, which the message carries), when it is due (on
 the store's clock), and all it takes to publish it again -- task name,
 arguments and options, serialized with the task's serializer.
 
-* **At pickup** (``rescue.claim``) a copy carrying the header claims its
-  entry, atomically. The copy whose token the entry holds takes it and runs;
-  a copy whose entry holds another token is turned away (another publish --
-  a rescued copy, or a later deferral of the same message -- is the one to
-  run); a copy that took it before (a redelivery, a retry) runs as any
-  redelivered copy does (``redelivery`` decides). The claim is remembered for
+* **At pickup** a copy carrying the header claims its entry, atomically, in
+  the pickup's round trip (``running``, ``debounce``; alone before a slot's
+  or replaced arguments' pickup, whose taking could not be undone: ``rescue``).
+  The copy whose token the entry holds takes it and runs; a copy whose
+  entry holds another token is turned away (another publish -- a rescued
+  copy, or a later deferral of the same message -- is the one to run); a
+  copy that took it before (a redelivery, a retry) runs as any redelivered
+  copy does (``redelivery`` decides). The claim is remembered for
   as long as a broker may hand an older copy out (``claim_seconds``).
 * **The rescuer** (``rescue.Rescuer``) in every worker's main process looks,
   about once a second, for entries due more than ``heartbeat_timeout`` ago:

@@ -2,9 +2,11 @@
 
 What parking is, and why, is ``parking``'s. Here are its two readers:
 
-* ``claim``, where an execution is picked up: a copy that carries a parked
-  token claims its entry before anything else is taken -- in the round trip
-  of a burst's message (``debounce.take``), else in one of its own. A copy another
+* ``claim_of``/``claim``, where an execution is picked up: a copy that
+  carries a parked token claims its entry, first in the pickup's round trip
+  (a burst's message's, ``debounce.take``; the running lock's, which a
+  superseded copy gives back: ``running``), or alone, before a ``running_limit``
+  slot or replaced arguments are taken (``claim``). A copy another
   publish superseded (a rescued copy, a later deferral of the same message)
   is acknowledged without running, and logged with its task id. If the store
   does not answer, the copy is deferred (``deferral``), keeping its token:
