@@ -42,7 +42,7 @@ from celery import Task
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
-from . import parking
+from . import parking, telemetry
 from .deferral import DEFER_SECONDS, defer
 from .events import lock_recovered
 from .headers import PARKED_HEADER
@@ -181,6 +181,8 @@ class Rescuer:
                        "due (its worker is gone, or too busy to start it): published again (rescue %d)",
                        message.task_name, entry.task_id, self.grace, entry.rescues)
         key = parked_keys(self._prefix)[0]
+        if telemetry.active:
+            telemetry.recovered(task if task is not None else message.task_name, key, RESCUED)
         lock_recovered.send(sender=task if task is not None else message.task_name, key=key, holder=entry.task_id,
                             reason=RESCUED)
         return True
