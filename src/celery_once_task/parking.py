@@ -66,6 +66,7 @@ from kombu.serialization import prepare_accept_content
 from kombu.utils.json import dumps, loads
 from redis.exceptions import RedisError
 
+from . import telemetry
 from .headers import PARKED_HEADER, header
 from .protocols import TaskLike, TaskRequest
 from .settings import Settings, resolve
@@ -116,6 +117,8 @@ def claim_of(task: TaskLike, settings: Settings, request: TaskRequest, keep: flo
 def settle(task: TaskLike, request: TaskRequest, claim: Claim, reply: Any) -> None:
     """What a claim's reply means for the copy: ``Ignore`` where another copy is the one to run."""
     if Claimed(int(reply)) is Claimed.SUPERSEDED:
+        if telemetry.active:
+            telemetry.executed(task, request, "finished_copy")
         logger.warning("%s[%s]: execution ignored: another copy of this put-off message runs instead (this copy's "
                        "parked token %s was superseded: its worker was taken for dead, or it was deferred again)",
                        task.name, request.id, claim.token)

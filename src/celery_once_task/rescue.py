@@ -86,6 +86,8 @@ def claim(task: TaskLike, settings: Settings, request: TaskRequest, claiming: Cl
 
 def claim_failed(task: TaskLike, request: TaskRequest, exc: RedisError) -> NoReturn:
     """The store did not answer a claim: the copy is deferred, keeping its token (``Ignore``)."""
+    if telemetry.active:
+        telemetry.executed(task, request, "store_unavailable", error=exc)
     logger.warning("%s[%s]: lock operation failed: parked message not claimed; deferred by %ss: %s",
                    task.name, request.id, DEFER_SECONDS, exc)
     defer(task, request, {}, DEFER_SECONDS)
