@@ -34,8 +34,13 @@ Failure first:
   with a warning (the broker's restore is then its only way back, as before).
   It keeps the token of the copy it was made from, if any: that entry is
   still the message's, and a rescued copy of it turns this one away.
-* The park's reply is lost and it ran: the entry is there, the message
-  carries its token; the same as a park that answered.
+* The park's reply is lost and a try runs it again: it writes the same entry
+  (the same token). Every try failed, yet one ran: the message keeps its
+  earlier token (or none) and the entry is rescued once due -- a copy of the
+  same attempt, which the finished record (``redelivery``) and the running
+  lock keep from running twice. Had the message taken the new token, an
+  entry the lost park never wrote would leave its earlier entry to be
+  rescued beside it.
 * The publish fails after the park: the entry is removed (by its token) and
   the error goes on -- the caller fails visibly, as without parking; were the
   entry left, a later rescue would run a call its caller saw fail. If the
