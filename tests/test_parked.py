@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 from celery import Task
 from kombu import Connection
 
@@ -135,3 +136,17 @@ def test_the_rescuer_publishes_no_message_whose_copy_was_claimed(broker: Any, lo
     assert unclaimed_id in queued and claimed_id not in queued
     entries, _ = parked_keys(settings.key_prefix)
     assert locks.hexists(entries, claimed_id) == 0
+
+
+@pytest.mark.parametrize("pool", ["gevent", "eventlet"])
+def test_a_worker_of_a_green_pool_publishes_a_parked_message_whose_worker_died(redis_server: Any, recs: Any,
+                                                                               pool: str) -> None:
+    tag, task_id = uuid.uuid4().hex, str(uuid.uuid4())
+    queue = f"{pool}-{tag[:8]}"
+    # Parked and never seen again: as a message is whose worker died holding it.
+    park(tasks.echo, tasks.echo.once_settings(), task_id, (tag,), {},
+         {"countdown": 0.001, "task_id": task_id, "queue": queue})
+    with running_worker(redis_server.port, f"{pool}-{tag[:6]}", pool=pool, queues=queue):
+        wait_until(lambda: events(recs, tag, "run"), timeout=RESCUE_SLACK + 10, what="the parked message to run")
+        assert tasks.echo.AsyncResult(task_id).get(timeout=10) is None
+    assert len(events(recs, tag, "run")) == 1
