@@ -19,7 +19,7 @@ from kombu import Connection
 
 from celery_once_task.headers import PARKED_HEADER
 from celery_once_task.keys import parked_keys
-from celery_once_task.parking import park
+from celery_once_task.parking import park, publish_parked
 from celery_once_task.rescue import Rescuer
 from celery_once_task.store import store_for
 from tests import worker_app as tasks
@@ -150,3 +150,16 @@ def test_a_worker_of_a_green_pool_publishes_a_parked_message_whose_worker_died(r
         wait_until(lambda: events(recs, tag, "run"), timeout=RESCUE_SLACK + 10, what="the parked message to run")
         assert tasks.echo.AsyncResult(task_id).get(timeout=10) is None
     assert len(events(recs, tag, "run")) == 1
+
+
+def test_a_message_whose_publish_failed_leaves_no_parked_entry(locks: Any) -> None:
+    task_id = str(uuid.uuid4())
+    entries, due = parked_keys(tasks.parked.once_settings().key_prefix)
+
+    def broker_down() -> None:
+        assert locks.hexists(entries, task_id) == 1  # parked before the publish
+        raise ConnectionError("the broker is down")
+
+    with pytest.raises(ConnectionError):
+        publish_parked(tasks.parked, None, task_id, ("tag",), {}, {"countdown": 5, "task_id": task_id}, broker_down)
+    assert locks.hexists(entries, task_id) == 0 and locks.zscore(due, task_id) is None
