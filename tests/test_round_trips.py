@@ -26,8 +26,9 @@ from kombu.utils.json import dumps
 
 from benchmarks.counting import count, install, uninstall
 from celery_once_task import OnceTask
-from celery_once_task.keys import waiting_token
+from celery_once_task.keys import parked_keys, waiting_token
 from celery_once_task.ownership import RunningOwner
+from celery_once_task.republish import republish
 from celery_once_task.store import client_for
 from celery_once_task.store.scripts import SCRIPTS
 from tests import worker_app
@@ -178,6 +179,16 @@ def test_pickup_takes_one_round_trip(solo_worker: None) -> None:
     assert mark["body"] - mark["prerun"] == 1
 
 
+def test_pickup_of_a_parked_copy_claims_it_in_the_same_round_trip(solo_worker: None, locks: Any) -> None:
+    task_id = str(uuid.uuid4())
+    marks.clear()
+    # A copy the library puts off with a countdown (a deferral) is parked before it is published.
+    republish(probe, (uuid.uuid4().hex,), {}, {"task_id": task_id, "countdown": 0.05, "queue": QUEUE})
+    wait_until(lambda: "postrun" in marks, what="the parked probe to run")
+    assert marks["body"] - marks["prerun"] == 1
+    assert locks.hexists(parked_keys()[0], task_id) == 0
+
+
 def test_end_takes_one_round_trip(solo_worker: None) -> None:
     mark = run_probe()
     assert mark["postrun"] - mark["body"] == 1
@@ -216,7 +227,8 @@ def test_existing_duplicate_takes_one_round_trip() -> None:
     assert sent() - before == 1
 
 
-def test_waiting_copy_takes_its_pickup_and_one_round_trip_to_wait(solo_worker: None, locks: Any) -> None:
+def test_waiting_copy_takes_its_pickup_one_round_trip_to_wait_and_one_to_park_its_safety_copy(
+        solo_worker: None, locks: Any) -> None:
     tag = uuid.uuid4().hex
     running = waiting_probe.once_key((tag,), {}, "running")
     other = RunningOwner("another-call", 0, "elsewhere@host", "0123456789abcdef", False)
@@ -224,7 +236,7 @@ def test_waiting_copy_takes_its_pickup_and_one_round_trip_to_wait(solo_worker: N
     try:
         mark = run_probe(waiting_probe, tag)
         assert "body" not in mark
-        assert mark["postrun"] - mark["prerun"] == 2
+        assert mark["postrun"] - mark["prerun"] == 3  # the safety copy, put off a lease, is parked (``parking``)
         assert locks.exists(waiting_probe.once_key((tag,), {}, "waiting")) == 1
     finally:
         locks.delete(running, waiting_probe.once_key((tag,), {}, "queue"))

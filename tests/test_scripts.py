@@ -27,6 +27,7 @@ from celery_once_task.store.lua.locks import (
     RENEW,
     TAKE,
 )
+from celery_once_task.store.lua.parked import PARK, PARKED_CLAIM, PARKED_FORGET, PARKED_RESCUE
 from celery_once_task.store.lua.slots import SLOT_ACQUIRE, SLOT_CLEAR, SLOT_FORGET, SLOT_RELEASE, SLOT_RENEW
 from celery_once_task.store.lua.throttles import THROTTLE_TAKE
 from tests.support import RedisServer, decoded, run_script, wait_until
@@ -1026,3 +1027,137 @@ def test_throttle_take_trims_entries_no_window_sees_and_expires_the_log_after_th
     assert view.zscore(keys.throttle, "old") is None
     assert view.zscore(keys.throttle, "spec") == 0
     assert 2000 < view.pttl(keys.throttle) <= 2000 + MARGIN + 1
+
+
+# -- the parked registry: PARK, PARKED_CLAIM, PARKED_RESCUE, PARKED_FORGET ------------------------------------------
+
+
+class Parked:
+    """A registry of one test's own: its entries, its due index, a task id's claimed marker."""
+
+    def __init__(self, keys: Keys) -> None:
+        tag = keys.lock.replace(":", "-")
+        self.entries = f"parked:{{{tag}}}:entries"
+        self.due = f"parked:{{{tag}}}:due"
+        self.claimed = f"parked:{{{tag}}}:claimed:t1"
+
+
+@pytest.fixture
+def parked(keys: Keys) -> Parked:
+    return Parked(keys)
+
+
+def park(client: Any, parked: Parked, token: str, countdown_ms: int = LONG, task_id: str = "t1") -> Any:
+    return run_script(client, PARK, parked.entries, task_id, token, "message-1", countdown_ms,
+                      more_keys=[parked.due])
+
+
+def claim(client: Any, parked: Parked, token: str, keep_ms: int = LONG) -> Any:
+    return run_script(client, PARKED_CLAIM, parked.entries, "t1", token, keep_ms,
+                      more_keys=[parked.due, parked.claimed])
+
+
+def rescue(client: Any, parked: Parked, grace_ms: int = 0, lease_ms: int = LONG) -> Any:
+    return run_script(client, PARKED_RESCUE, parked.entries, grace_ms, lease_ms, "r", 100, more_keys=[parked.due])
+
+
+def test_park_records_the_message_under_its_task_id_due_after_the_countdown(client: Any, view: Any,
+                                                                             parked: Parked) -> None:
+    before = server_ms(view)
+    due = park(client, parked, "p1", 5000)
+    assert before + 5000 <= due <= server_ms(view) + 5000
+    assert view.hget(parked.entries, "t1") == "p1\x1f0\x1fmessage-1"
+    assert view.zscore(parked.due, "t1") == due
+
+
+def test_park_of_the_same_task_id_replaces_its_entry(client: Any, view: Any, parked: Parked) -> None:
+    park(client, parked, "p1")
+    park(client, parked, "p2")
+    assert view.hget(parked.entries, "t1").startswith("p2\x1f")
+    assert view.zcard(parked.due) == 1
+
+
+def test_claim_by_the_parked_token_takes_the_entry_and_remembers_the_claim(client: Any, view: Any,
+                                                                           parked: Parked) -> None:
+    park(client, parked, "p1")
+    assert claim(client, parked, "p1", 5000) == 1
+    assert view.hlen(parked.entries) == view.zcard(parked.due) == 0
+    assert view.get(parked.claimed) == "p1"
+    assert 0 < view.pttl(parked.claimed) <= 5000
+
+
+def test_claim_by_another_token_than_the_parked_one_is_superseded(client: Any, view: Any, parked: Parked) -> None:
+    park(client, parked, "p1")
+    assert claim(client, parked, "p0") == 0
+    assert view.hget(parked.entries, "t1").startswith("p1\x1f")
+
+
+def test_claim_sent_again_by_the_copy_that_took_it_is_again(client: Any, parked: Parked) -> None:
+    park(client, parked, "p1")
+    claim(client, parked, "p1")
+    assert claim(client, parked, "p1") == 3
+
+
+def test_claim_after_another_copy_took_it_is_superseded(client: Any, parked: Parked) -> None:
+    park(client, parked, "p1")
+    claim(client, parked, "p1")
+    assert claim(client, parked, "p0") == 0
+
+
+def test_claim_of_a_task_id_nothing_is_known_of_is_unknown(client: Any, parked: Parked) -> None:
+    assert claim(client, parked, "p1") == 2
+
+
+def test_rescue_takes_only_entries_due_more_than_the_grace_ago(client: Any, view: Any, parked: Parked) -> None:
+    park(client, parked, "p1", 1)
+    park(client, parked, "p2", LONG, task_id="t2")
+    wait_for_server_time_past(view, int(view.zscore(parked.due, "t1")) + 5)
+    assert rescue(client, parked, grace_ms=LONG) == []
+    assert rescue(client, parked) == [["t1", "r.1", 1, "message-1"]]
+
+
+def test_rescue_gives_the_entry_a_new_token_that_supersedes_the_parked_copy(client: Any, view: Any,
+                                                                            parked: Parked) -> None:
+    park(client, parked, "p1", 1)
+    wait_for_server_time_past(view, int(view.zscore(parked.due, "t1")) + 5)
+    rescue(client, parked)
+    assert claim(client, parked, "p1") == 0
+    assert claim(client, parked, "r.1") == 1
+
+
+def test_rescue_moves_the_entry_a_lease_on_so_that_no_other_rescue_takes_it(client: Any, view: Any,
+                                                                            parked: Parked) -> None:
+    park(client, parked, "p1", 1)
+    wait_for_server_time_past(view, int(view.zscore(parked.due, "t1")) + 5)
+    before = server_ms(view)
+    rescue(client, parked, lease_ms=5000)
+    assert rescue(client, parked) == []
+    assert before + 5000 <= view.zscore(parked.due, "t1") <= server_ms(view) + 5000
+
+
+def test_rescue_doubles_the_lease_at_each_rescue_of_an_entry(client: Any, view: Any, parked: Parked) -> None:
+    park(client, parked, "p1", 1)
+    wait_for_server_time_past(view, int(view.zscore(parked.due, "t1")) + 5)
+    rescue(client, parked, lease_ms=20)
+    wait_for_server_time_past(view, int(view.zscore(parked.due, "t1")) + 5)
+    before = server_ms(view)
+    assert rescue(client, parked, lease_ms=20)[0][2] == 2
+    assert before + 40 <= view.zscore(parked.due, "t1") <= server_ms(view) + 40
+
+
+def test_rescue_drops_a_due_index_entry_without_its_message(client: Any, view: Any, parked: Parked) -> None:
+    view.zadd(parked.due, {"t9": 1})
+    assert rescue(client, parked) == []
+    assert view.zcard(parked.due) == 0
+
+
+def test_forget_removes_the_entry_its_token_parked(client: Any, view: Any, parked: Parked) -> None:
+    park(client, parked, "p1")
+    assert run_script(client, PARKED_FORGET, parked.entries, "t1", "p1", more_keys=[parked.due]) == 1
+    assert view.hlen(parked.entries) == view.zcard(parked.due) == 0
+
+
+def test_forget_leaves_an_entry_another_publish_parked(client: Any, view: Any, parked: Parked) -> None:
+    park(client, parked, "p2")
+    assert run_script(client, PARKED_FORGET, parked.entries, "t1", "p1", more_keys=[parked.due]) == 0
+    assert view.hlen(parked.entries) == 1

@@ -32,6 +32,7 @@ Foundations, importing nothing of the library above them:
 
 The paths of a call:
 
+``parking``     the messages published with a countdown, recorded until a copy is taken
 ``republish``   the library's own publishes of a message again
 ``waiting``     the waiting copy of ``running_lock_conflict="wait"`` and its hand-over
 ``janitor``     owner-checked deletes that wait for the store or for a process to exit
@@ -46,6 +47,7 @@ The paths of a call:
 ``debounce``    ``debounce``: a burst of calls becomes one execution, with the last call's arguments
 ``throttle``    ``throttle``: at most N starts of a key in any window of a period; the excess postponed or rejected
 ``publish``     the queue lock at publish, and what a duplicate call gets
+``rescue``      a parked message's claim at pickup, and the rescuer of those whose worker died
 ``execute``     pickup and release around the body, for a running lock or a slot alike
 ``task``        ``OnceTask``: a thin class over the paths above
 

@@ -1,7 +1,9 @@
 """``OnceTaskUnlockBootStep``: the worker's leases and heartbeat, and lock release at cold shutdown.
 
 While the worker runs, the step's ``LeaseKeeper`` (``renewal``) keeps the
-running locks of its executions and a heartbeat key for this worker instance.
+running locks of its executions and a heartbeat key for this worker instance,
+and its ``Rescuer`` (``rescue``) publishes again the messages put off with a
+countdown whose worker died holding them.
 Warm shutdown (SIGTERM) lets running tasks finish, and each releases its own
 running lock; the leases are kept until then. Cold shutdown (SIGQUIT) kills
 running tasks: this step releases their running locks once the processes
@@ -32,6 +34,7 @@ from celery.worker import state as worker_state
 from .ownership import register_worker
 from .protocols import Worker
 from .renewal import LeaseKeeper
+from .rescue import Rescuer
 
 logger = logging.getLogger("celery_once_task")
 
@@ -76,11 +79,15 @@ class OnceTaskUnlockBootStep(bootsteps.StartStopStep):
         register_worker(worker.hostname)
         celery_signals.worker_process_init.connect(_die_with_parent, weak=False, dispatch_uid="celery_once_task.pdeath")
         self._keeper: Optional[LeaseKeeper] = None
+        self._rescuer: Optional[Rescuer] = None
 
     def start(self, worker: Worker) -> None:
         """Start renewing the leases and the heartbeat; at the process's exit, remove the heartbeat."""
         keeper = self._keeper = LeaseKeeper(worker.app, worker.hostname)
         keeper.start()
+        # Messages put off with a countdown whose worker died: published again (``rescue``).
+        self._rescuer = Rescuer(worker.app)
+        self._rescuer.start()
         main = os.getpid()
 
         def at_exit() -> None:
@@ -102,3 +109,5 @@ class OnceTaskUnlockBootStep(bootsteps.StartStopStep):
         # pass at exit releases the locks of those that are gone by then.
         if self._keeper is not None:
             self._keeper.stop()
+        if self._rescuer is not None:
+            self._rescuer.stop()

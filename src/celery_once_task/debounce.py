@@ -23,7 +23,9 @@ arguments); ``lua.bursts`` owns its scripts.
 * **Faults.** The closed burst's arguments are kept until its execution ends,
   so that a copy of its message delivered again (its worker died) runs with
   them; the finished record and the running lock keep it from running
-  twice. A burst whose message is overdue by two leases (its publisher died
+  twice. The burst's message, and each one published again, is parked
+  (``parking``): a worker that dies holding it leaves it to the rescuer.
+  A burst whose message is overdue by two leases (its publisher died
   before publishing it, or the broker lost it) has it published again by
   the next call that joins it, at most once per two leases. A call that finds the lock
   store unreachable is refused (``LockStoreUnavailable``), or -- with
@@ -53,6 +55,7 @@ from .headers import BURST_HEADER, header
 from .janitor import Cleanup, janitor
 from .keys import BURST, KeySpace, key_space, new_task_id
 from .ownership import Lease
+from .parking import Claim, publish_parked, settle
 from .protocols import TaskLike, TaskRequest
 from .settings import Settings
 from .store import LockStore, store_for
@@ -84,8 +87,12 @@ def debounced(settings: Settings, task_id: Optional[str], eager: bool) -> bool:
 
 def publish(task: TaskLike, settings: Settings, digest: str, args: Optional[Sequence[Any]],
             kwargs: Optional[Mapping[str, Any]], options: dict[str, Any],
-            send: Callable[[Optional[str], dict[str, Any]], Optional[AsyncResult]]) -> Optional[AsyncResult]:
-    """Join the key's open burst, or start one and publish its message; the burst's result."""
+            send: Callable[[Optional[str], dict[str, Any]], Optional[AsyncResult]],
+            beside: Optional[Mapping[str, Any]] = None) -> Optional[AsyncResult]:
+    """Join the key's open burst, or start one and publish its message; the burst's result.
+
+    ``beside``: the publish options ``send`` passes beside ``options`` (``link``, ...), kept with the parked message.
+    """
     key = burst_key(key_space(task, settings), digest)
     try:
         arguments: str = dumps({"args": list(args or ()), "kwargs": dict(kwargs or {})})  # type: ignore[no-untyped-call]
@@ -130,7 +137,9 @@ def publish(task: TaskLike, settings: Settings, digest: str, args: Optional[Sequ
         logger.warning("%s[%s]: burst %s is overdue and its message was not seen: published again",
                        task.name, burst_id, key)
     try:
-        result = send(burst_id, message_options)
+        # Parked: a worker that dies holding it does not keep the burst from running (``parking``).
+        result = publish_parked(task, settings, burst_id, args, kwargs, message_options,
+                                lambda: send(burst_id, message_options), beside)
     except BaseException:
         if code is Called.STARTED:
             # No message behind the burst: the next call starts a new one.
@@ -148,14 +157,23 @@ def publish(task: TaskLike, settings: Settings, digest: str, args: Optional[Sequ
     return result
 
 
+def is_burst(request: TaskRequest) -> bool:
+    """Whether a message is a burst's."""
+    return bool(header(request, BURST_HEADER))
+
+
 def take(task: TaskLike, settings: Settings, digest: str, request: TaskRequest, args: tuple[Any, ...],
-         kwargs: dict[str, Any]) -> tuple[Optional[Burst], tuple[Any, ...], dict[str, Any]]:
+         kwargs: dict[str, Any],
+         claim: Optional[Claim] = None) -> tuple[Optional[Burst], tuple[Any, ...], dict[str, Any]]:
     """Close the burst this message runs, if it is due; the burst, and the arguments to run with.
 
     Not due (later calls moved it on): the message is published again to
-    arrive when it is, and this delivery ends (``Ignore``).
+    arrive when it is, and this delivery ends (``Ignore``). ``claim``: the
+    copy's claim of its parked entry, in the same round trip (``parking``);
+    a copy another one superseded ends there (``Ignore``) -- the burst it may
+    have closed is the other copy's to run.
     """
-    if not header(request, BURST_HEADER):
+    if not is_burst(request):
         return None, args, kwargs
     key = burst_key(key_space(task, settings), digest)
     keep = settings.queue_lock_timeout + Lease(settings.heartbeat_timeout).ttl
@@ -163,7 +181,7 @@ def take(task: TaskLike, settings: Settings, digest: str, request: TaskRequest, 
         telemetry.picking_up(task, settings, request, BURST_DUE, digest)
     try:
         store = store_for(task, settings)
-        taken = store.bursts.take(key, request.id, keep)
+        taken = store.bursts.take(key, request.id, keep, claim.call if claim is not None else None)
     except RedisError as exc:
         if telemetry.active:
             telemetry.executed(task, request, "store_unavailable", error=exc)
@@ -172,6 +190,8 @@ def take(task: TaskLike, settings: Settings, digest: str, request: TaskRequest, 
                        task.name, request.id, key, Lease(settings.heartbeat_timeout).interval, exc)
         defer(task, request, {}, Lease(settings.heartbeat_timeout).interval)
         raise Ignore() from None
+    if claim is not None:
+        settle(task, request, claim, taken.also)
     if taken.code is Taken.NOT_DUE:
         if telemetry.active:
             telemetry.executed(task, request, "postponed", client=store.client)

@@ -25,22 +25,32 @@ from __future__ import annotations
 
 from typing import Optional
 
-from . import limits, running, telemetry, throttle, windows
+from . import limits, rescue, running, telemetry, throttle, windows
 from .headers import AFTER_HEADER, TAKEOVER_HEADER, WAITER_HEADER, header
 from .holds import Hold
 from .keys import key_space
 from .ownership import running_ttl
+from .parking import Claim
 from .protocols import TaskLike, TaskRequest
 from .settings import Settings
 from .store.operations import QUEUE_RELEASE, RUNNING_PICKUP, SLOT_PICKUP
 
 
 def pick_up(task: TaskLike, settings: Settings, digest: str, request: TaskRequest,
-            queue_lock: bool) -> Optional[Hold]:
+            queue_lock: bool, claim: Optional[Claim] = None) -> Optional[Hold]:
     """Release (or keep) the queue lock and take the running lock (or a slot); return what to release at the end.
 
     ``queue_lock``: whether the call took a queue lock (a call may have taken none: ``once={...}``).
+    ``claim``: a parked copy's claim of its entry (``parking``): it rides in the running lock's pickup;
+    before a slot's, a throttle's start, or arguments a duplicate replaced, it is made alone -- what they take
+    could not be given back to the copy that runs instead.
     """
+    # A throttle's start cannot be given back either, and its log forgets a start after the period: the claim,
+    # remembered for as long as the broker may hand out a copy, is what keeps a rescued copy from running again.
+    if claim is not None and (settings.queue_lock_conflict == "replace" or throttle.rates_of(task) or (
+            task.running_lock and limits.limited(task, settings))):
+        rescue.claim(task, settings, request, claim)
+        claim = None
     space = key_space(task, settings)
     # Eager calls never took a queue lock, and are never delivered again.
     side = None if request.is_eager else windows.queue_side(task, settings, space, digest, request.id, queue_lock,
@@ -62,8 +72,8 @@ def pick_up(task: TaskLike, settings: Settings, digest: str, request: TaskReques
         waiter = bool(header(request, WAITER_HEADER)) and side is not None
         if telemetry.active and (task.running_lock or side is not None):
             telemetry.picking_up(task, settings, request, RUNNING_PICKUP if task.running_lock else QUEUE_RELEASE,
-                                 digest, task.running_lock + (side is not None) + waiter)
-        held = running.pick_up(task, settings, space, digest, request, side, takeover, waiter, after)
+                                 digest, task.running_lock + (side is not None) + waiter + (claim is not None))
+        held = running.pick_up(task, settings, space, digest, request, side, takeover, waiter, after, claim)
     if telemetry.active:
         telemetry.picked_up(task, request, held.store.client if held is not None else None)
     return held

@@ -35,9 +35,12 @@ OPTIONS_HEADER = "once_task_options"
 #: A postponed throttled call's reserved start (the store's clock, ms): it starts on it if on time.
 THROTTLE_HEADER = "once_task_throttle"
 
+#: A message put off with a countdown: its entry's token in the parked registry (``parking``).
+PARKED_HEADER = "once_task_parked"
+
 #: Every header the library puts on a message.
 LIBRARY_HEADERS = (DIGEST_HEADER, TAKEOVER_HEADER, AFTER_HEADER, WAITER_HEADER, CALLED_HEADER, CALL_HEADER,
-                   BURST_HEADER, OPTIONS_HEADER, THROTTLE_HEADER)
+                   BURST_HEADER, OPTIONS_HEADER, PARKED_HEADER, THROTTLE_HEADER)
 
 
 #: Celery 5.0 to 5.2 build a worker's request from the message's headers

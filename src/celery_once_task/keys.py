@@ -12,6 +12,8 @@ meet. A call's keys are made of the name that stands for its task (its
     {prefix}:{{<queue key>}}:{unique|args}                a call's unique_for window, its replaced arguments
     {prefix}_done:{<hash tag>}:{task_id}                   a finished record (``redelivery``)
     {prefix}_worker:{instance}                             a worker instance's heartbeat (``renewal``)
+    {prefix}_parked:{{prefix}}:{entries|due}               the messages put off with a countdown (``parking``)
+    {prefix}_parked:{{prefix}}:claimed:{task_id}           which copy of a put-off message was taken
 
 The braces are Redis Cluster hash tags: the keys one script touches share a
 hash slot. The limited and debounced forms tag the digest; a window and the
@@ -54,8 +56,8 @@ __all__ = [
     "Select",
     "call_digest", "call_id", "canonical_call", "check_lock_args", "companion_key", "finished_key", "heartbeat_key",
     "heartbeat_pattern", "holder_id", "holder_value", "key_space", "limited_key", "lock_key", "new_task_id",
-    "parse_key", "sibling", "signature_of", "slot_of", "split_call_id", "split_entry", "split_holder",
-    "waiting_token", "well_formed_digest",
+    "parked_claimed_key", "parked_keys", "parse_key", "sibling", "signature_of", "slot_of", "split_call_id",
+    "split_entry", "split_holder", "waiting_token", "well_formed_digest",
 ]
 
 #: The default ``key_prefix``.
@@ -306,6 +308,23 @@ def finished_key(running_key: str, task_id: str, prefix: str = KEY_PREFIX) -> st
 def heartbeat_key(instance: str, prefix: str = KEY_PREFIX) -> str:
     """``{prefix}_worker:{instance}``: the key a worker instance keeps alive while it runs (see ``renewal``)."""
     return f"{prefix}_worker:{instance}"
+
+
+def parked_keys(prefix: str = KEY_PREFIX) -> tuple[str, str]:
+    """``{prefix}_parked:{{prefix}}:entries`` and ``...:due``: the messages put off with a countdown (``parking``).
+
+    One hash tag, the prefix, for every key of the registry: a script reads
+    the entries and their due index together, on a Redis Cluster too.
+    """
+    return f"{prefix}_parked:{{{prefix}}}:entries", f"{prefix}_parked:{{{prefix}}}:due"
+
+
+def parked_claimed_key(task_id: str, prefix: str = KEY_PREFIX) -> str:
+    """``{prefix}_parked:{{prefix}}:claimed:{task_id}``: which copy of a put-off message was taken.
+
+    In the registry's hash slot: the claim reads the entry and writes this in one script.
+    """
+    return f"{prefix}_parked:{{{prefix}}}:claimed:{task_id}"
 
 
 def heartbeat_pattern(prefix: str = KEY_PREFIX) -> tuple[str, int]:

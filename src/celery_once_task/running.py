@@ -35,6 +35,7 @@ from .headers import DIGEST_HEADER, WAITER_HEADER, message_headers
 from .janitor import release_or_leave
 from .keys import RUNNING, WAITING, KeySpace, finished_key, key_space
 from .ownership import Lease, RunningOwner, running_ttl
+from .parking import Claim, settle
 from .protocols import TaskLike, TaskRequest
 from .redelivery import call_of, copy_of_finished
 from .settings import Settings
@@ -105,8 +106,12 @@ class RunningLock(NamedTuple):
 
 
 def pick_up(task: TaskLike, settings: Settings, space: KeySpace, digest: str, request: TaskRequest,
-            side: Optional[QueueSide], takeover: str, waiter: bool, after: str) -> Optional[RunningLock]:
-    """Release the queue lock and take the running lock; what a duplicate execution gets otherwise."""
+            side: Optional[QueueSide], takeover: str, waiter: bool, after: str,
+            claim: Optional[Claim] = None) -> Optional[RunningLock]:
+    """Release the queue lock and take the running lock; what a duplicate execution gets otherwise.
+
+    ``claim``: a parked copy's claim, sent first in the same round trip (``parking``).
+    """
     running_key = space.lock(digest, RUNNING) if task.running_lock else None
     waiting_key = space.lock(digest, WAITING) if waiter else None
     owner = RunningOwner.for_execution(request.id, request.retries, space.holder_task)
@@ -119,7 +124,10 @@ def pick_up(task: TaskLike, settings: Settings, space: KeySpace, digest: str, re
         store = store_for(task, settings)
         pickup = store.locks.pickup(None, request.id, running_key, owner, ttl, takeover=takeover,
                                     waiting_key=waiting_key, finished=check,
-                                    queue=side.pickup() if side is not None else None)
+                                    queue=side.pickup() if side is not None else None,
+                                    also=(claim.call,) if claim is not None else ())
+        if claim is not None:
+            _settle(task, settings, request, store, running_key, owner, pickup, claim)
         arguments = pickup.arguments
         if pickup.finished is not None:
             pickup = copy_of_finished(task, settings, request, store, running_key, pickup.finished,
@@ -140,6 +148,22 @@ def pick_up(task: TaskLike, settings: Settings, space: KeySpace, digest: str, re
                            task.name, request.id, running_key)
         return held
     return _conflict(task, request, held, pickup.holder or "")
+
+
+def _settle(task: TaskLike, settings: Settings, request: TaskRequest, store: LockStore, key: Optional[str],
+            owner: RunningOwner, pickup: Pickup, claim: Claim) -> None:
+    """A parked copy's claim rode in its pickup: a copy another one superseded gives back what it took (``Ignore``).
+
+    The queue lock it released and the waiting entry it deleted are the
+    other copy's to release too, under the same task id: only the running
+    lock, taken in this copy's name, goes back (recording no end: it never ran).
+    """
+    try:
+        settle(task, request, claim, pickup.also[0])
+    except Ignore:
+        if key is not None and pickup.acquired:
+            release_or_leave(store, settings, task, request.id, key, owner.token, "copy superseded", prefix=True)
+        raise
 
 
 def _retake(store: LockStore, key: Optional[str], owner: RunningOwner, ttl: float) -> Pickup:

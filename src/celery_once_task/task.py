@@ -19,7 +19,7 @@ from celery.app.task import Context
 from celery.result import AsyncResult, EagerResult
 from kombu.messaging import Producer
 
-from . import call_options, debounce, execute, replace, telemetry
+from . import call_options, debounce, execute, replace, rescue, telemetry
 from .definition import check_shared_name, check_task_class
 from .errors import LockStoreUnavailable, OnceTaskLocked, OnceTaskThrottled
 from .headers import DIGEST_HEADER, header
@@ -272,7 +272,8 @@ class OnceTask(Task):
         settings, queue_lock = call_options.for_call(self, settings, once, options["headers"], task_id)
         if debounce.debounced(settings, task_id, eager):
             return debounce.publish(self, settings, digest, args, kwargs, options, lambda burst_id, opts: super(
-                OnceTask, self).apply_async(args, kwargs, burst_id, producer, link, link_error, shadow, **opts))
+                OnceTask, self).apply_async(args, kwargs, burst_id, producer, link, link_error, shadow, **opts),
+                {"link": link, "link_error": link_error, "shadow": shadow})
         if eager or not (queue_lock or settings.unique_for is not None):  # eager: nothing is queued, nothing locked
             return publish(task_id)
         return publish_once(self, settings, digest, queue_lock, args, kwargs, task_id, link, link_error, options,
@@ -381,12 +382,15 @@ class OnceTask(Task):
             if not well_formed_digest(digest):  # app.send_task, beat, other producers
                 digest = self.once_digest(args, kwargs)
             settings, queue_lock = call_options.for_request(self, self.once_settings(), request)
-            if settings.debounce and not request.is_eager:
-                burst, args, kwargs = debounce.take(self, settings, digest, request, args, dict(kwargs))
+            # A copy put off with a countdown claims its parked entry: is it the one to run?
+            claim = rescue.claim_of(self, settings, request)
+            if settings.debounce and not request.is_eager and debounce.is_burst(request):
+                burst, args, kwargs = debounce.take(self, settings, digest, request, args, dict(kwargs), claim)
                 if burst is not None:  # what self.retry() publishes again
                     request.args, request.kwargs = list(args), kwargs
+                claim = None  # it rode in the burst's round trip
             try:
-                held = execute.pick_up(self, settings, digest, request, queue_lock)
+                held = execute.pick_up(self, settings, digest, request, queue_lock, claim)
             except OnceTaskLocked:
                 if burst is not None:  # refused for good: its burst's arguments are of no more use
                     debounce.done(self, burst)

@@ -5,7 +5,8 @@
   queue lock (its ``unique_for`` window, its replaced arguments, its queue
   lock held until its run ends); ``waiting``: the waiting copy; ``slots``:
   the slots and line of a ``running_limit`` key; ``bursts``: the bursts of a
-  debounced key; ``leases``: renewal and worker heartbeats;
+  debounced key; ``leases``: renewal and worker heartbeats; ``parked``: the
+  messages put off with a countdown;
 * ``finished``: the finished record's arguments; ``values``: seconds and replies;
 * ``permissions``: a refusal by the store's ACL told from an outage, and the
   commands each script runs;
@@ -30,13 +31,15 @@ from .connection import Client
 from .finished import FinishedCheck, FinishedRecord
 from .leases import LeaseKind, Leases
 from .locks import Acquired, Locks, Pickup
+from .parked import ParkedMessages, Rescued
 from .runner import NO_RETRY, TRANSIENT_ERRORS, PolicySource, RetryPolicy, Runner, StoreUnavailable, client_for
 from .slots import Claim, Joining, SlotPickup, Slots
 from .waiting import Waited, WaitingCopies
 
 __all__ = [
     "NO_RETRY", "TRANSIENT_ERRORS", "Acquired", "CallKeys", "Claim", "FinishedCheck", "FinishedRecord", "Joining",
-    "LeaseKind", "LockStore", "Pickup", "RetryPolicy", "SlotPickup", "StoreUnavailable", "Waited", "client_for",
+    "LeaseKind", "LockStore", "ParkedMessages", "Pickup", "Rescued",
+    "RetryPolicy", "SlotPickup", "StoreUnavailable", "Waited", "client_for",
     "store_for",
 ]
 
@@ -44,7 +47,7 @@ __all__ = [
 class LockStore:
     """One lock store (a Redis server, Sentinel service or Cluster): its operations, by concern."""
 
-    __slots__ = ("bursts", "calls", "client", "leases", "locks", "runner", "slots", "waiting")
+    __slots__ = ("bursts", "calls", "client", "leases", "locks", "parked", "runner", "slots", "waiting")
 
     def __init__(self, client: Client, policy: PolicySource = NO_RETRY, prefix: str = KEY_PREFIX) -> None:
         """``prefix``: the ``key_prefix`` of the keys the store names itself (the workers' heartbeats)."""
@@ -56,6 +59,7 @@ class LockStore:
         self.slots = Slots(self.runner)
         self.bursts = Bursts(self.runner)
         self.leases = Leases(self.runner, prefix)
+        self.parked = ParkedMessages(self.runner, prefix)
 
     @classmethod
     def for_url(cls, url: str, options: Optional[Mapping[str, Any]] = None,

@@ -6,7 +6,7 @@ script (``lua.bursts``) on the key's burst hash.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Optional
+from typing import Any, Literal, NamedTuple, Optional
 
 from .lua.bursts import BURST_CALL, BURST_FORGET, BURST_TAKE, BurstCallArgs, Called, Taken
 from .runner import Runner
@@ -31,6 +31,8 @@ class BurstTake(NamedTuple):
     code: Taken
     due_ms: int = 0
     arguments: Optional[str] = None
+    #: The reply of the call that rode in the same round trip (``also``), if any.
+    also: Any = None
 
 
 class Bursts:
@@ -60,15 +62,19 @@ class Bursts:
         code, burst_id, due_ms = reply
         return BurstCall(Called(int(code)), str(text(burst_id)), int(due_ms))
 
-    def take(self, key: str, task_id: str, keep: float) -> BurstTake:
-        """Close the burst ``task_id`` runs if it is due; ``keep``: seconds its arguments are kept meanwhile."""
-        (reply,), _ = self._runner.run([Call(BURST_TAKE, key, (task_id, ms(keep)))])
+    def take(self, key: str, task_id: str, keep: float, also: Optional[Call] = None) -> BurstTake:
+        """Close the burst ``task_id`` runs if it is due; ``keep``: seconds its arguments are kept meanwhile.
+
+        ``also``: a call of another concern sent in the same round trip (a parked copy's claim).
+        """
+        replies, _ = self._runner.run([Call(BURST_TAKE, key, (task_id, ms(keep))), *((also,) if also else ())])
+        reply, other = replies[0], replies[1] if also else None
         code = Taken(int(reply[0]))
         if code is Taken.NOT_DUE:
-            return BurstTake(code, due_ms=int(reply[1]))
+            return BurstTake(code, due_ms=int(reply[1]), also=other)
         if code is Taken.DUE:
-            return BurstTake(code, arguments=text(reply[1]))
-        return BurstTake(code)
+            return BurstTake(code, arguments=text(reply[1]), also=other)
+        return BurstTake(code, also=other)
 
     def forget(self, key: str, task_id: str, which: Forget, remember: float = 60.0) -> bool:
         """Forget the open burst ``task_id`` ("open": unless others joined it; "drop") or its execution's ("closed").

@@ -50,6 +50,8 @@ class Pickup(NamedTuple):
     finished: Optional[str] = None
     #: The arguments a duplicate replaced the call's with, taken with the queue lock (``replace``).
     arguments: Optional[str] = None
+    #: The replies of the calls of other concerns that rode in the same round trip (``also``).
+    also: tuple[Any, ...] = ()
 
 
 def compare_and_delete(key: str, token: str, mode: Mode) -> Call:
@@ -123,7 +125,8 @@ class Locks:
 
     def pickup(self, queue_key: Optional[str], task_id: str, running_key: Optional[str], owner: RunningOwner,
                running_ttl: float, *, takeover: str = "", waiting_key: Optional[str] = None,
-               finished: Optional[FinishedCheck] = None, queue: Optional[Call] = None) -> Pickup:
+               finished: Optional[FinishedCheck] = None, queue: Optional[Call] = None,
+               also: Sequence[Call] = ()) -> Pickup:
         """Release the task's queue lock and take its running lock, in one round trip.
 
         Args:
@@ -139,8 +142,10 @@ class Locks:
                 is not taken and ``Pickup.finished`` holds it.
             queue: What to do with the queue lock instead of releasing ``queue_key`` (``windows``: keep it
                 until the run ends, take the arguments a duplicate replaced).
+            also: Calls of other concerns sent first in the same round trip (a parked copy's claim); their
+                replies are ``Pickup.also``.
         """
-        calls = []
+        calls = list(also)
         if queue is None and queue_key is not None:
             queue = compare_and_delete(queue_key, task_id, "exact")
         if queue is not None:
@@ -153,18 +158,22 @@ class Locks:
         if not calls:
             return Pickup(True)
         replies, maybe_applied = self._runner.run(calls)
+        extra, replies = tuple(replies[:len(also)]), replies[len(also):]
+        if not replies:
+            return Pickup(True, also=extra)
         ours, arguments = queue_reply(replies[0]) if queue is not None else (False, None)
         # A lost reply and a second try: the first try released it.
         queue_released = queue is not None and (ours or maybe_applied)
         reply = replies[-1]
         if running_key is None or reply == 1:
-            return Pickup(True, queue_released=queue_released, arguments=arguments)
+            return Pickup(True, queue_released=queue_released, arguments=arguments, also=extra)
         if isinstance(reply, list):
-            return Pickup(False, queue_released=queue_released, finished=text(reply[0]), arguments=arguments)
+            return Pickup(False, queue_released=queue_released, finished=text(reply[0]), arguments=arguments,
+                          also=extra)
         holder = text(reply)
         if maybe_applied and owner.holds(holder):
-            return Pickup(True, queue_released=queue_released, arguments=arguments)
-        return Pickup(False, holder, queue_released=queue_released, arguments=arguments)
+            return Pickup(True, queue_released=queue_released, arguments=arguments, also=extra)
+        return Pickup(False, holder, queue_released=queue_released, arguments=arguments, also=extra)
 
     def retake(self, key: str, owner: RunningOwner, running_ttl: float) -> Pickup:
         """Try the running lock once more, with nothing else to release (a retry's or a waiting execution's)."""

@@ -4,7 +4,8 @@
 * ``lua.calls``: a call's keys beside its queue lock (its window, its
   replaced arguments, its queue lock held until its run ends);
 * ``lua.slots``: the slots and the line of a key with a ``running_limit``;
-* ``lua.bursts``: the bursts of a debounced key.
+* ``lua.bursts``: the bursts of a debounced key;
+* ``lua.parked``: the messages put off with a countdown (``parking``).
 
 ``Script`` names a script and its SHA1; how they are sent, and loaded again
 after a ``SCRIPT FLUSH`` or a failover, is ``scripts``. Each script's keys
