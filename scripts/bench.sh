@@ -9,6 +9,8 @@
 #   bash scripts/bench.sh --profile  profile the publish, duplicate and worker paths (py-spy)
 #   bash scripts/bench.sh --limits   only the concurrency limits' pickup and release at N = 1, 3, 100
 #   bash scripts/bench.sh --debounce only a burst of 1,000 debounced calls: round trips, messages, time per call
+#   bash scripts/bench.sh --memory   only what the library keeps in Redis: MEMORY USAGE per key of each kind and
+#                                    the finished records at 1,000 tasks a second, beside the release before
 #   bash scripts/bench.sh --telemetry only the publish, duplicate and execution paths with OpenTelemetry off,
 #                                    on with a sampled-out provider, and on recording, side by side
 #   bash scripts/bench.sh --compare [--variants plain,once-task,once-task-1.0.0] [--rounds 30] [--pools none]
@@ -39,8 +41,8 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv-bench}
 ensure_redis_server
 make_venv "$VENV" "$PYTHON" -e . -r benchmarks/requirements.txt
-# --telemetry measures this project alone: the other implementations' virtualenvs are not needed.
-case " $* " in *" --telemetry "*) [ "${BENCH_SETUP_ONLY:-}" ] && exit 0; exec "$VENV/bin/python" -m benchmarks "$@" ;; esac
+# --telemetry and --memory measure this project alone: the other implementations' virtualenvs are not needed.
+case " $* " in *" --telemetry "*|*" --memory "*) [ "${BENCH_SETUP_ONLY:-}" ] && exit 0; exec "$VENV/bin/python" -m benchmarks "$@" ;; esac
 
 # The same Celery stack everywhere, so that only the lock library differs.
 CONSTRAINTS="$VENV/bench-constraints.txt"
