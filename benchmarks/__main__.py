@@ -106,6 +106,10 @@ def measure(config: Config) -> dict[str, Any]:
         from . import bursts
 
         results["bursts"] = bursts.run(server=server)
+        log("(l) what the library keeps in Redis ...")
+        from . import memory
+
+        results["redis_memory"] = memory.run(server)
 
         log("(d) round trips ...")
         results["round_trips"] = round_trips.run(broker)

@@ -40,6 +40,7 @@ RUNS = 200
 SAMPLES = 20
 RECORDS = 1_000_000
 RATE = 1_000  # tasks a second
+FILL_DB = 11  # a database no other part uses
 KINDS = ("queue", "running", "slot", "burst", "window", "throttle", "finished")
 
 
@@ -112,7 +113,7 @@ def _fill_records(server: RedisServer, guard: float) -> dict[str, Any]:
     from celery_once_task.store.lua.locks import RECORD_FINISHED
     from celery_once_task.store.scripts import Call, run
 
-    client = server.client(6)
+    client = server.client(FILL_DB)
     client.flushdb()
     before = int(client.info("memory")["used_memory"])
     batch = 5_000
@@ -133,13 +134,18 @@ def _fill_records(server: RedisServer, guard: float) -> dict[str, Any]:
     return figures
 
 
-def run() -> dict[str, Any]:
-    server = RedisServer()
-    os.environ["BENCH_REDIS_PORT"] = str(server.port)
+def run(server: Optional[RedisServer] = None) -> dict[str, Any]:
+    """Measure on ``server`` (the one ``tasks`` was imported for), or on a redis-server of its own."""
+    own = server is None
+    if server is None:
+        server = RedisServer()
+        os.environ["BENCH_REDIS_PORT"] = str(server.port)
     try:
         from . import tasks
         from .memory_tasks import SAMPLED
 
+        for kind in KINDS:
+            tasks.records().delete(SAMPLED + kind)
         _publish_andsample()
         _run_worker()
         guard = _guard_seconds()
@@ -157,7 +163,8 @@ def run() -> dict[str, Any]:
                 "steady_state": {"tasks_per_second": RATE, "records": steady,
                                  "bytes": steady * filled["bytes_per_record"]}}
     finally:
-        server.stop()
+        if own:
+            server.stop()
 
 
 def _value_of(key: str, kind: str) -> Optional[str]:
@@ -204,3 +211,27 @@ def _gb(value: Optional[float]) -> str:
 
 def before() -> Optional[dict[str, Any]]:
     return json.loads(BEFORE.read_text()) if BEFORE.exists() else None
+
+
+def section(figures: dict[str, Any], before: Optional[dict[str, Any]] = None) -> list[str]:
+    """Part (l) of docs/benchmarks.md."""
+    fill, per_kind = figures["fill"], figures["per_kind"]
+    return [
+        "## (l) What the library keeps in Redis",
+        "",
+        "`bash scripts/bench.sh --memory`: every key written by the library itself, on a redis-server of the "
+        "benchmark's own (Redis " + str(figures["redis"]) + "): calls published to a queue no worker consumes hold a "
+        "queue lock, a `unique_for` window and a debounced burst; an in-process solo worker with the boot step runs "
+        "tasks that sample their own running lock and a `running_limit` key's slots from inside their bodies, and "
+        "each execution it finishes leaves a finished record. `MEMORY USAGE` per key (the median of the samples), "
+        "beside the same measurement on 1.1.0 (`benchmarks/memory_before.json`):",
+        "",
+        text(figures, before),
+        "",
+        f"The 1,000,000 records written through `RECORD_FINISHED` hold `{fill['sample_value']}`-like values "
+        f"(`MEMORY USAGE` {fill['sample_memory_usage']} B; `used_memory` also counts the expiry table and the hash "
+        "tables' buckets). At 1,000 tasks a second the finished records are the bulk of what the library keeps: "
+        "every other key lives while its call is queued or running. A limited key is a hash (its limit and a field "
+        f"per slot held), {per_kind.get('slot', {}).get('median_bytes', 0):.0f} B with one slot; a throttle key is "
+        "not on this release.",
+    ]

@@ -440,6 +440,10 @@ def document(results: dict[str, Any], chart_name: str) -> str:
         out += ["", *limits_section(results["limits"])]
     if "bursts" in results:
         out += ["", *bursts_section(results["bursts"])]
+    if "redis_memory" in results:
+        from . import memory
+
+        out += ["", *memory.section(results["redis_memory"], memory.before())]
     if missed:
         out += ["", "## Misses", ""]
         if pub["once_ratio"] > PUBLISH_MAX:

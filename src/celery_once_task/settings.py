@@ -61,8 +61,9 @@ DEFAULT_QUEUE_LOCK_TIMEOUT = 3600
 DEFAULT_RUNNING_LOCK_TIMEOUT = 3600
 DEFAULT_FAIL_OPEN = False
 DEFAULT_HEARTBEAT_TIMEOUT = 30
-#: The Redis broker's default visibility_timeout: how late a redelivery comes there.
-DEFAULT_REDELIVERY_GUARD_TIMEOUT = 3600
+#: None: the finished records are kept as long as the app's broker needs (``brokers``).
+DEFAULT_REDELIVERY_GUARD_TIMEOUT: Optional[int] = None
+DEFAULT_LEGACY_FORMATS = False
 DEFAULT_RUNNING_LOCK_CONFLICT: RunningLockConflict = "reject"
 DEFAULT_QUEUE_LOCK_CONFLICT: QueueLockConflict = "drop"
 DEFAULT_QUEUE_LOCK_UNTIL: QueueLockUntil = "pickup"
@@ -90,7 +91,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("redis_options", {}, "options", redact=connection.redact_options,
                 doc="The lock client's extra keyword arguments; they win over the URL's."),
     SettingSpec("redelivery_guard_timeout", DEFAULT_REDELIVERY_GUARD_TIMEOUT, "int_seconds", task_option=True,
-                doc="Seconds a finished execution is remembered, so that its message delivered again does not run."),
+                doc="Seconds a finished execution is remembered, so that its message delivered again does not run "
+                    "(default: what the app's broker needs)."),
     SettingSpec("debounce", None, "seconds", task_option=True,
                 doc="Calls of a key less than this many seconds apart form a burst, run once after it."),
     SettingSpec("debounce_max", None, "seconds", task_option=True,
@@ -107,6 +109,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("telemetry", DEFAULT_TELEMETRY, "choice", choices=telemetry_.MODES,
                 doc='Record each lock round trip as an OpenTelemetry span and in metrics: ``"on"``, ``"off"``, or '
                     '``"auto"`` (when ``opentelemetry-api`` is installed and a provider is set).'),
+    SettingSpec("legacy_formats", DEFAULT_LEGACY_FORMATS, "bool",
+                doc="Write running locks and finished records as releases before 1.2 read them (a rolling deploy)."),
 )
 _BY_NAME = {spec.name: spec for spec in SETTINGS}
 
@@ -133,13 +137,14 @@ class Settings:
     running_lock_conflict: RunningLockConflict = DEFAULT_RUNNING_LOCK_CONFLICT
     queue_lock_conflict: QueueLockConflict = DEFAULT_QUEUE_LOCK_CONFLICT
     redis_options: Mapping[str, Any] = field(default_factory=dict)
-    redelivery_guard_timeout: int = DEFAULT_REDELIVERY_GUARD_TIMEOUT
+    redelivery_guard_timeout: Optional[int] = DEFAULT_REDELIVERY_GUARD_TIMEOUT
     debounce: Optional[float] = None
     debounce_max: Optional[float] = None
     queue_lock_until: QueueLockUntil = DEFAULT_QUEUE_LOCK_UNTIL
     unique_for: Optional[float] = None
     key_prefix: str = KEY_PREFIX
     telemetry: Telemetry = DEFAULT_TELEMETRY
+    legacy_formats: bool = DEFAULT_LEGACY_FORMATS
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: never show a password.
@@ -219,6 +224,7 @@ def configure(
     unique_for: Optional[float] = None,
     key_prefix: Optional[str] = None,
     telemetry: Optional[Telemetry] = None,
+    legacy_formats: Optional[bool] = None,
     tracer_provider: object = None,
     meter_provider: object = None,
 ) -> None:
@@ -242,7 +248,7 @@ def configure(
             (``"replace"``).
         redis_options: The lock client's extra keyword arguments; they win over the URL's.
         redelivery_guard_timeout: Seconds a finished execution is remembered, so that its message delivered
-            again does not run.
+            again does not run (default: what the app's broker needs).
         debounce: Calls of a key less than this many seconds apart form a burst, run once after it.
         debounce_max: The most seconds a burst may put its execution off, from its first call.
         queue_lock_until: A call is a duplicate of the same call until its execution starts (``"pickup"``) or ends
@@ -253,6 +259,8 @@ def configure(
             other's keys.
         telemetry: Record each lock round trip as an OpenTelemetry span and in metrics: ``"on"``, ``"off"``, or
             ``"auto"`` (when ``opentelemetry-api`` is installed and a provider is set).
+        legacy_formats: Write running locks and finished records as releases before 1.2 read them (a rolling
+            deploy).
         tracer_provider: The OpenTelemetry ``TracerProvider`` the spans go to, instead of the global one.
         meter_provider: The OpenTelemetry ``MeterProvider`` the metrics go to, instead of the global one.
 
