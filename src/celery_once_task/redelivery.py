@@ -15,7 +15,7 @@ running key's Redis Cluster slot, and 60 bits of a digest of the running key,
 the task id and the call), kept for ``redelivery_guard_timeout`` seconds (by
 default what the app's broker needs, ``brokers``). One is kept for every
 finished execution, so it holds only what a copy needs to decide, as one
-integer (which Redis stores inside its value object: about 70 bytes a record
+integer (which Redis stores inside its value object: about 90 bytes a record
 on Redis 7)::
 
     <flag><instance><attempt>
