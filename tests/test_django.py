@@ -291,13 +291,14 @@ def test_unset_settings_take_the_documented_defaults() -> None:
         "running_lock_conflict": "reject",
         "queue_lock_conflict": "drop",
         "redis_options": {},
-        "redelivery_guard_timeout": 3600,
+        "redelivery_guard_timeout": None,
         "debounce": None,
         "debounce_max": None,
         "queue_lock_until": "pickup",
         "unique_for": None,
         "key_prefix": "once_task",
         "telemetry": "auto",
+        "legacy_formats": False,
     }
 
 
