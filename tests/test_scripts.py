@@ -413,13 +413,13 @@ def test_take_of_no_entry_is_nil(client: Any, keys: Keys) -> None:
 
 
 def attempt_prefix(task: str, retries: int = 0) -> str:
-    """The owner token prefix of an attempt: ``{"task_id":...,"retries":N,``."""
-    return f'{{"task_id":"{task}","retries":{retries},'
+    """The owner token prefix of an attempt: ``<task id>\\x1f<retries>:``."""
+    return f"{task}\x1f{retries}:"
 
 
 def owner(task: str, retries: int = 0, delivery: int = 1) -> str:
-    """An owner token: its attempt's prefix, then what tells that attempt's deliveries apart."""
-    return f'{attempt_prefix(task, retries)}"delivery":{delivery}}}'
+    """An owner token: its attempt's prefix, then what tells that attempt's deliveries apart (the instance)."""
+    return f"{attempt_prefix(task, retries)}{delivery:015d}:\x1f"
 
 
 def call_id(task: str, retries: int = 0) -> str:
