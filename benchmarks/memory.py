@@ -97,16 +97,13 @@ def _record_args(i: int, guard: float) -> tuple[str, str, int, int, str]:
     seed = hashlib.blake2b(b"%d" % i, digest_size=16).digest()
     running = f"once_task:benchmarks.memory.runs:{seed.hex()[:16]}:running"
     task_id = str(uuid.UUID(bytes=seed, version=4))
-    record = redelivery.ended_record(task_id, 0, redelivery.NO_CALL, True) if hasattr(
-        redelivery, "ended_record") else None
-    if record is not None:
+    # A record of an execution whose result is being stored, by a worker with a heartbeat.
+    record = redelivery.Finished(0, redelivery.NO_CALL, redelivery.INSTANCE, os.getpid(), True, time.time())
+    if "call" in inspect.signature(keys.finished_key).parameters:
         key = keys.finished_key(running, task_id, redelivery.NO_CALL)
-        return key, record.value(), int(guard * 1000), 0, redelivery.NO_CALL
-    # The release before the compact records.
-    parameters = inspect.signature(redelivery.Finished).parameters
-    assert "pid" in parameters
-    value = redelivery.Finished(0, redelivery.NO_CALL, redelivery.INSTANCE, os.getpid(), False, time.time()).value()
-    return keys.finished_key(running, task_id), value, int(guard * 1000), 0, redelivery.NO_CALL
+    else:  # 1.1.0, measured for the figures before
+        key = keys.finished_key(running, task_id)  # type: ignore[call-arg]
+    return key, record.value(), int(guard * 1000), 0, redelivery.NO_CALL
 
 
 def _fill_records(server: RedisServer, guard: float) -> dict[str, Any]:

@@ -182,12 +182,6 @@ def ended(task: TaskLike, outcome: Optional[BaseException], legacy: bool = False
                     not no_result, time.time(), legacy)
 
 
-def ended_record(task_id: str, attempt: int, call: str, stores_result: bool, legacy: bool = False) -> Finished:
-    """The record this process writes for ``attempt`` of ``task_id`` (``call``) that ended."""
-    del task_id  # in the record's key
-    return Finished(attempt, call, writer_instance(), os.getpid(), stores_result, time.time(), legacy)
-
-
 def finished_check(running_key: str, request: TaskRequest, attempt: int, settings: Settings) -> FinishedCheck:
     """What a pickup of ``running_key`` reads to tell a copy: the record's key in both forms, the written one first."""
     call = call_of(request)
