@@ -58,16 +58,18 @@ def _run_worker() -> None:
     from celery.contrib.testing.worker import start_worker
 
     from . import tasks
-    from .memory_tasks import SAMPLED, limited, lock_client, runs, sample
+    from .memory_tasks import SAMPLED, limited, lock_client, runs, sample, throttled
 
     records = tasks.records()
     with start_worker(tasks.app, pool="solo", perform_ping_check=False, queues=["celery"], loglevel="WARNING"):
         for i in range(RUNS):
             runs.delay(i)
             limited.delay(i)
+            if throttled is not None:
+                throttled.delay(i)
+        kinds = ("running", "slot", "throttle") if throttled is not None else ("running", "slot")
         deadline = time.monotonic() + 120
-        while (records.llen(SAMPLED + "running") < RUNS or records.llen(SAMPLED + "slot") < RUNS) and (
-                time.monotonic() < deadline):
+        while any(records.llen(SAMPLED + kind) < RUNS for kind in kinds) and time.monotonic() < deadline:
             time.sleep(0.1)
         # The last execution's release follows its body.
         while time.monotonic() < deadline and sum(1 for _ in lock_client().scan_iter(

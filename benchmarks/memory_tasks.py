@@ -58,5 +58,13 @@ def debounced(i: int) -> None:
     """Never runs: its calls hold their bursts."""
 
 
-# -- THROTTLE: once the ``throttle`` task option exists, a task with it goes here, its calls published like
-# ``queued``'s, and its key sampled as "throttle" in ``_publish_and_sample`` (see docs/benchmarks.md, part l).
+# -- THROTTLE: the ``throttle`` task option, where this release has it (a release without it has no such key,
+# and the row says so). Its executions sample their key's throttle log, as ``runs`` its running lock.
+HAS_THROTTLE = hasattr(tasks.OnceTask, "throttle")
+throttled = None
+if HAS_THROTTLE:
+
+    @tasks.app.task(base=tasks.OnceTask, name="benchmarks.memory.throttled", throttle=(1_000_000, 60),
+                    queue_lock=False)
+    def throttled(i: int) -> None:
+        sample("once_task:benchmarks.memory.throttled:*:throttle", "throttle")
