@@ -106,6 +106,10 @@ def measure(config: Config) -> dict[str, Any]:
         from . import bursts
 
         results["bursts"] = bursts.run(server=server)
+        log("(l) what the library keeps in Redis ...")
+        from . import memory
+
+        results["redis_memory"] = memory.run(server)
 
         log("(d) round trips ...")
         results["round_trips"] = round_trips.run(broker)
@@ -196,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--telemetry", action="store_true",
                         help="only the publish, duplicate and execution paths with telemetry off, on with a "
                              "sampled-out provider, and on recording (part k)")
+    parser.add_argument("--memory", action="store_true",
+                        help="only what the library keeps in Redis: memory per key of each kind, and at 1,000 "
+                             "tasks a second for an hour, beside the release before (part l)")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--from-json", type=Path, help="measure nothing: report the figures of an earlier run")
     args = parser.parse_args(argv)
@@ -236,6 +243,14 @@ def main(argv: list[str] | None = None) -> int:
         print(telemetry_table(figures))
         if args.json:
             args.json.write_text(json.dumps({"telemetry": figures}, indent=1) + "\n")
+        return 0
+    if args.memory:
+        from . import memory
+
+        kept = memory.run()
+        print(memory.text(kept, memory.before()))
+        if args.json:
+            args.json.write_text(json.dumps({"memory": kept}, indent=1) + "\n")
         return 0
     if args.debounce:
         from . import bursts

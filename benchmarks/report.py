@@ -252,6 +252,7 @@ def document(results: dict[str, Any], chart_name: str) -> str:
         COMMAND,
         "bash scripts/bench.sh --quick     # a short run (about 2 minutes), rougher figures",
         "bash scripts/bench.sh --profile   # only the profile of \"Where the time goes\"",
+        "bash scripts/bench.sh --memory    # only what the library keeps in Redis, beside 1.1.0 (part l)",
         "bash scripts/bench.sh --compare --variants plain,once-task,once-task-1.0.0 --rounds 30"
         "   # only the implementations side by side",
         "```",
@@ -440,6 +441,10 @@ def document(results: dict[str, Any], chart_name: str) -> str:
         out += ["", *limits_section(results["limits"])]
     if "bursts" in results:
         out += ["", *bursts_section(results["bursts"])]
+    if "redis_memory" in results:
+        from . import memory
+
+        out += ["", *memory.section(results["redis_memory"], memory.before())]
     if missed:
         out += ["", "## Misses", ""]
         if pub["once_ratio"] > PUBLISH_MAX:
@@ -474,8 +479,9 @@ def document(results: dict[str, Any], chart_name: str) -> str:
             out.append(_p(
                 f"* **Memory ({q['bytes_per_lock']:.0f} B per queue lock, {r['bytes_per_lock']:.0f} B per running",
                 f"lock, wanted <= {MEMORY_MAX:.0f} B).** See the breakdown in (f): about 115 B is what Redis spends on",
-                "any key with a TTL, the key takes 64-80 B, and the running lock's value, readable JSON, 176 B. The",
-                "format was left as it is; (f) lists what would bring each lock under 200 B.",
+                "any key with a TTL, the key takes 64-80 B, and the running lock's value 96 B. By `MEMORY USAGE`,",
+                "which leaves out the expiry entry and the tables' buckets, each is under 200 B (see (l)); (f) lists",
+                "what would bring each under 200 B of `used_memory`.",
             ))
         flat_missed = [op for op, f in flat.items() if f["median_ratio"] > FLAT_MAX]
         if flat_missed:
@@ -496,25 +502,22 @@ its size class: 24 -> 32, 57..64 -> 64, 65..80 -> 80, 134 -> 160):
 |---|---|---|
 | hash-table entry (24 B) | 32 | 32 |
 | key string (sds header + key + NUL) | 64 | 80 |
-| value object (robj 16 B) + string | 64 (one allocation: values up to 44 B are embedded) | 16 + 160 |
+| value object (robj 16 B) + string | 64 (one allocation: values up to 44 B are embedded) | 16 + 80 |
 | expiry entry (24 B) | 32 | 32 |
 | bucket pointers, keys and expires tables (1M keys in 2^20 buckets) | ~17 | ~17 |
-| **total** | **~209** | **~337** |
+| **total** | **~209** | **~257** |
 
 About 115 bytes of that is what Redis spends on any key with a TTL; the rest is the key and the value.
-The running lock's value holds the worker's node name, `celery@` and the host name by default: a
-longer host name makes it longer.
-What would bring a lock under 200 bytes, without changing Redis:
+`MEMORY USAGE` leaves out the expiry entry and the tables' buckets: 152 B and 184 B by it (see (l)).
+Since 1.2 the running lock's value is compact, `<task id>\x1f<attempt>:<instance>:<worker>\x1f<since>`
+(70 B with a heartbeat, which names the worker instead), not the 153-byte JSON of 1.1 (337 B a lock).
+What would bring a lock under 200 bytes of `used_memory`, without changing Redis:
 
-* **running lock:** a value of at most 44 bytes, which Redis embeds in the value object (saves 112 B):
-  for instance `<task id>:<retries>:<instance>:<heartbeat>` with the task id as 22 base64 characters and
-  without the worker's node name (about 43 B), instead of the 130-byte JSON that operators can read with
-  `GET`. With the 61-byte key that gives about 225 B; a key of at most 60 bytes (a `:run` suffix instead of
-  `:running`, or a shorter task name) about 209 B.
+* **running lock:** a value of at most 44 bytes, which Redis embeds in the value object (saves 64 B):
+  the task id as 22 base64 characters and no time taken, which operators read with `GET`.
 * **queue lock:** it is 9 B over: a key of at most 44 bytes (jemalloc class 48) or a task id stored in
   at most 28 bytes (22 base64 characters: class 48 for the embedded value) brings it to about 193 B.
-* Both changes alter what is stored in Redis (the running-lock format, or key names), which deployed
-  workers and operators rely on; they are left as options, not made here."""
+* Both change what deployed publishers compare (the task id) or key names; they are left as options."""
 
 
 LIMITS_INTRO = (

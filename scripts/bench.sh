@@ -11,6 +11,8 @@
 #   bash scripts/bench.sh --throttle only the throttle: pickup at N = 1, 10, 1000, and the rate achieved on one
 #                                    key by 4 worker processes, against plain Celery's rate_limit
 #   bash scripts/bench.sh --debounce only a burst of 1,000 debounced calls: round trips, messages, time per call
+#   bash scripts/bench.sh --memory   only what the library keeps in Redis: MEMORY USAGE per key of each kind and
+#                                    the finished records at 1,000 tasks a second, beside the release before
 #   bash scripts/bench.sh --telemetry only the publish, duplicate and execution paths with OpenTelemetry off,
 #                                    on with a sampled-out provider, and on recording, side by side
 #   bash scripts/bench.sh --compare [--variants plain,once-task,once-task-1.0.0] [--rounds 30] [--pools none]
@@ -41,8 +43,8 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv-bench}
 ensure_redis_server
 make_venv "$VENV" "$PYTHON" -e . -r benchmarks/requirements.txt
-# --telemetry measures this project alone: the other implementations' virtualenvs are not needed.
-case " $* " in *" --telemetry "*|*" --throttle "*) [ "${BENCH_SETUP_ONLY:-}" ] && exit 0; exec "$VENV/bin/python" -m benchmarks "$@" ;; esac
+# --telemetry, --throttle and --memory measure this project alone: the other implementations' virtualenvs are not needed.
+case " $* " in *" --telemetry "*|*" --throttle "*|*" --memory "*) [ "${BENCH_SETUP_ONLY:-}" ] && exit 0; exec "$VENV/bin/python" -m benchmarks "$@" ;; esac
 
 # The same Celery stack everywhere, so that only the lock library differs.
 CONSTRAINTS="$VENV/bench-constraints.txt"

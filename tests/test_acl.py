@@ -221,7 +221,7 @@ def test_finished_executions_are_recorded_for_a_user_limited_to_the_library(
     result = echo.apply_async((tag,), queue=TOPOLOGY_QUEUE)
     result.get(timeout=30)
     admin = redis.Redis(port=server.port, db=2)
-    assert admin.exists(finished_key(echo.once_key((tag,), {}, "running"), result.id)) == 1
+    assert admin.exists(finished_key(echo.once_key((tag,), {}, "running"), result.id, "-")) == 1
 
 
 def test_a_user_without_the_record_pattern_keeps_its_locks_and_is_told(

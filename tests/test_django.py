@@ -291,7 +291,7 @@ def test_unset_settings_take_the_documented_defaults() -> None:
         "running_lock_conflict": "reject",
         "queue_lock_conflict": "drop",
         "redis_options": {},
-        "redelivery_guard_timeout": 3600,
+        "redelivery_guard_timeout": None,
         "debounce": None,
         "debounce_max": None,
         "queue_lock_until": "pickup",
@@ -299,6 +299,7 @@ def test_unset_settings_take_the_documented_defaults() -> None:
         "key_prefix": "once_task",
         "telemetry": "auto",
         "enabled": True,
+        "legacy_formats": False,
     }
 
 

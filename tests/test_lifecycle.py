@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import signal
 import time
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerLostError
 
+from celery_once_task.ownership import owner_fields
 from tests import worker_app as tasks
 from tests.support import Worker, events, running_worker, wait_until
 
@@ -295,7 +295,7 @@ def test_message_of_a_dead_worker_runs_once_its_heartbeat_expires(redis_server: 
     try:
         result = tasks.gated_late.apply_async((tag,), queue=queue)
         started(recs, tag)
-        holder = json.loads(locks.get(key(tasks.gated_late, "running", tag)))
+        holder = owner_fields(locks.get(key(tasks.gated_late, "running", tag)).decode())
         for pid in doomed.child_pids():
             os.kill(pid, signal.SIGKILL)
         doomed.process.kill()
@@ -305,7 +305,7 @@ def test_message_of_a_dead_worker_runs_once_its_heartbeat_expires(redis_server: 
     wait_out_visibility_timeout()
     with running_worker(redis_server.port, f"heir-{tag[:6]}", queues=queue, env=VISIBILITY):
         started(recs, tag, count=2)
-        assert json.loads(locks.get(key(tasks.gated_late, "running", tag)))["instance"] != holder["instance"]
+        assert owner_fields(locks.get(key(tasks.gated_late, "running", tag)).decode())["instance"] != holder["instance"]
         recs.rpush(f"gate:{tag}", 1)
         assert result.get(timeout=20) == tag
 

@@ -8,7 +8,6 @@ worker that starts once its ``visibility_timeout`` has passed.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
@@ -16,8 +15,9 @@ from typing import Any
 import pytest
 from celery import states
 
-from celery_once_task.keys import finished_key, slot_of
-from celery_once_task.ownership import Lease, RunningOwner
+from celery_once_task import brokers
+from celery_once_task.keys import finished_key, legacy_finished_key, slot_of
+from celery_once_task.ownership import INSTANCE, Lease, RunningOwner
 from celery_once_task.redelivery import Finished
 from celery_once_task.store import FinishedCheck, FinishedRecord, LockStore
 from tests import worker_app as tasks
@@ -101,14 +101,17 @@ def test_a_finished_execution_leaves_its_record_and_no_lock(worker: Any, locks: 
     result = tasks.gated.delay(tag)
     started(recs, tag)
     running = lock_key_of(tasks.gated, "running", tag)
-    holder = json.loads(locks.get(running))
+    holder = RunningOwner.parse(locks.get(running))
+    assert holder is not None
     recs.rpush(f"gate:{tag}", 1)
     result.get(timeout=20)
-    record = Finished.parse(locks.get(finished_key(running, result.id)))
+    key = finished_key(running, result.id, "-")
+    guard = brokers.default_guard(tasks.app.conf)
+    record = Finished.parse(locks.get(key), guard)
     assert record is not None
-    assert (record.attempt, record.call, record.instance, record.stores_result) == (0, "-", holder["instance"], True)
-    assert 3500_000 < locks.pttl(finished_key(running, result.id)) <= 3600_000
-    assert locks.exists(running) == 0
+    assert (record.attempt, record.instance, record.stores_result) == (0, holder.instance, True)
+    assert (guard - 100) * 1000 < locks.pttl(key) <= guard * 1000
+    assert locks.exists(running, legacy_finished_key(running, result.id)) == 0
 
 
 # -- the record, against the lock store alone ---------------------------------------
@@ -117,21 +120,23 @@ def test_a_finished_execution_leaves_its_record_and_no_lock(worker: Any, locks: 
 def test_record_lives_in_the_hash_slot_of_its_running_lock() -> None:
     for running in ("once_task:app.tasks.t:0123456789abcdef:running", "once_task:a{b}c:0123456789abcdef:running",
                     "once_task:a}b{:0123456789abcdef:running"):
-        assert slot_of(finished_key(running, str(uuid.uuid4()))) == slot_of(running)
+        key = finished_key(running, str(uuid.uuid4()), "-")
+        assert slot_of(key) == slot_of(running) and slot_of(legacy_finished_key(running, "t")) == slot_of(running)
 
 
 def test_an_earlier_attempt_never_replaces_the_record_of_a_later_one(locks: Any) -> None:
     store = LockStore(locks)
     running = f"once_task:tests.records:{uuid.uuid4().hex[:16]}:running"
     task_id = str(uuid.uuid4())
-    key = finished_key(running, task_id)
+    key = finished_key(running, task_id, "-")
     # A retry that overtook the attempt that published it may release its lock first.
     for attempt in (1, 0):
-        owner = RunningOwner(task_id, attempt, "w@host", "0123456789abcdef", True)
-        record = Finished(attempt, "-", "0123456789abcdef", 1, True, 0.0)
+        owner = RunningOwner(task_id, attempt, "", INSTANCE, True)
+        record = Finished(attempt, "-", INSTANCE, 0, True, 0.0)
         store.locks.release_running(running, owner.token, FinishedRecord(key, record.value(), 60, attempt, "-"))
-    assert Finished.parse(locks.get(key)) == Finished(1, "-", "0123456789abcdef", 1, True, 0.0)
-    copy = RunningOwner(task_id, 0, "w@host", "0123456789abcdef", True)
+    stored = Finished.parse(locks.get(key), 60)
+    assert stored is not None and (stored.attempt, stored.instance) == (1, INSTANCE)
+    copy = RunningOwner(task_id, 0, "", INSTANCE, True)
     pickup = store.locks.pickup(None, task_id, running, copy, 60, finished=FinishedCheck(key, 0, "-"))
     assert not pickup.acquired and pickup.finished is not None
     assert locks.exists(running) == 0

@@ -12,7 +12,8 @@ import pytest
 from celery.exceptions import Reject
 
 from celery_once_task import OnceTaskError, OnceTaskLocked
-from celery_once_task.ownership import Lease
+from celery_once_task.keys import heartbeat_key
+from celery_once_task.ownership import Lease, RunningOwner
 from tests import worker_app as tasks
 from tests.support import events, running_worker, wait_until
 
@@ -33,8 +34,8 @@ def start(task: Any, recs: Any, tag: str) -> Any:
 def test_running_lock_is_held_while_the_task_runs(worker: Any, locks: Any, recs: Any) -> None:
     tag = uuid.uuid4().hex
     result = start(tasks.gated, recs, tag)
-    holder = json.loads(locks.get(running_key(tasks.gated, tag)))
-    assert holder["task_id"] == result.id
+    holder = RunningOwner.parse(locks.get(running_key(tasks.gated, tag)))
+    assert holder is not None and holder.task_id == result.id
     recs.rpush(f"gate:{tag}", 1)
     result.get(timeout=20)
 
@@ -42,9 +43,10 @@ def test_running_lock_is_held_while_the_task_runs(worker: Any, locks: Any, recs:
 def test_running_lock_value_names_worker_and_attempt(worker: Any, locks: Any, recs: Any) -> None:
     tag = uuid.uuid4().hex
     result = start(tasks.gated, recs, tag)
-    holder = json.loads(locks.get(running_key(tasks.gated, tag)))
-    assert holder["worker"] == worker.name
-    assert holder["retries"] == 0
+    holder = RunningOwner.parse(locks.get(running_key(tasks.gated, tag)))
+    assert holder is not None and holder.retries == 0 and holder.heartbeat
+    # A worker with a heartbeat is named by its instance's heartbeat key, which the value names.
+    assert json.loads(locks.get(heartbeat_key(holder.instance)))["worker"] == worker.name
     recs.rpush(f"gate:{tag}", 1)
     result.get(timeout=20)
 

@@ -45,6 +45,7 @@ class Keys:
         prefix = f"scripts:{uuid.uuid4().hex}:"
         self.lock = prefix + "lock"
         self.record = prefix + "record"
+        self.legacy_record = prefix + "legacy-record"
         self.entry = prefix + "entry"
         self.slots = prefix + "slots"
         self.line = prefix + "line"
@@ -89,8 +90,13 @@ def wait_for_server_time_past(view: redis.Redis, ms: int) -> None:
 
 
 def finished(attempt: int, call: str) -> str:
-    """A finished record: ``<attempt>:<call>:<instance>:<pid>:<r|n>:<time>``."""
+    """A finished record of the legacy form: ``<attempt>:<call>:<instance>:<pid>:<r|n>:<time>``."""
     return f"{attempt}:{call}:instance-1:4242:r:1700000000000"
+
+
+def compact(attempt: int, flag: str = "2") -> str:
+    """A finished record of the compact form: ``<flag><instance: 15 digits><attempt>`` (its call is in its key)."""
+    return f"{flag}123456789012345{attempt}"
 
 
 # -- COMPARE_AND_DELETE ------------------------------------------------------------------------------------------
@@ -207,6 +213,31 @@ def test_acquire_takes_the_lock_past_the_record_of_another_call(client: Any, vie
     assert view.get(keys.lock) == "owner-1"
 
 
+def test_acquire_returns_a_compact_record_of_this_attempt_with_its_time_to_live(client: Any, view: Any,
+                                                                               keys: Keys) -> None:
+    view.set(keys.record, compact(2), px=LONG)
+    [reply] = acquire(client, keys, "owner-1", attempt=2, call="call-1")
+    value, ttl = reply.split(" ")
+    assert value == compact(2) and 0 < int(ttl) <= LONG
+    assert view.exists(keys.lock) == 0
+
+
+def test_acquire_takes_the_lock_past_a_compact_record_of_an_earlier_attempt(client: Any, view: Any,
+                                                                            keys: Keys) -> None:
+    view.set(keys.record, compact(1))
+    assert acquire(client, keys, "owner-1", attempt=12, call="call-1") == 1
+    assert view.get(keys.lock) == "owner-1"
+
+
+def test_acquire_reads_the_record_of_the_other_form_where_the_first_has_none(client: Any, view: Any,
+                                                                             keys: Keys) -> None:
+    view.set(keys.legacy_record, finished(2, "call-1"))
+    reply = run_script(client, ACQUIRE, keys.lock, "owner-1", LONG, "", "prefix", 2, "call-1",
+                       more_keys=[keys.record, keys.legacy_record])
+    assert reply == [finished(2, "call-1")]
+    assert view.exists(keys.lock) == 0
+
+
 def test_acquire_with_no_record_takes_a_free_lock(client: Any, view: Any, keys: Keys) -> None:
     assert acquire(client, keys, "owner-1", attempt=0, call="call-1") == 1
     assert view.get(keys.lock) == "owner-1"
@@ -294,6 +325,19 @@ def test_record_finished_writes_the_record_with_its_time_to_live(client: Any, vi
     assert 0 < view.pttl(keys.record) <= LONG
 
 
+def test_record_finished_stores_a_compact_record_as_an_integer(client: Any, view: Any, keys: Keys) -> None:
+    # An integer lives inside Redis's value object: the record costs no allocation of its own.
+    assert record_finished(client, keys, compact(0), 0) == 1
+    assert view.object("encoding", keys.record) == "int"
+
+
+def test_record_finished_never_replaces_a_later_attempt_of_a_compact_record(client: Any, view: Any,
+                                                                            keys: Keys) -> None:
+    view.set(keys.record, compact(3))
+    assert record_finished(client, keys, compact(2, "1"), 2) == 1
+    assert view.get(keys.record) == compact(3)
+
+
 def test_record_finished_never_replaces_a_later_attempt_of_the_same_call(client: Any, view: Any,
                                                                          keys: Keys) -> None:
     view.set(keys.record, finished(3, "call-1"))
@@ -372,13 +416,13 @@ def test_take_of_no_entry_is_nil(client: Any, keys: Keys) -> None:
 
 
 def attempt_prefix(task: str, retries: int = 0) -> str:
-    """The owner token prefix of an attempt: ``{"task_id":...,"retries":N,``."""
-    return f'{{"task_id":"{task}","retries":{retries},'
+    """The owner token prefix of an attempt: ``<task id>\\x1f<retries>:``."""
+    return f"{task}\x1f{retries}:"
 
 
 def owner(task: str, retries: int = 0, delivery: int = 1) -> str:
-    """An owner token: its attempt's prefix, then what tells that attempt's deliveries apart."""
-    return f'{attempt_prefix(task, retries)}"delivery":{delivery}}}'
+    """An owner token: its attempt's prefix, then what tells that attempt's deliveries apart (the instance)."""
+    return f"{attempt_prefix(task, retries)}{delivery:015d}:\x1f"
 
 
 def call_id(task: str, retries: int = 0) -> str:

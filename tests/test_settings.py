@@ -159,7 +159,9 @@ def spec_id(spec: SettingSpec) -> str:
 
 
 def field_type(spec: SettingSpec) -> Any:
-    return Literal[spec.choices] if spec.kind == "choice" else KIND_TYPES[spec.kind]
+    kind = Literal[spec.choices] if spec.kind == "choice" else KIND_TYPES[spec.kind]
+    # A setting unset by default (None: decided elsewhere, such as by the broker) is Optional.
+    return Optional[kind] if spec.default is None else kind
 
 
 def docstring_entries(obj: Any, section: str) -> dict[str, str]:

@@ -13,6 +13,7 @@ Foundations, importing nothing of the library above them:
 ``rates``       the ``throttle`` option's values: N starts per period, parsed and checked
 ``keys``        the key grammar: every key and id the library writes, and parsing one back
 ``ownership``   the owner tokens stored as lock values, and the lease timing
+``brokers``     what the app's broker needs: how late it may deliver a finished task's message again
 ``native``      an OS thread no pool can starve, for the renewal
 ``internals``   the one place that touches private attributes of redis-py, Celery or billiard
 ``protocols``   what the library needs of Celery's objects, as Protocols

@@ -31,10 +31,13 @@ from celery import bootsteps
 from celery import signals as celery_signals
 from celery.worker import state as worker_state
 
+from . import brokers
+from .cleanup import is_once_task
 from .ownership import register_worker
 from .protocols import Worker
 from .renewal import LeaseKeeper
 from .rescue import Rescuer
+from .settings import resolve
 
 logger = logging.getLogger("celery_once_task")
 
@@ -50,6 +53,24 @@ def _die_with_parent(**_: object) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError) as exc:
         logger.warning("pool child %s will not die with its worker: %s", os.getpid(), exc)
+
+
+def refuse_short_guards(app: object) -> None:
+    """Refuse to start where a task's ``redelivery_guard_timeout`` is shorter than the broker's visibility timeout.
+
+    Raises ``ValueError`` naming the setting, the task and the timeout: a copy of a finished task's
+    message would be delivered after its record expired, and run again.
+    """
+    conf = getattr(app, "conf", None)
+    for name, task in sorted(getattr(app, "tasks", {}).items()):
+        if not is_once_task(task):
+            continue
+        guard = resolve(task.app, task).redelivery_guard_timeout
+        if guard is not None:
+            try:
+                brokers.check_guard(conf, guard)
+            except ValueError as exc:
+                raise ValueError(f"task {name}: {exc}") from None
 
 
 class OnceTaskUnlockBootStep(bootsteps.StartStopStep):
@@ -75,6 +96,7 @@ class OnceTaskUnlockBootStep(bootsteps.StartStopStep):
 
     def __init__(self, worker: Worker, **kwargs: object) -> None:
         super().__init__(worker, **kwargs)
+        refuse_short_guards(worker.app)
         # Before the pool forks: children write these into their tokens.
         register_worker(worker.hostname)
         celery_signals.worker_process_init.connect(_die_with_parent, weak=False, dispatch_uid="celery_once_task.pdeath")

@@ -18,11 +18,20 @@ from typing import TYPE_CHECKING, Optional
 from . import call_options, debounce, replace, windows
 from .headers import BURST_HEADER, DIGEST_HEADER, OPTIONS_HEADER
 from .janitor import Cleanup, janitor
-from .keys import RUNNING, WAITING, call_id, finished_key, key_space, waiting_token, well_formed_digest
+from .keys import (
+    RUNNING,
+    WAITING,
+    call_id,
+    finished_key,
+    key_space,
+    legacy_finished_key,
+    waiting_token,
+    well_formed_digest,
+)
 from .limits import RESERVE_SECONDS, limit_of, limited, slots_key
 from .ownership import RunningOwner
 from .protocols import TaskLike
-from .redelivery import call_of_headers, result_stored, writer_instance, writer_prefix
+from .redelivery import call_of_headers, compact_value, result_stored, writer_instance, writer_prefix
 from .settings import resolve
 
 if TYPE_CHECKING:  # typing.TypeGuard is Python 3.10+
@@ -100,7 +109,7 @@ def release_locks(
                 janitor.add(replace.forgotten_later(settings, task, task_id, space, digest, side.holder, reason))
         if not task.running_lock:
             return
-        owner = RunningOwner.for_execution(task_id, retries, space.holder_task)
+        owner = RunningOwner.for_execution(task_id, retries, space.holder_task, settings.legacy_formats)
         if limited(task, settings):
             slots = slots_key(space, digest)
             if queue:
@@ -127,8 +136,16 @@ def release_locks(
         if running and final and headers and headers.get(BURST_HEADER):
             janitor.add(debounce.ended(task, settings, debounce.burst_key(space, digest), task_id, reason, pid))
         if running and unfinished and pid is not None and not result_stored(task, task_id):
-            writer = writer_prefix(owner.retries, call_of_headers(headers), writer_instance(), pid)
-            janitor.add(Cleanup(url, finished_key(running_key, task_id, space.prefix), writer, True, task, task_id,
-                                reason, pid, options=options))
+            call = call_of_headers(headers)
+            if settings.legacy_formats:
+                writer = writer_prefix(owner.retries, call, writer_instance(), pid)
+                janitor.add(Cleanup(url, legacy_finished_key(running_key, task_id, space.prefix), writer, True, task,
+                                    task_id, reason, pid, options=options))
+            else:
+                # The compact record does not name the process: the values this instance writes for the attempt.
+                record_key = finished_key(running_key, task_id, call, space.prefix)
+                for stores_result in (True, False):
+                    janitor.add(Cleanup(url, record_key, compact_value(owner.retries, writer_instance(), stores_result),
+                                        False, task, task_id, reason, pid, options=options))
     except Exception:
         logger.exception("%s[%s]: lock operation failed: could not release its locks (%s)", task.name, task_id, reason)

@@ -80,7 +80,7 @@ def finished_record(task: TaskLike, hold: Hold, outcome: Optional[BaseException]
     """The record a release writes for a body that ended with ``outcome``; None where none is due."""
     if hold.finished is None:
         return None
-    finished = ended(task, outcome)
+    finished = ended(task, outcome, hold.settings.legacy_formats)
     if finished is None:
         return None
     return FinishedRecord(hold.finished.key, finished.value(), guard_seconds(task, hold.settings),

@@ -10,7 +10,7 @@ meet. A call's keys are made of the name that stands for its task (its
     {prefix}:{name}:{{digest}}:burst                      a debounced key (``debounce``)
     {prefix}:{name}:{{digest}}:throttle                   a throttled key's log of starts (``throttle``)
     {prefix}:{{<queue key>}}:{unique|args}                a call's unique_for window, its replaced arguments
-    {prefix}_done:{<hash tag>}:{task_id}                   a finished record (``redelivery``)
+    {prefix}_done:{<slot tag>}<id>                         a finished record (``redelivery``)
     {prefix}_worker:{instance}                             a worker instance's heartbeat (``renewal``)
     {prefix}_parked:{{prefix}}:{entries|due}               the messages put off with a countdown (``parking``)
     {prefix}_parked:{{prefix}}:claimed:{task_id}           which copy of a put-off message was taken
@@ -37,7 +37,10 @@ digest or lock type contains:
 from __future__ import annotations
 
 import binascii
+import hashlib
+import itertools
 import os
+import string
 from typing import NamedTuple, Optional, Protocol, Union
 
 from .digest import (
@@ -53,10 +56,10 @@ from .digest import (
 __all__ = [
     "ARGUMENTS", "BURST", "CALL_KEY_TYPES", "DIGEST_LENGTH", "FINISHED_PREFIX", "KEY_PREFIX", "LOCK_TYPES", "MESSAGES",
     "QUEUE", "RUNNING", "SEPARATOR", "SLOTS", "THROTTLE", "UNIQUE", "WAITERS", "WAITING", "KeyParts", "KeySpace",
-    "Select",
-    "call_digest", "call_id", "canonical_call", "check_lock_args", "companion_key", "finished_key", "heartbeat_key",
-    "heartbeat_pattern", "holder_id", "holder_value", "key_space", "limited_key", "lock_key", "new_task_id",
-    "parked_claimed_key", "parked_keys", "parse_key", "sibling", "signature_of", "slot_of", "split_call_id",
+    "Select", "call_digest", "call_id", "canonical_call", "check_lock_args", "companion_key", "finished_key",
+    "heartbeat_key", "heartbeat_pattern", "holder_id", "holder_value", "key_space", "legacy_finished_key",
+    "limited_key", "lock_key", "new_task_id", "parked_claimed_key", "parked_keys", "parse_key", "short_tag_of_slot",
+    "sibling", "signature_of", "slot_of", "split_call_id",
     "split_entry", "split_holder", "waiting_token", "well_formed_digest",
 ]
 
@@ -291,18 +294,43 @@ _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (4 << 76) | (0x8000 << 48)
 
 
-def finished_key(running_key: str, task_id: str, prefix: str = KEY_PREFIX) -> str:
-    """``{prefix}_done:{<running key>}:{task_id}``: where an execution that held ``running_key`` records its end.
+def finished_key(running_key: str, task_id: str, call: str, prefix: str = KEY_PREFIX) -> str:
+    """``{prefix}_done:{<tag>}<id>``: where an execution that held ``running_key`` records its end.
 
-    In the running key's Redis Cluster hash slot, so that one script can
-    take the lock and read the record, or release it and write the record:
-    the braces make Redis hash only what they hold, and what they hold is
-    the part of the running key that Redis hashes.
+    ``<tag>``: the shortest alphanumeric text that Redis Cluster hashes to the
+    running key's slot (one to three characters), so that one script can take
+    the lock and read the record, or release it and write the record.
+    ``<id>``: 60 bits of a BLAKE2b digest of the running key, the task id and
+    the call (see ``redelivery``), in 12 base-36 digits: a new call made with a
+    task id the caller fixed has a record of its own. Short, because a record
+    is kept for every finished execution for ``redelivery_guard_timeout``.
+    """
+    digest = hashlib.blake2b(f"{running_key}{SEPARATOR}{task_id}{SEPARATOR}{call}".encode("utf-8", "surrogatepass"),
+                             digest_size=8).digest()
+    return f"{prefix}_done:{{{short_tag_of_slot(slot_of(running_key))}}}{_base36(int.from_bytes(digest, 'big') >> 4)}"
+
+
+def legacy_finished_key(running_key: str, task_id: str, prefix: str = KEY_PREFIX) -> str:
+    """``{prefix}_done:{<running key>}:{task_id}``: where pre-release builds of 2.0 recorded an execution's end.
+
+    Still read by a pickup (a rolling deploy), and written with ``legacy_formats``. In the
+    running key's slot: the braces hold the part of the running key that Redis hashes.
     """
     tag = _hashed_part(running_key)
     if "}" in tag:  # a task name with braces that make no hash tag: any tag of the same slot will do
         tag = _tag_of_slot(slot_of(running_key))
     return f"{prefix}_done:{{{tag}}}:{task_id}"
+
+
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _base36(number: int, width: int = 12) -> str:
+    digits = []
+    for _ in range(width):
+        number, digit = divmod(number, 36)
+        digits.append(_BASE36[digit])
+    return "".join(reversed(digits))
 
 
 def heartbeat_key(instance: str, prefix: str = KEY_PREFIX) -> str:
@@ -349,6 +377,21 @@ def _hashed_part(key: str) -> str:
 
 
 _slot_tags: dict[int, str] = {}
+#: The shortest alphanumeric text of each slot (``short_tag_of_slot``), made at its first use.
+_short_tags: list[str] = []
+
+
+def short_tag_of_slot(slot: int) -> str:
+    """The shortest alphanumeric text that hashes to ``slot``: one to three characters cover all 16384 slots."""
+    if not _short_tags:
+        table: dict[int, str] = {}
+        alphabet = string.digits + string.ascii_lowercase + string.ascii_uppercase
+        for length in (1, 2, 3):  # about 0.1 s, once per process
+            for letters in itertools.product(alphabet, repeat=length):
+                candidate = "".join(letters)
+                table.setdefault(binascii.crc_hqx(candidate.encode("ascii"), 0) % 16384, candidate)
+        _short_tags.extend(table[index] for index in range(16384))
+    return _short_tags[slot]
 
 
 def _tag_of_slot(slot: int) -> str:

@@ -47,10 +47,10 @@ from .deferral import defer, store_down
 from .events import duplicate_execution
 from .headers import CALLED_HEADER, header, message_headers
 from .janitor import Cleanup, janitor
-from .keys import SLOTS, KeySpace, call_id, finished_key
+from .keys import SLOTS, KeySpace, call_id
 from .ownership import Lease, RunningOwner, running_ttl
 from .protocols import TaskLike, TaskOptions, TaskRequest
-from .redelivery import call_of, copy_of_finished
+from .redelivery import copy_of_finished, finished_check
 from .settings import Settings
 from .store import Claim, FinishedCheck, Joining, LockStore, store_for
 from .store.lua.slots import SlotCode
@@ -156,9 +156,8 @@ def pick_up(task: TaskLike, settings: Settings, space: KeySpace, digest: str, re
             side: Optional[QueueSide], takeover: str, after: str) -> Optional[Slot]:
     """Release (or keep) the queue lock and take a slot; what an execution beyond the limit gets otherwise."""
     key = slots_key(space, digest)
-    owner = RunningOwner.for_execution(request.id, request.retries, space.holder_task)
-    check = None if request.is_eager else FinishedCheck(finished_key(key, request.id, space.prefix), owner.retries,
-                                                        call_of(request))
+    owner = RunningOwner.for_execution(request.id, request.retries, space.holder_task, settings.legacy_formats)
+    check = None if request.is_eager else finished_check(key, request, owner.retries, settings)
     claim = Claim(key, owner.token, owner.attempt_prefix, call_id(request.id, owner.retries), limit_of(task),
                   running_ttl(settings, owner), RESERVE_SECONDS)
     since = _now()

@@ -2,18 +2,26 @@
 
 * A queue lock's value is the id of the task message that holds it.
 * A running lock's value names the execution that holds it: the task id, the
-  attempt (Celery's ``retries`` count), the worker's node name, the
-  *instance* (a random id of the worker process tree: pool children inherit
-  their parent's, so the main process can renew and release a child's lock),
-  whether the instance keeps leases, and when the lock was taken::
+  attempt (Celery's ``retries`` count), the *instance* (a random id of the
+  worker process tree: pool children inherit their parent's, so the main
+  process can renew and release a child's lock), the worker's node name where
+  the instance keeps no heartbeat (a worker with the boot step is named by its
+  heartbeat key instead), and when the lock was taken::
 
-      {"task_id":"…","retries":0,"worker":"celery@host","instance":"…","heartbeat":true,"since":1733000000.1}
+      <task id>\x1f<retries>:<instance>:<worker>\x1f<since>
 
-  with ``"task":"…"`` before ``"since"`` where the key is named by a
+  with ``<task>\x1f`` before ``<since>`` where the key is named by a
   ``lock_name`` (so that operators see which task holds a shared key).
-  Everything before ``"since"`` is the *owner token*. The main process can
+  Everything before ``<since>`` is the *owner token*. The main process can
   rebuild it byte for byte from the message, so ownership is decided by the
-  token as a prefix of the value; the time only informs operators.
+  token as a prefix of the value; the time only informs operators. The value
+  is short because a lock of every running execution is held in Redis (about
+  70 bytes with a heartbeat, instead of 150: about 180 bytes a lock instead of 260).
+
+  Pre-release builds of 2.0 wrote a JSON object (``{"task_id":"…","retries":0,
+  "worker":"…","instance":"…","heartbeat":true,"since":…}``): ``parse`` reads
+  both, an owner read from the old form keeps its token in that form, and the
+  ``legacy_formats`` setting writes it while processes of such a release still run.
 
 No process deletes, extends or replaces a lock that its own token does not match.
 
@@ -27,9 +35,9 @@ extending them; they expire, and the key is free for the next execution.
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import time
-import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from json.encoder import encode_basestring_ascii
@@ -38,11 +46,15 @@ from typing import Any, Optional
 from .keys import heartbeat_key
 
 __all__ = ["HEARTBEAT_PREFIX", "INSTANCE", "Lease", "RunningOwner", "heartbeat_enabled", "heartbeat_key",
-           "register_worker", "running_ttl", "value_of_token", "worker_name"]
+           "owner_fields", "register_worker", "running_ttl", "value_of_token", "worker_name"]
 
-#: This process tree's id. Created at import, before a prefork pool forks, so
-#: a worker's main process and its pool children share it.
-INSTANCE = uuid.uuid4().hex[:16]
+#: This process tree's id: 15 decimal digits (the first not 0), so that a finished record can
+#: hold it in an integer (``redelivery``). Created at import, before a prefork pool forks, so a
+#: worker's main process and its pool children share it.
+INSTANCE = str(10**14 + secrets.randbelow(9 * 10**14))
+
+#: Between the task id, the attempt and the worker, the task's name and the time in a running lock's value.
+_SEP = "\x1f"
 
 #: The heartbeats' prefix under the default ``key_prefix`` (``keys.heartbeat_key`` spells them).
 HEARTBEAT_PREFIX = "once_task_worker"
@@ -111,9 +123,13 @@ class RunningOwner:
     #: The task's name where its keys are named by a ``lock_name`` (``KeySpace.holder_task``); else "".
     task: str = ""
 
+    #: The value is written in the form of pre-release builds of 2.0 (JSON; ``legacy_formats``, or a holder read in it).
+    legacy: bool = False
+
     @classmethod
-    def for_execution(cls, task_id: str, retries: Optional[int], task: str = "") -> RunningOwner:
-        """The owner an attempt of a task run by this process tree is (``task``: see the attribute)."""
+    def for_execution(cls, task_id: str, retries: Optional[int], task: str = "",
+                      legacy: bool = False) -> RunningOwner:
+        """The owner an attempt of a task run by this process tree is (``task``, ``legacy``: see the attributes)."""
         return cls(
             task_id=task_id,
             retries=int(retries or 0),
@@ -121,24 +137,32 @@ class RunningOwner:
             instance=INSTANCE,
             heartbeat=heartbeat_enabled(),
             task=task,
+            legacy=legacy,
         )
 
     @cached_property
     def token(self) -> str:
-        """The value's prefix that names this owner, ending with the comma before ``"since"``."""
-        if self.task:
-            return f'{self.attempt_prefix}{_tail(self)}"task":{json.dumps(self.task)},'
-        return f'{self.attempt_prefix}{_tail(self)}'
+        """The value's prefix that names this owner: all but when the lock was taken."""
+        if self.legacy:
+            if self.task:
+                return f'{self.attempt_prefix}{_tail(self)}"task":{json.dumps(self.task)},'
+            return f'{self.attempt_prefix}{_tail(self)}'
+        worker = "" if self.heartbeat else self.worker
+        task = f"{self.task}{_SEP}" if self.task else ""
+        return f"{self.attempt_prefix}{self.instance}:{worker}{_SEP}{task}"
 
     @cached_property
     def attempt_prefix(self) -> str:
         """The start of the token of every delivery of this attempt (task id and retries), whichever worker runs it."""
-        # encode_basestring_ascii is json.dumps of a str, without its wrapper.
-        return f'{{"task_id":{encode_basestring_ascii(self.task_id)},"retries":{self.retries},'
+        if self.legacy:
+            # encode_basestring_ascii is json.dumps of a str, without its wrapper.
+            return f'{{"task_id":{encode_basestring_ascii(self.task_id)},"retries":{self.retries},'
+        return f"{self.task_id}{_SEP}{self.retries}:"
 
     def value(self, since: Optional[float] = None) -> str:
         """The lock's value: the token and when the lock was taken."""
-        return f'{self.token}"since":{time.time() if since is None else since:.3f}}}'
+        at = time.time() if since is None else since
+        return f'{self.token}"since":{at:.3f}}}' if self.legacy else f"{self.token}{at:.3f}"
 
     def holds(self, value: Optional[str]) -> bool:
         """Whether a lock's value is this owner's."""
@@ -146,24 +170,62 @@ class RunningOwner:
 
     @classmethod
     def parse(cls, value: str | bytes) -> Optional[RunningOwner]:
-        """The owner a running lock's value (or an owner token alone) names, or None if it is not one of ours."""
-        try:
-            data = json.loads(value_of_token(value.decode("utf-8") if isinstance(value, bytes) else value))
-            return cls(
-                task_id=str(data["task_id"]),
-                retries=int(data["retries"]),
-                worker=str(data["worker"]),
-                instance=str(data["instance"]),
-                heartbeat=bool(data["heartbeat"]),
-                task=str(data.get("task") or ""),
-            )
-        except (ValueError, TypeError, KeyError):
+        """The owner a running lock's value (or an owner token alone) names, either form, or None if it is not one."""
+        fields = owner_fields(value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
+        if not fields:
             return None
+        return cls(
+            task_id=str(fields["task_id"]),
+            retries=int(fields["retries"]),  # type: ignore[call-overload]
+            worker=str(fields["worker"]),
+            instance=str(fields["instance"]),
+            heartbeat=bool(fields["heartbeat"]),
+            task=str(fields.get("task") or ""),
+            legacy=bool(fields["legacy"]),
+        )
+
+
+def owner_fields(value: str) -> dict[str, object]:
+    """What a running lock's value (or an owner token) says, in either form; empty if it is neither.
+
+    Keys: ``task_id``, ``retries``, ``worker`` (the node name; "" where the
+    compact form leaves it out for a worker with a heartbeat), ``instance``,
+    ``heartbeat``, ``task`` (where a ``lock_name`` names the key), ``since``
+    (None in a token alone), ``legacy`` (the JSON form).
+    """
+    if value.startswith("{"):
+        try:
+            data = json.loads(value_of_token(value))
+            fields: dict[str, object] = {
+                "task_id": str(data["task_id"]), "retries": int(data["retries"]), "worker": str(data["worker"]),
+                "instance": str(data["instance"]), "heartbeat": bool(data["heartbeat"]),
+                "task": str(data.get("task") or ""), "legacy": True,
+            }
+            taken = data.get("since")
+            fields["since"] = float(taken) if isinstance(taken, (int, float)) and taken else None
+            return fields
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return {}
+    parts = value.split(_SEP)
+    if len(parts) not in (3, 4):
+        return {}
+    retries, colon, rest = parts[1].partition(":")
+    instance, colon2, worker = rest.partition(":")
+    if not (colon and colon2 and retries.isdigit() and parts[0]):
+        return {}
+    try:
+        since: Optional[float] = float(parts[-1]) if parts[-1] else None
+    except ValueError:
+        return {}
+    return {"task_id": parts[0], "retries": int(retries), "worker": worker, "instance": instance,
+            "heartbeat": not worker, "task": parts[2] if len(parts) == 4 else "", "since": since, "legacy": False}
 
 
 def value_of_token(token: str) -> str:
     """An owner token (as a slot holds it) completed to a lock value; a whole value is returned as it is."""
-    return token + '"since":0}' if token.endswith(",") else token
+    if token.startswith("{"):
+        return token + '"since":0}' if token.endswith(",") else token
+    return token
 
 
 _tails: dict[tuple[str, str, bool], str] = {}

@@ -10,22 +10,36 @@ same attempt (``retries``).
 
 So an execution that held the running lock records its end when it
 releases it, in the same round trip and the same script: the *finished
-record* ``once_task_done:{<running key>}:<task id>`` (``keys.finished_key``,
-in the running key's Redis Cluster slot), valued
-``<attempt>:<call>:<instance>:<pid>:<r|n>:<time>``, kept for
-``redelivery_guard_timeout`` seconds (at least the Redis broker's
-``visibility_timeout``):
+record* ``once_task_done:{<tag>}<id>`` (``keys.finished_key``: a tag of the
+running key's Redis Cluster slot, and 60 bits of a digest of the running key,
+the task id and the call), kept for ``redelivery_guard_timeout`` seconds (by
+default what the app's broker needs, ``brokers``). One is kept for every
+finished execution, so it holds only what a copy needs to decide, as one
+integer (which Redis stores inside its value object: about 90 bytes a record
+on Redis 7)::
 
+    <flag><instance><attempt>
+
+* the flag: ``1`` no result follows (the body ended with ``Ignore``,
+  ``Reject`` or a retry, or the task ignores results); ``2`` a result is being
+  stored, and the worker instance that wrote it keeps a heartbeat; ``3`` a
+  result is being stored by a worker without a heartbeat (without the boot
+  step): its copy waits a lease from the record's end, which the record's
+  remaining TTL tells;
+* the worker instance (``ownership.INSTANCE``, 15 digits; zeros with flag 3);
 * the attempt that ended (a later attempt's record is never replaced by an
-  earlier one's);
-* which publish of the task id it was (the ``once_task_call`` header, given
-  to calls whose task id the caller fixed, so that a new call made with the
-  same id is not taken for a copy of the old one; ``-`` for the rest);
-* who wrote it: the worker instance (``-`` without the boot step, which
-  keeps no heartbeat) and the process;
-* ``r`` where a result is being stored for it, ``n`` where none is (the body
-  ended with ``Ignore``, ``Reject`` or a retry, or the task ignores results);
-* when it ended.
+  earlier one's).
+
+The call -- which publish of the task id it was (the ``once_task_call``
+header, given to calls whose task id the caller fixed, so that a new call
+made with the same id is not taken for a copy of the old one) -- is in the
+key's digest.
+
+Pre-release builds of 2.0 wrote ``once_task_done:{<running key>}:<task id>``
+(``keys.legacy_finished_key``), valued
+``<attempt>:<call>:<instance>:<pid>:<r|n>:<time>``: a pickup reads that key
+too, so a rolling deploy lets no copy through, and ``legacy_formats`` writes it
+while processes of such a release still run.
 
 The pickup reads the record in the script that takes the running lock: a
 copy of a finished attempt is never given the lock, and costs nothing more
@@ -62,14 +76,16 @@ from celery import states
 from celery.backends.base import DisabledBackend
 from celery.exceptions import Ignore, Reject, Retry
 
-from . import telemetry
+from . import brokers, telemetry
 from .deferral import defer
 from .events import RESULT_LOST, lock_recovered
 from .headers import CALL_HEADER, header
+from .keys import finished_key, legacy_finished_key
 from .ownership import INSTANCE, Lease, heartbeat_enabled
 from .protocols import TaskLike, TaskRequest
 from .settings import Settings
 from .store import LockStore
+from .store.finished import FinishedCheck
 
 logger = logging.getLogger("celery_once_task")
 
@@ -83,45 +99,79 @@ def new_call() -> str:
     return os.urandom(8).hex()
 
 
+#: A record's flag: no result follows; one follows, from a worker with a heartbeat; one follows, from one without.
+NO_RESULT, ASK_HEARTBEAT, WAIT_LEASE = "1", "2", "3"
+#: The instance a record of a worker without a heartbeat names.
+NO_INSTANCE = "0" * len(INSTANCE)
+
+
 class Finished(NamedTuple):
-    """A finished record: which attempt of which publish ended, who wrote it, whether a result follows, when."""
+    """A finished record: which attempt ended, who wrote it, whether a result follows, when."""
 
     attempt: int
     call: str
     #: The worker instance that ran it (``ownership.INSTANCE``); ``-`` where it keeps no heartbeat.
     instance: str
+    #: The process that wrote it (0 where the record does not say: the compact form).
     pid: int
     stores_result: bool
     at: float
+    #: The form pre-release builds of 2.0 write (see the module).
+    legacy: bool = False
 
     def writer(self) -> str:
-        """The value's prefix that names the attempt and the process that wrote it."""
+        """The start of the value that names the attempt and the process that wrote it (the legacy form)."""
         return writer_prefix(self.attempt, self.call, self.instance, self.pid)
 
     def value(self) -> str:
-        return f"{self.writer()}{'r' if self.stores_result else 'n'}:{self.at:.3f}"
+        if self.legacy:
+            return f"{self.writer()}{'r' if self.stores_result else 'n'}:{self.at:.3f}"
+        return compact_value(self.attempt, self.instance, self.stores_result)
 
     @classmethod
-    def parse(cls, value: str | bytes) -> Optional[Finished]:
+    def parse(cls, value: str | bytes, guard: float = 0.0) -> Optional[Finished]:
+        """A record as a pickup reads it, either form; None if it is neither.
+
+        The compact form comes from the scripts with its remaining TTL in
+        milliseconds after a space: its end was ``guard`` seconds (the time it
+        was kept for) before it expires.
+        """
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         try:
-            attempt, call, instance, pid, kind, at = text.split(":", 5)
-            return cls(int(attempt), call, instance, int(pid), kind == "r", float(at))
-        except ValueError:
+            if ":" in text:
+                done, call, instance, pid, kind, at = text.split(":", 5)
+                return cls(int(done), call, instance, int(pid), kind == "r", float(at), legacy=True)
+            digits, _, left = text.partition(" ")
+            flag, instance, attempt = digits[0], digits[1:1 + len(INSTANCE)], int(digits[1 + len(INSTANCE):])
+            if flag not in (NO_RESULT, ASK_HEARTBEAT, WAIT_LEASE):
+                return None
+            remaining = int(left) / 1000 if left.lstrip("-").isdigit() and int(left) > 0 else guard
+            return cls(attempt, "", "-" if flag == WAIT_LEASE else instance, 0, flag != NO_RESULT,
+                       time.time() - max(0.0, guard - remaining))
+        except (ValueError, IndexError):
             return None
+
+
+def compact_value(attempt: int, instance: str, stores_result: bool) -> str:
+    """A record's value in the compact form: ``<flag><instance><attempt>`` (see the module)."""
+    if not stores_result:
+        return f"{NO_RESULT}{instance if instance != '-' else NO_INSTANCE}{attempt}"
+    if instance == "-":
+        return f"{WAIT_LEASE}{NO_INSTANCE}{attempt}"
+    return f"{ASK_HEARTBEAT}{instance}{attempt}"
 
 
 def writer_prefix(attempt: int, call: str, instance: str, pid: int) -> str:
     return f"{attempt}:{call}:{instance}:{pid}:"
 
 
-def ended(task: TaskLike, outcome: Optional[BaseException]) -> Optional[Finished]:
+def ended(task: TaskLike, outcome: Optional[BaseException], legacy: bool = False) -> Optional[Finished]:
     """The record of a body that ended with ``outcome`` (None: it returned); None if it did not finish.
 
     A body interrupted by a ``BaseException`` that is not an ``Exception``
     (the worker shutting down cold, a greenlet killed) did not finish: its
     copy must run. ``Reject(requeue=True)`` asks for the message to run
-    again: no record either.
+    again: no record either. ``legacy``: the record in the form of pre-release builds of 2.0.
     """
     if outcome is not None and not isinstance(outcome, Exception):
         return None
@@ -129,7 +179,17 @@ def ended(task: TaskLike, outcome: Optional[BaseException]) -> Optional[Finished
         return None
     no_result = isinstance(outcome, (Ignore, Reject, Retry)) or not stores_results(task)
     return Finished(int(task.request.retries or 0), call_of(task.request), writer_instance(), os.getpid(),
-                    not no_result, time.time())
+                    not no_result, time.time(), legacy)
+
+
+def finished_check(running_key: str, request: TaskRequest, attempt: int, settings: Settings) -> FinishedCheck:
+    """What a pickup of ``running_key`` reads to tell a copy: the record's key in both forms, the written one first."""
+    call = call_of(request)
+    compact = finished_key(running_key, request.id, call, settings.key_prefix)
+    old = legacy_finished_key(running_key, request.id, settings.key_prefix)
+    if settings.legacy_formats:
+        return FinishedCheck(old, attempt, call, compact)
+    return FinishedCheck(compact, attempt, call, old)
 
 
 def writer_instance() -> str:
@@ -162,12 +222,17 @@ def stores_results(task: TaskLike) -> bool:
 
 
 def guard_seconds(task: TaskLike, settings: Settings) -> float:
-    """How long a finished record is kept: the setting, or the Redis broker's visibility timeout if longer."""
-    options = getattr(task.app.conf, "broker_transport_options", None) or {}
-    visibility = options.get("visibility_timeout")
-    if isinstance(visibility, (int, float)) and not isinstance(visibility, bool):
-        return max(float(settings.redelivery_guard_timeout), float(visibility))
-    return float(settings.redelivery_guard_timeout)
+    """How long a finished record is kept: the setting, else what the app's broker needs (``brokers``).
+
+    A setting the broker refuses (shorter than its visibility timeout) is logged, and the visibility timeout
+    kept instead: lock operations never raise into Celery's hooks (a worker refuses it at start).
+    """
+    conf = task.app.conf
+    try:
+        return brokers.guard_seconds(conf, settings.redelivery_guard_timeout)
+    except ValueError as exc:
+        logger.error("%s: %s", task.name, exc)
+        return max(float(settings.redelivery_guard_timeout or 0), brokers.visibility_timeout(conf) or 0.0)
 
 
 class Verdict(enum.Enum):
@@ -205,7 +270,7 @@ def copy_of_finished(task: TaskLike, settings: Settings, request: TaskRequest, s
     """A copy of an attempt that ended: ignored, put off (both raise ``Ignore``), or -- its result lost with its
     process -- picked up after all: what ``again()`` returns.
     """
-    record = Finished.parse(value)
+    record = Finished.parse(value, guard_seconds(task, settings))
     outcome, seconds = verdict(task, request, record, settings, store.leases.instance_alive) if record else (
         Verdict.IGNORE, 0.0)
     if telemetry.active:

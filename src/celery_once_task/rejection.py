@@ -73,7 +73,8 @@ def record_rejection(task: TaskLike, settings: Settings, store: LockStore, check
     its call's queue-side keys, in the same round trip (``windows``);
     ``also_later``: what the janitor makes of ``also`` should the store not answer.
     """
-    finished = Finished(check.attempt, check.call, writer_instance(), os.getpid(), True, time.time())
+    finished = Finished(check.attempt, check.call, writer_instance(), os.getpid(), True, time.time(),
+                        settings.legacy_formats)
     started = telemetry.started(settings) if telemetry.active else 0
     try:
         store.locks.record_finished(FinishedRecord(check.key, finished.value(), guard_seconds(task, settings),

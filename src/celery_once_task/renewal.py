@@ -155,7 +155,8 @@ class LeaseKeeper:
                 settings, queue_lock = call_options.from_headers(task, resolve(task.app, task),
                                                                  request_dict.get(OPTIONS_HEADER))
                 space = key_space(task, settings)
-                token = RunningOwner.for_execution(request.id, request_dict.get("retries"), space.holder_task).token
+                token = RunningOwner.for_execution(request.id, request_dict.get("retries"), space.holder_task,
+                                                   settings.legacy_formats).token
                 url = settings.redis_url
                 self._options.setdefault(url, settings.redis_options)
                 if limited(task, settings):

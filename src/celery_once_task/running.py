@@ -33,11 +33,11 @@ from .deferral import defer, store_down
 from .events import duplicate_execution
 from .headers import DIGEST_HEADER, WAITER_HEADER, message_headers
 from .janitor import release_or_leave
-from .keys import RUNNING, WAITING, KeySpace, finished_key, key_space
+from .keys import RUNNING, WAITING, KeySpace, key_space
 from .ownership import Lease, RunningOwner, running_ttl
 from .parking import Claim, settle
 from .protocols import TaskLike, TaskRequest
-from .redelivery import call_of, copy_of_finished
+from .redelivery import copy_of_finished, finished_check
 from .settings import Settings
 from .store import FinishedCheck, LockStore, Pickup, store_for
 from .store.operations import RUNNING_DELETE, RUNNING_PICKUP, RUNNING_RELEASE, RUNNING_WAIT
@@ -114,10 +114,10 @@ def pick_up(task: TaskLike, settings: Settings, space: KeySpace, digest: str, re
     """
     running_key = space.lock(digest, RUNNING) if task.running_lock else None
     waiting_key = space.lock(digest, WAITING) if waiter else None
-    owner = RunningOwner.for_execution(request.id, request.retries, space.holder_task)
+    owner = RunningOwner.for_execution(request.id, request.retries, space.holder_task, settings.legacy_formats)
     check = None
     if running_key is not None and not request.is_eager:
-        check = FinishedCheck(finished_key(running_key, request.id, space.prefix), owner.retries, call_of(request))
+        check = finished_check(running_key, request, owner.retries, settings)
     ttl = running_ttl(settings, owner)
     arguments = None
     try:

@@ -65,8 +65,9 @@ DEFAULT_QUEUE_LOCK_TIMEOUT = 3600
 DEFAULT_RUNNING_LOCK_TIMEOUT = 3600
 DEFAULT_FAIL_OPEN = False
 DEFAULT_HEARTBEAT_TIMEOUT = 30
-#: The Redis broker's default visibility_timeout: how late a redelivery comes there.
-DEFAULT_REDELIVERY_GUARD_TIMEOUT = 3600
+#: None: the finished records are kept as long as the app's broker needs (``brokers``).
+DEFAULT_REDELIVERY_GUARD_TIMEOUT: Optional[int] = None
+DEFAULT_LEGACY_FORMATS = False
 DEFAULT_RUNNING_LOCK_CONFLICT: RunningLockConflict = "reject"
 DEFAULT_QUEUE_LOCK_CONFLICT: QueueLockConflict = "drop"
 DEFAULT_QUEUE_LOCK_UNTIL: QueueLockUntil = "pickup"
@@ -94,7 +95,8 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("redis_options", {}, "options", redact=connection.redact_options,
                 doc="The lock client's extra keyword arguments; they win over the URL's."),
     SettingSpec("redelivery_guard_timeout", DEFAULT_REDELIVERY_GUARD_TIMEOUT, "int_seconds", task_option=True,
-                doc="Seconds a finished execution is remembered, so that its message delivered again does not run."),
+                doc="Seconds a finished execution is remembered, so that its message delivered again does not run "
+                    "(default: what the app's broker needs)."),
     SettingSpec("debounce", None, "seconds", task_option=True,
                 doc="Calls of a key less than this many seconds apart form a burst, run once after it."),
     SettingSpec("debounce_max", None, "seconds", task_option=True,
@@ -114,6 +116,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("enabled", True, "bool",
                 doc="Take locks at all; ``False`` makes every ``OnceTask`` a plain Celery task that never contacts "
                     "the lock store (for tests)."),
+    SettingSpec("legacy_formats", DEFAULT_LEGACY_FORMATS, "bool",
+                doc="Write running locks and finished records as the pre-release builds of 2.0 read them "
+                    "(a rolling deploy)."),
 )
 _BY_NAME = {spec.name: spec for spec in SETTINGS}
 
@@ -140,7 +145,7 @@ class Settings:
     running_lock_conflict: RunningLockConflict = DEFAULT_RUNNING_LOCK_CONFLICT
     queue_lock_conflict: QueueLockConflict = DEFAULT_QUEUE_LOCK_CONFLICT
     redis_options: Mapping[str, Any] = field(default_factory=dict)
-    redelivery_guard_timeout: int = DEFAULT_REDELIVERY_GUARD_TIMEOUT
+    redelivery_guard_timeout: Optional[int] = DEFAULT_REDELIVERY_GUARD_TIMEOUT
     debounce: Optional[float] = None
     debounce_max: Optional[float] = None
     queue_lock_until: QueueLockUntil = DEFAULT_QUEUE_LOCK_UNTIL
@@ -148,6 +153,7 @@ class Settings:
     key_prefix: str = KEY_PREFIX
     telemetry: Telemetry = DEFAULT_TELEMETRY
     enabled: bool = True
+    legacy_formats: bool = DEFAULT_LEGACY_FORMATS
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks: never show a password.
@@ -235,6 +241,7 @@ def configure(
     key_prefix: Optional[str] = None,
     telemetry: Optional[Telemetry] = None,
     enabled: Optional[bool] = None,
+    legacy_formats: Optional[bool] = None,
     tracer_provider: object = None,
     meter_provider: object = None,
 ) -> None:
@@ -258,7 +265,7 @@ def configure(
             (``"replace"``).
         redis_options: The lock client's extra keyword arguments; they win over the URL's.
         redelivery_guard_timeout: Seconds a finished execution is remembered, so that its message delivered
-            again does not run.
+            again does not run (default: what the app's broker needs).
         debounce: Calls of a key less than this many seconds apart form a burst, run once after it.
         debounce_max: The most seconds a burst may put its execution off, from its first call.
         queue_lock_until: A call is a duplicate of the same call until its execution starts (``"pickup"``) or ends
@@ -271,6 +278,8 @@ def configure(
             ``"auto"`` (when ``opentelemetry-api`` is installed and a provider is set).
         enabled: Take locks at all; ``False`` makes every ``OnceTask`` a plain Celery task that never contacts
             the lock store (for tests).
+        legacy_formats: Write running locks and finished records as the pre-release builds of 2.0 read them (a
+            rolling deploy).
         tracer_provider: The OpenTelemetry ``TracerProvider`` the spans go to, instead of the global one.
         meter_provider: The OpenTelemetry ``MeterProvider`` the metrics go to, instead of the global one.
 

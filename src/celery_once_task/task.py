@@ -67,7 +67,7 @@ class OnceTask(Task):
         lock_name: The name that stands for the task in its keys: tasks with one lock name and the same values of
             ``lock_args`` are one key. ``None``: the task's name.
         redelivery_guard_timeout: Seconds a finished execution is remembered, so that its message delivered
-            again does not run.
+            again does not run (default: what the app's broker needs).
         running_limit: At most this many executions of a key at once, fleet-wide (see ``limits``); 1 is the
             running lock.
         debounce: Calls of a key less than this many seconds apart form a burst, run once after it.

@@ -34,8 +34,10 @@ from ..keys import (
     parse_key,
     sibling,
 )
+from ..ownership import owner_fields
 from ..store.connection import Client, scan_keys
 from .rows import Lock, as_text, burst_locks, json_object, make_lock, slot_locks, throttle_locks
+from .values import optional_str
 
 __all__ = ["BATCH", "get_lock", "get_locks", "glob_escape", "iter_keys", "iter_locks", "lock_pattern", "lock_patterns",
            "read_locks"]
@@ -232,14 +234,18 @@ def _with_liveness(client: Client, locks: list[Lock], prefix: str) -> list[Lock]
         return locks
     pipe = client.pipeline(transaction=False)
     for instance in instances:
-        pipe.exists(heartbeat_key(instance, prefix))
-    alive = {instance: bool(reply) for instance, reply in zip(instances, pipe.execute())}
+        pipe.get(heartbeat_key(instance, prefix))
+    beats = dict(zip(instances, pipe.execute()))
+    # A compact running lock names a worker with a heartbeat by its instance alone: its heartbeat names the worker.
+    named = {instance: json_object(as_text(beat)).get("worker") for instance, beat in beats.items() if beat}
     return [
-        dataclasses.replace(lock, alive=alive[lock.instance]) if lock.instance in alive else lock
+        dataclasses.replace(lock, alive=beats[lock.instance] is not None,
+                            worker=lock.worker or optional_str(named.get(lock.instance)))
+        if lock.instance in beats else lock
         for lock in locks
     ]
 
 
 def _keeps_heartbeat(lock: Lock) -> bool:
     # Values without the flag (older formats) are taken to keep one.
-    return json_object(lock.value).get("heartbeat", True) is not False
+    return owner_fields(lock.value).get("heartbeat", True) is not False

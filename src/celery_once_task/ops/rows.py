@@ -32,7 +32,7 @@ from ..keys import (
     split_call_id,
     split_holder,
 )
-from ..ownership import value_of_token
+from ..ownership import owner_fields
 from ..rates import parse_spec
 from ..store.throttles import MARGIN
 from .values import Reply, as_text, json_object, optional_float, optional_int, optional_str, seconds
@@ -265,17 +265,17 @@ def make_lock(key: str, value: str, pttl: Optional[int], now: float, prefix: str
         task_id, holder_task = split_holder(value)
         state = None
         if lock_type == QUEUE:
-            runs = running is not None and json_object(as_text(running)).get("task_id") == task_id
+            runs = running is not None and owner_fields(as_text(running)).get("task_id") == task_id
             state = "running" if runs else "queued"
         return Lock(key, task, digest, lock_type, value, ttl, task_id=task_id, holder_task=holder_task or None,
                     state=state)
-    data = json_object(value)
+    data = owner_fields(value)
     since = optional_float(data.get("since"))
     return Lock(
         key, task, digest, lock_type, value, ttl,
         task_id=str(data.get("task_id", value)),
         attempt=optional_int(data.get("retries")),
-        worker=optional_str(data.get("worker")),
+        worker=optional_str(data.get("worker") or None),
         instance=optional_str(data.get("instance")),
         # Only a worker with the boot step keeps a heartbeat: filled in by the reader, which asks the server.
         alive=None,
@@ -320,13 +320,13 @@ def slot_locks(key: str, fields: Mapping[Reply, Reply], waiting: int, server_ms:
                         "used": len(held) + len(reserved), "waiting": waiting}
     rows = []
     for held_slot in held:
-        data = json_object(value_of_token(held_slot["token"]))
+        data = owner_fields(held_slot["token"])
         since = held_slot["since"]
         rows.append(Lock(
             key, value=held_slot["value"], ttl=round((held_slot["expiry_ms"] - server_ms) / 1000, 3),
             slot="s:" + held_slot["token"],
             task_id=str(data.get("task_id", "")), attempt=optional_int(data.get("retries")),
-            worker=optional_str(data.get("worker")), instance=optional_str(data.get("instance")),
+            worker=optional_str(data.get("worker") or None), instance=optional_str(data.get("instance")),
             age=None if since is None else round(max(0.0, now - since), 1),
             holder_task=optional_str(data.get("task")), **common,
         ))

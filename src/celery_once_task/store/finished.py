@@ -17,6 +17,12 @@ class FinishedCheck(NamedTuple):
     key: str
     attempt: int
     call: str
+    #: The record's key in the other form (``redelivery``: the legacy one), read as well; "" for none.
+    other_key: str = ""
+
+    def keys(self) -> tuple[str, ...]:
+        """The record's keys, as the scripts that read one take them after their own."""
+        return (self.key, self.other_key) if self.other_key else (self.key,)
 
 
 class FinishedRecord(NamedTuple):

@@ -66,7 +66,7 @@ def acquire(key: str, value: str, ttl: float, takeover: str = "", mode: Mode = "
     if check is None:
         return call
     # Where the server refuses the record's key (an ACL without its pattern), the lock alone.
-    return Call(ACQUIRE, key, (*call.args, check.attempt, check.call), (check.key,), call)
+    return Call(ACQUIRE, key, (*call.args, check.attempt, check.call), check.keys(), call)
 
 
 def queue_reply(reply: Any) -> tuple[bool, Optional[str]]:

@@ -111,7 +111,7 @@ class Slots:
             calls.append(Call(SLOT_ACQUIRE, claim.key, args, keys))
         else:
             calls.append(Call(SLOT_ACQUIRE, claim.key, (*args, finished.attempt, finished.call),
-                              (*keys, finished.key)))
+                              (*keys, *finished.keys())))
         if joining is not None and joining.queue_key is not None:
             holder = joining.holder or task_id
             calls.append(acquire(joining.queue_key, holder, joining.line_ttl, holder, "exact"))

@@ -203,7 +203,7 @@ def holder_id(holder: Optional[str]) -> Optional[str]:
     """A holder as a task id: a running lock's or slot's value names its owner's; a queue lock's is one."""
     if not holder:
         return None
-    owner = RunningOwner.parse(holder) if holder.startswith("{") else None
+    owner = RunningOwner.parse(holder)
     return owner.task_id if owner is not None else holder
 
 

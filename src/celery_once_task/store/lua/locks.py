@@ -39,33 +39,47 @@ return 0
 """,
 )
 
-#: Lua shared by the scripts below: finished records (see ``redelivery``), valued
-#: ``<attempt>:<call>:<instance>:<pid>:<r|n>:<time>``. ``finished`` returns the record if it says that
-#: ``attempt`` of ``call`` (or a later attempt) ended; ``record`` writes one, unless
-#: the key already holds a later attempt of the same call.
+#: Lua shared by the scripts below: finished records (see ``redelivery``), in two forms. The compact one
+#: is digits, ``<flag><instance: 15 digits><attempt>``, the call being in its key; the legacy one (pre-release
+#: builds of 2.0) is ``<attempt>:<call>:<instance>:<pid>:<r|n>:<time>``. ``finished`` returns the record of
+#: ``key`` (or, if given, of ``legacy_key``) if it says that ``attempt`` of ``call`` (or a later attempt)
+#: ended: a compact record followed by a space and its remaining TTL in milliseconds (its end is told by
+#: it). ``record`` writes one, unless the key already holds a later attempt of the same call.
 FINISHED_LUA = """
-local function parse_record(value)
-    return string.match(value, '^(%d+):([^:]*):')
+local function ended_attempt(value, call)
+    local done, done_call = string.match(value, '^(%d+):([^:]*):')
+    if done then
+        if done_call == call then return tonumber(done) end
+        return nil
+    end
+    return tonumber(string.sub(value, 17))
 end
-local function finished(key, attempt, call)
+local function finished_in(key, attempt, call)
     local value = redis.call('GET', key)
     if not value then return false end
-    local done, done_call = parse_record(value)
-    if done_call == call and tonumber(done) >= tonumber(attempt) then return value end
-    return false
+    local done = ended_attempt(value, call)
+    if not done or done < tonumber(attempt) then return false end
+    if string.find(value, ':', 1, true) then return value end
+    return value .. ' ' .. redis.call('PTTL', key)
+end
+local function finished(key, legacy_key, attempt, call)
+    local value = finished_in(key, attempt, call)
+    if not value and legacy_key then value = finished_in(legacy_key, attempt, call) end
+    return value
 end
 local function record(key, value, ttl, attempt, call)
     local old = redis.call('GET', key)
     if old then
-        local done, done_call = parse_record(old)
-        if done_call == call and tonumber(done) > tonumber(attempt) then return end
+        local done = ended_attempt(old, call)
+        if done and done > tonumber(attempt) then return end
     end
     redis.call('SET', key, value, 'PX', ttl)
 end
 """
 
 # KEYS[1] lock key
-# KEYS[2] (running locks, optional) the finished record of this attempt's task id
+# KEYS[2] (running locks, optional) the finished record of this attempt's task id, and
+# KEYS[3] (optional) its record in the other form (see ``FINISHED_LUA``)
 # ARGV[1] value to write: the new owner's token (plus, for running locks, when it was taken)
 # ARGV[2] time to live in milliseconds
 # ARGV[3] a token whose lock this owner may take over, or "" for none
@@ -73,18 +87,18 @@ end
 #         the lock its earlier pickup may have taken)
 # ARGV[4] "exact" or "prefix": how ARGV[3] is matched
 # ARGV[5] with KEYS[2]: the attempt (Celery's retries), ARGV[6] the call (see ``redelivery``)
-# return  1 if the lock was free or taken over and now holds ARGV[1]; {record} (an array)
-#         if KEYS[2] says that this attempt already ended, and nothing was taken;
+# return  1 if the lock was free or taken over and now holds ARGV[1]; {record} (an array; see
+#         ``finished``) if KEYS[2] or KEYS[3] says that this attempt already ended, and nothing was taken;
 #         else the holder's value
 ACQUIRE = Script(
     "acquire",
     _HOLDS
     + FINISHED_LUA
     + """
-local key, record_key = KEYS[1], KEYS[2]
+local key, record_key, legacy_key = KEYS[1], KEYS[2], KEYS[3]
 local value, ttl, takeover, mode, attempt, call = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if record_key then
-    local ended = finished(record_key, attempt, call)
+    local ended = finished(record_key, legacy_key, attempt, call)
     if ended then return {ended} end
 end
 if redis.call('SET', key, value, 'NX', 'PX', ttl) then

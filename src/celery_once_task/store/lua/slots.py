@@ -81,10 +81,11 @@ end
 """
 
 # KEYS[1] the key's slots, KEYS[2] its line of waiting calls, KEYS[3] their messages
-# KEYS[4] (optional) the finished record of this attempt's task id
+# KEYS[4] (optional) the finished record of this attempt's task id, KEYS[5] (optional) its record
+# in the other form (see ``FINISHED_LUA``)
 # ARGV[1] owner token, ARGV[2] when the lock is taken (text), ARGV[3] lease in milliseconds,
 # ARGV[4] the limit, ARGV[5] the call id, ARGV[6] the owner token prefix of this attempt
-# (``{"task_id":...,"retries":N,``), ARGV[7] "1" to join the line if no slot is free ("" : do
+# (``RunningOwner.attempt_prefix``), ARGV[7] "1" to join the line if no slot is free ("" : do
 # not wait), ARGV[8] when the call was made (microseconds), ARGV[9] its message, ARGV[10] how
 # long the line is kept (milliseconds), ARGV[11] how long a reservation is kept, ARGV[12] a
 # token (or its prefix) whose slot this owner may take over ("" : none) -- only a slot of the
@@ -132,12 +133,12 @@ SLOT_ACQUIRE = Script(
     FINISHED_LUA
     + _SLOTS
     + """
-local slots, line, messages, record_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local slots, line, messages, record_key, legacy_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, since, lease, limit, call_id, same = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 local join, called_at, message, line_ttl = ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10])
 local reserve, takeover, attempt, call = tonumber(ARGV[11]), ARGV[12], ARGV[13], ARGV[14]
 if record_key then
-    local ended = finished(record_key, attempt, call)
+    local ended = finished(record_key, legacy_key, attempt, call)
     if ended then return {2, ended} end
 end
 local now = now_ms()
