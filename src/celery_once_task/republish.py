@@ -6,6 +6,10 @@ already) and past every ``apply_async`` override between the user's class and
 Celery's: such an override ran when the call was made, and the copy carries
 the headers and routing that call was published with -- running it again
 would count, route or stamp one call twice.
+
+Its countdown is the library's own (a deferral's, a safety copy's): it is
+published as ``delays.countdown`` says, in whole seconds where RabbitMQ's
+native delayed delivery takes no less.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ from typing import Any, Optional
 from celery import Task
 from celery.result import AsyncResult
 
+from . import delays
 from .protocols import TaskLike
 
 
 def republish(task: TaskLike, args: Optional[Sequence[Any]], kwargs: Optional[Mapping[str, Any]],
               options: Mapping[str, Any]) -> Optional[AsyncResult]:
     """Publish a copy of a message under its own task id, past every ``apply_async`` override."""
+    seconds = options.get("countdown")
+    if seconds:
+        options = {**options, "countdown": delays.countdown(task.app, float(seconds))}
     return Task.apply_async(task, args, kwargs, **options)
