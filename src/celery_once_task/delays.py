@@ -17,12 +17,22 @@ brokers and queue types, and on Celery before 5.5, the countdown is
 published as computed, sub-second included. A countdown the user passes
 to ``apply_async`` is the user's and is left alone.
 
+The copy must also reach the queue its message came from. Celery's native
+path takes the routing key from the ``queue`` the router picked, not from
+the ``routing_key`` a copy carries (``signature_from_request`` gives the
+delivery's exchange and routing key, no queue): a copy of a message from a
+queue the task is not routed to would land in the default queue. So the
+copy names the app's queue its routing key (less any delay prefix) belongs
+to; one the app does not know is left to Celery's routing.
+
 A leaf: this module imports Celery and nothing of the library's own.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 
@@ -41,7 +51,10 @@ def _quorum_queue_detector() -> Optional[Callable[[Any, str], tuple[bool, str]]]
 
 _detect_quorum_queues = _quorum_queue_detector()
 
-__all__ = ["countdown", "native_delayed_delivery"]
+__all__ = ["countdown", "delayed_options", "native_delayed_delivery"]
+
+#: The whole seconds native delayed delivery puts before a routing key: 28 bits, each followed by a dot.
+_DELAY_PREFIX = re.compile(r"^(?:[01]\.){28}")
 
 
 def native_delayed_delivery(app: Any) -> bool:
@@ -61,3 +74,28 @@ def countdown(app: Any, seconds: float) -> float:
     if seconds > 0 and native_delayed_delivery(app):
         return float(math.ceil(seconds))
     return seconds
+
+
+def delayed_options(app: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The publish options of a copy the library delays (``options["countdown"]``): see the module's docstring."""
+    seconds = options.get("countdown")
+    if not seconds or not native_delayed_delivery(app):
+        return dict(options)
+    delayed = {**options, "countdown": float(math.ceil(float(seconds)))}
+    routing_key = options.get("routing_key")
+    if delayed.get("queue") is None and isinstance(routing_key, str):
+        queue = _queue_of(app, _DELAY_PREFIX.sub("", routing_key, count=1))
+        if queue is not None:
+            delayed["queue"] = queue
+    return delayed
+
+
+def _queue_of(app: Any, routing_key: str) -> Optional[str]:
+    """The name of the app's queue that messages with this routing key go to, if it has one."""
+    queues = app.amqp.queues
+    if routing_key in queues:
+        return routing_key
+    for name, queue in queues.items():
+        if queue.routing_key == routing_key:
+            return str(name)
+    return None

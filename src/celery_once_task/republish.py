@@ -8,8 +8,8 @@ the headers and routing that call was published with -- running it again
 would count, route or stamp one call twice.
 
 Its countdown is the library's own (a deferral's, a safety copy's): it is
-published as ``delays.countdown`` says, in whole seconds where RabbitMQ's
-native delayed delivery takes no less.
+published as ``delays.delayed_options`` says, in whole seconds and to its
+own queue where RabbitMQ's native delayed delivery carries it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,4 @@ from .protocols import TaskLike
 def republish(task: TaskLike, args: Optional[Sequence[Any]], kwargs: Optional[Mapping[str, Any]],
               options: Mapping[str, Any]) -> Optional[AsyncResult]:
     """Publish a copy of a message under its own task id, past every ``apply_async`` override."""
-    seconds = options.get("countdown")
-    if seconds:
-        options = {**options, "countdown": delays.countdown(task.app, float(seconds))}
-    return Task.apply_async(task, args, kwargs, **options)
+    return Task.apply_async(task, args, kwargs, **delays.delayed_options(task.app, options))
