@@ -9,7 +9,8 @@ less than one second raises ``ValueError: countdown must be a positive
 number``, and 1.9 s would become 1 s -- early.
 
 Every delay the library computes (a burst's due time, a deferred copy, a
-waiting call's safety copy) goes through ``countdown``: there, a positive
+waiting call's safety copy) goes through ``countdown`` (a re-published
+copy's options through ``delayed_options``): there, a positive
 countdown is rounded *up* to a whole second, so that a message never
 arrives before it is due; one that comes early all the same (a clock a
 little behind) is put off again by the path that receives it. On other
@@ -78,10 +79,10 @@ def countdown(app: Any, seconds: float) -> float:
 
 def delayed_options(app: Any, options: Mapping[str, Any]) -> dict[str, Any]:
     """The publish options of a copy the library delays (``options["countdown"]``): see the module's docstring."""
-    seconds = options.get("countdown")
-    if not seconds or not native_delayed_delivery(app):
+    seconds = float(options.get("countdown") or 0)
+    if seconds <= 0 or not native_delayed_delivery(app):
         return dict(options)
-    delayed = {**options, "countdown": float(math.ceil(float(seconds)))}
+    delayed = {**options, "countdown": float(math.ceil(seconds))}
     routing_key = options.get("routing_key")
     if delayed.get("queue") is None and isinstance(routing_key, str):
         queue = _queue_of(app, _DELAY_PREFIX.sub("", routing_key, count=1))
