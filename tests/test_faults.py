@@ -149,6 +149,7 @@ def test_burst_arguments_kept_while_the_store_was_down_are_forgotten_when_it_is_
     queue = f"away-burst-{doc[:8]}"
     locks = lock_server.client(2)
     app = Celery("away-burst", broker=tasks.BROKER_URL, backend=tasks.BACKEND_URL, set_as_current=False)
+    app.conf.update(tasks.QUEUE_CONF)
     app.conf.update(once_redis_url=f"{lock_server.url}/2", task_default_queue=queue)
     reindex_gated = app.task(base=OnceTask, name=tasks.reindex_gated.name, lock_args=["doc_id"], debounce=0.5,
                              shared=False)(tasks.reindex_gated.run)
@@ -171,6 +172,7 @@ def test_burst_arguments_kept_while_the_store_was_down_are_forgotten_when_it_is_
 def _lost_reply_app(lock_server: RedisServer, queue: str) -> tuple[Celery, Any]:
     """A publisher whose lock client gives up on a reply after half a second, retrying once."""
     app = Celery("lost-reply", broker=tasks.BROKER_URL, backend=tasks.BACKEND_URL, set_as_current=False)
+    app.conf.update(tasks.QUEUE_CONF)
     app.conf.update(
         once_redis_url=f"{lock_server.url}/2?socket_timeout=0.5&socket_connect_timeout=0.5",
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.1},

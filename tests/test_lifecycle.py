@@ -144,8 +144,9 @@ def test_expired_task_releases_its_queue_lock(busy_worker: Any, locks: Any, recs
 def test_revoked_prefetched_task_releases_its_queue_lock(worker: Any, locks: Any, recs: Any) -> None:
     tag = uuid.uuid4().hex
     victim = tasks.echo.apply_async((tag,), countdown=2)
-    wait_until(lambda: f"tests.worker_app.echo[{victim.id}]" in worker.read_log(),
-               what="the worker to prefetch the message")
+    if tasks.QUEUE_TYPE != "quorum":  # there, native delayed delivery keeps it in the broker until due
+        wait_until(lambda: f"tests.worker_app.echo[{victim.id}]" in worker.read_log(),
+                   what="the worker to prefetch the message")
     victim.revoke()
     wait_until(lambda: not locks.exists(key(tasks.echo, "queue", tag)), what="the queue lock to be released")
     assert events(recs, tag, "run") == []

@@ -76,6 +76,7 @@ def test_fixed_task_id_keeps_its_terminal_failure_under_raise() -> None:
 
 def test_app_conf_sets_the_queue_lock_conflict_of_every_task() -> None:
     app = Celery("policies-app", broker=tasks.BROKER_URL, backend=tasks.BACKEND_URL, set_as_current=False)
+    app.conf.update(tasks.QUEUE_CONF)
     app.conf.update(once_redis_url=tasks.LOCKS_URL, once_queue_lock_conflict="existing",
                     task_default_queue="parked")
 
@@ -90,6 +91,7 @@ def test_app_conf_sets_the_queue_lock_conflict_of_every_task() -> None:
 
 def test_task_option_wins_over_the_app_conf() -> None:
     app = Celery("policies-app-2", broker=tasks.BROKER_URL, set_as_current=False)
+    app.conf.update(tasks.QUEUE_CONF)
     app.conf.update(once_redis_url=tasks.LOCKS_URL, once_queue_lock_conflict="existing", task_default_queue="parked")
 
     @app.task(base=OnceTask, name="tests.test_policies.own_drop", queue_lock_conflict="drop", shared=False)

@@ -17,6 +17,7 @@ Foundations, importing nothing of the library above them:
 ``native``      an OS thread no pool can starve, for the renewal
 ``internals``   the one place that touches private attributes of redis-py, Celery or billiard
 ``protocols``   what the library needs of Celery's objects, as Protocols
+``delays``      the countdown of a message the library delays: whole seconds on RabbitMQ's native delayed delivery
 ``telemetry/``  OpenTelemetry: whether this process records (the one flag the paths test), the
                 hooks they call; its ``recorder``, ``spans`` and ``metrics`` load once something records
 

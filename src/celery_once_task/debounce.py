@@ -48,7 +48,7 @@ from celery.result import AsyncResult
 from kombu.utils.json import dumps, loads
 from redis.exceptions import RedisError
 
-from . import telemetry
+from . import delays, telemetry
 from .deferral import defer
 from .errors import LockStorePermissionError, LockStoreUnavailable
 from .headers import BURST_HEADER, header
@@ -131,7 +131,7 @@ def publish(task: TaskLike, settings: Settings, digest: str, args: Optional[Sequ
         logger.info("%s[%s]: call joined burst %s; due in %.3fs", task.name, burst_id, key, due_ms / 1000)
         return task.AsyncResult(burst_id)
     headers = {**(options.get("headers") or {}), BURST_HEADER: "1"}
-    message_options = {**options, "headers": headers, "countdown": due_ms / 1000}
+    message_options = {**options, "headers": headers, "countdown": delays.countdown(task.app, due_ms / 1000)}
     message_options.pop("eta", None)
     if code is Called.OVERDUE:
         logger.warning("%s[%s]: burst %s is overdue and its message was not seen: published again",
