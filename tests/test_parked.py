@@ -86,6 +86,25 @@ def test_a_deferred_copy_whose_worker_was_killed_holding_it_runs_once(redis_serv
     assert events(recs, doc, "run")[0]["t"] - due <= RESCUE_SLACK
 
 
+def test_postponed_throttled_calls_whose_worker_was_killed_holding_them_run_once_within_the_limit(
+        redis_server: Any, broker: Any, recs: Any) -> None:
+    tag = uuid.uuid4().hex
+    doomed, queue = doomed_worker(redis_server, tag)
+    try:
+        results = [tasks.throttled.apply_async((tag, tag, n), queue=queue) for n in range(6)]
+        # throttle=(3, 2): three start, three are postponed about 2 s, their copies held by the doomed worker.
+        wait_until(lambda: doomed.read_log().count("execution postponed") == 3 and broker.llen(queue) == 0,
+                   what="the doomed worker to hold the three postponed copies")
+    finally:
+        kill(doomed)  # before they are due: the broker keeps their messages for an hour
+    with running_worker(redis_server.port, f"heir-{tag[:6]}", queues=queue):
+        assert sorted(result.get(timeout=30) for result in results) == list(range(6))
+    starts = events(recs, tag, "start")
+    assert sorted(start["n"] for start in starts) == list(range(6))  # none lost, none run twice
+    moments = sorted(float(start["t"]) for start in starts)
+    assert all(later - earlier >= 2.0 for earlier, later in zip(moments, moments[3:]))  # at most 3 in any 2 s
+
+
 def test_the_dead_workers_copy_restored_late_is_turned_away(redis_server: Any, recs: Any) -> None:
     doc = uuid.uuid4().hex
     doomed, queue = doomed_worker(redis_server, doc)
