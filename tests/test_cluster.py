@@ -25,15 +25,12 @@ from tests.lock_scenarios import (
     topology_worker,
 )
 from tests.support import RedisServer, Worker, events, free_port, wait_until
+from tests.test_acl import documented_rules
 from tests.topologies import ClusterTopology, Server
 from tests.worker_app import echo
 
-#: The ACL rules for a cluster of docs/topologies.md, word for word.
-CLUSTER_ACL_RULES = (
-    "~once_task:* ~once_task_worker:* resetchannels -@all "
-    "+get +set +del +exists +pttl +pexpire +evalsha +script|load +scan +ping +select "
-    "+cluster|slots +cluster|nodes +command"
-)
+#: The ACL rules for a cluster of docs/topologies.md, word for word: the rule, and what a cluster adds to it.
+CLUSTER_ACL_RULES = f"{documented_rules()} +cluster|slots +cluster|nodes +command"
 
 
 @pytest.fixture(scope="module")

@@ -679,3 +679,8 @@ def throttled_limited(tag: str, n: int) -> int:
     time.sleep(0.3)
     record(tag, "end", n=n)
     return n
+
+
+# Every task above is made now, not when first used: a test that defines a task on this app with bad options
+# meets the error at once, and leaves nothing pending for whatever later reads ``app.tasks`` (the rescuer does).
+app.finalize()

@@ -143,7 +143,12 @@ class Rescuer:
             self._stopped.wait(self.interval)
 
     def rescue(self) -> int:
-        """One look: publish again every entry overdue by ``heartbeat_timeout``; how many were published."""
+        """One look: publish again every entry overdue by ``heartbeat_timeout``; how many were published.
+
+        None while the library is switched off (``enabled``): the store is not contacted.
+        """
+        if not resolve(self.app).enabled:
+            return 0
         try:
             rescued = self.store.parked.rescue(self.grace, self.lease, new_token(), RESCUE_BATCH)
         except RedisError as exc:
