@@ -1111,7 +1111,7 @@ def test_throttle_take_starts_a_call_on_its_reservation_when_on_time(client: Any
     assert throttle_take(client, keys.throttle, "mine", 1, LONG)[:2] == [1, now - 10]
     # Its reservation is now a start: a copy of the call finds none to start on.
     assert view.zscore(keys.throttle, "mine") is None
-    assert view.zscore(keys.throttle, f"mine@{now - 10}@instance-1") == now - 10
+    assert view.zscore(keys.throttle, "mine@instance-1") == now - 10
 
 
 def test_throttle_take_tells_a_copy_of_a_call_that_started_on_its_reservation_who_started_it(
@@ -1122,17 +1122,27 @@ def test_throttle_take_tells_a_copy_of_a_call_that_started_on_its_reservation_wh
     # The message delivered twice: its other copy finds the start, and writes nothing.
     code, at, _, start = throttle_take(client, keys.throttle, "mine", 1, LONG, reserved=str(now - 10),
                                        copies="ignore")
-    assert (code, at, start) == (3, now - 10, f"mine@{now - 10}@instance-1")
-    assert view.zrange(keys.throttle, 0, -1) == [f"mine@{now - 10}@instance-1"]
+    assert (code, at, start) == (3, now - 10, "mine@instance-1")
+    assert view.zrange(keys.throttle, 0, -1) == ["mine@instance-1"]
 
 
 def test_throttle_take_keeps_the_start_of_a_call_whose_copy_comes_again(client: Any, view: Any,
                                                                         keys: Keys) -> None:
     code, started, _ = throttle_take(client, keys.throttle, "mine", 1, LONG)
-    assert code == 1 and view.zscore(keys.throttle, f"mine@{started}@instance-1") == started
+    assert code == 1 and view.zscore(keys.throttle, "mine@instance-1") == started
     # A redelivered copy of the execution that started: its start still counts, it waits for its window.
     code, at, _ = throttle_take(client, keys.throttle, "mine", 1, LONG)
     assert (code, at) == (2, started + LONG + MARGIN)
+
+
+def test_throttle_take_gives_a_copy_started_again_a_start_of_its_own(client: Any, view: Any, keys: Keys) -> None:
+    first = throttle_take(client, keys.throttle, "mine", 2, LONG)
+    wait_for_server_time_past(view, first[1])
+    code, again, _ = throttle_take(client, keys.throttle, "mine", 2, LONG)
+    assert code == 1 and again > first[1]
+    # The short member holds the first start: the second carries its time, and both count.
+    assert view.zrange(keys.throttle, 1, -1, withscores=True) == [
+        ("mine@instance-1", first[1]), (f"mine@{again}@instance-1", again)]
 
 
 def test_throttle_take_keeps_the_reservation_of_a_call_that_arrives_early(client: Any, view: Any,

@@ -3,10 +3,14 @@
 The log is a sorted set of the key's starts -- past ones, and starts reserved
 for postponed calls -- scored by the store's clock in milliseconds. A
 reservation's member is its call id (``keys.call_id``); a start's is
-``<call id>@<ms>@<worker instance>``, so that a copy of a postponed call that
+``<call id>@<worker instance>``, so that a copy of a postponed call that
 started on its reservation (a message the broker delivered twice) finds that
 start, and who made it, and a start stays counted whatever becomes of its
-execution. One more member, scored 0, records the limits (``rates.spec_of``)
+execution. Where that member already holds an earlier start of the same call
+by the same instance (a copy started again, under ``"count"``), the start is
+``<call id>@<ms>@<worker instance>``: every start is a member of its own,
+as when every start carried its time (2.0.0, whose members are read alike),
+and most cost 14 bytes less. One more member, scored 0, records the limits (``rates.spec_of``)
 for operators. A call may start at ``t`` iff, for each limit, fewer than N
 entries lie after ``t - period - margin``: an exact sliding window, O(N)
 entries per key (the most of any limit).
@@ -39,6 +43,13 @@ local key, member = KEYS[1], ARGV[1]
 local margin, on_time, mode, spec = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local instance, reserved, copies = ARGV[6], ARGV[7], ARGV[8]
 local now = now_ms()
+-- The member of a start at ``at``: the short form, unless it holds another start (see the module's docstring).
+local function start_of(at)
+    local short = member .. '@' .. instance
+    local held = redis.call('ZSCORE', key, short)
+    if not held or tonumber(held) == at then return short end
+    return member .. '@' .. at .. '@' .. instance
+end
 local limits, longest = {}, 0
 for i = 9, #ARGV, 2 do
     local count, period = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
@@ -53,7 +64,7 @@ if mine then
     if mine > now then return {2, mine, now} end
     redis.call('ZREM', key, member)
     if now - mine <= on_time then
-        redis.call('ZADD', key, mine, member .. '@' .. mine .. '@' .. instance)
+        redis.call('ZADD', key, mine, start_of(mine))
         return {1, mine, now}
     end
     -- Late (its worker died, or its pool was busy): its reservation, never started on, is given up and
@@ -76,7 +87,7 @@ for _, limit in ipairs(limits) do
     end
 end
 if at > now and mode == 'reject' then return {0, at, now} end
-redis.call('ZADD', key, at, at > now and member or (member .. '@' .. at .. '@' .. instance))
+redis.call('ZADD', key, at, at > now and member or start_of(at))
 redis.call('ZADD', key, 0, spec)
 local last = redis.call('ZREVRANGE', key, 0, 0, 'WITHSCORES')
 redis.call('PEXPIRE', key, math.floor(tonumber(last[2]) - now + longest + margin) + 1)
