@@ -21,9 +21,10 @@ from typing import Any
 from celery_once_task.keys import finished_key, key_space, limited_key
 from celery_once_task.ownership import INSTANCE, RunningOwner
 from celery_once_task.store import LockStore
+from celery_once_task.store.lua.throttles import THROTTLE_TAKE
 from celery_once_task.store.slots import Claim
 from tests import worker_app as tasks
-from tests.support import events, lock_key_of, started, wait_until
+from tests.support import events, lock_key_of, run_script, started, wait_until
 
 RECORD_TARGET = 100
 LOCK_TARGET = 200
@@ -32,6 +33,8 @@ LOCK_TARGET = 200
 #: fields); with the test app's task name, one more 16-byte step of the key's name.
 SLOTS_TARGET = 200
 SLOTS_TARGET_LONGER_NAME = 216
+#: A throttle log with ten starts: about 70 bytes a start over a key's own cost.
+THROTTLE_TARGET = 1000
 #: A task name of 25 characters, as long as the benchmark's.
 SHORT_NAME = "tests.memory_limits.short"
 
@@ -95,3 +98,15 @@ def test_a_debounced_burst_of_one_call_takes_at_most_200_bytes(locks: Any) -> No
                                  keep=60.0, overdue=60.0)
     usage = locks.memory_usage(key)
     assert usage is not None and usage <= LOCK_TARGET, (key, locks.hgetall(key), usage)
+
+
+def test_a_throttle_log_of_starts_stays_a_listpack(locks: Any) -> None:
+    key = limited_key(SHORT_NAME, uuid.uuid4().hex[:16], "throttle")
+    for _ in range(10):
+        # A call id (task id, attempt) and a worker instance, as a worker writes them: "10/m".
+        run_script(locks, THROTTLE_TAKE, key, f"{uuid.uuid4()}\x1f0", 100, 60, "postpone", "10/60", INSTANCE, "",
+                   "count", 10, 60_000)
+    # A member over 64 bytes would make it a skiplist: several times the memory.
+    assert locks.object("encoding", key) == b"listpack", locks.zrange(key, 0, -1)
+    usage = locks.memory_usage(key)
+    assert usage is not None and usage <= THROTTLE_TARGET, usage

@@ -6,11 +6,14 @@ reservation's member is its call id (``keys.call_id``); a start's is
 ``<call id>@<worker instance>``, so that a copy of a postponed call that
 started on its reservation (a message the broker delivered twice) finds that
 start, and who made it, and a start stays counted whatever becomes of its
-execution. Where that member already holds an earlier start of the same call
-by the same instance (a copy started again, under ``"count"``), the start is
-``<call id>@<ms>@<worker instance>``: every start is a member of its own,
-as when every start carried its time (2.0.0, whose members are read alike),
-and most cost 14 bytes less. One more member, scored 0, records the limits (``rates.spec_of``)
+execution. Where that member already holds another start of the same call by
+the same instance (a copy started again, under ``"count"``), the start is
+``<call id>@<n>@<worker instance>``, with the least n from 2 whose member is
+free: every start is a member of its own, as when every start carried its
+time (``<call id>@<ms>@<worker instance>``, 2.0.0's members, read alike).
+Short members keep the log a listpack: Redis stores a sorted set with a
+member over 64 bytes (``zset-max-listpack-value``) as a skiplist, about five
+times the memory for a few entries. One more member, scored 0, records the limits (``rates.spec_of``)
 for operators. A call may start at ``t`` iff, for each limit, fewer than N
 entries lie after ``t - period - margin``: an exact sliding window, O(N)
 entries per key (the most of any limit).
@@ -43,12 +46,16 @@ local key, member = KEYS[1], ARGV[1]
 local margin, on_time, mode, spec = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local instance, reserved, copies = ARGV[6], ARGV[7], ARGV[8]
 local now = now_ms()
--- The member of a start at ``at``: the short form, unless it holds another start (see the module's docstring).
+-- The member of a start at ``at``: the first of <member>@<instance>, <member>@2@<instance>, ... that holds
+-- no other start (see the module's docstring).
 local function start_of(at)
-    local short = member .. '@' .. instance
-    local held = redis.call('ZSCORE', key, short)
-    if not held or tonumber(held) == at then return short end
-    return member .. '@' .. at .. '@' .. instance
+    local name, n = member .. '@' .. instance, 1
+    while true do
+        local held = redis.call('ZSCORE', key, name)
+        if not held or tonumber(held) == at then return name end
+        n = n + 1
+        name = member .. '@' .. n .. '@' .. instance
+    end
 end
 local limits, longest = {}, 0
 for i = 9, #ARGV, 2 do
