@@ -170,7 +170,8 @@ def _value_of(key: str, kind: str) -> Optional[str]:
     """What the kind's keys hold, for the table: the string value, or a hash's fields."""
     del key
     return {"queue": "a task id", "window": "a task id", "running": "owner token and since",
-            "slot": "hash: a field per slot", "burst": "hash: the burst", "finished": "a record"}.get(kind)
+            "slot": "hash: a field per slot", "burst": "hash: the burst", "throttle": "sorted set: the starts",
+            "finished": "a record"}.get(kind)
 
 
 def text(figures: dict[str, Any], before: Optional[dict[str, Any]] = None) -> str:
@@ -233,6 +234,9 @@ def section(figures: dict[str, Any], before: Optional[dict[str, Any]] = None) ->
         "every other key lives while its call is queued or running. On RabbitMQ (300 s) the same rate keeps "
         f"{RATE * 300:,} records, about {RATE * 300 * fill['bytes_per_record'] / 1e6:.0f} MB. "
         "A limited key is a hash (its limit and a field "
-        f"per slot held), {per_kind.get('slot', {}).get('median_bytes', 0):.0f} B with one slot; a throttle key is "
-        "not on this release.",
+        f"per slot held), {per_kind.get('slot', {}).get('median_bytes', 0):.0f} B with one slot; a debounced burst "
+        f"of one call {per_kind.get('burst', {}).get('median_bytes', 0):.0f} B; a throttle key (here one start and "
+        f"its limits) {per_kind.get('throttle', {}).get('median_bytes', 0):.0f} B, about 72 B more a start while "
+        "its starts are members of 64 bytes or less, which keeps it a listpack. A key's name counts in steps of 16 "
+        "bytes: the same keys of a task whose name is a few characters longer take 16 B more.",
     ]

@@ -399,7 +399,8 @@ def test_a_permission_error_pickles_with_what_the_user_lacks() -> None:
     ("NOPERM User u has no permissions to run the 'hget' command script: 0123, on @user_script:9.",
      "'hget' (add +hget to its rules)"),
     (f"The user executing the script can't run this command or subcommand script: {BURST_CALL.sha}, on "
-     "@user_script:12.", "a command of the script burst_call (it runs: +hget +hincrby +hset +pexpire +pttl +time)"),
+     "@user_script:12.",
+     "a command of the script burst_call (it runs: +hdel +hget +hgetall +hset +pexpire +pttl +time)"),
 ])
 def test_a_refusal_names_what_the_user_lacks(reply: str, missing: str) -> None:
     assert refusal(redis.ResponseError(reply)) == missing

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import redis
 
+from celery_once_task.keys import limited_key
 from celery_once_task.ops import locks as lockinfo
 from tests import worker_app as tasks
 from tests.support import ROOT, Worker, free_port, gated_run, wait_until
@@ -217,3 +218,37 @@ def test_standalone_program_takes_the_lock_store_of_an_app() -> None:
     done = subprocess.run([sys.executable, "-m", "celery_once_task", "-A", "tests.worker_app", "show", key, "--json"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert json.loads(done.stdout)["task_id"] == task_id, done.stderr
+
+
+# -- once locks: keys 2.0.0 wrote (a rolling deploy) -----------------------------------------------------------
+
+
+def test_locks_reads_a_limited_keys_slot_in_either_form(locks: Any) -> None:
+    key = limited_key(tasks.export_gated.name, uuid.uuid4().hex[:16], "slots")
+    old, new = str(uuid.uuid4()), str(uuid.uuid4())
+    expiry = int(locks.time()[0]) * 1000 + 60_000
+    since = time.time() - 5
+    locks.hset(key, mapping={f"s:{old}\x1f0:123456789012345:\x1f": f"{expiry}:{since:.3f}", "limit": "3",
+                             f"S{new}\x1f0:123456789012345:\x1f": f"{expiry}:{expiry - int(since * 1000)}"})
+    locks.expire(key, 60)
+    rows = {row.task_id: row for row in lockinfo.get_locks(locks, key)}
+    assert set(rows) == {old, new}
+    for row in rows.values():
+        assert (row.limit, row.used, row.attempt, row.instance) == (3, 2, 0, "123456789012345")
+        assert row.age is not None and 4 <= row.age <= 30
+    assert (rows[old].slot or "").startswith("s:") and (rows[new].slot or "").startswith("S")
+
+
+def test_locks_reads_a_debounced_keys_burst_in_either_form(locks: Any) -> None:
+    key = limited_key(tasks.parked_reindex.name, uuid.uuid4().hex[:16], "burst")
+    due = int(locks.time()[0]) * 1000 + 60_000
+    locks.hset(key, mapping={"id": "open-1", "due": due, "count": 3, "args": "{}", "by": "t3", "closed:ran-1": "{}",
+                             "Cran-2": "[[],{}]"})
+    locks.expire(key, 60)
+    rows = lockinfo.get_locks(locks, key)
+    assert [(row.task_id, row.calls, row.value) for row in rows] == [
+        ("open-1", 3, "open-1"), ("ran-2", None, "closed:ran-2"), ("ran-1", None, "closed:ran-1")]
+    locks.delete(key)
+    locks.hset(key, mapping={"i": "open-2", "d": due, "a": "[[],{}]"})
+    (row,) = lockinfo.get_locks(locks, key)
+    assert (row.task_id, row.calls) == ("open-2", 1) and row.due_in is not None and 50 < row.due_in <= 60

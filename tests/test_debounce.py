@@ -90,7 +90,7 @@ def test_a_burst_runs_once_though_the_worker_holding_its_message_died(redis_serv
     assert [event["version"] for event in events(recs, doc, "run")] == [3]
     # Its arguments are forgotten; its last call is recognised for one lease more (the key expires).
     key = burst_key(tasks.reindex_late, doc)
-    assert set(locks.hkeys(key)) <= {b"prev"}
+    assert set(locks.hkeys(key)) <= {b"p"}
     ttl = locks.pttl(key)  # read once: the key may expire between two reads
     assert ttl == -2 or 0 < ttl <= Lease(tasks.HEARTBEAT_TIMEOUT).ttl * 1000
 
@@ -182,7 +182,7 @@ def test_a_call_sent_again_while_it_is_the_bursts_last_is_counted_once(locks: An
     assert _sent_again(locks, key, first)[:2] == (1, first)
     assert _sent_again(locks, key, second)[:2] == (0, first)
     assert _sent_again(locks, key, second)[:2] == (0, first)
-    assert locks.hget(key, "count") == b"2"
+    assert locks.hget(key, "n") == b"2"
 
 
 def test_a_call_sent_again_after_its_burst_closed_does_not_start_another(locks: Any) -> None:
@@ -194,11 +194,11 @@ def test_a_call_sent_again_after_its_burst_closed_does_not_start_another(locks: 
     wait_until(lambda: store.bursts.take(key, first, 60).code == 1, what="the burst to close")
     # Its arguments run in the closed burst: the call is answered as its first try was.
     assert _sent_again(locks, key, second) == (0, first, 0)
-    assert not locks.hexists(key, "id")
+    assert not locks.hexists(key, "i")
     # Its execution ended: the call is still recognised, for as long as its retries may last.
     store.bursts.forget(key, first, "closed", remember=5)
     assert _sent_again(locks, key, second) == (0, first, 0)
-    assert locks.hkeys(key) == [b"prev"] and 0 < locks.pttl(key) <= 5_000
+    assert locks.hkeys(key) == [b"p"] and 0 < locks.pttl(key) <= 5_000
 
 
 def test_bad_debounce_values_are_errors_naming_the_task() -> None:

@@ -158,13 +158,13 @@ def test_burst_arguments_kept_while_the_store_was_down_are_forgotten_when_it_is_
     with running_worker(tasks.PORT, f"away-burst-{doc[:6]}", pool="solo", queues=queue, env=env) as worker:
         result = reindex_gated.delay(doc, 1)
         started(recs, doc)
-        assert any(field.startswith(b"closed:") for field in locks.hkeys(burst))
+        assert any(field.startswith(b"C") for field in locks.hkeys(burst))
         lock_server.kill()
         recs.rpush(f"gate:{doc}:1", 1)
         assert result.get(timeout=20) == 1
         wait_until(lambda: "not cleared; left to the janitor" in worker.read_log(), what="the failed forget")
         lock_server.start()
-        wait_until(lambda: not any(field.startswith(b"closed:") for field in locks.hkeys(burst)), timeout=15,
+        wait_until(lambda: not any(field.startswith(b"C") for field in locks.hkeys(burst)), timeout=15,
                    what="the janitor to forget the burst's arguments")
         assert f"{result.id}]: released lock {burst} (task ended)" in worker.read_log()
 
@@ -285,7 +285,7 @@ def test_slot_pickup_whose_reply_was_lost_takes_its_own_slot_when_sent_again(loc
     assert f"{result.id}]: execution waiting" not in log
     assert [event["n"] for event in events(recs, tenant, "start")] == [0, 1]
     slots = limited_key(tasks.export.name, tasks.export.once_digest((tenant, 0), {}), "slots")
-    assert not any(name.startswith(b"s:") for name in lock_server.client(2).hkeys(slots))  # released
+    assert not any(name.startswith(b"S") for name in lock_server.client(2).hkeys(slots))  # released
 
 
 # -- the first calls of a process --------------------------------------------------------------

@@ -49,7 +49,7 @@ def slots_left(locks: Any, task: Any, tenant: str) -> int:
     digest = task.once_digest((tenant, 0), {})
     fields = locks.hgetall(limited_key(task.name, digest, "slots"))
     line = locks.exists(limited_key(task.name, digest, "waiters"), limited_key(task.name, digest, "messages"))
-    return sum(1 for name in fields if name.startswith((b"s:", b"r:"))) + line
+    return sum(1 for name in fields if name.startswith((b"S", b"R"))) + line
 
 
 def test_bad_running_limit_is_an_error_at_definition_naming_the_task() -> None:
@@ -150,7 +150,7 @@ def test_a_dead_workers_slots_free_within_the_lease_and_the_waiting_calls_run(
     finally:
         doomed.stop()
     slots = limited_key(tasks.export_waiting_gated.name, digest, "slots")
-    wait_until(lambda: not [name for name in locks.hkeys(slots) if name.startswith(b"s:")] or
+    wait_until(lambda: not [name for name in locks.hkeys(slots) if name.startswith(b"S")] or
                len(events(recs, tenant, "start")) > 2, timeout=LEASE.ttl + 10, what="the dead worker's slots to free")
     freed_after = time.monotonic() - killed_at
     later = started(recs, tenant, count=4)[2:]
@@ -203,7 +203,7 @@ def test_clear_frees_one_slot_by_its_holder_and_leaves_the_other(limit_worker: W
     done = once("clear", "--key", key, "--holder", results[0].id, "--yes")
     assert done.returncode == 0, done.stderr
     assert f"deleted {key} slot (held by task {results[0].id}" in done.stdout
-    holders = [name for name in locks.hkeys(key) if name.startswith(b"s:")]
+    holders = [name for name in locks.hkeys(key) if name.startswith(b"S")]
     assert len(holders) == 1 and results[1].id.encode() in holders[0]
     # The freed slot takes a new execution at once.
     third = tasks.export_gated.apply_async((tenant, 3), queue=QUEUE)

@@ -415,6 +415,10 @@ def test_take_of_no_entry_is_nil(client: Any, keys: Keys) -> None:
 # -- running_limit: SLOT_ACQUIRE ---------------------------------------------------------------------------------
 
 
+#: When two pickups were sent (milliseconds): a slot records it, with its token.
+SINCE_1, SINCE_2 = "1700000000001", "1700000000002"
+
+
 def attempt_prefix(task: str, retries: int = 0) -> str:
     """The owner token prefix of an attempt: ``<task id>\\x1f<retries>:``."""
     return f"{task}\x1f{retries}:"
@@ -438,12 +442,12 @@ def handed(task: str, retries: int = 0) -> str:
     return f"{call_id(task, retries)}\x1f{message(task)}"
 
 
-def slot_acquire(client: Any, keys: Keys, task: str, *, retries: int = 0, delivery: int = 1, taken: str = "since-1",
+def slot_acquire(client: Any, keys: Keys, task: str, *, retries: int = 0, delivery: int = 1, taken: str = SINCE_1,
                  lease: int = LONG, limit: int = 1, wait: bool = False, called: int = 0, reserve: int = LONG,
                  takeover: str = "", with_record: bool = False, call: str = "call-1") -> Any:
     return run_script(client, SLOT_ACQUIRE, keys.slots,
                owner(task, retries, delivery),  # ARGV[1] owner token
-               taken,  # ARGV[2] when the lock is taken
+               taken,  # ARGV[2] when the pickup was sent (ms)
                lease,  # ARGV[3] lease
                limit,  # ARGV[4] the limit
                call_id(task, retries),  # ARGV[5] the call id
@@ -474,24 +478,30 @@ def slot_release(client: Any, keys: Keys, task: str, *, delivery: int = 1, limit
 
 
 def slot_fields(view: Any, keys: Keys) -> list[str]:
-    """The slots' and reservations' fields (``s:<token>``, ``r:<call id>``), sorted."""
-    return sorted(name for name in view.hkeys(keys.slots) if name[:2] in ("s:", "r:"))
+    """The slots' and reservations' fields (``S<token>``, ``R<call id>``), sorted."""
+    return sorted(name for name in view.hkeys(keys.slots) if name[:1] in ("S", "R") and len(name) > 1)
 
 
 def expiry(view: Any, keys: Keys, field: str) -> int:
     """When a slot or a reservation expires, in the server's milliseconds."""
     value = view.hget(keys.slots, field)
-    return int(value.split(":" if field.startswith("s:") else "\x1f")[0])
+    return int(value.split(":" if field.startswith(("S", "s:")) else "\x1f")[0])
+
+
+def held_since(view: Any, keys: Keys, field: str) -> int:
+    """When a slot held was taken (the pickup's ARGV[2]), from its value ``<expiry>:<expiry - since>``."""
+    expiry_ms, held = view.hget(keys.slots, field).split(":")
+    return int(expiry_ms) - int(held)
 
 
 def test_slot_acquire_takes_a_free_slot_with_its_lease(client: Any, view: Any, keys: Keys) -> None:
     before = server_ms(view)
-    assert slot_acquire(client, keys, "task-a", lease=LONG, taken="since-1") == [1, ""]
+    assert slot_acquire(client, keys, "task-a", lease=LONG, taken=SINCE_1) == [1, ""]
     after = server_ms(view)
-    assert slot_fields(view, keys) == [f"s:{owner('task-a')}"]
-    assert view.hget(keys.slots, f"s:{owner('task-a')}").endswith(":since-1")
-    assert before + LONG <= expiry(view, keys, f"s:{owner('task-a')}") <= after + LONG
-    assert view.hget(keys.slots, "limit") == "1"
+    assert slot_fields(view, keys) == [f"S{owner('task-a')}"]
+    assert held_since(view, keys, f"S{owner('task-a')}") == int(SINCE_1)
+    assert before + LONG <= expiry(view, keys, f"S{owner('task-a')}") <= after + LONG
+    assert view.hget(keys.slots, "L") == "1"
 
 
 def test_slot_acquire_returns_the_record_of_this_attempt_that_ended_and_takes_nothing(
@@ -530,27 +540,27 @@ def test_slot_acquire_refuses_another_delivery_of_an_attempt_that_holds_a_slot(c
                                                                                 keys: Keys) -> None:
     slot_acquire(client, keys, "task-a", delivery=1, limit=2)
     assert slot_acquire(client, keys, "task-a", delivery=2, limit=2) == [4, owner("task-a", delivery=1)]
-    assert slot_fields(view, keys) == [f"s:{owner('task-a', delivery=1)}"]
+    assert slot_fields(view, keys) == [f"S{owner('task-a', delivery=1)}"]
 
 
 def test_slot_acquire_sent_again_after_a_lost_reply_takes_its_own_slot_again(client: Any, view: Any,
                                                                               keys: Keys) -> None:
-    assert slot_acquire(client, keys, "task-a", taken="since-1") == [1, ""]
-    assert slot_acquire(client, keys, "task-a", taken="since-1") == [1, ""]
-    assert slot_fields(view, keys) == [f"s:{owner('task-a')}"]
+    assert slot_acquire(client, keys, "task-a", taken=SINCE_1) == [1, ""]
+    assert slot_acquire(client, keys, "task-a", taken=SINCE_1) == [1, ""]
+    assert slot_fields(view, keys) == [f"S{owner('task-a')}"]
 
 
 def test_slot_acquire_with_the_same_token_taken_at_another_time_is_another_delivery(client: Any, view: Any,
                                                                                     keys: Keys) -> None:
-    slot_acquire(client, keys, "task-a", taken="since-1", limit=2)
-    assert slot_acquire(client, keys, "task-a", taken="since-2", limit=2) == [4, owner("task-a")]
-    assert view.hget(keys.slots, f"s:{owner('task-a')}").endswith(":since-1")
+    slot_acquire(client, keys, "task-a", taken=SINCE_1, limit=2)
+    assert slot_acquire(client, keys, "task-a", taken=SINCE_2, limit=2) == [4, owner("task-a")]
+    assert held_since(view, keys, f"S{owner('task-a')}") == int(SINCE_1)
 
 
 def test_slot_acquire_takes_over_the_slot_of_the_token_it_names(client: Any, view: Any, keys: Keys) -> None:
     slot_acquire(client, keys, "task-a", delivery=1)
     assert slot_acquire(client, keys, "task-a", delivery=2, takeover=owner("task-a", delivery=1)) == [1, ""]
-    assert slot_fields(view, keys) == [f"s:{owner('task-a', delivery=2)}"]
+    assert slot_fields(view, keys) == [f"S{owner('task-a', delivery=2)}"]
 
 
 def test_slot_acquire_refuses_a_call_when_no_slot_is_free_naming_a_holder(client: Any, view: Any,
@@ -558,13 +568,13 @@ def test_slot_acquire_refuses_a_call_when_no_slot_is_free_naming_a_holder(client
     slot_acquire(client, keys, "task-a")
     assert slot_acquire(client, keys, "task-b", wait=False) == [5, owner("task-a")]
     assert view.exists(keys.line) == 0
-    assert slot_fields(view, keys) == [f"s:{owner('task-a')}"]
+    assert slot_fields(view, keys) == [f"S{owner('task-a')}"]
 
 
 def test_slot_acquire_takes_a_slot_under_a_limit_of_two_beside_another(client: Any, view: Any, keys: Keys) -> None:
     slot_acquire(client, keys, "task-a", limit=2)
     assert slot_acquire(client, keys, "task-b", limit=2) == [1, ""]
-    assert slot_fields(view, keys) == sorted([f"s:{owner('task-a')}", f"s:{owner('task-b')}"])
+    assert slot_fields(view, keys) == sorted([f"S{owner('task-a')}", f"S{owner('task-b')}"])
 
 
 def test_slot_acquire_claims_the_slot_reserved_for_a_call_handed_over(client: Any, view: Any, keys: Keys) -> None:
@@ -572,7 +582,7 @@ def test_slot_acquire_claims_the_slot_reserved_for_a_call_handed_over(client: An
     slot_acquire(client, keys, "task-b", wait=True)
     assert slot_release(client, keys, "task-a") == [1, handed("task-b")]
     assert slot_acquire(client, keys, "task-b") == [1, ""]
-    assert slot_fields(view, keys) == [f"s:{owner('task-b')}"]
+    assert slot_fields(view, keys) == [f"S{owner('task-b')}"]
 
 
 def test_slot_acquire_hands_a_free_slot_to_the_first_call_in_line_not_to_a_newcomer(client: Any, view: Any,
@@ -581,24 +591,24 @@ def test_slot_acquire_hands_a_free_slot_to_the_first_call_in_line_not_to_a_newco
     slot_acquire(client, keys, "task-b", wait=True)
     # The limit is now two: the slot that came free is the waiting call's.
     assert slot_acquire(client, keys, "task-c", limit=2) == [5, owner("task-a"), handed("task-b")]
-    assert slot_fields(view, keys) == sorted([f"s:{owner('task-a')}", f"r:{call_id('task-b')}"])
+    assert slot_fields(view, keys) == sorted([f"S{owner('task-a')}", f"R{call_id('task-b')}"])
     assert view.exists(keys.line) == 0
 
 
 def test_slot_acquire_purges_an_expired_slot_and_takes_it(client: Any, view: Any, keys: Keys) -> None:
     slot_acquire(client, keys, "task-a", lease=5)
-    wait_for_server_time_past(view, expiry(view, keys, f"s:{owner('task-a')}"))
+    wait_for_server_time_past(view, expiry(view, keys, f"S{owner('task-a')}"))
     assert slot_acquire(client, keys, "task-b") == [1, ""]
-    assert slot_fields(view, keys) == [f"s:{owner('task-b')}"]
+    assert slot_fields(view, keys) == [f"S{owner('task-b')}"]
 
 
 def test_slot_acquire_gives_a_waiting_call_back_in_line_the_slot_that_came_free(client: Any, view: Any,
                                                                                 keys: Keys) -> None:
     slot_acquire(client, keys, "task-a", lease=5)
     slot_acquire(client, keys, "task-b", wait=True)
-    wait_for_server_time_past(view, expiry(view, keys, f"s:{owner('task-a')}"))
+    wait_for_server_time_past(view, expiry(view, keys, f"S{owner('task-a')}"))
     assert slot_acquire(client, keys, "task-b", wait=True) == [1, ""]
-    assert slot_fields(view, keys) == [f"s:{owner('task-b')}"]
+    assert slot_fields(view, keys) == [f"S{owner('task-b')}"]
     assert view.exists(keys.line, keys.messages) == 0
 
 
@@ -608,7 +618,7 @@ def test_slot_acquire_puts_a_call_whose_reservation_expired_back_in_line_at_its_
     slot_acquire(client, keys, "task-b", wait=True, called=100)
     slot_acquire(client, keys, "task-c", wait=True, called=200)
     assert slot_release(client, keys, "task-a", reserve=5) == [1, handed("task-b")]
-    wait_for_server_time_past(view, expiry(view, keys, f"r:{call_id('task-b')}"))
+    wait_for_server_time_past(view, expiry(view, keys, f"R{call_id('task-b')}"))
     # Back at its place, ahead of task-c: the slot is handed to it again, and the newcomer waits behind task-c.
     assert slot_acquire(client, keys, "task-d", wait=True, called=300) == [3, 2, handed("task-b")]
     assert view.zrange(keys.line, 0, -1) == [call_id("task-c"), call_id("task-d")]
@@ -626,7 +636,7 @@ def test_slot_release_frees_the_slot_its_token_holds(client: Any, view: Any, key
 def test_slot_release_of_a_token_without_a_slot_is_0(client: Any, view: Any, keys: Keys) -> None:
     slot_acquire(client, keys, "task-b")
     assert slot_release(client, keys, "task-a") == [0]
-    assert slot_fields(view, keys) == [f"s:{owner('task-b')}"]
+    assert slot_fields(view, keys) == [f"S{owner('task-b')}"]
 
 
 def test_slot_release_hands_the_free_slot_to_the_call_made_first(client: Any, view: Any, keys: Keys) -> None:
@@ -634,7 +644,7 @@ def test_slot_release_hands_the_free_slot_to_the_call_made_first(client: Any, vi
     slot_acquire(client, keys, "task-b", wait=True, called=300)
     slot_acquire(client, keys, "task-c", wait=True, called=200)
     assert slot_release(client, keys, "task-a") == [1, handed("task-c")]
-    reservation = view.hget(keys.slots, f"r:{call_id('task-c')}")
+    reservation = view.hget(keys.slots, f"R{call_id('task-c')}")
     assert reservation.split("\x1f")[1:] == ["200", message("task-c")]
     assert view.zrange(keys.line, 0, -1) == [call_id("task-b")]
 
@@ -665,15 +675,70 @@ def test_slot_release_leaves_no_key_behind_once_nothing_is_held_or_waiting(clien
     assert view.exists(keys.slots, keys.line, keys.messages) == 0
 
 
+# -- running_limit: keys 2.0.0 wrote (a rolling deploy) ----------------------------------------------------------
+
+
+def hold_in_2_0_0_form(view: Any, keys: Keys, task: str, lease: int = LONG) -> str:
+    """A slot as a process of 2.0.0 takes it: ``s:<token>`` -> ``<expiry>:<since, seconds>``, and ``limit``."""
+    field = f"s:{owner(task)}"
+    view.hset(keys.slots, mapping={field: f"{server_ms(view) + lease}:1700000000.001", "limit": "1"})
+    view.pexpire(keys.slots, LONG)
+    return field
+
+
+def test_slot_acquire_counts_a_slot_held_in_the_2_0_0_form(client: Any, view: Any, keys: Keys) -> None:
+    hold_in_2_0_0_form(view, keys, "task-a")
+    assert slot_acquire(client, keys, "task-b", wait=False) == [5, owner("task-a")]
+
+
+def test_slot_acquire_refuses_another_delivery_of_an_attempt_holding_a_slot_in_the_2_0_0_form(
+        client: Any, view: Any, keys: Keys) -> None:
+    hold_in_2_0_0_form(view, keys, "task-a")
+    assert slot_acquire(client, keys, "task-a", delivery=2, limit=2) == [4, owner("task-a")]
+
+
+def test_slot_acquire_takes_over_a_slot_held_in_the_2_0_0_form(client: Any, view: Any, keys: Keys) -> None:
+    hold_in_2_0_0_form(view, keys, "task-a")
+    assert slot_acquire(client, keys, "task-a", delivery=2, takeover=owner("task-a")) == [1, ""]
+    assert sorted(view.hkeys(keys.slots)) == sorted([f"S{owner('task-a', delivery=2)}", "L"])
+
+
+def test_slot_acquire_claims_a_reservation_made_in_the_2_0_0_form(client: Any, view: Any, keys: Keys) -> None:
+    view.hset(keys.slots, f"r:{call_id('task-b')}", f"{server_ms(view) + LONG}\x1f200\x1f{message('task-b')}")
+    assert slot_acquire(client, keys, "task-c", wait=False) == [5, ""]
+    assert slot_acquire(client, keys, "task-b") == [1, ""]
+    assert slot_fields(view, keys) == [f"S{owner('task-b')}"]
+
+
+def test_slot_release_frees_a_slot_held_in_the_2_0_0_form(client: Any, view: Any, keys: Keys) -> None:
+    hold_in_2_0_0_form(view, keys, "task-a")
+    assert slot_release(client, keys, "task-a") == [1]
+    assert view.exists(keys.slots) == 0
+
+
+def test_slot_renew_extends_a_slot_held_in_the_2_0_0_form_in_that_form(client: Any, view: Any, keys: Keys) -> None:
+    field = hold_in_2_0_0_form(view, keys, "task-a", lease=1000)
+    before = server_ms(view)
+    assert run_script(client, SLOT_RENEW, keys.slots, owner("task-a"), LONG) == 1
+    value = view.hget(keys.slots, field)
+    assert value.endswith(":1700000000.001") and int(value.split(":")[0]) >= before + LONG
+
+
+def test_slot_clear_deletes_a_slot_held_in_the_2_0_0_form(client: Any, view: Any, keys: Keys) -> None:
+    field = hold_in_2_0_0_form(view, keys, "task-a")
+    assert run_script(client, SLOT_CLEAR, keys.slots, field, view.hget(keys.slots, field)) == 1
+    assert view.exists(keys.slots) == 0
+
+
 # -- running_limit: SLOT_RENEW, SLOT_CLEAR, SLOT_FORGET ----------------------------------------------------------
 
 
 def test_slot_renew_extends_the_lease_of_the_slot_its_token_holds(client: Any, view: Any, keys: Keys) -> None:
-    slot_acquire(client, keys, "task-a", lease=1000, taken="since-1")
+    slot_acquire(client, keys, "task-a", lease=1000, taken=SINCE_1)
     before = server_ms(view)
     assert run_script(client, SLOT_RENEW, keys.slots, owner("task-a"), LONG) == 1
-    assert expiry(view, keys, f"s:{owner('task-a')}") >= before + LONG
-    assert view.hget(keys.slots, f"s:{owner('task-a')}").endswith(":since-1")
+    assert expiry(view, keys, f"S{owner('task-a')}") >= before + LONG
+    assert held_since(view, keys, f"S{owner('task-a')}") == int(SINCE_1)
     assert view.pttl(keys.slots) > 1000
 
 
@@ -685,22 +750,22 @@ def test_slot_renew_of_a_token_without_a_slot_is_0(client: Any, view: Any, keys:
 def test_slot_clear_deletes_a_field_that_still_holds_the_value(client: Any, view: Any, keys: Keys) -> None:
     slot_acquire(client, keys, "task-a", limit=2)
     slot_acquire(client, keys, "task-b", limit=2)
-    field = f"s:{owner('task-a')}"
+    field = f"S{owner('task-a')}"
     assert run_script(client, SLOT_CLEAR, keys.slots, field, view.hget(keys.slots, field)) == 1
-    assert slot_fields(view, keys) == [f"s:{owner('task-b')}"]
+    assert slot_fields(view, keys) == [f"S{owner('task-b')}"]
 
 
 def test_slot_clear_leaves_a_field_whose_value_changed(client: Any, view: Any, keys: Keys) -> None:
     slot_acquire(client, keys, "task-a")
-    field = f"s:{owner('task-a')}"
-    assert run_script(client, SLOT_CLEAR, keys.slots, field, "1:since-0") == 0
+    field = f"S{owner('task-a')}"
+    assert run_script(client, SLOT_CLEAR, keys.slots, field, "1:0") == 0
     assert slot_fields(view, keys) == [field]
 
 
 def test_slot_clear_deletes_the_key_once_no_slot_or_reservation_is_left(client: Any, view: Any,
                                                                         keys: Keys) -> None:
     slot_acquire(client, keys, "task-a")
-    field = f"s:{owner('task-a')}"
+    field = f"S{owner('task-a')}"
     assert run_script(client, SLOT_CLEAR, keys.slots, field, view.hget(keys.slots, field)) == 1
     assert view.exists(keys.slots) == 0
 
@@ -729,13 +794,13 @@ def test_slot_forget_gives_a_forgotten_reservation_to_the_next_call_in_line(clie
     slot_acquire(client, keys, "task-c", wait=True, called=200)
     slot_release(client, keys, "task-a")
     assert slot_forget(client, keys, "task-b") == [1, handed("task-c")]
-    assert slot_fields(view, keys) == [f"r:{call_id('task-c')}"]
+    assert slot_fields(view, keys) == [f"R{call_id('task-c')}"]
 
 
 def test_slot_forget_of_a_call_neither_in_line_nor_reserved_is_0(client: Any, view: Any, keys: Keys) -> None:
     slot_acquire(client, keys, "task-a")
     assert slot_forget(client, keys, "task-b") == [0]
-    assert slot_fields(view, keys) == [f"s:{owner('task-a')}"]
+    assert slot_fields(view, keys) == [f"S{owner('task-a')}"]
 
 
 def test_slot_forget_leaves_no_key_behind_once_nothing_is_held_or_waiting(client: Any, view: Any,
@@ -775,7 +840,7 @@ def burst_forget(client: Any, keys: Keys, burst_id: str, what: str, keep: int = 
 
 
 def due(view: Any, keys: Keys) -> int:
-    return int(view.hget(keys.burst, "due"))
+    return int(view.hget(keys.burst, "d"))
 
 
 def closed_burst(client: Any, view: Any, keys: Keys) -> None:
@@ -787,10 +852,20 @@ def closed_burst(client: Any, view: Any, keys: Keys) -> None:
 
 
 def test_burst_call_starts_a_burst_under_its_task_id(client: Any, view: Any, keys: Keys) -> None:
+    before = server_ms(view)
     assert burst_call(client, keys, "t1", "[1]", debounce=LONG) == [1, "t1", LONG]
+    after = server_ms(view)
     burst = view.hgetall(keys.burst)
-    assert (burst["id"], burst["count"], burst["args"], burst["by"]) == ("t1", "1", "[1]", "t1")
-    assert int(burst["due"]) == int(burst["first"]) + LONG
+    # One call, by the burst's own token, and no debounce_max: no count, no last call, no first call.
+    assert sorted(burst) == ["a", "d", "i"]
+    assert (burst["i"], burst["a"]) == ("t1", "[1]")
+    assert before + LONG <= int(burst["d"]) <= after + LONG
+
+
+def test_burst_call_under_debounce_max_keeps_the_first_call_before_the_due_time(client: Any, view: Any,
+                                                                                keys: Keys) -> None:
+    burst_call(client, keys, "t1", debounce=1000, most=5000)
+    assert view.hget(keys.burst, "f") == "1000"
 
 
 def test_burst_call_joins_the_open_burst_with_its_arguments(client: Any, view: Any, keys: Keys) -> None:
@@ -799,13 +874,13 @@ def test_burst_call_joins_the_open_burst_with_its_arguments(client: Any, view: A
     assert (code, burst_id) == (0, "t1")
     assert 0 < ms <= LONG
     burst = view.hgetall(keys.burst)
-    assert (burst["id"], burst["count"], burst["args"], burst["by"]) == ("t1", "2", "[2]", "t2")
+    assert (burst["i"], burst["n"], burst["a"], burst["b"]) == ("t1", "2", "[2]", "t2")
 
 
 def test_burst_call_puts_the_burst_off_by_the_debounce_at_each_join(client: Any, view: Any, keys: Keys) -> None:
     burst_call(client, keys, "t1", debounce=1000)
     first_due = due(view, keys)
-    wait_for_server_time_past(view, int(view.hget(keys.burst, "first")) + 2)
+    wait_for_server_time_past(view, first_due - 1000 + 2)
     before = server_ms(view)
     burst_call(client, keys, "t2", debounce=1000)
     assert due(view, keys) >= before + 1000 > first_due
@@ -814,7 +889,7 @@ def test_burst_call_puts_the_burst_off_by_the_debounce_at_each_join(client: Any,
 def test_burst_call_puts_the_burst_off_no_later_than_debounce_max_after_its_first_call(client: Any, view: Any,
                                                                                       keys: Keys) -> None:
     burst_call(client, keys, "t1", debounce=1000, most=1010)
-    first = int(view.hget(keys.burst, "first"))
+    first = due(view, keys) - int(view.hget(keys.burst, "f"))
     wait_for_server_time_past(view, first + 20)
     code, _, ms = burst_call(client, keys, "t2", debounce=1000, most=1010)
     assert code == 0
@@ -827,7 +902,7 @@ def test_burst_call_sent_again_by_the_call_that_started_the_burst_counts_once(cl
     burst_call(client, keys, "t1")
     code, burst_id, _ = burst_call(client, keys, "t1")
     assert (code, burst_id) == (1, "t1")
-    assert view.hget(keys.burst, "count") == "1"
+    assert view.hget(keys.burst, "n") is None  # one call
 
 
 def test_burst_call_sent_again_by_the_last_call_counts_once(client: Any, view: Any, keys: Keys) -> None:
@@ -835,14 +910,14 @@ def test_burst_call_sent_again_by_the_last_call_counts_once(client: Any, view: A
     burst_call(client, keys, "t2")
     code, burst_id, _ = burst_call(client, keys, "t2")
     assert (code, burst_id) == (0, "t1")
-    assert view.hget(keys.burst, "count") == "2"
+    assert view.hget(keys.burst, "n") == "2"
 
 
 def test_burst_call_sent_again_by_a_call_whose_arguments_run_is_answered_with_that_burst(
         client: Any, view: Any, keys: Keys) -> None:
     closed_burst(client, view, keys)
     assert burst_call(client, keys, "t2") == [0, "t1", 0]
-    assert view.hget(keys.burst, "id") is None
+    assert view.hget(keys.burst, "i") is None
 
 
 def test_burst_call_sent_again_by_the_last_call_of_an_ended_burst_is_answered_with_it(
@@ -850,7 +925,7 @@ def test_burst_call_sent_again_by_the_last_call_of_an_ended_burst_is_answered_wi
     closed_burst(client, view, keys)
     burst_forget(client, keys, "t1", "closed")
     assert burst_call(client, keys, "t2") == [0, "t1", 0]
-    assert view.hget(keys.burst, "id") is None
+    assert view.hget(keys.burst, "i") is None
 
 
 def test_burst_call_joining_an_overdue_burst_asks_for_its_message_again(client: Any, view: Any,
@@ -859,7 +934,7 @@ def test_burst_call_joining_an_overdue_burst_asks_for_its_message_again(client: 
     wait_for_server_time_past(view, due(view, keys) + 20)
     code, burst_id, _ = burst_call(client, keys, "t2", debounce=1, overdue=20)
     assert (code, burst_id) == (2, "t1")
-    assert view.hget(keys.burst, "count") == "2"
+    assert view.hget(keys.burst, "n") == "2"
 
 
 def test_burst_call_asks_for_an_overdue_message_at_most_once_per_overdue_interval(client: Any, view: Any,
@@ -869,7 +944,7 @@ def test_burst_call_asks_for_an_overdue_message_at_most_once_per_overdue_interva
     wait_for_server_time_past(view, due(view, keys) + overdue)
     assert burst_call(client, keys, "t2", debounce=1, overdue=overdue)[0] == 2
     assert burst_call(client, keys, "t3", debounce=1, overdue=overdue)[0] == 0
-    rescued = int(view.hget(keys.burst, "rescued"))
+    rescued = int(view.hget(keys.burst, "r"))
     assert server_ms(view) <= rescued + overdue, "the second join came too late to show the interval"
     wait_for_server_time_past(view, max(due(view, keys), rescued) + overdue)
     assert burst_call(client, keys, "t4", debounce=1, overdue=overdue)[0] == 2
@@ -884,7 +959,7 @@ def test_burst_take_of_a_burst_not_yet_due_answers_how_long_until_it_is(client: 
     code, ms = burst_take(client, keys, "t1")
     assert code == 0
     assert 0 < ms <= LONG
-    assert view.hget(keys.burst, "id") == "t1"
+    assert view.hget(keys.burst, "i") == "t1"
 
 
 def test_burst_take_of_a_due_burst_runs_it_with_the_last_calls_arguments(client: Any, view: Any,
@@ -898,7 +973,7 @@ def test_burst_take_of_a_due_burst_runs_it_with_the_last_calls_arguments(client:
 def test_burst_take_of_a_due_burst_closes_it_so_that_a_new_call_starts_a_new_burst(client: Any, view: Any,
                                                                                    keys: Keys) -> None:
     closed_burst(client, view, keys)
-    assert view.hget(keys.burst, "id") is None
+    assert view.hget(keys.burst, "i") is None
     assert burst_call(client, keys, "t3", debounce=LONG) == [1, "t3", LONG]
 
 
@@ -916,7 +991,7 @@ def test_burst_take_of_another_burst_than_the_open_one_is_2(client: Any, view: A
     burst_call(client, keys, "t1", debounce=1)
     wait_for_server_time_past(view, due(view, keys))
     assert burst_take(client, keys, "t9") == [2]
-    assert view.hget(keys.burst, "id") == "t1"
+    assert view.hget(keys.burst, "i") == "t1"
 
 
 # -- debounce: BURST_FORGET --------------------------------------------------------------------------------------
@@ -925,27 +1000,27 @@ def test_burst_take_of_another_burst_than_the_open_one_is_2(client: Any, view: A
 def test_burst_forget_open_forgets_a_burst_no_other_call_joined(client: Any, view: Any, keys: Keys) -> None:
     burst_call(client, keys, "t1")
     assert burst_forget(client, keys, "t1", "open") == 1
-    assert view.hget(keys.burst, "id") is None
+    assert view.hget(keys.burst, "i") is None
 
 
 def test_burst_forget_open_keeps_a_burst_another_call_joined(client: Any, view: Any, keys: Keys) -> None:
     burst_call(client, keys, "t1")
     burst_call(client, keys, "t2")
     assert burst_forget(client, keys, "t1", "open") == 0
-    assert view.hget(keys.burst, "id") == "t1"
+    assert view.hget(keys.burst, "i") == "t1"
 
 
 def test_burst_forget_drop_forgets_the_open_burst_even_when_joined(client: Any, view: Any, keys: Keys) -> None:
     burst_call(client, keys, "t1")
     burst_call(client, keys, "t2")
     assert burst_forget(client, keys, "t1", "drop") == 1
-    assert view.hget(keys.burst, "id") is None
+    assert view.hget(keys.burst, "i") is None
 
 
 def test_burst_forget_of_another_burst_than_the_open_one_is_0(client: Any, view: Any, keys: Keys) -> None:
     burst_call(client, keys, "t1")
     assert burst_forget(client, keys, "t9", "drop") == 0
-    assert view.hget(keys.burst, "id") == "t1"
+    assert view.hget(keys.burst, "i") == "t1"
 
 
 def test_burst_forget_closed_forgets_the_arguments_its_execution_ran_with(client: Any, view: Any,
@@ -959,12 +1034,34 @@ def test_burst_forget_closed_remembers_only_the_ended_bursts_last_call_for_the_t
         client: Any, view: Any, keys: Keys) -> None:
     closed_burst(client, view, keys)
     burst_forget(client, keys, "t1", "closed", keep=5000)
-    assert view.hgetall(keys.burst) == {"prev": "t2 t1"}
+    assert view.hgetall(keys.burst) == {"p": "t2 t1"}
     assert 0 < view.pttl(keys.burst) <= 5000
 
 
 def test_burst_forget_closed_of_a_burst_not_running_is_0(client: Any, keys: Keys) -> None:
     assert burst_forget(client, keys, "t1", "closed") == 0
+
+
+# -- debounce: bursts 2.0.0 wrote (a rolling deploy) ------------------------------------------------------------
+
+
+def test_burst_call_joins_an_open_burst_written_in_the_2_0_0_form(client: Any, view: Any, keys: Keys) -> None:
+    now = server_ms(view)
+    view.hset(keys.burst, mapping={"id": "t1", "first": now, "last": now, "due": now + LONG, "count": 1,
+                                   "args": "[1]", "by": "t1"})
+    assert burst_call(client, keys, "t2", "[2]", most=2 * LONG)[:2] == [0, "t1"]
+    burst = view.hgetall(keys.burst)
+    assert sorted(burst) == ["a", "b", "d", "f", "i", "n"]
+    assert (burst["i"], burst["n"], burst["a"], burst["b"]) == ("t1", "2", "[2]", "t2")
+    assert int(burst["d"]) - int(burst["f"]) == now
+
+
+def test_burst_take_runs_a_burst_closed_in_the_2_0_0_form_again(client: Any, view: Any, keys: Keys) -> None:
+    view.hset(keys.burst, mapping={"closed:t1": "[2]", "last:t1": "t2", "ran:t2": "t1"})
+    assert burst_take(client, keys, "t1") == [1, "[2]"]
+    assert burst_call(client, keys, "t2") == [0, "t1", 0]
+    assert burst_forget(client, keys, "t1", "closed") == 1
+    assert view.hgetall(keys.burst) == {"p": "t2 t1"}
 
 
 # -- throttle: THROTTLE_TAKE -------------------------------------------------------------------------------------
@@ -1014,7 +1111,7 @@ def test_throttle_take_starts_a_call_on_its_reservation_when_on_time(client: Any
     assert throttle_take(client, keys.throttle, "mine", 1, LONG)[:2] == [1, now - 10]
     # Its reservation is now a start: a copy of the call finds none to start on.
     assert view.zscore(keys.throttle, "mine") is None
-    assert view.zscore(keys.throttle, f"mine@{now - 10}@instance-1") == now - 10
+    assert view.zscore(keys.throttle, "mine@instance-1") == now - 10
 
 
 def test_throttle_take_tells_a_copy_of_a_call_that_started_on_its_reservation_who_started_it(
@@ -1025,17 +1122,27 @@ def test_throttle_take_tells_a_copy_of_a_call_that_started_on_its_reservation_wh
     # The message delivered twice: its other copy finds the start, and writes nothing.
     code, at, _, start = throttle_take(client, keys.throttle, "mine", 1, LONG, reserved=str(now - 10),
                                        copies="ignore")
-    assert (code, at, start) == (3, now - 10, f"mine@{now - 10}@instance-1")
-    assert view.zrange(keys.throttle, 0, -1) == [f"mine@{now - 10}@instance-1"]
+    assert (code, at, start) == (3, now - 10, "mine@instance-1")
+    assert view.zrange(keys.throttle, 0, -1) == ["mine@instance-1"]
 
 
 def test_throttle_take_keeps_the_start_of_a_call_whose_copy_comes_again(client: Any, view: Any,
                                                                         keys: Keys) -> None:
     code, started, _ = throttle_take(client, keys.throttle, "mine", 1, LONG)
-    assert code == 1 and view.zscore(keys.throttle, f"mine@{started}@instance-1") == started
+    assert code == 1 and view.zscore(keys.throttle, "mine@instance-1") == started
     # A redelivered copy of the execution that started: its start still counts, it waits for its window.
     code, at, _ = throttle_take(client, keys.throttle, "mine", 1, LONG)
     assert (code, at) == (2, started + LONG + MARGIN)
+
+
+def test_throttle_take_gives_a_copy_started_again_a_start_of_its_own(client: Any, view: Any, keys: Keys) -> None:
+    first = throttle_take(client, keys.throttle, "mine", 2, LONG)
+    wait_for_server_time_past(view, first[1])
+    code, again, _ = throttle_take(client, keys.throttle, "mine", 2, LONG)
+    assert code == 1 and again > first[1]
+    # The short member holds the first start: the second is numbered, and both count.
+    assert view.zrange(keys.throttle, 1, -1, withscores=True) == [
+        ("mine@instance-1", first[1]), ("mine@2@instance-1", again)]
 
 
 def test_throttle_take_keeps_the_reservation_of_a_call_that_arrives_early(client: Any, view: Any,

@@ -95,7 +95,9 @@ def publish(task: TaskLike, settings: Settings, digest: str, args: Optional[Sequ
     """
     key = burst_key(key_space(task, settings), digest)
     try:
-        arguments: str = dumps({"args": list(args or ()), "kwargs": dict(kwargs or {})})  # type: ignore[no-untyped-call]
+        # ``[args, kwargs]`` without blanks: a burst is kept per debounced key, the smaller the better.
+        arguments: str = dumps([list(args or ()), dict(kwargs or {})],  # type: ignore[no-untyped-call]
+                               separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{task.name}: a debounced call's arguments must be JSON (kombu's): {exc}") from None
     # A message overdue by two leases is taken for lost (a duplicate of one that was merely late
@@ -208,6 +210,9 @@ def take(task: TaskLike, settings: Settings, digest: str, request: TaskRequest, 
         logger.info("%s[%s]: burst %s not found: runs with its message's arguments", task.name, request.id, key)
         return Burst(store, settings, key, request.id), args, kwargs
     data: Any = loads(taken.arguments)  # type: ignore[no-untyped-call]
+    if isinstance(data, list):
+        data = {"args": data[0], "kwargs": data[1]}
+    # Else a burst 2.0.0 wrote: ``{"args": [...], "kwargs": {...}}``.
     logger.info("%s[%s]: burst %s runs with its last call's arguments", task.name, request.id, key)
     return Burst(store, settings, key, request.id), tuple(data.get("args") or ()), dict(data.get("kwargs") or {})
 

@@ -148,8 +148,8 @@ _NOT_TAKEN = (SlotCode.SAME_ATTEMPT, SlotCode.IN_LINE, SlotCode.FULL)
 
 
 def _now() -> str:
-    """When a slot is taken, as its value records it: with the token, it tells a pickup's try sent again."""
-    return f"{time.time():.3f}"
+    """When a pickup is sent (milliseconds), as its slot records it: with the token, it tells that try sent again."""
+    return str(int(time.time() * 1000))
 
 
 def pick_up(task: TaskLike, settings: Settings, space: KeySpace, digest: str, request: TaskRequest,

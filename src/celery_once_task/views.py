@@ -36,6 +36,7 @@ from .settings import Settings, resolve
 from .store import client_for
 from .store.connection import redact_url
 from .store.permissions import refusal
+from .store.slots import slot_field
 
 #: Rows shown at most: the page must stay quick with a million locks held.
 MAX_ROWS = 500
@@ -91,7 +92,7 @@ def _clear(request: HttpRequest, url: str, prefix: str) -> HttpResponse:
     value = request.POST.get("value", "")
     slot = request.POST.get("slot") or None
     parsed = lockinfo.parse_key(key, prefix=prefix)
-    if parsed is None or (parsed[2] == "slots" and not (slot or "").startswith(("s:", "r:"))):
+    if parsed is None or (parsed[2] == "slots" and slot_field(slot or "") is None):
         return HttpResponse("not a celery-once-task lock key (or slot)", status=400, content_type="text/plain")
     try:
         outcome = lockinfo.clear_value(client_for(url, _lock_store().redis_options), key, value, slot, prefix)

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from ..keys import BURST, KEY_PREFIX, LOCK_TYPES, SLOTS, THROTTLE, parse_key
 from ..store import LockStore
 from ..store.connection import Client, parse_url
+from ..store.slots import slot_field
 from .listing import BATCH, get_lock, get_locks, iter_keys, iter_locks, lock_pattern, lock_patterns, read_locks
 from .rows import Lock, LockDict
 from .workers import WorkerDict, WorkerInstance, iter_workers
@@ -87,7 +88,7 @@ def clear_value(client: Client, key: str, value: str, slot: Optional[str] = None
             return DELETED
         return CHANGED_HANDS if client.exists(key) else GONE
     if parsed.type == SLOTS:
-        if not slot or not slot.startswith(("s:", "r:")):
+        if not slot or slot_field(slot) is None:
             raise ValueError(f"{key!r} is a limited key: name the slot to clear")
         if LockStore(client).slots.clear(key, slot, value):
             return DELETED

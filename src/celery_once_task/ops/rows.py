@@ -27,13 +27,13 @@ from ..keys import (
     SLOTS,
     THROTTLE,
     UNIQUE,
-    call_id,
     parse_key,
     split_call_id,
     split_holder,
 )
 from ..ownership import owner_fields
 from ..rates import parse_spec
+from ..store.slots import LEGACY_LIMIT, LIMIT, held_since, slot_field
 from ..store.throttles import MARGIN
 from .values import Reply, as_text, json_object, optional_float, optional_int, optional_str, seconds
 
@@ -190,8 +190,9 @@ class Lock:
 
 
 class HeldSlot(TypedDict):
-    """A slot held by an execution: its owner token, its field's value, when it expires, since when it is held."""
+    """A slot held by an execution: its field, owner token and value, when it expires, since when it is held."""
 
+    field: str
     token: str
     value: str
     expiry_ms: int
@@ -199,8 +200,9 @@ class HeldSlot(TypedDict):
 
 
 class ReservedSlot(TypedDict):
-    """A slot reserved for a waiting call that was handed over: the call, its field's value, when it expires."""
+    """A slot reserved for a waiting call that was handed over: its field, the call, the value, when it expires."""
 
+    field: str
     task_id: str
     attempt: str
     value: str
@@ -236,16 +238,20 @@ def describe_slots(fields: Mapping[str, str]) -> SlotsView:
         The key's limit, the slots held (owner token, expiry, since when) and
             the slots reserved (the call, expiry), expired ones included.
     """
-    limit = int(fields.get("limit", "0") or 0)
+    limit = int(fields.get(LIMIT) or fields.get(LEGACY_LIMIT) or 0)
     held: list[HeldSlot] = []
     reserved: list[ReservedSlot] = []
     for name, value in fields.items():
-        if name.startswith("s:"):
-            expiry, _, since = value.partition(":")
-            held.append({"token": name[2:], "value": value, "expiry_ms": int(expiry), "since": _since(since)})
-        elif name.startswith("r:"):
-            task_id, attempt = split_call_id(name[2:])
-            reserved.append({"task_id": task_id, "attempt": attempt, "value": value,
+        kind = slot_field(name)
+        if kind is None:
+            continue
+        is_held, ident = kind
+        if is_held:
+            held.append({"field": name, "token": ident, "value": value, "expiry_ms": int(value.partition(":")[0]),
+                         "since": held_since(value, legacy=name.startswith("s:"))})
+        else:
+            task_id, attempt = split_call_id(ident)
+            reserved.append({"field": name, "task_id": task_id, "attempt": attempt, "value": value,
                              "expiry_ms": int(value.partition(SEPARATOR)[0])})
     return {"limit": limit, "held": held, "reserved": reserved}
 
@@ -293,16 +299,20 @@ def burst_locks(key: str, fields: Mapping[Reply, Reply], pttl: Optional[int], se
     task, digest, _ = parsed
     data = {as_text(name): as_text(value) for name, value in fields.items()}
     rows = []
-    if "id" in data:
-        due = optional_int(data.get("due"))
+    # One-letter fields (``lua.bursts``), or 2.0.0's names in a burst no script has touched since.
+    burst_id = data.get("i", data.get("id"))
+    if burst_id is not None:
+        due = optional_int(data.get("d", data.get("due")))
         rows.append(Lock(
-            key, task, digest, BURST, value=data["id"], ttl=seconds(pttl), task_id=data["id"],
-            calls=optional_int(data.get("count")),
+            key, task, digest, BURST, value=burst_id, ttl=seconds(pttl), task_id=burst_id,
+            calls=optional_int(data.get("n", data.get("count", "1"))),
             due_in=None if due is None else round(max(0.0, (due - server_ms) / 1000), 3),
         ))
     for name in sorted(data):
-        if name.startswith("closed:"):
-            rows.append(Lock(key, task, digest, BURST, value=name, ttl=seconds(pttl), task_id=name[len("closed:"):]))
+        closed = name[1:] if name.startswith("C") else name[len("closed:"):] if name.startswith("closed:") else None
+        if closed:
+            # The row's value names the execution as ``ops.locks.clear_value`` reads it.
+            rows.append(Lock(key, task, digest, BURST, value="closed:" + closed, ttl=seconds(pttl), task_id=closed))
     return rows
 
 
@@ -324,7 +334,7 @@ def slot_locks(key: str, fields: Mapping[Reply, Reply], waiting: int, server_ms:
         since = held_slot["since"]
         rows.append(Lock(
             key, value=held_slot["value"], ttl=round((held_slot["expiry_ms"] - server_ms) / 1000, 3),
-            slot="s:" + held_slot["token"],
+            slot=held_slot["field"],
             task_id=str(data.get("task_id", "")), attempt=optional_int(data.get("retries")),
             worker=optional_str(data.get("worker") or None), instance=optional_str(data.get("instance")),
             age=None if since is None else round(max(0.0, now - since), 1),
@@ -333,7 +343,7 @@ def slot_locks(key: str, fields: Mapping[Reply, Reply], waiting: int, server_ms:
     for reserved_slot in reserved:
         rows.append(Lock(
             key, value=reserved_slot["value"], ttl=round((reserved_slot["expiry_ms"] - server_ms) / 1000, 3),
-            slot=f"r:{call_id(reserved_slot['task_id'], reserved_slot['attempt'])}",
+            slot=reserved_slot["field"],
             task_id=reserved_slot["task_id"], attempt=optional_int(reserved_slot["attempt"]), reserved=True,
             **common,
         ))
@@ -373,9 +383,3 @@ def throttle_locks(key: str, entries: Sequence[tuple[Reply, float]], pttl: Optio
             ))
     return rows
 
-
-def _since(stamp: str) -> Optional[float]:
-    try:
-        return float(stamp)
-    except ValueError:
-        return None

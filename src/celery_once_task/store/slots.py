@@ -18,6 +18,29 @@ from .runner import Runner
 from .scripts import Call
 from .values import ms, text
 
+#: A slot's field: ``S<owner token>`` (held) or ``R<call id>`` (reserved); 2.0.0 wrote ``s:``, ``r:`` (``lua.slots``).
+HELD, RESERVED, LEGACY_HELD, LEGACY_RESERVED = "S", "R", "s:", "r:"
+#: The field of the key's limit; 2.0.0 wrote ``limit``.
+LIMIT, LEGACY_LIMIT = "L", "limit"
+
+
+def slot_field(name: str) -> Optional[tuple[bool, str]]:
+    """Whether a field of a key's slots is a slot held (else reserved), and its token or call id; None: neither."""
+    if name.startswith((LEGACY_HELD, LEGACY_RESERVED)):
+        return name.startswith(LEGACY_HELD), name[2:]
+    if len(name) > 1 and name[0] in (HELD, RESERVED):
+        return name[0] == HELD, name[1:]
+    return None
+
+
+def held_since(value: str, legacy: bool) -> Optional[float]:
+    """When a slot held was taken (seconds since the epoch), from its field's value; None if it does not say."""
+    expiry, _, rest = value.partition(":")
+    try:
+        return float(rest) if legacy else (int(expiry) - int(rest)) / 1000
+    except ValueError:
+        return None
+
 
 def line_of(slots: str) -> tuple[str, str]:
     """A limited key's line of waiting calls, and their messages."""

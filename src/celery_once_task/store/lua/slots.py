@@ -11,49 +11,60 @@ from .locks import FINISHED_LUA
 # -- running_limit: slots and the line of waiting calls (see ``limits``) ------------
 #
 # A limited key has three keys, in one hash slot (``keys.limited_key``):
-#   slots     a hash: s:<owner token> -> "<expiry>:<since>", a running execution's slot;
-#             r:<call id> -> "<expiry>\x1f<when called>\x1f<message>", a slot reserved for a
-#             waiting call handed over; limit -> the limit last written (for operators).
+#   slots     a hash: S<owner token> -> "<expiry>:<expiry - since>", a running execution's slot
+#             (since: when its pickup was sent, the worker's milliseconds; with the token it tells
+#             that pickup sent again); R<call id> -> "<expiry>\x1f<when called>\x1f<message>", a slot
+#             reserved for a waiting call handed over; L -> the limit last written (for operators).
 #             Expiry is in the server's milliseconds (TIME): leases expire by one clock,
 #             whatever the workers' clocks say. Only slots and reservations live here, so
-#             reading them costs N, however long the line.
+#             reading them costs N, however long the line. Field names are one letter and the
+#             slot's value two integers, the second small, so that a key with one slot held
+#             stays a small listpack (about 200 bytes of MEMORY USAGE).
+#             2.0.0 wrote s:<token> -> "<expiry>:<since, seconds>", r:<call id> and limit: the
+#             scripts still read (count, renew, release, take over, clear) those fields, which a
+#             process of that release may write during a rolling deploy, and write only the new.
 #   waiters   a sorted set, the line: call ids scored by when they were called (microseconds,
 #             the publisher's clock): a slot goes to the call made first.
 #   messages  a hash: call id -> the waiting call's message, published at hand-over.
 # A call id is "<task id>\x1f<attempt>"; an entry handed over is "<call id>\x1f<message>".
 _SLOTS = CLOCK_LUA + r"""
+-- A field's kind ('s' a slot held, 'r' a reserved one, nil otherwise) and its token or call id,
+-- in either form (S<token> and R<call id>, or 2.0.0's s:<token> and r:<call id>).
+local function field_kind(name)
+    local first = string.sub(name, 1, 1)
+    if #name > 1 and (first == 'S' or first == 'R') then return string.lower(first), string.sub(name, 2) end
+    local two = string.sub(name, 1, 2)
+    if two == 's:' or two == 'r:' then return first, string.sub(name, 3) end
+    return nil, nil
+end
 -- Drop expired slots and reservations (an unclaimed reservation's call goes back in line, at its
 -- place); return the number of live slots and reservations, a slot holder's token, and the token
--- of a slot held by the same attempt (owner token prefix ``same``), if any.
+-- and field of a slot held by the same attempt (owner token prefix ``same``), if any.
 local function purge(slots, line, messages, now, same)
     local fields = redis.call('HGETALL', slots)
-    local live, holder, twin = 0, '', ''
+    local live, holder, twin, twin_field = 0, '', '', ''
     for i = 1, #fields, 2 do
         local name, value = fields[i], fields[i + 1]
-        local kind = string.sub(name, 1, 2)
-        if kind == 's:' or kind == 'r:' then
+        local kind, id = field_kind(name)
+        if kind then
             if tonumber(string.match(value, '^(%d+)')) <= now then
                 redis.call('HDEL', slots, name)
-                if kind == 'r:' then
+                if kind == 'r' then
                     local called, message = string.match(value, '^%d+\31([^\31]*)\31(.*)$')
-                    redis.call('ZADD', line, called, string.sub(name, 3))
-                    redis.call('HSET', messages, string.sub(name, 3), message)
+                    redis.call('ZADD', line, called, id)
+                    redis.call('HSET', messages, id, message)
                 end
             else
                 live = live + 1
-                if kind == 's:' then
-                    local token = string.sub(name, 3)
-                    if holder == '' then holder = token end
-                    if same ~= '' and string.sub(token, 1, #same) == same then twin = token end
+                if kind == 's' then
+                    if holder == '' then holder = id end
+                    if same ~= '' and string.sub(id, 1, #same) == same then twin, twin_field = id, name end
                 end
             end
         end
     end
-    return live, holder, twin
+    return live, holder, twin, twin_field
 end
--- Hand the free slots to the calls made first; ``own`` (the caller's call id) is not handed over
--- but taken in the caller's name: return the slots now used, whether ``own`` got one, and the
--- entries handed over.
 local function advance(slots, line, messages, live, limit, now, reserve, own)
     local handed, reached = {}, false
     while live < limit do
@@ -66,7 +77,7 @@ local function advance(slots, line, messages, live, limit, now, reserve, own)
         if id == own then
             reached = true
         else
-            redis.call('HSET', slots, 'r:' .. id, (now + reserve) .. '\31' .. called .. '\31' .. message)
+            redis.call('HSET', slots, 'R' .. id, (now + reserve) .. '\31' .. called .. '\31' .. message)
             handed[#handed + 1] = id .. '\31' .. message
         end
     end
@@ -83,7 +94,7 @@ end
 # KEYS[1] the key's slots, KEYS[2] its line of waiting calls, KEYS[3] their messages
 # KEYS[4] (optional) the finished record of this attempt's task id, KEYS[5] (optional) its record
 # in the other form (see ``FINISHED_LUA``)
-# ARGV[1] owner token, ARGV[2] when the lock is taken (text), ARGV[3] lease in milliseconds,
+# ARGV[1] owner token, ARGV[2] when the pickup was sent (milliseconds, an integer), ARGV[3] lease in milliseconds,
 # ARGV[4] the limit, ARGV[5] the call id, ARGV[6] the owner token prefix of this attempt
 # (``RunningOwner.attempt_prefix``), ARGV[7] "1" to join the line if no slot is free ("" : do
 # not wait), ARGV[8] when the call was made (microseconds), ARGV[9] its message, ARGV[10] how
@@ -143,24 +154,22 @@ if record_key then
 end
 local now = now_ms()
 local function take(handed, replaced)
-    if replaced ~= '' then redis.call('HDEL', slots, 's:' .. replaced) end
-    redis.call('HSET', slots, 's:' .. token, (now + lease) .. ':' .. since, 'limit', limit)
+    if replaced ~= '' then redis.call('HDEL', slots, replaced) end
+    local expiry = now + lease
+    redis.call('HSET', slots, 'S' .. token, expiry .. ':' .. (expiry - tonumber(since)), 'L', limit)
+    redis.call('HDEL', slots, 'limit')
     keep_at_least(slots, lease)
     if redis.call('ZCARD', line) == 0 then redis.call('DEL', messages) end
     return {1, '', unpack(handed)}
 end
-local live, holder, twin = purge(slots, line, messages, now, same)
-if twin == token then
-    local value = redis.call('HGET', slots, 's:' .. twin)
-    if value and string.match(value, '^%d+:(.*)$') == since then return take({}, '') end
+local live, holder, twin, twin_field = purge(slots, line, messages, now, same)
+if twin == token and twin_field == 'S' .. token then
+    local expiry, held = string.match(redis.call('HGET', slots, twin_field), '^(%d+):(-?%d+)$')
+    if tonumber(expiry) - tonumber(held) == tonumber(since) then return take({}, '') end
 end
-local reserved = 'r:' .. call_id
-if redis.call('HEXISTS', slots, reserved) == 1 then
-    redis.call('HDEL', slots, reserved)
-    return take({}, '')
-end
+if redis.call('HDEL', slots, 'R' .. call_id, 'r:' .. call_id) > 0 then return take({}, '') end
 if takeover ~= '' and twin ~= '' and string.sub(twin, 1, #takeover) == takeover then
-    return take({}, twin)
+    return take({}, twin_field)
 end
 if twin ~= '' then return {4, twin} end
 local waiting = redis.call('ZSCORE', line, call_id) ~= false
@@ -173,7 +182,8 @@ if not waiting and join == '' then return {5, holder, unpack(handed)} end
 if not waiting then
     redis.call('ZADD', line, called_at, call_id)
     redis.call('HSET', messages, call_id, message)
-    redis.call('HSET', slots, 'limit', limit)
+    redis.call('HSET', slots, 'L', limit)
+    redis.call('HDEL', slots, 'limit')
     keep_at_least(slots, line_ttl)
 end
 keep_at_least(line, line_ttl)
@@ -197,7 +207,7 @@ local token, limit, reserve = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local value, ttl, attempt, call = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if record_key then record(record_key, value, ttl, attempt, call) end
 local now = now_ms()
-local released = redis.call('HDEL', slots, 's:' .. token)
+local released = math.min(1, redis.call('HDEL', slots, 'S' .. token, 's:' .. token))
 local live = purge(slots, line, messages, now, '')
 local reached, handed
 live, reached, handed = advance(slots, line, messages, live, limit, now, reserve, '')
@@ -215,29 +225,38 @@ SLOT_RENEW = Script(
     + """
 local slots = KEYS[1]
 local token, lease = ARGV[1], tonumber(ARGV[2])
-local name = 's:' .. token
-local value = redis.call('HGET', slots, name)
-if not value then return 0 end
-redis.call('HSET', slots, name, (now_ms() + lease) .. string.match(value, '^%d+(:.*)$'))
+local expiry = now_ms() + lease
+local value = redis.call('HGET', slots, 'S' .. token)
+if value then
+    local before, held = string.match(value, '^(%d+):(-?%d+)$')
+    local since = tonumber(before) - tonumber(held)
+    redis.call('HSET', slots, 'S' .. token, expiry .. ':' .. (expiry - since))
+else
+    -- A slot its pickup took in 2.0.0's form, during a rolling deploy: renewed in that form.
+    value = redis.call('HGET', slots, 's:' .. token)
+    if not value then return 0 end
+    redis.call('HSET', slots, 's:' .. token, expiry .. string.match(value, '^%d+(:.*)$'))
+end
 keep_at_least(slots, lease)
 return 1
 """,
 )
 
 # KEYS[1] the key's slots
-# ARGV[1] the field to delete (``s:<token>``, ``r:<call id>``), ARGV[2] the exact value it must still hold
+# ARGV[1] the field to delete (``S<token>``, ``R<call id>``, or 2.0.0's ``s:<token>``, ``r:<call id>``),
+# ARGV[2] the exact value it must still hold
 # return  1 if the field held the value and is now deleted, else 0 (the line moves on at the key's next
 #         pickup or release, or when a waiting call's safety copy comes back)
 SLOT_CLEAR = Script(
     "slot_clear",
-    """
+    _SLOTS
+    + """
 local slots = KEYS[1]
 local field, value = ARGV[1], ARGV[2]
 if redis.call('HGET', slots, field) ~= value then return 0 end
 redis.call('HDEL', slots, field)
 for _, name in ipairs(redis.call('HKEYS', slots)) do
-    local kind = string.sub(name, 1, 2)
-    if kind == 's:' or kind == 'r:' then return 1 end
+    if field_kind(name) then return 1 end
 end
 redis.call('DEL', slots)
 return 1
@@ -255,7 +274,7 @@ SLOT_FORGET = Script(
 local slots, line, messages = KEYS[1], KEYS[2], KEYS[3]
 local call_id, limit, reserve = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
-local forgotten = redis.call('HDEL', slots, 'r:' .. call_id) + redis.call('ZREM', line, call_id)
+local forgotten = redis.call('HDEL', slots, 'R' .. call_id, 'r:' .. call_id) + redis.call('ZREM', line, call_id)
 redis.call('HDEL', messages, call_id)
 local live = purge(slots, line, messages, now, '')
 local reached, handed

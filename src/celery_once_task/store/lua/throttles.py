@@ -3,10 +3,17 @@
 The log is a sorted set of the key's starts -- past ones, and starts reserved
 for postponed calls -- scored by the store's clock in milliseconds. A
 reservation's member is its call id (``keys.call_id``); a start's is
-``<call id>@<ms>@<worker instance>``, so that a copy of a postponed call that
+``<call id>@<worker instance>``, so that a copy of a postponed call that
 started on its reservation (a message the broker delivered twice) finds that
 start, and who made it, and a start stays counted whatever becomes of its
-execution. One more member, scored 0, records the limits (``rates.spec_of``)
+execution. Where that member already holds another start of the same call by
+the same instance (a copy started again, under ``"count"``), the start is
+``<call id>@<n>@<worker instance>``, with the least n from 2 whose member is
+free: every start is a member of its own, as when every start carried its
+time (``<call id>@<ms>@<worker instance>``, 2.0.0's members, read alike).
+Short members keep the log a listpack: Redis stores a sorted set with a
+member over 64 bytes (``zset-max-listpack-value``) as a skiplist, about five
+times the memory for a few entries. One more member, scored 0, records the limits (``rates.spec_of``)
 for operators. A call may start at ``t`` iff, for each limit, fewer than N
 entries lie after ``t - period - margin``: an exact sliding window, O(N)
 entries per key (the most of any limit).
@@ -39,6 +46,17 @@ local key, member = KEYS[1], ARGV[1]
 local margin, on_time, mode, spec = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local instance, reserved, copies = ARGV[6], ARGV[7], ARGV[8]
 local now = now_ms()
+-- The member of a start at ``at``: the first of <member>@<instance>, <member>@2@<instance>, ... that holds
+-- no other start (see the module's docstring).
+local function start_of(at)
+    local name, n = member .. '@' .. instance, 1
+    while true do
+        local held = redis.call('ZSCORE', key, name)
+        if not held or tonumber(held) == at then return name end
+        n = n + 1
+        name = member .. '@' .. n .. '@' .. instance
+    end
+end
 local limits, longest = {}, 0
 for i = 9, #ARGV, 2 do
     local count, period = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
@@ -53,7 +71,7 @@ if mine then
     if mine > now then return {2, mine, now} end
     redis.call('ZREM', key, member)
     if now - mine <= on_time then
-        redis.call('ZADD', key, mine, member .. '@' .. mine .. '@' .. instance)
+        redis.call('ZADD', key, mine, start_of(mine))
         return {1, mine, now}
     end
     -- Late (its worker died, or its pool was busy): its reservation, never started on, is given up and
@@ -76,7 +94,7 @@ for _, limit in ipairs(limits) do
     end
 end
 if at > now and mode == 'reject' then return {0, at, now} end
-redis.call('ZADD', key, at, at > now and member or (member .. '@' .. at .. '@' .. instance))
+redis.call('ZADD', key, at, at > now and member or start_of(at))
 redis.call('ZADD', key, 0, spec)
 local last = redis.call('ZREVRANGE', key, 0, 0, 'WITHSCORES')
 redis.call('PEXPIRE', key, math.floor(tonumber(last[2]) - now + longest + margin) + 1)
