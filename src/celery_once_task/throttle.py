@@ -26,13 +26,14 @@ first, in a round trip of its own, then the lock is taken as usual.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import NoReturn, Optional
 
 from celery.exceptions import Ignore
 from redis.exceptions import RedisError
 
-from . import telemetry
+from . import delays, telemetry
 from .deferral import defer, store_down
 from .errors import OnceTaskThrottled
 from .events import execution_throttled
@@ -121,12 +122,17 @@ def check(task: TaskLike, settings: Settings, space: KeySpace, digest: str, requ
         if recording:
             telemetry.picked_up(task, request, store.client)
         return
-    if reserved == str(round(gate.at * 1000)) and gate.wait <= EARLY_WAIT:
-        # This copy's own reservation, a moment ahead (the clocks of the broker's timer and the store differ).
+    # Where RabbitMQ's native delayed delivery carries the copy, its countdown is whole seconds: it is sent
+    # up to a second early, not late -- a copy later than its reservation starts over at the end of the line,
+    # and late again after every rounding up -- and waits out the fraction here.
+    whole_seconds = delays.native_delayed_delivery(task.app)
+    early_wait = EARLY_WAIT + (1.0 if whole_seconds else 0.0)
+    if reserved == str(round(gate.at * 1000)) and gate.wait <= early_wait:
+        # This copy's own reservation, a moment ahead (the broker's timer and the store's clock differ, or the
+        # countdown was whole seconds): it waits here, then takes its start on the reservation in one more round
+        # trip, so that another copy of the same message finds that start and is let go.
         time.sleep(max(0.0, gate.wait - (time.monotonic() - answered)))
-        if recording:
-            telemetry.picked_up(task, request, store.client)
-        return
+        return check(task, settings, space, digest, request, None)
     if recording:
         telemetry.executed(task, request, "postponed", client=store.client)
     if side is not None and (maybe_applied or queue_reply(replies[0])[0]):
@@ -137,6 +143,8 @@ def check(task: TaskLike, settings: Settings, space: KeySpace, digest: str, requ
                 limits, key, gate.wait)
     # Timed from the store's answer, so that the copy arrives on its reservation.
     countdown = max(0.0, gate.wait - (time.monotonic() - answered))
+    if whole_seconds:
+        countdown = float(math.floor(countdown))
     defer(task, request, {DIGEST_HEADER: digest, THROTTLE_HEADER: str(round(gate.at * 1000))}, countdown)
     raise Ignore()
 
