@@ -103,7 +103,7 @@ def _record_args(i: int, guard: float) -> tuple[str, str, int, int, str]:
     record = redelivery.Finished(0, redelivery.NO_CALL, redelivery.INSTANCE, os.getpid(), True, time.time())
     if "call" in inspect.signature(keys.finished_key).parameters:
         key = keys.finished_key(running, task_id, redelivery.NO_CALL)
-    else:  # 1.1.0, measured for the figures before
+    else:  # a pre-release build (1.1.0), measured for the figures before
         key = keys.finished_key(running, task_id)  # type: ignore[call-arg]
     return key, record.value(), int(guard * 1000), 0, redelivery.NO_CALL
 
@@ -224,7 +224,7 @@ def section(figures: dict[str, Any], before: Optional[dict[str, Any]] = None) ->
         "queue lock, a `unique_for` window and a debounced burst; an in-process solo worker with the boot step runs "
         "tasks that sample their own running lock and a `running_limit` key's slots from inside their bodies, and "
         "each execution it finishes leaves a finished record. `MEMORY USAGE` per key (the median of the samples), "
-        "beside the same measurement on 1.1.0 (`benchmarks/memory_before.json`):",
+        "beside the same measurement on a pre-release build, 1.1.0 (`benchmarks/memory_before.json`):",
         "",
         text(figures, before),
         "",

@@ -252,7 +252,7 @@ def document(results: dict[str, Any], chart_name: str) -> str:
         COMMAND,
         "bash scripts/bench.sh --quick     # a short run (about 2 minutes), rougher figures",
         "bash scripts/bench.sh --profile   # only the profile of \"Where the time goes\"",
-        "bash scripts/bench.sh --memory    # only what the library keeps in Redis, beside 1.1.0 (part l)",
+        "bash scripts/bench.sh --memory    # only what the library keeps in Redis, beside a pre-release (part l)",
         "bash scripts/bench.sh --compare --variants plain,once-task,once-task-1.0.0 --rounds 30"
         "   # only the implementations side by side",
         "```",
@@ -509,8 +509,8 @@ its size class: 24 -> 32, 57..64 -> 64, 65..80 -> 80, 134 -> 160):
 
 About 115 bytes of that is what Redis spends on any key with a TTL; the rest is the key and the value.
 `MEMORY USAGE` leaves out the expiry entry and the tables' buckets: 152 B and 184 B by it (see (l)).
-Since 1.2 the running lock's value is compact, `<task id>\x1f<attempt>:<instance>:<worker>\x1f<since>`
-(70 B with a heartbeat, which names the worker instead), not the 153-byte JSON of 1.1 (337 B a lock).
+In 2.0 the running lock's value is compact, `<task id>\x1f<attempt>:<instance>:<worker>\x1f<since>`
+(70 B with a heartbeat, which names the worker instead), not the 153-byte JSON of the pre-release builds (337 B a lock).
 What would bring a lock under 200 bytes of `used_memory`, without changing Redis:
 
 * **running lock:** a value of at most 44 bytes, which Redis embeds in the value object (saves 64 B):
