@@ -35,6 +35,8 @@ WORKER_GONE = "worker gone"
 DEFERRED_COPY = "deferred copy"
 #: an attempt ended but its result was never stored: it runs again;
 RESULT_LOST = "result lost"
-#: a release that failed while the store was away was made later (``why``: the release's own reason).
+#: a release that failed while the store was away was made later (``why``: the release's own reason);
 RELEASED_LATE = "released late ({why})"
-RECOVERY_REASONS = (WORKER_GONE, DEFERRED_COPY, RESULT_LOST, RELEASED_LATE)
+#: a message put off with a countdown was not taken in time (its worker gone): published again (``rescue``).
+PARKED_RESCUED = "parked message rescued"
+RECOVERY_REASONS = (WORKER_GONE, DEFERRED_COPY, RESULT_LOST, RELEASED_LATE, PARKED_RESCUED)

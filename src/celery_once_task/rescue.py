@@ -44,7 +44,7 @@ from redis.exceptions import RedisError
 
 from . import parking, telemetry
 from .deferral import DEFER_SECONDS, defer
-from .events import lock_recovered
+from .events import PARKED_RESCUED, lock_recovered
 from .headers import PARKED_HEADER
 from .keys import parked_keys
 from .ownership import Lease
@@ -62,7 +62,7 @@ RESCUE_INTERVAL = 1.0
 #: The most entries one look takes.
 RESCUE_BATCH = 100
 #: Why a rescued copy was published, as ``lock_recovered`` gives it.
-RESCUED = "parked message rescued"
+RESCUED = PARKED_RESCUED
 
 
 def claim_seconds(task: TaskLike, settings: Settings) -> float:
