@@ -4,7 +4,7 @@
 # while it kills and stalls workers, pool processes, the lock store and the
 # broker; prints its figures and exits non-zero if a check failed.
 #
-#   bash scripts/soak.sh --short            about 75 s of load, 3 workers (what CI runs; 2-3 minutes in all)
+#   bash scripts/soak.sh --short            about 60 s of load, 3 workers (what CI runs; about 2 minutes in all)
 #   bash scripts/soak.sh --minutes 20       a longer soak, 4 workers
 #   bash scripts/soak.sh --policy wait      duplicate executions wait instead of being rejected
 #   bash scripts/soak.sh --pool gevent      gevent workers (their tasks compute without yielding: --body cpu)

@@ -113,7 +113,7 @@ class Plan:
 def parse(argv: Optional[Sequence[str]]) -> Plan:
     parser = argparse.ArgumentParser(prog="python -m soak", description=__doc__.split("\n\n")[0])
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--short", action="store_true", help="75 s of load, 3 workers: what CI runs")
+    length.add_argument("--short", action="store_true", help="60 s of load, 3 workers: what CI runs")
     length.add_argument("--minutes", type=float, default=10.0, help="minutes of load (default 10), 4 workers")
     parser.add_argument("--policy", choices=("reject", "wait"), default="reject",
                         help="what a duplicate execution gets (running_lock_conflict)")
@@ -155,7 +155,7 @@ def parse(argv: Optional[Sequence[str]]) -> Plan:
         if args.debounce or args.policy == "wait" or args.window:
             parser.error("--throttle cannot be used with --debounce, --policy wait or --window in the soak")
     if args.short:
-        return Plan(75.0, 3, 60.0, args.policy, seed, args.keep, args.strict, args.pool, args.broker, body,
+        return Plan(60.0, 3, 60.0, args.policy, seed, args.keep, args.strict, args.pool, args.broker, body,
                     args.running_limit, args.debounce, args.window, args.throttle)
     return Plan(args.minutes * 60, 4, 120.0, args.policy, seed, args.keep, args.strict, args.pool, args.broker, body,
                 args.running_limit, args.debounce, args.window, args.throttle)
