@@ -33,6 +33,7 @@ from celery.worker import state as worker_state
 
 from . import brokers
 from .cleanup import is_once_task
+from .janitor import janitor
 from .ownership import register_worker
 from .protocols import Worker
 from .renewal import LeaseKeeper
@@ -107,6 +108,9 @@ class OnceTaskUnlockBootStep(bootsteps.StartStopStep):
         """Start renewing the leases and the heartbeat; at the process's exit, remove the heartbeat."""
         keeper = self._keeper = LeaseKeeper(worker.app, worker.hostname)
         keeper.start()
+        # A worker that stops while the store is away keeps trying the releases it owes for a lease: an
+        # execution's end left unrecorded would let a copy of its message run again once the lease is over.
+        janitor.exit_timeout = max(janitor.exit_timeout, keeper.lease.ttl)
         # Messages put off with a countdown whose worker died: published again (``rescue``).
         self._rescuer = Rescuer(worker.app)
         self._rescuer.start()

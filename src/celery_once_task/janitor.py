@@ -5,7 +5,8 @@ was lost, the running lock of an execution that is being killed: each leaves
 a lock that must go, but only by its owner token, only once the store
 answers again, and -- for an execution being killed -- only once its process
 can no longer run. The janitor keeps these deletes for the process and a
-daemon thread retries them until each is done; at exit it makes a last try.
+daemon thread retries them until each is done; at exit it keeps trying for a
+while (a worker: its lease, ``heartbeat_timeout``).
 
 Nothing here raises: it runs after the fact, where no caller could act on an
 error. Each delete is logged with the task name, task id and key.
@@ -44,6 +45,8 @@ _SECOND_PASS = 0.5
 #: A process sent a signal that has not exited after this long ignores it: it
 #: runs on, and its execution will release its own lock (or its lease ends).
 _PROCESS_WAIT = 30.0
+#: How long a process that is not a worker (a publisher) keeps trying its pending deletes at exit.
+_EXIT_TIMEOUT = 3.0
 
 
 @dataclass(eq=False)
@@ -119,6 +122,10 @@ class Janitor:
         self._pending: dict[tuple[str, str, str], Cleanup] = {}
         self._thread: Optional[threading.Thread] = None
         self._wake = threading.Event()
+        #: How long this process, exiting, keeps trying the deletes it still owes. A worker sets its lease
+        #: (``bootstep``): a release left undone at exit -- an execution's end, its finished record --
+        #: lets a copy of a message whose execution ended run again once the lease runs out.
+        self.exit_timeout = _EXIT_TIMEOUT
 
     def add(self, cleanup: Cleanup) -> None:
         with self._lock:
@@ -288,4 +295,4 @@ os.register_at_fork(after_in_child=janitor._forget_after_fork)
 @atexit.register
 def _flush_at_exit() -> None:
     if janitor.pending():
-        janitor.flush(timeout=3.0)
+        janitor.flush(timeout=janitor.exit_timeout)
