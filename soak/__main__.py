@@ -59,7 +59,7 @@ from celery.states import READY_STATES
 from celery_once_task import OnceTask
 from celery_once_task.ownership import Lease
 from celery_once_task.rates import Rate, parse_throttle
-from celery_once_task.store.throttles import MARGIN as THROTTLE_MARGIN
+from celery_once_task.store.throttles import margin_for
 from soak import report
 from soak.cluster import Servers, SoakWorker
 from soak.faults import FaultLog, Faults, kinds
@@ -172,7 +172,7 @@ def soak_throttle(text: str) -> object:
 
 def throttled_rate(rate: Rate, keys: int) -> float:
     """Calls a second the workers keep up with under the throttle: most of what it lets start, across the keys."""
-    return min(LIMITED_CALLS_PER_SECOND, 0.7 * keys * rate.starts / (rate.period + THROTTLE_MARGIN))
+    return min(LIMITED_CALLS_PER_SECOND, 0.7 * keys * rate.starts / (rate.period + margin_for([rate])))
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -34,7 +34,7 @@ from ..keys import (
 from ..ownership import owner_fields
 from ..rates import parse_spec
 from ..store.slots import LEGACY_LIMIT, LIMIT, held_since, slot_field
-from ..store.throttles import MARGIN
+from ..store.throttles import margin_for
 from .values import Reply, as_text, json_object, optional_float, optional_int, optional_str, seconds
 
 __all__ = ["HeldSlot", "Lock", "LockDict", "ReservedSlot", "SlotsView", "as_text", "describe_slots", "json_object",
@@ -366,10 +366,11 @@ def throttle_locks(key: str, entries: Sequence[tuple[Reply, float]], pttl: Optio
     task, digest, _ = parsed
     specs = [as_text(member) for member, score in entries if score == 0]
     starts = sorted((score for _, score in entries if score > 0), reverse=True)
-    margin = MARGIN * 1000
     rows = []
     for spec in specs:
-        for rate in parse_spec(spec):
+        rates = parse_spec(spec)
+        margin = margin_for(rates) * 1000
+        for rate in rates:
             period = rate.period * 1000
             seen = [start for start in starts if start > server_ms - period - margin]
             free = float(server_ms)

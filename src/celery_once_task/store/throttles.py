@@ -15,10 +15,21 @@ from ..rates import Rate, spec_of
 from .lua.throttles import THROTTLE_TAKE
 from .scripts import Call
 
-#: Added to every period. Starts are measured by the task bodies a few milliseconds after the store's
-#: clock took them, and a postponed copy may start up to ``ON_TIME`` after its reservation: without it,
+#: Added to every period, at the least (``margin_for``). Starts are measured by the task bodies some
+#: milliseconds after the store's clock took them -- more where a slot is taken after the check, or the
+#: machine is loaded -- and a postponed copy may start up to ``ON_TIME`` after its reservation: without it,
 #: two starts a period apart by the store's clock could be a hair less than a period apart by the bodies'.
 MARGIN = 0.1
+#: The most margin a throttle gets: a tenth of its shortest period, between ``MARGIN`` and this.
+MARGIN_MOST = 0.25
+
+
+def margin_for(rates: Sequence[Rate]) -> float:
+    """The margin added to every period of a throttle: a tenth of its shortest period, within 100-250 ms.
+
+    As much room for the bodies' lag as the throttle can give without losing more than a tenth of its rate.
+    """
+    return min(MARGIN_MOST, max(MARGIN, 0.1 * min(rate.period for rate in rates)))
 #: How late a postponed copy may arrive and start on its reservation (the broker's timer and a busy pool
 #: take some milliseconds); later, it reserves again. Kept below ``MARGIN``: the rest covers measurement.
 ON_TIME = 0.06
@@ -51,8 +62,8 @@ def take(key: str, member: str, rates: Sequence[Rate], conflict: str, instance: 
     ``instance``: who starts it (recorded in its start); ``reserved``: the reservation a postponed copy
     carries; ``copies``: ``"ignore"`` answers ``STARTED`` to a copy whose call already started on it.
     """
-    args: list[Any] = [member, round(MARGIN * 1000), round(ON_TIME * 1000), conflict, spec_of(rates), instance,
-                       reserved, copies]
+    args: list[Any] = [member, round(margin_for(rates) * 1000), round(ON_TIME * 1000), conflict, spec_of(rates),
+                       instance, reserved, copies]
     for rate in rates:
         args += [rate.starts, rate.period_ms]
     return Call(THROTTLE_TAKE, key, args)
