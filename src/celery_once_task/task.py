@@ -256,8 +256,10 @@ class OnceTask(Task):
                 args, kwargs, task_id, producer, link, link_error, shadow, **options
             )
 
+        locked = self.queue_lock or self.running_lock
+        settings, eager = for_publish(self.app, self) if locked else (None, False)
         # ``enabled=False`` (for tests): a plain Celery task, whose calls never reach the lock store.
-        if not (self.queue_lock or self.running_lock) or not for_publish(self.app, self)[0].enabled:
+        if settings is None or not settings.enabled:
             if once is not None:  # refused as anywhere, though a task that takes no lock has none to set
                 call_options.parse(self, once)
             return publish(task_id)
@@ -267,7 +269,6 @@ class OnceTask(Task):
         # Stamped with the time of the call where it waits in a line, or where telemetry may record how long
         # it waited to start (``celery_once.wait.duration``).
         with_digest(options, digest, fixed_id=task_id is not None, stamped=self._once_in_line or telemetry.active)
-        settings, eager = for_publish(self.app, self)
         # Its own options (``once``; a retry's are those its message carries) over the task's.
         settings, queue_lock = call_options.for_call(self, settings, once, options["headers"], task_id)
         if debounce.debounced(settings, task_id, eager):
@@ -372,8 +373,10 @@ class OnceTask(Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
-        if request.called_directly or getattr(request, _ENTERED, False) or not self.once_settings().enabled:
-            # A plain function call, the body calling itself, or the library switched off: no locks.
+        if request.called_directly or getattr(request, _ENTERED, False):  # a plain call, or the body's own
+            return super().__call__(*args, **kwargs)
+        settings = self.once_settings()
+        if not settings.enabled:  # the library switched off: no locks
             return super().__call__(*args, **kwargs)
         setattr(request, _ENTERED, True)
         held = burst = None
@@ -381,7 +384,7 @@ class OnceTask(Task):
             digest = header(request, DIGEST_HEADER)
             if not well_formed_digest(digest):  # app.send_task, beat, other producers
                 digest = self.once_digest(args, kwargs)
-            settings, queue_lock = call_options.for_request(self, self.once_settings(), request)
+            settings, queue_lock = call_options.for_request(self, settings, request)
             # A copy put off with a countdown claims its parked entry: is it the one to run?
             claim = rescue.claim_of(self, settings, request)
             if settings.debounce and not request.is_eager and debounce.is_burst(request):
