@@ -762,6 +762,28 @@ def test_slot_clear_leaves_a_field_whose_value_changed(client: Any, view: Any, k
     assert slot_fields(view, keys) == [field]
 
 
+def test_slot_clear_deletes_a_slot_whose_lease_was_renewed_since_it_was_listed(client: Any, view: Any,
+                                                                              keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a", lease=1000)
+    field = f"S{owner('task-a')}"
+    listed = view.hget(keys.slots, field)
+    assert run_script(client, SLOT_RENEW, keys.slots, owner("task-a"), LONG) == 1
+    assert view.hget(keys.slots, field) != listed
+    assert run_script(client, SLOT_CLEAR, keys.slots, field, listed) == 1
+    assert view.exists(keys.slots) == 0
+
+
+def test_slot_clear_leaves_a_slot_its_token_took_again_at_another_time(client: Any, view: Any,
+                                                                       keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a")
+    field = f"S{owner('task-a')}"
+    listed = view.hget(keys.slots, field)
+    expiry, span = (int(part) for part in listed.split(":"))
+    view.hset(keys.slots, field, f"{expiry}:{span + 1}")  # the same token, taken a millisecond earlier
+    assert run_script(client, SLOT_CLEAR, keys.slots, field, listed) == 0
+    assert slot_fields(view, keys) == [field]
+
+
 def test_slot_clear_deletes_the_key_once_no_slot_or_reservation_is_left(client: Any, view: Any,
                                                                         keys: Keys) -> None:
     slot_acquire(client, keys, "task-a")

@@ -244,7 +244,8 @@ return 1
 
 # KEYS[1] the key's slots
 # ARGV[1] the field to delete (``S<token>``, ``R<call id>``, or 2.0.0's ``s:<token>``, ``r:<call id>``),
-# ARGV[2] the exact value it must still hold
+# ARGV[2] the value listed: a reservation must still hold it exactly; a slot held, the same taking
+#         (its token, in the field's name, and when it was taken: a heartbeat rewrites the expiry)
 # return  1 if the field held the value and is now deleted, else 0 (the line moves on at the key's next
 #         pickup or release, or when a waiting call's safety copy comes back)
 SLOT_CLEAR = Script(
@@ -253,7 +254,23 @@ SLOT_CLEAR = Script(
     + """
 local slots = KEYS[1]
 local field, value = ARGV[1], ARGV[2]
-if redis.call('HGET', slots, field) ~= value then return 0 end
+-- When a slot held was taken, from its value in either form; nil for anything else.
+local function taken(name, held)
+    local first = string.sub(name, 1, 1)
+    if first == 'S' then
+        local expiry, span = string.match(held, '^(%d+):(-?%d+)$')
+        if expiry then return tostring(tonumber(expiry) - tonumber(span)) end
+    elseif string.sub(name, 1, 2) == 's:' then
+        return string.match(held, '^%d+:(.*)$')
+    end
+    return nil
+end
+local current = redis.call('HGET', slots, field)
+if not current then return 0 end
+if current ~= value then
+    local since = taken(field, current)
+    if since == nil or since ~= taken(field, value) then return 0 end
+end
 redis.call('HDEL', slots, field)
 for _, name in ipairs(redis.call('HKEYS', slots)) do
     if field_kind(name) then return 1 end
