@@ -21,9 +21,10 @@ from kombu.messaging import Producer
 
 from . import call_options, debounce, execute, replace, rescue, telemetry
 from .definition import check_shared_name, check_task_class
+from .digest import call_digest, check_lock_args, signature_of, well_formed_digest
 from .errors import LockStoreUnavailable, OnceTaskLocked, OnceTaskThrottled
 from .headers import DIGEST_HEADER, header
-from .keys import call_digest, check_lock_args, key_space, signature_of, well_formed_digest
+from .keys import key_space
 from .limits import may_wait_in_line
 from .publish import Links, as_list, publish_once, with_digest
 from .rates import Rate, ThrottleConflict, parse_throttle
