@@ -31,7 +31,8 @@ Foundations, importing nothing of the library above them:
                 ``operations`` names each round trip for telemetry; ``permissions`` tells a refusal by
                 the store's ACL from an outage
 ``options``     what an option may be: the kinds of value, the combinations refused
-``settings``    every setting declared once; validation, ``configure()``, precedence
+``settings_table`` every setting declared once: its type, default and meaning; ``Settings``; validation
+``settings``    where each value comes from and which wins: ``configure()``, integrations, ``resolve()``
 ``definition``  a task's options checked where it is defined; tasks that share a ``lock_name``
 ``call_options`` ``apply_async(..., once={...})``: a call's own options, and the worker's reading of them
 

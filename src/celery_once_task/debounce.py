@@ -58,7 +58,7 @@ from .keys import BURST, KeySpace, key_space
 from .ownership import Lease
 from .parking import Claim, publish_parked, settle
 from .protocols import TaskLike, TaskRequest
-from .settings import Settings
+from .settings_table import Settings
 from .store import LockStore, store_for
 from .store.connection import redact_url
 from .store.lua.bursts import Called, Taken

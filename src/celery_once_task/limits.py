@@ -52,7 +52,7 @@ from .keys import SLOTS, KeySpace
 from .ownership import Lease, RunningOwner, running_ttl
 from .protocols import TaskLike, TaskOptions, TaskRequest
 from .redelivery import copy_of_finished, finished_check
-from .settings import Settings
+from .settings_table import Settings
 from .store import Claim, FinishedCheck, Joining, LockStore, store_for
 from .store.lua.slots import SlotCode
 from .store.operations import SLOT_FREE, SLOT_JOIN, SLOT_PICKUP

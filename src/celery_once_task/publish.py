@@ -42,7 +42,7 @@ from .janitor import Cleanup, janitor, release_or_leave
 from .keys import QUEUE, key_space
 from .protocols import Signature, TaskLike, TaskRequest
 from .redelivery import new_call
-from .settings import Settings
+from .settings_table import Settings
 from .store import Acquired, store_for
 from .store.connection import redact_url
 from .store.operations import QUEUE_ACQUIRE, QUEUE_RENEW, WINDOW_ACQUIRE

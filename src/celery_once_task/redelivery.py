@@ -83,7 +83,7 @@ from .headers import CALL_HEADER, header
 from .ownership import INSTANCE, Lease, heartbeat_enabled
 from .protocols import TaskLike, TaskRequest
 from .record_keys import finished_key, legacy_finished_key
-from .settings import Settings
+from .settings_table import Settings
 from .store import LockStore
 from .store.finished import FinishedCheck
 

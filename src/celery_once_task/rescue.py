@@ -51,7 +51,8 @@ from .parking import Claim, decode, new_token
 from .protocols import CeleryApp, TaskLike, TaskRequest
 from .record_keys import parked_keys
 from .redelivery import guard_seconds
-from .settings import Settings, resolve
+from .settings import resolve
+from .settings_table import Settings
 from .store import LockStore, Rescued, store_for
 from .store.connection import make_client
 

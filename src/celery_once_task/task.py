@@ -28,7 +28,8 @@ from .keys import key_space
 from .limits import may_wait_in_line
 from .publish import Links, as_list, publish_once, with_digest
 from .rates import Rate, ThrottleConflict, parse_throttle
-from .settings import QueueLockConflict, QueueLockUntil, RunningLockConflict, Settings, for_publish, resolve
+from .settings import for_publish, resolve
+from .settings_table import QueueLockConflict, QueueLockUntil, RunningLockConflict, Settings
 
 logger = logging.getLogger("celery_once_task")
 
@@ -85,7 +86,7 @@ class OnceTask(Task):
     """
 
     # The task options, documented above. Those that are also settings must be the task options of
-    # ``settings.SETTINGS``, with the same types: tests/test_settings.py holds them to it.
+    # ``settings_table.SETTINGS``, with the same types: tests/test_settings.py holds them to it.
     queue_lock: bool = True
     running_lock: bool = True
     queue_lock_timeout: Optional[int] = None

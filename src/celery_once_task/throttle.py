@@ -44,7 +44,7 @@ from .ownership import INSTANCE, RunningOwner, heartbeat_enabled
 from .protocols import TaskLike, TaskRequest
 from .rates import Rate, throttle_conflict
 from .rejection import store_rejection
-from .settings import Settings
+from .settings_table import Settings
 from .store import LockStore, store_for, throttles
 from .store.locks import queue_reply
 from .store.operations import THROTTLE_PICKUP
