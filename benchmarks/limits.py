@@ -24,9 +24,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from celery_once_task.keys import MESSAGES, QUEUE, RUNNING, SLOTS, WAITERS, call_id, finished_key, limited_key, lock_key
+from celery_once_task.ids import call_id
+from celery_once_task.keys import MESSAGES, QUEUE, RUNNING, SLOTS, WAITERS, limited_key, lock_key
 from celery_once_task.limits import RESERVE_SECONDS
 from celery_once_task.ownership import INSTANCE, RunningOwner
+from celery_once_task.record_keys import finished_key
 from celery_once_task.redelivery import Finished
 from celery_once_task.store import Claim, FinishedCheck, FinishedRecord, Joining, LockStore
 

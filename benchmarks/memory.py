@@ -94,17 +94,22 @@ def _guard_seconds() -> float:
 
 def _record_args(i: int, guard: float) -> tuple[str, str, int, int, str]:
     """The key, value, TTL (ms), attempt and call of the ``i``-th finished record, as the library writes them."""
-    from celery_once_task import keys, redelivery
+    from celery_once_task import redelivery
+
+    try:
+        from celery_once_task.record_keys import finished_key
+    except ImportError:  # a release before record_keys: its key grammar spelled the finished records
+        from celery_once_task.keys import finished_key  # type: ignore[attr-defined,no-redef]
 
     seed = hashlib.blake2b(b"%d" % i, digest_size=16).digest()
     running = f"once_task:benchmarks.memory.runs:{seed.hex()[:16]}:running"
     task_id = str(uuid.UUID(bytes=seed, version=4))
     # A record of an execution whose result is being stored, by a worker with a heartbeat.
     record = redelivery.Finished(0, redelivery.NO_CALL, redelivery.INSTANCE, os.getpid(), True, time.time())
-    if "call" in inspect.signature(keys.finished_key).parameters:
-        key = keys.finished_key(running, task_id, redelivery.NO_CALL)
+    if "call" in inspect.signature(finished_key).parameters:
+        key = finished_key(running, task_id, redelivery.NO_CALL)
     else:  # a pre-release build (1.1.0), measured for the figures before
-        key = keys.finished_key(running, task_id)  # type: ignore[call-arg]
+        key = finished_key(running, task_id)  # type: ignore[call-arg]
     return key, record.value(), int(guard * 1000), 0, redelivery.NO_CALL
 
 

@@ -25,7 +25,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from celery_once_task.keys import QUEUE, THROTTLE, call_id, limited_key, lock_key
+from celery_once_task.ids import call_id
+from celery_once_task.keys import QUEUE, THROTTLE, limited_key, lock_key
 from celery_once_task.rates import Rate
 from celery_once_task.store import LockStore, throttles
 from celery_once_task.store.locks import compare_and_delete

@@ -25,8 +25,9 @@ import pytest
 import redis
 
 from celery_once_task import LockStorePermissionError, LockStoreUnavailable, OnceTaskLocked, configure
-from celery_once_task.keys import finished_key, limited_key
+from celery_once_task.keys import limited_key
 from celery_once_task.ops import locks as lockinfo
+from celery_once_task.record_keys import finished_key
 from celery_once_task.store import client_for
 from celery_once_task.store.connection import make_client
 from celery_once_task.store.lua.bursts import BURST_CALL

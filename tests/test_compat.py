@@ -18,8 +18,8 @@ from celery import Celery, states
 
 from celery_once_task.compat.celery_once import AlreadyQueued, QueueOnce
 from celery_once_task.compat.celery_singleton import DuplicateTaskError, Singleton, clear_locks, read_singleton_conf
-from celery_once_task.keys import heartbeat_pattern
 from celery_once_task.ops.cli import LockStoreTarget
+from celery_once_task.record_keys import heartbeat_pattern
 from tests import compat_app as tasks
 from tests.compat_app import parked
 from tests.support import RedisServer, Worker, events, started, wait_until

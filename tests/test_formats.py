@@ -11,8 +11,8 @@ import time
 import uuid
 from typing import Any
 
-from celery_once_task.keys import finished_key, legacy_finished_key
 from celery_once_task.ownership import INSTANCE, RunningOwner, owner_fields
+from celery_once_task.record_keys import finished_key, legacy_finished_key
 from celery_once_task.redelivery import Finished, finished_check
 from celery_once_task.settings import Settings
 from celery_once_task.store import FinishedCheck, FinishedRecord, LockStore

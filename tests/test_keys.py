@@ -15,8 +15,9 @@ from celery import Celery
 from kombu import serialization
 
 from celery_once_task import OnceTask, OnceTaskLocked, debounce, limits
+from celery_once_task.digest import canonical_call, signature_of
 from celery_once_task.headers import DIGEST_HEADER
-from celery_once_task.keys import KeyParts, canonical_call, key_space, parse_key, signature_of
+from celery_once_task.keys import KeyParts, key_space, parse_key
 from tests import worker_app as tasks
 from tests.support import events, wait_until
 

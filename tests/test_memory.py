@@ -18,8 +18,9 @@ import time
 import uuid
 from typing import Any
 
-from celery_once_task.keys import finished_key, key_space, limited_key
+from celery_once_task.keys import key_space, limited_key
 from celery_once_task.ownership import INSTANCE, RunningOwner
+from celery_once_task.record_keys import finished_key
 from celery_once_task.store import LockStore
 from celery_once_task.store.lua.throttles import THROTTLE_TAKE
 from celery_once_task.store.slots import Claim

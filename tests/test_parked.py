@@ -18,8 +18,8 @@ from celery import Task
 from kombu import Connection
 
 from celery_once_task.headers import PARKED_HEADER
-from celery_once_task.keys import parked_keys
 from celery_once_task.parking import park, publish_parked
+from celery_once_task.record_keys import parked_keys
 from celery_once_task.rescue import Rescuer
 from celery_once_task.store import store_for
 from tests import worker_app as tasks

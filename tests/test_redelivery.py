@@ -16,8 +16,9 @@ import pytest
 from celery import states
 
 from celery_once_task import brokers
-from celery_once_task.keys import finished_key, legacy_finished_key, slot_of
+from celery_once_task.hash_slots import slot_of
 from celery_once_task.ownership import INSTANCE, Lease, RunningOwner
+from celery_once_task.record_keys import finished_key, legacy_finished_key
 from celery_once_task.redelivery import Finished
 from celery_once_task.store import FinishedCheck, FinishedRecord, LockStore
 from tests import worker_app as tasks

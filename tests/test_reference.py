@@ -5,8 +5,9 @@ tests/test_settings.py; this module does the same for the rest of what a
 reader copies from the docs: every ``celery once`` subcommand and flag of
 docs/operating.md against the command line's parser (and back), the fields of
 its JSON, the signals' arguments and values against ``events``, every key the
-docs and the README spell out against ``keys`` (parsed back, and built again
-the way the library writes it), and the version the site shows.
+docs and the README spell out against ``keys`` and ``record_keys`` (parsed
+back, and built again the way the library writes it), and the version the
+site shows.
 """
 
 from __future__ import annotations
@@ -25,21 +26,12 @@ from click.testing import CliRunner
 
 import celery_once_task
 from celery_once_task import events
-from celery_once_task.keys import (
-    CALL_KEY_TYPES,
-    LOCK_TYPES,
-    QUEUE,
-    RUNNING,
-    KeySpace,
-    finished_key,
-    heartbeat_key,
-    legacy_finished_key,
-    parse_key,
-    well_formed_digest,
-)
+from celery_once_task.digest import well_formed_digest
+from celery_once_task.keys import CALL_KEY_TYPES, LOCK_TYPES, QUEUE, RUNNING, KeySpace, parse_key
 from celery_once_task.ops import cli
 from celery_once_task.ops.rows import LockDict
 from celery_once_task.ops.workers import WorkerDict
+from celery_once_task.record_keys import finished_key, heartbeat_key, legacy_finished_key
 from celery_once_task.settings import QUEUE_LOCK_CONFLICTS, QUEUE_LOCK_UNTIL, RUNNING_LOCK_CONFLICTS
 from tests.support import RedisServer
 

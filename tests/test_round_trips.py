@@ -26,8 +26,9 @@ from kombu.utils.json import dumps
 
 from benchmarks.counting import count, install, uninstall
 from celery_once_task import OnceTask
-from celery_once_task.keys import parked_keys, waiting_token
+from celery_once_task.ids import waiting_token
 from celery_once_task.ownership import RunningOwner
+from celery_once_task.record_keys import parked_keys
 from celery_once_task.republish import republish
 from celery_once_task.store import client_for
 from celery_once_task.store.scripts import SCRIPTS

@@ -12,8 +12,8 @@ import pytest
 from celery.exceptions import Reject
 
 from celery_once_task import OnceTaskError, OnceTaskLocked
-from celery_once_task.keys import heartbeat_key
 from celery_once_task.ownership import Lease, RunningOwner
+from celery_once_task.record_keys import heartbeat_key
 from tests import worker_app as tasks
 from tests.support import events, running_worker, wait_until
 

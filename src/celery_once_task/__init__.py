@@ -11,7 +11,10 @@ Foundations, importing nothing of the library above them:
 ``headers``     the library's message headers, read off a request on every Celery release
 ``digest``      canonical arguments and their digest
 ``rates``       the ``throttle`` option's values: N starts per period, parsed and checked
-``keys``        the key grammar: every key and id the library writes, and parsing one back
+``hash_slots``  Redis Cluster's hash slots: a key's slot, and short texts that hash to a slot
+``ids``         the ids written inside values (holders, waiting entries, call ids), and new task ids
+``keys``        the lock-key grammar: every key of the lock namespace, and parsing one back
+``record_keys`` the keys of the library's own records: finished records, heartbeats, parked messages
 ``ownership``   the owner tokens stored as lock values, and the lease timing
 ``brokers``     what the app's broker needs: how late it may deliver a finished task's message again
 ``native``      an OS thread no pool can starve, for the renewal
@@ -28,7 +31,8 @@ Foundations, importing nothing of the library above them:
                 ``operations`` names each round trip for telemetry; ``permissions`` tells a refusal by
                 the store's ACL from an outage
 ``options``     what an option may be: the kinds of value, the combinations refused
-``settings``    every setting declared once; validation, ``configure()``, precedence
+``settings_table`` every setting declared once: its type, default and meaning; ``Settings``; validation
+``settings``    where each value comes from and which wins: ``configure()``, integrations, ``resolve()``
 ``definition``  a task's options checked where it is defined; tasks that share a ``lock_name``
 ``call_options`` ``apply_async(..., once={...})``: a call's own options, and the worker's reading of them
 

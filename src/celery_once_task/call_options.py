@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, Optional
 from .headers import OPTIONS_HEADER, header
 from .options import check_combination
 from .protocols import TaskLike
-from .settings import SETTINGS, Settings
+from .settings_table import SETTINGS, Settings
 
 logger = logging.getLogger("celery_once_task")
 

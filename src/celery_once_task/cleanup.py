@@ -16,21 +16,15 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Optional
 
 from . import call_options, debounce, replace, windows
+from .digest import well_formed_digest
 from .headers import BURST_HEADER, DIGEST_HEADER, OPTIONS_HEADER
+from .ids import call_id, waiting_token
 from .janitor import Cleanup, janitor
-from .keys import (
-    RUNNING,
-    WAITING,
-    call_id,
-    finished_key,
-    key_space,
-    legacy_finished_key,
-    waiting_token,
-    well_formed_digest,
-)
+from .keys import RUNNING, WAITING, key_space
 from .limits import RESERVE_SECONDS, limit_of, limited, slots_key
 from .ownership import RunningOwner
 from .protocols import TaskLike
+from .record_keys import finished_key, legacy_finished_key
 from .redelivery import call_of_headers, compact_value, result_stored, writer_instance, writer_prefix
 from .settings import resolve
 

@@ -52,12 +52,13 @@ from . import delays, telemetry
 from .deferral import defer
 from .errors import LockStorePermissionError, LockStoreUnavailable
 from .headers import BURST_HEADER, header
+from .ids import new_task_id
 from .janitor import Cleanup, janitor
-from .keys import BURST, KeySpace, key_space, new_task_id
+from .keys import BURST, KeySpace, key_space
 from .ownership import Lease
 from .parking import Claim, publish_parked, settle
 from .protocols import TaskLike, TaskRequest
-from .settings import Settings
+from .settings_table import Settings
 from .store import LockStore, store_for
 from .store.connection import redact_url
 from .store.lua.bursts import Called, Taken

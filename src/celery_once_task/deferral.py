@@ -24,7 +24,7 @@ from .janitor import Cleanup, janitor
 from .ownership import RunningOwner
 from .protocols import TaskLike, TaskRequest
 from .republish import republish
-from .settings import Settings
+from .settings_table import Settings
 from .store.connection import redact_url
 from .store.permissions import refusal, what_failed
 

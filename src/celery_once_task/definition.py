@@ -15,7 +15,7 @@ from .digest import check_lock_args, signature_of
 from .internals import registered_tasks
 from .options import check_combination, check_name
 from .rates import check_throttle_options
-from .settings import SETTINGS
+from .settings_table import SETTINGS
 
 #: The task options that are not settings, whose combinations are checked with the rest.
 _TASK_ONLY = ("queue_lock", "running_lock", "running_limit")

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from django.apps import AppConfig
 from django.core.exceptions import ImproperlyConfigured
 
-from .settings import SETTINGS, set_integration_source, settings_changed, validate
+from .settings import set_integration_source, settings_changed
+from .settings_table import SETTINGS, validate
 from .signals import setup_once_task_signals
 
 #: Django setting -> library setting: ``CELERY_ONCE_`` and the setting's name in capitals, for every setting.

@@ -32,7 +32,7 @@ from .keys import key_space
 from .ownership import running_ttl
 from .parking import Claim
 from .protocols import TaskLike, TaskRequest
-from .settings import Settings
+from .settings_table import Settings
 from .store.operations import QUEUE_RELEASE, RUNNING_PICKUP, SLOT_PICKUP
 
 

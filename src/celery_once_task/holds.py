@@ -33,7 +33,7 @@ from .ownership import Lease, RunningOwner, running_ttl
 from .protocols import TaskLike, TaskRequest
 from .redelivery import ended, guard_seconds
 from .rejection import record_rejection, reject_duplicate
-from .settings import Settings
+from .settings_table import Settings
 from .store import FinishedCheck, FinishedRecord, LockStore
 from .windows import FINISHED, QueueSide
 

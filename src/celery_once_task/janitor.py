@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from . import telemetry
 from .events import RELEASED_LATE, lock_recovered
 from .protocols import TaskLike
-from .settings import Settings
+from .settings_table import Settings
 from .store import FinishedRecord, LockStore, StoreUnavailable
 from .store.permissions import what_failed
 from .store.scripts import Call

@@ -46,12 +46,13 @@ from . import holds, telemetry
 from .deferral import defer, store_down
 from .events import duplicate_execution
 from .headers import CALLED_HEADER, header, message_headers
+from .ids import call_id
 from .janitor import Cleanup, janitor
-from .keys import SLOTS, KeySpace, call_id
+from .keys import SLOTS, KeySpace
 from .ownership import Lease, RunningOwner, running_ttl
 from .protocols import TaskLike, TaskOptions, TaskRequest
 from .redelivery import copy_of_finished, finished_check
-from .settings import Settings
+from .settings_table import Settings
 from .store import Claim, FinishedCheck, Joining, LockStore, store_for
 from .store.lua.slots import SlotCode
 from .store.operations import SLOT_FREE, SLOT_JOIN, SLOT_PICKUP

@@ -1,12 +1,12 @@
 """What an option may be: the kinds of value a setting takes, and the combinations of options that make no sense.
 
-``SettingSpec`` declares one setting (``settings.SETTINGS`` is the table of
-them) and validates a value by its kind. ``check_combination`` refuses the
-options that contradict each other, with a ``ValueError`` naming the task (or
-the configuration) and both options; it is asked where a task is defined
-(its own options), where a task's settings are resolved (what is in force),
-and at a call made with ``once={...}`` (that call's options). Why each
-combination is refused is said where it is, and in docs/policies.md.
+``SettingSpec`` declares one setting (``settings_table.SETTINGS`` is the
+table of them) and validates a value by its kind. ``check_combination``
+refuses the options that contradict each other, with a ``ValueError`` naming
+the task (or the configuration) and both options; it is asked where a task is
+defined (its own options), where a task's settings are resolved (what is in
+force), and at a call made with ``once={...}`` (that call's options). Why
+each combination is refused is said where it is, and in docs/policies.md.
 """
 
 from __future__ import annotations

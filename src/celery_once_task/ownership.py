@@ -43,7 +43,7 @@ from functools import cached_property
 from json.encoder import encode_basestring_ascii
 from typing import Any, Optional
 
-from .keys import heartbeat_key
+from .record_keys import heartbeat_key
 
 __all__ = ["HEARTBEAT_PREFIX", "INSTANCE", "Lease", "RunningOwner", "heartbeat_enabled", "heartbeat_key",
            "owner_fields", "register_worker", "running_ttl", "value_of_token", "worker_name"]
@@ -56,7 +56,7 @@ INSTANCE = str(10**14 + secrets.randbelow(9 * 10**14))
 #: Between the task id, the attempt and the worker, the task's name and the time in a running lock's value.
 _SEP = "\x1f"
 
-#: The heartbeats' prefix under the default ``key_prefix`` (``keys.heartbeat_key`` spells them).
+#: The heartbeats' prefix under the default ``key_prefix`` (``record_keys.heartbeat_key`` spells them).
 HEARTBEAT_PREFIX = "once_task_worker"
 
 

@@ -74,7 +74,8 @@ from redis.exceptions import RedisError
 from . import telemetry
 from .headers import PARKED_HEADER, header
 from .protocols import TaskLike, TaskRequest
-from .settings import Settings, resolve
+from .settings import resolve
+from .settings_table import Settings
 from .store import store_for
 from .store.lua.parked import Claimed
 from .store.parked import claim_call

@@ -36,12 +36,13 @@ from . import replace, telemetry, windows
 from .errors import LockStorePermissionError, LockStoreUnavailable, OnceTaskDuplicate, OnceTaskLocked
 from .events import duplicate_call
 from .headers import CALL_HEADER, CALLED_HEADER, DIGEST_HEADER
+from .ids import holder_id, new_task_id
 from .internals import called_by_beat
 from .janitor import Cleanup, janitor, release_or_leave
-from .keys import QUEUE, holder_id, key_space, new_task_id
+from .keys import QUEUE, key_space
 from .protocols import Signature, TaskLike, TaskRequest
 from .redelivery import new_call
-from .settings import Settings
+from .settings_table import Settings
 from .store import Acquired, store_for
 from .store.connection import redact_url
 from .store.operations import QUEUE_ACQUIRE, QUEUE_RENEW, WINDOW_ACQUIRE

@@ -10,7 +10,7 @@ same attempt (``retries``).
 
 So an execution that held the running lock records its end when it
 releases it, in the same round trip and the same script: the *finished
-record* ``once_task_done:{<tag>}<id>`` (``keys.finished_key``: a tag of the
+record* ``once_task_done:{<tag>}<id>`` (``record_keys.finished_key``: a tag of the
 running key's Redis Cluster slot, and 60 bits of a digest of the running key,
 the task id and the call), kept for ``redelivery_guard_timeout`` seconds (by
 default what the app's broker needs, ``brokers``). One is kept for every
@@ -36,7 +36,7 @@ made with the same id is not taken for a copy of the old one) -- is in the
 key's digest.
 
 Pre-release builds of 2.0 wrote ``once_task_done:{<running key>}:<task id>``
-(``keys.legacy_finished_key``), valued
+(``record_keys.legacy_finished_key``), valued
 ``<attempt>:<call>:<instance>:<pid>:<r|n>:<time>``: a pickup reads that key
 too, so a rolling deploy lets no copy through, and ``legacy_formats`` writes it
 while processes of such a release still run.
@@ -80,10 +80,10 @@ from . import brokers, telemetry
 from .deferral import defer
 from .events import RESULT_LOST, lock_recovered
 from .headers import CALL_HEADER, header
-from .keys import finished_key, legacy_finished_key
 from .ownership import INSTANCE, Lease, heartbeat_enabled
 from .protocols import TaskLike, TaskRequest
-from .settings import Settings
+from .record_keys import finished_key, legacy_finished_key
+from .settings_table import Settings
 from .store import LockStore
 from .store.finished import FinishedCheck
 

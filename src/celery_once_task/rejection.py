@@ -24,7 +24,7 @@ from .janitor import Cleanup, janitor
 from .ownership import RunningOwner
 from .protocols import TaskLike, TaskRequest
 from .redelivery import Finished, guard_seconds, writer_instance
-from .settings import Settings
+from .settings_table import Settings
 from .store import FinishedCheck, FinishedRecord, LockStore
 from .store.operations import RUNNING_RECORD
 from .store.scripts import Call

@@ -40,7 +40,7 @@ from kombu.utils.json import dumps, loads
 from .janitor import Cleanup
 from .keys import ARGUMENTS, QUEUE, KeySpace
 from .protocols import TaskLike, TaskOptions
-from .settings import Settings
+from .settings_table import Settings
 from .store.calls import forget_arguments, take_arguments
 from .store.scripts import Call
 

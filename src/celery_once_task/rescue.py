@@ -46,12 +46,13 @@ from . import parking, telemetry
 from .deferral import DEFER_SECONDS, defer
 from .events import PARKED_RESCUED, lock_recovered
 from .headers import PARKED_HEADER
-from .keys import parked_keys
 from .ownership import Lease
 from .parking import Claim, decode, new_token
 from .protocols import CeleryApp, TaskLike, TaskRequest
+from .record_keys import parked_keys
 from .redelivery import guard_seconds
-from .settings import Settings, resolve
+from .settings import resolve
+from .settings_table import Settings
 from .store import LockStore, Rescued, store_for
 from .store.connection import make_client
 

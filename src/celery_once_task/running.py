@@ -38,7 +38,7 @@ from .ownership import Lease, RunningOwner, running_ttl
 from .parking import Claim, settle
 from .protocols import TaskLike, TaskRequest
 from .redelivery import copy_of_finished, finished_check
-from .settings import Settings
+from .settings_table import Settings
 from .store import FinishedCheck, LockStore, Pickup, store_for
 from .store.operations import RUNNING_DELETE, RUNNING_PICKUP, RUNNING_RELEASE, RUNNING_WAIT
 from .windows import QueueSide, end_of

@@ -21,13 +21,15 @@ from kombu.messaging import Producer
 
 from . import call_options, debounce, execute, replace, rescue, telemetry
 from .definition import check_shared_name, check_task_class
+from .digest import call_digest, check_lock_args, signature_of, well_formed_digest
 from .errors import LockStoreUnavailable, OnceTaskLocked, OnceTaskThrottled
 from .headers import DIGEST_HEADER, header
-from .keys import call_digest, check_lock_args, key_space, signature_of, well_formed_digest
+from .keys import key_space
 from .limits import may_wait_in_line
 from .publish import Links, as_list, publish_once, with_digest
 from .rates import Rate, ThrottleConflict, parse_throttle
-from .settings import QueueLockConflict, QueueLockUntil, RunningLockConflict, Settings, for_publish, resolve
+from .settings import for_publish, resolve
+from .settings_table import QueueLockConflict, QueueLockUntil, RunningLockConflict, Settings
 
 logger = logging.getLogger("celery_once_task")
 
@@ -84,7 +86,7 @@ class OnceTask(Task):
     """
 
     # The task options, documented above. Those that are also settings must be the task options of
-    # ``settings.SETTINGS``, with the same types: tests/test_settings.py holds them to it.
+    # ``settings_table.SETTINGS``, with the same types: tests/test_settings.py holds them to it.
     queue_lock: bool = True
     running_lock: bool = True
     queue_lock_timeout: Optional[int] = None

@@ -38,12 +38,13 @@ from .deferral import defer, store_down
 from .errors import OnceTaskThrottled
 from .events import execution_throttled
 from .headers import DIGEST_HEADER, THROTTLE_HEADER, header
-from .keys import THROTTLE, KeySpace, call_id
+from .ids import call_id
+from .keys import THROTTLE, KeySpace
 from .ownership import INSTANCE, RunningOwner, heartbeat_enabled
 from .protocols import TaskLike, TaskRequest
 from .rates import Rate, throttle_conflict
 from .rejection import store_rejection
-from .settings import Settings
+from .settings_table import Settings
 from .store import LockStore, store_for, throttles
 from .store.locks import queue_reply
 from .store.operations import THROTTLE_PICKUP

@@ -32,7 +32,8 @@ from django.views.decorators.http import require_http_methods
 
 from .models import CLEAR_PERMISSION
 from .ops import locks as lockinfo
-from .settings import Settings, resolve
+from .settings import resolve
+from .settings_table import Settings
 from .store import client_for
 from .store.connection import redact_url
 from .store.permissions import refusal

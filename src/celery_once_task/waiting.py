@@ -35,7 +35,7 @@ from typing import Any, Optional
 
 from kombu.utils.json import dumps, loads
 
-from .keys import split_entry, waiting_token
+from .ids import split_entry, waiting_token
 from .protocols import TaskLike, TaskRequest
 from .republish import republish
 

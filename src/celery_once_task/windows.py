@@ -49,7 +49,7 @@ from . import replace
 from .janitor import Cleanup, janitor
 from .keys import QUEUE, UNIQUE, KeySpace
 from .protocols import TaskLike
-from .settings import Settings
+from .settings_table import Settings
 from .store import Acquired, CallKeys, LockStore
 from .store.calls import lease as queue_lease
 from .store.locks import compare_and_delete

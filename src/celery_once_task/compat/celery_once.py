@@ -46,7 +46,8 @@ from ..call_options import PER_CALL
 from ..errors import OnceTaskDuplicate, OnceTaskError
 from ..protocols import AppConf, CeleryApp
 from ..publish import Links
-from ..settings import QueueLockConflict, QueueLockUntil, add_conf_reader, validate
+from ..settings import add_conf_reader
+from ..settings_table import QueueLockConflict, QueueLockUntil, validate
 from ..store import store_for
 from ..task import OnceTask
 

@@ -42,7 +42,8 @@ from ..errors import OnceTaskDuplicate, OnceTaskError
 from ..internals import registered_tasks
 from ..protocols import AppConf, CeleryApp
 from ..publish import Links
-from ..settings import QueueLockConflict, QueueLockUntil, add_conf_reader, validate
+from ..settings import add_conf_reader
+from ..settings_table import QueueLockConflict, QueueLockUntil, validate
 from ..task import OnceTask
 
 __all__ = ["DuplicateTaskError", "Singleton", "clear_locks"]

@@ -42,7 +42,8 @@ import redis
 
 from ..keys import KEY_PREFIX, RUNNING, SLOTS, THROTTLE
 from ..protocols import WorkerApp
-from ..settings import DEFAULT_REDIS_URL, resolve, validate
+from ..settings import resolve
+from ..settings_table import DEFAULT_REDIS_URL, validate
 from ..store import client_for
 from ..store.addresses import SCHEMES
 from ..store.connection import Client, redact_url

@@ -20,21 +20,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Optional
 
-from ..keys import (
-    BURST,
-    KEY_PREFIX,
-    LOCK_TYPES,
-    QUEUE,
-    RUNNING,
-    SLOTS,
-    THROTTLE,
-    UNIQUE,
-    WAITERS,
-    heartbeat_key,
-    parse_key,
-    sibling,
-)
+from ..keys import BURST, KEY_PREFIX, LOCK_TYPES, QUEUE, RUNNING, SLOTS, THROTTLE, UNIQUE, WAITERS, parse_key, sibling
 from ..ownership import owner_fields
+from ..record_keys import heartbeat_key
 from ..store.connection import Client, scan_keys
 from .rows import Lock, as_text, burst_locks, json_object, make_lock, slot_locks, throttle_locks
 from .values import optional_str

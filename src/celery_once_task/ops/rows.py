@@ -19,18 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Optional, TypedDict
 
-from ..keys import (
-    BURST,
-    KEY_PREFIX,
-    QUEUE,
-    SEPARATOR,
-    SLOTS,
-    THROTTLE,
-    UNIQUE,
-    parse_key,
-    split_call_id,
-    split_holder,
-)
+from ..ids import SEPARATOR, split_call_id, split_holder
+from ..keys import BURST, KEY_PREFIX, QUEUE, SLOTS, THROTTLE, UNIQUE, parse_key
 from ..ownership import owner_fields
 from ..rates import parse_spec
 from ..store.slots import LEGACY_LIMIT, LIMIT, held_since, slot_field

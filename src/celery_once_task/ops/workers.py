@@ -13,7 +13,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Optional, TypedDict
 
-from ..keys import KEY_PREFIX, RUNNING, SLOTS, heartbeat_pattern
+from ..keys import KEY_PREFIX, RUNNING, SLOTS
+from ..record_keys import heartbeat_pattern
 from ..store.connection import Client
 from .listing import BATCH, glob_escape, iter_keys, iter_locks
 from .rows import Lock

@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from typing import Literal
 
 from .. import telemetry
-from ..keys import KEY_PREFIX, heartbeat_key
+from ..keys import KEY_PREFIX
+from ..record_keys import heartbeat_key
 from . import scripts
 from .connection import is_cluster
 from .lua.calls import QUEUE_LEASE

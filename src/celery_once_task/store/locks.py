@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Optional
 
-from ..keys import waiting_token
+from ..ids import waiting_token
 from ..ownership import RunningOwner
 from . import scripts
 from .finished import FinishedCheck, FinishedRecord

@@ -1,14 +1,15 @@
 """The parked registry of one lock store: park a message, claim it at pickup, rescue the overdue, forget one.
 
 What the registry is for is ``parking``'s; these are its round trips, each
-one script (``lua.parked``) on keys of one hash slot (``keys.parked_keys``).
+one script (``lua.parked``) on keys of one hash slot (``record_keys.parked_keys``).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..keys import KEY_PREFIX, parked_claimed_key, parked_keys
+from ..keys import KEY_PREFIX
+from ..record_keys import parked_claimed_key, parked_keys
 from .lua.parked import PARK, PARKED_CLAIM, PARKED_FORGET, PARKED_RESCUE, Claimed
 from .runner import Runner
 from .scripts import Call

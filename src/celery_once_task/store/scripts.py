@@ -8,7 +8,7 @@ and shorter to send.
 
 Each call's keys lie in one Redis Cluster hash slot (most scripts touch one
 key; the running lock's acquisition and release also touch its finished
-record, which ``keys.finished_key`` puts in the lock's slot), so every call
+record, which ``record_keys.finished_key`` puts in the lock's slot), so every call
 can go to the node that owns them; several calls go out together in one
 pipeline, one network round trip. Scripts are sent by SHA1 (``EVALSHA``); after a
 ``SCRIPT FLUSH`` or a failover to a server that never saw them, the calls that

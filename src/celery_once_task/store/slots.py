@@ -56,7 +56,7 @@ class Claim(NamedTuple):
     token: str
     #: The owner tokens of every delivery of this attempt begin with this (``RunningOwner.attempt_prefix``).
     attempt_prefix: str
-    #: The call's id in the key's line (``keys.call_id``).
+    #: The call's id in the key's line (``ids.call_id``).
     call_id: str
     limit: int
     #: Seconds a slot is held without renewal.

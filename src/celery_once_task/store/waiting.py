@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Optional
 
-from ..keys import QUEUE, WAITING, sibling, waiting_token
+from ..ids import waiting_token
+from ..keys import QUEUE, WAITING, sibling
 from ..ownership import RunningOwner
 from .finished import FinishedRecord
 from .locks import acquire, compare_and_delete, release_running

@@ -30,9 +30,9 @@ Redis instrumentor does not trace them: the library's span covers them, and
 the renewal emits no orphan root spans. The packed commands of
 ``store.wire`` never reach redis-py's instrumented methods.
 
-A foundation: it imports ``ownership`` and ``protocols`` only (``store``
-and ``settings`` import it); ``recorder``, ``spans`` and ``metrics`` are
-this package's own, imported once something records.
+A foundation: it imports ``ownership`` and ``protocols`` only (``store``,
+``settings_table`` and ``settings`` import it); ``recorder``, ``spans`` and
+``metrics`` are this package's own, imported once something records.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The parked registry: messages the library published with a countdown, until a copy of each is taken.
 
-See ``parking``. The registry's keys share one hash tag (``keys.parked_keys``):
+See ``parking``. The registry's keys share one hash tag (``record_keys.parked_keys``):
 ``entries``, a hash ``<task id> -> <token>\\x1f<rescues>\\x1f<message>``,
 and ``due``, a sorted set ``<task id> -> when it is due`` (server
 milliseconds; a rescued entry's next rescue time, less the grace). Beside

@@ -2,7 +2,7 @@
 
 The log is a sorted set of the key's starts -- past ones, and starts reserved
 for postponed calls -- scored by the store's clock in milliseconds. A
-reservation's member is its call id (``keys.call_id``); a start's is
+reservation's member is its call id (``ids.call_id``); a start's is
 ``<call id>@<worker instance>``, so that a copy of a postponed call that
 started on its reservation (a message the broker delivered twice) finds that
 start, and who made it, and a start stays counted whatever becomes of its
