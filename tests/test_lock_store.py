@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -11,9 +12,11 @@ import pytest
 from redis.exceptions import ResponseError
 
 from celery_once_task import LockStoreUnavailable, OnceTaskError, configure
+from celery_once_task.keys import limited_key
 from celery_once_task.ownership import RunningOwner
 from celery_once_task.settings import reset_configuration
-from celery_once_task.store import LockStore, scripts, wire
+from celery_once_task.store import Claim, LockStore, scripts, wire
+from celery_once_task.store.lua.slots import SlotCode
 from tests import worker_app as tasks
 from tests.support import RedisServer, events, free_port, running_worker, wait_until
 
@@ -161,3 +164,17 @@ def test_an_error_reply_in_a_pickup_leaves_the_connection_in_step(lock_server: R
     assert store.locks.acquire_queue(other, "id-3", 60).holder == "id-2"
     # On the same connection all along: a reply left unread would have been read by a later command.
     assert wire.kept_connections(client) == 1
+
+
+def test_two_copies_of_one_message_picked_up_in_one_millisecond_by_one_worker_take_one_slot(locks: Any) -> None:
+    # The pool processes of one worker share an owner token; the second copy is another delivery, not
+    # its own pickup sent again after a lost reply, and waits for the first instead of running beside it.
+    key = limited_key("tests.limited", uuid.uuid4().hex[:16], "slots")
+    task_id = str(uuid.uuid4())
+    owner = RunningOwner(task_id=task_id, retries=0, worker="celery@host", instance="i1", heartbeat=True)
+    claim = Claim(key, owner.token, owner.attempt_prefix, f"{task_id}\x1f0", 2, 60.0, 60.0)
+    since = str(int(time.time() * 1000))
+    first = LockStore(locks).slots.pickup(claim, since)
+    second = LockStore(locks).slots.pickup(claim, since)
+    assert (first.code, second.code, second.detail) == (SlotCode.TAKEN, SlotCode.SAME_ATTEMPT, owner.token)
+    assert [name for name in locks.hkeys(key) if name.startswith(b"S")] == [f"S{owner.token}".encode()]

@@ -543,11 +543,12 @@ def test_slot_acquire_refuses_another_delivery_of_an_attempt_that_holds_a_slot(c
     assert slot_fields(view, keys) == [f"S{owner('task-a', delivery=1)}"]
 
 
-def test_slot_acquire_sent_again_after_a_lost_reply_takes_its_own_slot_again(client: Any, view: Any,
-                                                                              keys: Keys) -> None:
-    assert slot_acquire(client, keys, "task-a", taken=SINCE_1) == [1, ""]
-    assert slot_acquire(client, keys, "task-a", taken=SINCE_1) == [1, ""]
-    assert slot_fields(view, keys) == [f"S{owner('task-a')}"]
+def test_slot_acquire_of_the_same_token_at_the_same_moment_names_that_slot_and_writes_nothing(
+        client: Any, view: Any, keys: Keys) -> None:
+    assert slot_acquire(client, keys, "task-a", taken=SINCE_1, lease=1000) == [1, ""]
+    before = view.hgetall(keys.slots)
+    assert slot_acquire(client, keys, "task-a", taken=SINCE_1) == [6, owner("task-a")]
+    assert view.hgetall(keys.slots) == before
 
 
 def test_slot_acquire_with_the_same_token_taken_at_another_time_is_another_delivery(client: Any, view: Any,

@@ -152,9 +152,10 @@ class Locks:
             calls.append(queue)
         if waiting_key is not None:
             calls.append(compare_and_delete(waiting_key, waiting_token(task_id), "prefix"))
+        value = owner.value()
         if running_key is not None:
             check = finished if finished is not None and not scripts.refuses_more_keys(self._runner.client) else None
-            calls.append(acquire(running_key, owner.value(), running_ttl, takeover, "prefix", check))
+            calls.append(acquire(running_key, value, running_ttl, takeover, "prefix", check))
         if not calls:
             return Pickup(True)
         replies, maybe_applied = self._runner.run(calls)
@@ -171,7 +172,9 @@ class Locks:
             return Pickup(False, queue_released=queue_released, finished=text(reply[0]), arguments=arguments,
                           also=extra)
         holder = text(reply)
-        if maybe_applied and owner.holds(holder):
+        # The lock its own earlier try took, its reply lost: the exact value this pickup wrote. Not the token alone:
+        # the pool processes of one worker share it, and another copy of this attempt may hold the lock.
+        if maybe_applied and holder == value:
             return Pickup(True, queue_released=queue_released, arguments=arguments, also=extra)
         return Pickup(False, holder, queue_released=queue_released, arguments=arguments, also=extra)
 

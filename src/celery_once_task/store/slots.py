@@ -143,8 +143,13 @@ class Slots:
         ours, arguments = queue_reply(replies[0]) if queue is not None else (False, None)
         queue_released = queue is not None and (ours or maybe_applied)
         code, detail, *handed = reply
-        return SlotPickup(SlotCode(int(code)), str(text(detail)) if isinstance(detail, bytes) else int(detail),
-                          [str(text(item)) for item in handed], queue_released, arguments)
+        found = SlotCode(int(code))
+        shown: Union[str, int] = str(text(detail)) if isinstance(detail, bytes) else int(detail)
+        if found == SlotCode.SAME_PICKUP:
+            # The slot this pickup's own earlier try took, if an earlier try may have run; else the slot of
+            # another copy of this attempt in this worker, picked up in the same millisecond: not this one's.
+            found, shown = (SlotCode.TAKEN, "") if maybe_applied else (SlotCode.SAME_ATTEMPT, shown)
+        return SlotPickup(found, shown, [str(text(item)) for item in handed], queue_released, arguments)
 
     def release(self, key: str, token: str, limit: int, reserve: float,
                 record: Optional[FinishedRecord] = None, also: Sequence[Call] = ()) -> tuple[bool, list[str]]:

@@ -62,13 +62,15 @@ class WaitingCopies:
         calls = [acquire(sibling(running_key, QUEUE), holder, queue_ttl, holder, "exact")]
         if message is not None:
             calls.append(acquire(sibling(running_key, WAITING), message, queue_ttl, waiting_token(task_id), "prefix"))
-        calls.append(acquire(running_key, owner.value(), running_ttl))
+        value = owner.value()
+        calls.append(acquire(running_key, value, running_ttl))
         replies, maybe_applied = self._runner.run(calls)
         queue_taken = replies[0] == 1
         if replies[-1] == 1:
             return Waited(True, None, queue_taken)
         running_holder = text(replies[-1])
-        if maybe_applied and owner.holds(running_holder):
+        # Its own earlier try's lock: the exact value, not the token (another copy in this worker shares that).
+        if maybe_applied and running_holder == value:
             return Waited(True, None, queue_taken)
         return Waited(False, running_holder, queue_taken)
 

@@ -105,11 +105,13 @@ end
 # (``SlotAcquireArgs`` below builds ARGV[1..12]; the script reads them into locals of those names.)
 # return  {code, detail, entries handed over...}: code 1 a slot was taken; 2 this attempt
 #         already ended (detail: the record); 3 the call waits in line (detail: its place,
-#         from 1); 4 another delivery of the same attempt holds a slot (detail: its token; a
-#         slot this very pickup took, sent again after a lost reply -- the same token and
-#         the same ARGV[2] -- is taken again: code 1); 5 no slot is free
-#         (detail: a holder's token). The entries handed over are the waiting calls that
-#         got a free slot reserved here: the caller publishes them.
+#         from 1); 4 another delivery of the same attempt holds a slot (detail: its token);
+#         5 no slot is free (detail: a holder's token); 6 a slot with this token, taken at
+#         this same ARGV[2], is held (detail: the token): this very pickup's, if it is a try
+#         sent again after a lost reply -- the caller knows, the script cannot: two pool
+#         processes of one worker share a token, and may pick up two copies of one message
+#         in the same millisecond. Nothing is written. The entries handed over are the
+#         waiting calls that got a free slot reserved here: the caller publishes them.
 
 
 class SlotCode(enum.IntEnum):
@@ -120,6 +122,7 @@ class SlotCode(enum.IntEnum):
     IN_LINE = 3
     SAME_ATTEMPT = 4
     FULL = 5
+    SAME_PICKUP = 6
 
 
 class SlotAcquireArgs(NamedTuple):
@@ -165,7 +168,7 @@ end
 local live, holder, twin, twin_field = purge(slots, line, messages, now, same)
 if twin == token and twin_field == 'S' .. token then
     local expiry, held = string.match(redis.call('HGET', slots, twin_field), '^(%d+):(-?%d+)$')
-    if tonumber(expiry) - tonumber(held) == tonumber(since) then return take({}, '') end
+    if tonumber(expiry) - tonumber(held) == tonumber(since) then return {6, twin} end
 end
 if redis.call('HDEL', slots, 'R' .. call_id, 'r:' .. call_id) > 0 then return take({}, '') end
 if takeover ~= '' and twin ~= '' and string.sub(twin, 1, #takeover) == takeover then
