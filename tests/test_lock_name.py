@@ -13,9 +13,6 @@ from tests import worker_app as tasks
 from tests.support import Worker, started
 from tests.test_cli import once_json
 
-#: The core tests run with RabbitMQ as the broker too (see conftest).
-pytestmark = pytest.mark.any_broker
-
 
 def account() -> int:
     return uuid.uuid4().int % 10**12
