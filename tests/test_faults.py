@@ -288,6 +288,64 @@ def test_slot_pickup_whose_reply_was_lost_takes_its_own_slot_when_sent_again(loc
     assert not any(name.startswith(b"S") for name in lock_server.client(2).hkeys(slots))  # released
 
 
+def test_a_copy_whose_pickup_reply_was_lost_leaves_the_slot_its_twin_in_the_same_worker_holds(
+        lock_server: RedisServer, recs: Any) -> None:
+    # The pool processes of one worker share an owner token: what the copy's lost pickup may have taken
+    # is named by the moment it was sent too, so neither the janitor's delete nor the deferred copy's
+    # takeover reaches the slot the running copy holds.
+    tenant = uuid.uuid4().hex
+    queue = f"twin-{tenant[:8]}"
+    locks = lock_server.client(2)
+    slots = limited_key(tasks.export_gated.name, tasks.export_gated.once_digest((tenant, 0), {}), "slots")
+    env = {"ONCE_TEST_LOCKS_URL": f"{lock_server.url}/2?socket_timeout=0.5&socket_connect_timeout=0.5"}
+    with running_worker(tasks.PORT, f"twin-{tenant[:6]}", concurrency=2, queues=queue, env=env) as worker:
+        first = tasks.app.send_task(tasks.export_gated.name, args=[tenant, 1], queue=queue)
+        started(recs, tenant)
+        [held] = [name for name in locks.hkeys(slots) if name.startswith(b"S")]
+        lock_server.pause()
+        try:
+            # Another copy of the same message (a redelivery, or a hand-over beside its safety copy).
+            tasks.app.send_task(tasks.export_gated.name, args=[tenant, 1], queue=queue, task_id=first.id)
+            wait_until(lambda: f"{first.id}]: lock operation failed: the lock store is unreachable; deferred"
+                       in worker.read_log(), what="the copy's pickup to be deferred")
+        finally:
+            lock_server.resume()
+        wait_until(lambda: f"{first.id}]: execution waiting: another delivery of this task holds"
+                   in worker.read_log(), timeout=30, what="the deferred copy to come back and wait")
+        assert [name for name in locks.hkeys(slots) if name.startswith(b"S")] == [held]
+        recs.rpush(f"gate:{tenant}:1", 1)
+        assert first.get(timeout=20) == 1
+    assert [event["n"] for event in events(recs, tenant, "start")] == [1]
+
+
+def test_a_copy_whose_pickup_reply_was_lost_leaves_the_running_lock_its_twin_in_the_same_worker_holds(
+        lock_server: RedisServer, recs: Any) -> None:
+    # As for a slot: what the copy's lost pickup may have taken is named by the whole value it would
+    # have written, not by the owner token the running copy shares.
+    tag = uuid.uuid4().hex
+    queue = f"twin-lock-{tag[:8]}"
+    locks = lock_server.client(2)
+    running = lock_key_of(tasks.gated, "running", tag)
+    env = {"ONCE_TEST_LOCKS_URL": f"{lock_server.url}/2?socket_timeout=0.5&socket_connect_timeout=0.5"}
+    with running_worker(tasks.PORT, f"twin-lock-{tag[:6]}", concurrency=2, queues=queue, env=env) as worker:
+        first = tasks.app.send_task(tasks.gated.name, args=[tag], queue=queue)
+        started(recs, tag)
+        held = locks.get(running)
+        lock_server.pause()
+        try:
+            tasks.app.send_task(tasks.gated.name, args=[tag], queue=queue, task_id=first.id)
+            wait_until(lambda: f"{first.id}]: lock operation failed: the lock store is unreachable; deferred"
+                       in worker.read_log(), what="the copy's pickup to be deferred")
+        finally:
+            lock_server.resume()
+        wait_until(lambda: f"{first.id}]: execution waiting: another delivery of this task holds"
+                   in worker.read_log(), timeout=30, what="the deferred copy to come back and wait")
+        assert held is not None and locks.get(running) == held
+        recs.rpush(f"gate:{tag}", 1)
+        assert first.get(timeout=20) == tag
+    assert len(events(recs, tag, "start")) == 1
+
+
 # -- the first calls of a process --------------------------------------------------------------
 
 

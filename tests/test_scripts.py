@@ -444,7 +444,8 @@ def handed(task: str, retries: int = 0) -> str:
 
 def slot_acquire(client: Any, keys: Keys, task: str, *, retries: int = 0, delivery: int = 1, taken: str = SINCE_1,
                  lease: int = LONG, limit: int = 1, wait: bool = False, called: int = 0, reserve: int = LONG,
-                 takeover: str = "", with_record: bool = False, call: str = "call-1") -> Any:
+                 takeover: str = "", takeover_since: str = "", with_record: bool = False,
+                 call: str = "call-1") -> Any:
     return run_script(client, SLOT_ACQUIRE, keys.slots,
                owner(task, retries, delivery),  # ARGV[1] owner token
                taken,  # ARGV[2] when the pickup was sent (ms)
@@ -458,21 +459,23 @@ def slot_acquire(client: Any, keys: Keys, task: str, *, retries: int = 0, delive
                LONG,  # ARGV[10] how long the line is kept
                reserve,  # ARGV[11] how long a reservation is kept
                takeover,  # ARGV[12] a token whose slot this owner may take over
-               retries,  # ARGV[13] the attempt
-               call,  # ARGV[14] its call
+               takeover_since,  # ARGV[13] only if that slot was taken then ("": whenever)
+               retries,  # ARGV[14] the attempt
+               call,  # ARGV[15] its call
                more_keys=[keys.line, keys.messages, *([keys.record] if with_record else [])])
 
 
 def slot_release(client: Any, keys: Keys, task: str, *, delivery: int = 1, limit: int = 1, reserve: int = LONG,
-                 record: Optional[str] = None) -> Any:
+                 record: Optional[str] = None, since: str = "") -> Any:
     args: tuple[str | int, ...] = (
         owner(task, 0, delivery),  # ARGV[1] owner token
         limit,  # ARGV[2] the limit
         reserve,  # ARGV[3] how long a reservation is kept
+        since,  # ARGV[4] only if the slot was taken then ("": whenever)
     )
     if record is None:
         return run_script(client, SLOT_RELEASE, keys.slots, *args, more_keys=[keys.line, keys.messages])
-    # ARGV[4..7] the record to write, its time to live, the attempt, its call
+    # ARGV[5..8] the record to write, its time to live, the attempt, its call
     return run_script(client, SLOT_RELEASE, keys.slots, *args, record, LONG, 0, "call-1",
                more_keys=[keys.line, keys.messages, keys.record])
 
@@ -558,6 +561,17 @@ def test_slot_acquire_with_the_same_token_taken_at_another_time_is_another_deliv
     assert held_since(view, keys, f"S{owner('task-a')}") == int(SINCE_1)
 
 
+def test_slot_acquire_takes_over_only_the_slot_taken_at_the_moment_it_names(client: Any, view: Any,
+                                                                            keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a", taken=SINCE_1)  # another copy of the attempt, in this worker
+    taking = {"takeover": owner("task-a"), "takeover_since": SINCE_2}
+    assert slot_acquire(client, keys, "task-a", taken="1700000000003", **taking) == [4, owner("task-a")]
+    assert held_since(view, keys, f"S{owner('task-a')}") == int(SINCE_1)
+    assert slot_acquire(client, keys, "task-a", taken="1700000000004", takeover=owner("task-a"),
+                        takeover_since=SINCE_1) == [1, ""]
+    assert held_since(view, keys, f"S{owner('task-a')}") == 1700000000004
+
+
 def test_slot_acquire_takes_over_the_slot_of_the_token_it_names(client: Any, view: Any, keys: Keys) -> None:
     slot_acquire(client, keys, "task-a", delivery=1)
     assert slot_acquire(client, keys, "task-a", delivery=2, takeover=owner("task-a", delivery=1)) == [1, ""]
@@ -632,6 +646,14 @@ def test_slot_release_frees_the_slot_its_token_holds(client: Any, view: Any, key
     slot_acquire(client, keys, "task-a")
     assert slot_release(client, keys, "task-a") == [1]
     assert slot_acquire(client, keys, "task-b") == [1, ""]
+
+
+def test_slot_release_naming_a_moment_frees_only_the_slot_taken_then(client: Any, view: Any, keys: Keys) -> None:
+    slot_acquire(client, keys, "task-a", taken=SINCE_1)
+    assert slot_release(client, keys, "task-a", since=SINCE_2) == [0]
+    assert slot_fields(view, keys) == [f"S{owner('task-a')}"]
+    assert slot_release(client, keys, "task-a", since=SINCE_1) == [1]
+    assert view.exists(keys.slots) == 0
 
 
 def test_slot_release_of_a_token_without_a_slot_is_0(client: Any, view: Any, keys: Keys) -> None:

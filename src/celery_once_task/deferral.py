@@ -21,7 +21,7 @@ from . import telemetry
 from .errors import LockStoreUnavailable
 from .headers import DIGEST_HEADER, TAKEOVER_HEADER, message_headers
 from .janitor import Cleanup, janitor
-from .ownership import RunningOwner
+from .ownership import RunningOwner, pickup_reference
 from .protocols import TaskLike, TaskRequest
 from .republish import republish
 from .settings_table import Settings
@@ -70,12 +70,14 @@ def store_down(
         telemetry.executed(task, request, "store_unavailable", policy="fail_open" if settings.fail_open else None,
                            error=exc)
     maybe_applied = getattr(exc, "maybe_applied", True)
+    takeover = owner.token
     if running_key is not None and maybe_applied:
         # A lost reply may have taken the lock in this execution's name.
         cleanup = lost or Cleanup(settings.redis_url, running_key, owner.token, True, task, request.id,
                                   "pickup refused", options=settings.redis_options)
         cleanup.uncertain = True
         janitor.add(cleanup)
+        takeover = pickup_reference(cleanup.token, cleanup.since)
     # An ACL refusal is no outage: fail_open does not run past it.
     if settings.fail_open and refusal(exc) is None:
         logger.warning(
@@ -101,6 +103,6 @@ def store_down(
         "%s[%s]: lock operation failed: %s; deferred by %ss (running lock %s): %s",
         task.name, request.id, what_failed(exc), DEFER_SECONDS, running_key, exc,
     )
-    defer(task, request, {DIGEST_HEADER: digest, **({TAKEOVER_HEADER: owner.token} if maybe_applied else {})},
+    defer(task, request, {DIGEST_HEADER: digest, **({TAKEOVER_HEADER: takeover} if maybe_applied else {})},
            DEFER_SECONDS)
     raise Ignore()

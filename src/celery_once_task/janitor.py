@@ -75,6 +75,9 @@ class Cleanup:
     reserve: float = 0.0
     #: With ``slot``: ``token`` is a revoked call's id, to be taken out of the line (no slot is freed).
     forget: bool = False
+    #: With ``slot``: free the slot only if it was taken at this moment -- the one a pickup whose reply was
+    #: lost may have taken, not that of another copy of the attempt in this worker, which shares the token.
+    since: str = ""
     #: ``key`` is a debounced key's burst: forget the arguments the execution ``token`` ran with
     #: (see ``debounce``).
     burst: bool = False
@@ -226,7 +229,8 @@ def _release(store: LockStore, cleanup: Cleanup) -> tuple[bool, list[str]]:
     if cleanup.slot and cleanup.forget:
         return store.slots.forget(cleanup.key, cleanup.token, cleanup.limit, cleanup.reserve)
     if cleanup.slot:
-        return store.slots.release(cleanup.key, cleanup.token, cleanup.limit, cleanup.reserve, cleanup.record)
+        return store.slots.release(cleanup.key, cleanup.token, cleanup.limit, cleanup.reserve, cleanup.record,
+                                   since=cleanup.since)
     if cleanup.record is not None:
         return store.locks.release_running(cleanup.key, cleanup.token, cleanup.record), []
     return store.locks.release(cleanup.key, cleanup.token, prefix=cleanup.prefix), []

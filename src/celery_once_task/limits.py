@@ -49,7 +49,7 @@ from .headers import CALLED_HEADER, header, message_headers
 from .ids import call_id
 from .janitor import Cleanup, janitor
 from .keys import SLOTS, KeySpace
-from .ownership import Lease, RunningOwner, running_ttl
+from .ownership import Lease, RunningOwner, running_ttl, split_pickup_reference
 from .protocols import TaskLike, TaskOptions, TaskRequest
 from .redelivery import copy_of_finished, finished_check
 from .settings_table import Settings
@@ -162,16 +162,18 @@ def pick_up(task: TaskLike, settings: Settings, space: KeySpace, digest: str, re
     claim = Claim(key, owner.token, owner.attempt_prefix, call_id(request.id, owner.retries), limit_of(task),
                   running_ttl(settings, owner), RESERVE_SECONDS)
     since = _now()
+    takeover, takeover_since = split_pickup_reference(takeover)
     try:
         held = Slot(store_for(task, settings), settings, claim, check, side)
-        pickup = held.store.slots.pickup(claim, since, task_id=request.id, takeover=takeover, finished=check,
+        pickup = held.store.slots.pickup(claim, since, task_id=request.id, takeover=takeover,
+                                         takeover_since=takeover_since, finished=check,
                                          queue=side.pickup() if side is not None else None)
         held = held._replace(arguments=pickup.arguments)
         if pickup.code == SlotCode.FINISHED:
             pickup = copy_of_finished(task, settings, request, held.store, key, str(pickup.detail),
                                       lambda: held.store.slots.pickup(claim, since))
     except RedisError as exc:
-        store_down(task, settings, digest, request, key, owner, exc, _lost(task, settings, request, claim))
+        store_down(task, settings, digest, request, key, owner, exc, _lost(task, settings, request, claim, since))
         return None
     hand_over(task, pickup.handed, key)
     if pickup.code == SlotCode.SAME_ATTEMPT:
@@ -190,10 +192,10 @@ def pick_up(task: TaskLike, settings: Settings, space: KeySpace, digest: str, re
     return held
 
 
-def _lost(task: TaskLike, settings: Settings, request: TaskRequest, claim: Claim) -> Cleanup:
-    """The janitor's release of a slot a pickup with a lost reply may have taken."""
+def _lost(task: TaskLike, settings: Settings, request: TaskRequest, claim: Claim, since: str) -> Cleanup:
+    """The janitor's release of the slot a pickup sent at ``since``, its reply lost, may have taken."""
     return Cleanup(settings.redis_url, claim.key, claim.token, True, task, request.id, "pickup refused",
-                   options=settings.redis_options, slot=True, limit=claim.limit, reserve=claim.reserve)
+                   options=settings.redis_options, slot=True, limit=claim.limit, reserve=claim.reserve, since=since)
 
 
 def _full(task: TaskLike, request: TaskRequest, held: Slot, side: Optional[QueueSide], digest: str,
@@ -222,11 +224,13 @@ def _full(task: TaskLike, request: TaskRequest, held: Slot, side: Optional[Queue
     if telemetry.active:
         telemetry.step(request, "waiting", SLOT_JOIN, 1 + (side is not None), holder=holder_token,
                        policy="wait", client=held.store.client)
+    since = _now()
     try:
-        pickup = held.store.slots.pickup(claim, _now(), task_id=request.id, joining=joining)
+        pickup = held.store.slots.pickup(claim, since, task_id=request.id, joining=joining)
     except RedisError as exc:
         owner = RunningOwner.for_execution(request.id, request.retries)
-        store_down(task, settings, digest, request, claim.key, owner, exc, _lost(task, settings, request, claim))
+        store_down(task, settings, digest, request, claim.key, owner, exc,
+                   _lost(task, settings, request, claim, since))
         return None
     hand_over(task, pickup.handed, claim.key)
     if pickup.code == SlotCode.IN_LINE:

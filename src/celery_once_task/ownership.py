@@ -56,6 +56,27 @@ INSTANCE = str(10**14 + secrets.randbelow(9 * 10**14))
 #: Between the task id, the attempt and the worker, the task's name and the time in a running lock's value.
 _SEP = "\x1f"
 
+#: Between an owner token and when its pickup was sent, in the takeover header of a deferred copy.
+_MOMENT_SEP = "\x1e"
+
+
+def pickup_reference(token: str, since: str = "") -> str:
+    """How a deferred copy names what its own earlier pickup, whose reply was lost, may have taken.
+
+    The token alone is not enough: the pool processes of one worker share it,
+    and another copy of the same attempt may hold a lock or slot in its name.
+    ``since`` (when that pickup was sent, as the slot records it) tells them
+    apart; a running lock's reference is its whole value, and needs none.
+    """
+    return f"{token}{_MOMENT_SEP}{since}" if since else token
+
+
+def split_pickup_reference(reference: str) -> tuple[str, str]:
+    """The token and the moment a ``pickup_reference`` names ("" : any moment, as a reference without one)."""
+    token, separator, since = reference.rpartition(_MOMENT_SEP)
+    return (token, since) if separator else (reference, "")
+
+
 #: The heartbeats' prefix under the default ``key_prefix`` (``record_keys.heartbeat_key`` spells them).
 HEARTBEAT_PREFIX = "once_task_worker"
 

@@ -23,6 +23,7 @@ Conflicts on the running lock (rare, so they may take more round trips):
 from __future__ import annotations
 
 import logging
+import time
 from typing import NamedTuple, Optional
 
 from celery.exceptions import Ignore
@@ -32,9 +33,9 @@ from . import holds, telemetry, waiting
 from .deferral import defer, store_down
 from .events import duplicate_execution
 from .headers import DIGEST_HEADER, WAITER_HEADER, message_headers
-from .janitor import release_or_leave
+from .janitor import Cleanup, release_or_leave
 from .keys import RUNNING, WAITING, KeySpace, key_space
-from .ownership import Lease, RunningOwner, running_ttl
+from .ownership import Lease, RunningOwner, running_ttl, split_pickup_reference
 from .parking import Claim, settle
 from .protocols import TaskLike, TaskRequest
 from .redelivery import copy_of_finished, finished_check
@@ -120,12 +121,16 @@ def pick_up(task: TaskLike, settings: Settings, space: KeySpace, digest: str, re
         check = finished_check(running_key, request, owner.retries, settings)
     ttl = running_ttl(settings, owner)
     arguments = None
+    # A reference with a moment names a slot (a limited task's, before a change of its options): its token
+    # alone is a prefix of the value this lock would hold.
+    takeover = split_pickup_reference(takeover)[0]
+    since = time.time()
     try:
         store = store_for(task, settings)
         pickup = store.locks.pickup(None, request.id, running_key, owner, ttl, takeover=takeover,
                                     waiting_key=waiting_key, finished=check,
                                     queue=side.pickup() if side is not None else None,
-                                    also=(claim.call,) if claim is not None else ())
+                                    also=(claim.call,) if claim is not None else (), since=since)
         if claim is not None:
             _settle(task, settings, request, store, running_key, owner, pickup, claim)
         arguments = pickup.arguments
@@ -133,7 +138,8 @@ def pick_up(task: TaskLike, settings: Settings, space: KeySpace, digest: str, re
             pickup = copy_of_finished(task, settings, request, store, running_key, pickup.finished,
                                       lambda: _retake(store, running_key, owner, ttl))
     except RedisError as exc:
-        store_down(task, settings, digest, request, running_key, owner, exc)
+        store_down(task, settings, digest, request, running_key, owner, exc, _lost(task, settings, request,
+                                                                                  running_key, owner, since))
         return None
     if running_key is None:
         return None
@@ -148,6 +154,19 @@ def pick_up(task: TaskLike, settings: Settings, space: KeySpace, digest: str, re
                            task.name, request.id, running_key)
         return held
     return _conflict(task, request, held, pickup.holder or "")
+
+
+def _lost(task: TaskLike, settings: Settings, request: TaskRequest, key: Optional[str], owner: RunningOwner,
+          since: float) -> Optional[Cleanup]:
+    """The janitor's release of the running lock a pickup whose reply was lost may have taken: by its whole value.
+
+    Not by the owner token: the pool processes of one worker share it, and
+    another copy of this attempt may hold the lock in its name meanwhile.
+    """
+    if key is None:
+        return None
+    return Cleanup(settings.redis_url, key, owner.value(since), True, task, request.id, "pickup refused",
+                   options=settings.redis_options)
 
 
 def _settle(task: TaskLike, settings: Settings, request: TaskRequest, store: LockStore, key: Optional[str],
@@ -213,11 +232,13 @@ def _wait(task: TaskLike, request: TaskRequest, held: RunningLock, holder_value:
     if telemetry.active:
         telemetry.step(request, "waiting", RUNNING_WAIT, 2 + (message is not None), holder=holder_value,
                        policy="wait", client=held.store.client)
+    since = time.time()
     try:
         waited = held.store.waiting.wait(held.key, held.owner, ttl, settings.queue_lock_timeout + ttl, message,
-                                         queue_holder)
+                                         queue_holder, since)
     except RedisError as exc:
-        store_down(task, settings, digest, request, held.key, held.owner, exc)
+        store_down(task, settings, digest, request, held.key, held.owner, exc,
+                   _lost(task, settings, request, held.key, held.owner, since))
         return None
     if waited.running_taken:
         # The running copy ended in between: run now, as an ordinary pickup would.

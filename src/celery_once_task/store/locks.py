@@ -126,7 +126,7 @@ class Locks:
     def pickup(self, queue_key: Optional[str], task_id: str, running_key: Optional[str], owner: RunningOwner,
                running_ttl: float, *, takeover: str = "", waiting_key: Optional[str] = None,
                finished: Optional[FinishedCheck] = None, queue: Optional[Call] = None,
-               also: Sequence[Call] = ()) -> Pickup:
+               also: Sequence[Call] = (), since: Optional[float] = None) -> Pickup:
         """Release the task's queue lock and take its running lock, in one round trip.
 
         Args:
@@ -144,6 +144,7 @@ class Locks:
                 until the run ends, take the arguments a duplicate replaced).
             also: Calls of other concerns sent first in the same round trip (a parked copy's claim); their
                 replies are ``Pickup.also``.
+            since: When the running lock is taken, as its value says (None: now).
         """
         calls = list(also)
         if queue is None and queue_key is not None:
@@ -152,7 +153,7 @@ class Locks:
             calls.append(queue)
         if waiting_key is not None:
             calls.append(compare_and_delete(waiting_key, waiting_token(task_id), "prefix"))
-        value = owner.value()
+        value = owner.value(since)
         if running_key is not None:
             check = finished if finished is not None and not scripts.refuses_more_keys(self._runner.client) else None
             calls.append(acquire(running_key, value, running_ttl, takeover, "prefix", check))

@@ -102,7 +102,7 @@ class Slots:
         self._runner = runner
 
     def pickup(self, claim: Claim, since: str, *, queue_key: Optional[str] = None, task_id: str = "",
-               takeover: str = "", finished: Optional[FinishedCheck] = None,
+               takeover: str = "", takeover_since: str = "", finished: Optional[FinishedCheck] = None,
                joining: Optional[Joining] = None, queue: Optional[Call] = None) -> SlotPickup:
         """Release the queue lock and take a slot, in one round trip (``lua.slots.SLOT_ACQUIRE``).
 
@@ -112,6 +112,8 @@ class Slots:
             queue_key: The queue lock ``task_id`` releases (None: none to release).
             task_id: The message's task id, with ``queue_key``.
             takeover: A token whose slot this execution may take over ("": none).
+            takeover_since: Only if that slot was taken at this moment (a ``since`` of an earlier pickup of
+                this execution's; "": whenever).
             finished: The record that says this attempt already ended (FINISHED: nothing is taken).
             joining: Join the line if no slot is free, and take the queue lock back while waiting.
             queue: What to do with the queue lock instead of releasing ``queue_key`` (see ``Locks.pickup``).
@@ -127,7 +129,7 @@ class Slots:
             called_at=joining.called_at if joining is not None else 0,
             message=joining.message if joining is not None else "",
             line_ttl_ms=ms(joining.line_ttl) if joining is not None else 0,
-            reserve_ms=ms(claim.reserve), takeover=takeover,
+            reserve_ms=ms(claim.reserve), takeover=takeover, takeover_since=takeover_since,
         )
         keys = line_of(claim.key)
         if finished is None:
@@ -152,13 +154,15 @@ class Slots:
         return SlotPickup(found, shown, [str(text(item)) for item in handed], queue_released, arguments)
 
     def release(self, key: str, token: str, limit: int, reserve: float,
-                record: Optional[FinishedRecord] = None, also: Sequence[Call] = ()) -> tuple[bool, list[str]]:
+                record: Optional[FinishedRecord] = None, also: Sequence[Call] = (),
+                since: str = "") -> tuple[bool, list[str]]:
         """Free the token's slot, writing ``record``; hand free slots to the line: one round trip.
 
         ``also``: the calls that end the call's queue-side keys (``windows``), in the same round trip.
-        Returns whether the token held a slot, and the entries handed over (to be published).
+        ``since``: free it only if it was taken at this moment (a pickup's own, whose reply was lost; "":
+        whenever). Returns whether the token held a slot, and the entries handed over (to be published).
         """
-        args: tuple[Any, ...] = (token, limit, ms(reserve))
+        args: tuple[Any, ...] = (token, limit, ms(reserve), since)
         keys: tuple[str, ...] = line_of(key)
         if record is not None:
             args, keys = (*args, *record.args()), (*keys, record.key)

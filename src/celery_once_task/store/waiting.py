@@ -41,7 +41,7 @@ class WaitingCopies:
         self._runner = runner
 
     def wait(self, running_key: str, owner: RunningOwner, running_ttl: float, queue_ttl: float,
-             message: Optional[str], holder: str = "") -> Waited:
+             message: Optional[str], holder: str = "", since: Optional[float] = None) -> Waited:
         """Become the key's waiting copy: take the queue lock back, leave the message, try the running lock again.
 
         One round trip. The entry is written before the running lock is
@@ -56,13 +56,14 @@ class WaitingCopies:
             queue_ttl: How long the queue lock and the entry are kept.
             message: The entry's value (``waiting.entry``); None: no entry, only the safety copy brings it back.
             holder: The queue lock's value (``KeySpace.holder``; "" : the task id).
+            since: When the running lock is taken, should it be, as its value says (None: now).
         """
         task_id = owner.task_id
         holder = holder or task_id
         calls = [acquire(sibling(running_key, QUEUE), holder, queue_ttl, holder, "exact")]
         if message is not None:
             calls.append(acquire(sibling(running_key, WAITING), message, queue_ttl, waiting_token(task_id), "prefix"))
-        value = owner.value()
+        value = owner.value(since)
         calls.append(acquire(running_key, value, running_ttl))
         replies, maybe_applied = self._runner.run(calls)
         queue_taken = replies[0] == 1

@@ -37,6 +37,16 @@ local function field_kind(name)
     if two == 's:' or two == 'r:' then return first, string.sub(name, 3) end
     return nil, nil
 end
+-- When a slot held was taken (text), from its field's value in either form; nil for anything else.
+local function taken(name, held)
+    if string.sub(name, 1, 1) == 'S' then
+        local expiry, span = string.match(held, '^(%d+):(-?%d+)$')
+        if expiry then return tostring(tonumber(expiry) - tonumber(span)) end
+    elseif string.sub(name, 1, 2) == 's:' then
+        return string.match(held, '^%d+:(.*)$')
+    end
+    return nil
+end
 -- Drop expired slots and reservations (an unclaimed reservation's call goes back in line, at its
 -- place); return the number of live slots and reservations, a slot holder's token, and the token
 -- and field of a slot held by the same attempt (owner token prefix ``same``), if any.
@@ -100,9 +110,11 @@ end
 # not wait), ARGV[8] when the call was made (microseconds), ARGV[9] its message, ARGV[10] how
 # long the line is kept (milliseconds), ARGV[11] how long a reservation is kept, ARGV[12] a
 # token (or its prefix) whose slot this owner may take over ("" : none) -- only a slot of the
-# same attempt (a token that begins with ARGV[6]) is ever taken over, ARGV[13] with KEYS[4]:
-# the attempt, ARGV[14] its call (see ``redelivery``)
-# (``SlotAcquireArgs`` below builds ARGV[1..12]; the script reads them into locals of those names.)
+# same attempt (a token that begins with ARGV[6]) is ever taken over, ARGV[13] when that slot
+# was taken ("" : whenever; a deferred copy names its own earlier pickup's moment, so that it
+# never takes the slot of another copy in the same worker, which shares the token), ARGV[14]
+# with KEYS[4]: the attempt, ARGV[15] its call (see ``redelivery``)
+# (``SlotAcquireArgs`` below builds ARGV[1..13]; the script reads them into locals of those names.)
 # return  {code, detail, entries handed over...}: code 1 a slot was taken; 2 this attempt
 #         already ended (detail: the record); 3 the call waits in line (detail: its place,
 #         from 1); 4 another delivery of the same attempt holds a slot (detail: its token);
@@ -126,7 +138,7 @@ class SlotCode(enum.IntEnum):
 
 
 class SlotAcquireArgs(NamedTuple):
-    """SLOT_ACQUIRE's ARGV[1..12], in order (ARGV[13], ARGV[14] follow with KEYS[4]: the attempt, its call)."""
+    """SLOT_ACQUIRE's ARGV[1..13], in order (ARGV[14], ARGV[15] follow with KEYS[4]: the attempt, its call)."""
 
     token: str
     since: str
@@ -140,6 +152,7 @@ class SlotAcquireArgs(NamedTuple):
     line_ttl_ms: int
     reserve_ms: int
     takeover: str
+    takeover_since: str
 
 
 SLOT_ACQUIRE = Script(
@@ -150,7 +163,8 @@ SLOT_ACQUIRE = Script(
 local slots, line, messages, record_key, legacy_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local token, since, lease, limit, call_id, same = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 local join, called_at, message, line_ttl = ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10])
-local reserve, takeover, attempt, call = tonumber(ARGV[11]), ARGV[12], ARGV[13], ARGV[14]
+local reserve, takeover, takeover_since = tonumber(ARGV[11]), ARGV[12], ARGV[13]
+local attempt, call = ARGV[14], ARGV[15]
 if record_key then
     local ended = finished(record_key, legacy_key, attempt, call)
     if ended then return {2, ended} end
@@ -171,7 +185,8 @@ if twin == token and twin_field == 'S' .. token then
     if tonumber(expiry) - tonumber(held) == tonumber(since) then return {6, twin} end
 end
 if redis.call('HDEL', slots, 'R' .. call_id, 'r:' .. call_id) > 0 then return take({}, '') end
-if takeover ~= '' and twin ~= '' and string.sub(twin, 1, #takeover) == takeover then
+if takeover ~= '' and twin ~= '' and string.sub(twin, 1, #takeover) == takeover and
+        (takeover_since == '' or taken(twin_field, redis.call('HGET', slots, twin_field)) == takeover_since) then
     return take({}, twin_field)
 end
 if twin ~= '' then return {4, twin} end
@@ -198,7 +213,9 @@ return {3, redis.call('ZRANK', line, call_id) + 1, unpack(handed)}
 # KEYS[1] the key's slots, KEYS[2] its line of waiting calls, KEYS[3] their messages
 # KEYS[4] (optional) the finished record of the execution's task id
 # ARGV[1] owner token, ARGV[2] the limit, ARGV[3] how long a reservation is kept (milliseconds),
-# ARGV[4..7] with KEYS[4]: the record to write, its time to live, the attempt, its call
+# ARGV[4] when the slot was taken ("" : whenever; a pickup whose reply was lost frees only the
+# slot it may have taken, never that of another copy in the same worker, which shares the token),
+# ARGV[5..8] with KEYS[4]: the record to write, its time to live, the attempt, its call
 # return  {1 if the token held a slot and it is now free else 0, entries handed over...}
 SLOT_RELEASE = Script(
     "slot_release",
@@ -206,11 +223,17 @@ SLOT_RELEASE = Script(
     + _SLOTS
     + """
 local slots, line, messages, record_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local token, limit, reserve = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local value, ttl, attempt, call = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local token, limit, reserve, since = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local value, ttl, attempt, call = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 if record_key then record(record_key, value, ttl, attempt, call) end
 local now = now_ms()
-local released = math.min(1, redis.call('HDEL', slots, 'S' .. token, 's:' .. token))
+local released = 0
+if since == '' then
+    released = math.min(1, redis.call('HDEL', slots, 'S' .. token, 's:' .. token))
+else
+    local held = redis.call('HGET', slots, 'S' .. token)
+    if held and taken('S' .. token, held) == since then released = redis.call('HDEL', slots, 'S' .. token) end
+end
 local live = purge(slots, line, messages, now, '')
 local reached, handed
 live, reached, handed = advance(slots, line, messages, live, limit, now, reserve, '')
@@ -257,17 +280,6 @@ SLOT_CLEAR = Script(
     + """
 local slots = KEYS[1]
 local field, value = ARGV[1], ARGV[2]
--- When a slot held was taken, from its value in either form; nil for anything else.
-local function taken(name, held)
-    local first = string.sub(name, 1, 1)
-    if first == 'S' then
-        local expiry, span = string.match(held, '^(%d+):(-?%d+)$')
-        if expiry then return tostring(tonumber(expiry) - tonumber(span)) end
-    elseif string.sub(name, 1, 2) == 's:' then
-        return string.match(held, '^%d+:(.*)$')
-    end
-    return nil
-end
 local current = redis.call('HGET', slots, field)
 if not current then return 0 end
 if current ~= value then
