@@ -288,6 +288,21 @@ def test_slot_pickup_whose_reply_was_lost_takes_its_own_slot_when_sent_again(loc
     assert not any(name.startswith(b"S") for name in lock_server.client(2).hkeys(slots))  # released
 
 
+def copy_with_a_lost_pickup(lock_server: RedisServer, worker: Worker, first: Any, task: Any, args: list[Any],
+                            queue: str) -> None:
+    """Another copy of ``first``'s message (a redelivery, or a hand-over beside its safety copy) reaches its
+    worker while the store stalls past the client's timeout; return once it was deferred and came back."""
+    lock_server.pause()
+    try:
+        tasks.app.send_task(task.name, args=args, queue=queue, task_id=first.id)
+        wait_until(lambda: f"{first.id}]: lock operation failed: the lock store is unreachable; deferred"
+                   in worker.read_log(), what="the copy's pickup to be deferred")
+    finally:
+        lock_server.resume()
+    wait_until(lambda: f"{first.id}]: execution waiting: another delivery of this task holds"
+               in worker.read_log(), timeout=30, what="the deferred copy to come back and wait")
+
+
 def test_a_copy_whose_pickup_reply_was_lost_leaves_the_slot_its_twin_in_the_same_worker_holds(
         lock_server: RedisServer, recs: Any) -> None:
     # The pool processes of one worker share an owner token: what the copy's lost pickup may have taken
@@ -302,16 +317,7 @@ def test_a_copy_whose_pickup_reply_was_lost_leaves_the_slot_its_twin_in_the_same
         first = tasks.app.send_task(tasks.export_gated.name, args=[tenant, 1], queue=queue)
         started(recs, tenant)
         [held] = [name for name in locks.hkeys(slots) if name.startswith(b"S")]
-        lock_server.pause()
-        try:
-            # Another copy of the same message (a redelivery, or a hand-over beside its safety copy).
-            tasks.app.send_task(tasks.export_gated.name, args=[tenant, 1], queue=queue, task_id=first.id)
-            wait_until(lambda: f"{first.id}]: lock operation failed: the lock store is unreachable; deferred"
-                       in worker.read_log(), what="the copy's pickup to be deferred")
-        finally:
-            lock_server.resume()
-        wait_until(lambda: f"{first.id}]: execution waiting: another delivery of this task holds"
-                   in worker.read_log(), timeout=30, what="the deferred copy to come back and wait")
+        copy_with_a_lost_pickup(lock_server, worker, first, tasks.export_gated, [tenant, 1], queue)
         assert [name for name in locks.hkeys(slots) if name.startswith(b"S")] == [held]
         recs.rpush(f"gate:{tenant}:1", 1)
         assert first.get(timeout=20) == 1
@@ -331,15 +337,7 @@ def test_a_copy_whose_pickup_reply_was_lost_leaves_the_running_lock_its_twin_in_
         first = tasks.app.send_task(tasks.gated.name, args=[tag], queue=queue)
         started(recs, tag)
         held = locks.get(running)
-        lock_server.pause()
-        try:
-            tasks.app.send_task(tasks.gated.name, args=[tag], queue=queue, task_id=first.id)
-            wait_until(lambda: f"{first.id}]: lock operation failed: the lock store is unreachable; deferred"
-                       in worker.read_log(), what="the copy's pickup to be deferred")
-        finally:
-            lock_server.resume()
-        wait_until(lambda: f"{first.id}]: execution waiting: another delivery of this task holds"
-                   in worker.read_log(), timeout=30, what="the deferred copy to come back and wait")
+        copy_with_a_lost_pickup(lock_server, worker, first, tasks.gated, [tag], queue)
         assert held is not None and locks.get(running) == held
         recs.rpush(f"gate:{tag}", 1)
         assert first.get(timeout=20) == tag
