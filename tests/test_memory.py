@@ -23,6 +23,7 @@ from celery_once_task.ownership import INSTANCE, RunningOwner
 from celery_once_task.record_keys import finished_key
 from celery_once_task.store import LockStore
 from celery_once_task.store.lua.throttles import THROTTLE_TAKE
+from celery_once_task.store.throttles import starter_of
 from celery_once_task.store.slots import Claim
 from tests import worker_app as tasks
 from tests.support import events, lock_key_of, run_script, started, wait_until
@@ -104,9 +105,10 @@ def test_a_debounced_burst_of_one_call_takes_at_most_200_bytes(locks: Any) -> No
 def test_a_throttle_log_of_starts_stays_a_listpack(locks: Any) -> None:
     key = limited_key(SHORT_NAME, uuid.uuid4().hex[:16], "throttle")
     for _ in range(10):
-        # A call id (task id, attempt) and a worker instance, as a worker writes them: "10/m".
-        run_script(locks, THROTTLE_TAKE, key, f"{uuid.uuid4()}\x1f0", 100, 60, "postpone", "10/60", INSTANCE, "",
-                   "count", 10, 60_000)
+        # A call id (task id, attempt) and a worker instance with a pool process's id (the largest Linux
+        # gives), as a worker writes them: "10/m".
+        run_script(locks, THROTTLE_TAKE, key, f"{uuid.uuid4()}\x1f0", 100, 60, "postpone", "10/60",
+                   starter_of(INSTANCE, 4194304), "", "count", "", 10, 60_000)
     # A member over 64 bytes would make it a skiplist: several times the memory.
     assert locks.object("encoding", key) == b"listpack", locks.zrange(key, 0, -1)
     usage = locks.memory_usage(key)

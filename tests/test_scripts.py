@@ -29,7 +29,7 @@ from celery_once_task.store.lua.locks import (
 )
 from celery_once_task.store.lua.parked import PARK, PARKED_CLAIM, PARKED_FORGET, PARKED_RESCUE
 from celery_once_task.store.lua.slots import SLOT_ACQUIRE, SLOT_CLEAR, SLOT_FORGET, SLOT_RELEASE, SLOT_RENEW
-from celery_once_task.store.lua.throttles import THROTTLE_TAKE
+from celery_once_task.store.lua.throttles import THROTTLE_LOST, THROTTLE_TAKE
 from tests.support import RedisServer, decoded, run_script, wait_until
 
 #: A time to live, lease or debounce that does not run out during a test (milliseconds).
@@ -1116,9 +1116,9 @@ MARGIN, ON_TIME = 100, 60
 
 
 def throttle_take(client: Any, key: str, member: str, *limits: int, mode: str = "postpone", reserved: str = "",
-                  copies: str = "count") -> list[Any]:
-    return list(run_script(client, THROTTLE_TAKE, key, member, MARGIN, ON_TIME, mode, "spec", "instance-1", reserved,
-                           copies, *limits))
+                  copies: str = "count", starter: str = "instance-1", gone: str = "") -> list[Any]:
+    return list(run_script(client, THROTTLE_TAKE, key, member, MARGIN, ON_TIME, mode, "spec", starter, reserved,
+                           copies, gone, *limits))
 
 
 def test_throttle_take_starts_calls_while_fewer_than_n_lie_in_the_window(client: Any, view: Any,
@@ -1169,6 +1169,61 @@ def test_throttle_take_tells_a_copy_of_a_call_that_started_on_its_reservation_wh
                                        copies="ignore")
     assert (code, at, start) == (3, now - 10, "mine@instance-1")
     assert view.zrange(keys.throttle, 0, -1) == ["mine@instance-1"]
+
+
+def test_throttle_lost_marks_the_start_of_the_dead_process_on_the_reservation(client: Any, view: Any,
+                                                                            keys: Keys) -> None:
+    now = server_ms(view)
+    view.zadd(keys.throttle, {"mine@instance-1/7": now - 10, "other@instance-1/7": now - 10})
+    assert run_script(client, THROTTLE_LOST, keys.throttle, "mine", "instance-1/7", str(now - 10)) == 1
+    # Still counted, at its start; no copy takes it for a start that lives.
+    assert view.zrange(keys.throttle, 0, -1, withscores=True) == [
+        (f"mine!{now - 10}", now - 10), ("other@instance-1/7", now - 10)]
+
+
+def test_throttle_lost_leaves_the_start_of_another_process_of_the_same_worker(client: Any, view: Any,
+                                                                             keys: Keys) -> None:
+    now = server_ms(view)
+    view.zadd(keys.throttle, {"mine@instance-1/8": now - 10})
+    assert run_script(client, THROTTLE_LOST, keys.throttle, "mine", "instance-1/7", str(now - 10)) == 0
+    assert view.zrange(keys.throttle, 0, -1) == ["mine@instance-1/8"]
+
+
+def test_throttle_take_lets_a_copy_claim_a_lost_start_and_start_anew_within_the_limit(client: Any, view: Any,
+                                                                                      keys: Keys) -> None:
+    now = server_ms(view)
+    view.zadd(keys.throttle, {f"mine!{now - 10}": now - 10})
+    code, at, _ = throttle_take(client, keys.throttle, "mine", 2, LONG, reserved=str(now - 10), copies="ignore",
+                                starter="instance-2/9")
+    assert code == 1
+    # The old start names the claimer now; the new one is a start of its own: both count.
+    assert view.zrange(keys.throttle, 1, -1, withscores=True) == [
+        ("mine@instance-2/9", now - 10), ("mine@2@instance-2/9", at)]
+    # Another copy of the message finds the claim, and waits on it.
+    code, _, _, start = throttle_take(client, keys.throttle, "mine", 2, LONG, reserved=str(now - 10),
+                                      copies="ignore", starter="instance-3/9")
+    assert (code, start) == (3, "mine@instance-2/9")
+
+
+def test_throttle_take_lets_a_copy_claim_the_start_of_a_gone_worker(client: Any, view: Any, keys: Keys) -> None:
+    now = server_ms(view)
+    view.zadd(keys.throttle, {"mine@instance-1/7": now - 10})
+    code, _, _ = throttle_take(client, keys.throttle, "mine", 1, LONG, reserved=str(now - 10), copies="ignore",
+                               starter="instance-2/9", gone="mine@instance-1/7")
+    # A limit of one, full with the old start: the new one is reserved after it; the claim holds.
+    assert code == 2
+    assert view.zscore(keys.throttle, "mine@instance-2/9") == now - 10
+    assert view.zscore(keys.throttle, "mine@instance-1/7") is None
+
+
+def test_throttle_take_rejecting_a_copy_leaves_the_lost_start_unclaimed(client: Any, view: Any,
+                                                                        keys: Keys) -> None:
+    now = server_ms(view)
+    view.zadd(keys.throttle, {f"mine!{now - 10}": now - 10})
+    code, _, _ = throttle_take(client, keys.throttle, "mine", 1, LONG, mode="reject", reserved=str(now - 10),
+                               copies="ignore", starter="instance-2/9")
+    assert code == 0
+    assert view.zrange(keys.throttle, 0, -1) == [f"mine!{now - 10}"]
 
 
 def test_throttle_take_keeps_the_start_of_a_call_whose_copy_comes_again(client: Any, view: Any,

@@ -7,6 +7,8 @@ short (a second or two) to keep the tests fast.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -122,11 +124,58 @@ def test_a_postponed_call_delivered_twice_runs_once(throttle_workers: Any, recs:
     Task.apply_async(tasks.throttled, (tag, tag, results[postponed["task_id"]]), task_id=postponed["task_id"],
                      queue=QUEUE, countdown=max(0.0, start_at - time.time()),
                      headers={THROTTLE_HEADER: str(round(start_at * 1000))})
-    # then it runs once.
+    # then it runs once: the second copy waits a lease (the first one's worker lives), then is let go.
     assert AsyncResult(postponed["task_id"], app=tasks.app).get(timeout=20) == results[postponed["task_id"]]
     wait_until(lambda: any(f"{postponed['task_id']}]: execution ignored" in worker.read_log()
                            for worker in throttle_workers), what="the second copy to be ignored")
     assert sorted(run["n"] for run in events(recs, tag, "start")) == [0, 1, 2, 3]
+
+
+def test_a_postponed_call_whose_pool_process_dies_in_its_run_runs_again(throttle_workers: Any, recs: Any) -> None:
+    # Given a call postponed to its reservation, whose copy started on it and is in its body,
+    tag = uuid.uuid4().hex
+    assert tasks.throttled_late.apply_async((tag, 1), queue=QUEUE).get(timeout=10) == 1
+    postponed = tasks.throttled_late.apply_async((tag, 2), queue=QUEUE)
+    killed = wait_until(lambda: events(recs, tag, "start")[1:], what="the postponed call to start")[0]
+    # when its pool process is killed (its worker gives the message back to the broker),
+    os.kill(killed["pid"], signal.SIGKILL)
+    # then the call runs again -- a new start, within the throttle -- and ends.
+    wait_until(lambda: len(events(recs, tag, "start")) == 3, timeout=30, what="the call to run again")
+    recs.rpush(f"gate:{tag}", 1)
+    assert postponed.get(timeout=20) == 2
+    runs = events(recs, tag, "start")
+    assert [run["n"] for run in runs] == [1, 2, 2]
+    assert most_in_window([float(run["t"]) for run in runs], 3.0) == 1
+
+
+def test_a_postponed_call_whose_worker_is_killed_in_its_run_runs_again_once_the_worker_is_gone(
+        throttle_workers: Any, redis_server: Any, recs: Any) -> None:
+    # Given a call postponed to its reservation, whose copy started on it on a worker of its own,
+    tag = uuid.uuid4().hex
+    queue = f"doomed-{tag[:8]}"
+    doomed = Worker(redis_server.port, f"doomed-{tag[:6]}", queues=queue, concurrency=1).wait_ready()
+    try:
+        assert tasks.throttled_late.apply_async((tag, 1), queue=queue).get(timeout=10) == 1
+        postponed = tasks.throttled_late.apply_async((tag, 2), queue=queue)
+        reservation = wait_until(lambda: [entry["start_at"] for entry in tasks_signals(recs, "execution_throttled")
+                                          if entry.get("task_id") == postponed.id], what="the call to be postponed")[0]
+        wait_until(lambda: events(recs, tag, "start")[1:], what="the postponed call to start")
+        children = doomed.child_pids()
+        # when that worker is killed, its pool process with it, and the broker hands the message out again
+        # at once (as RabbitMQ does when the worker's connection closes) while its heartbeat still runs,
+        doomed.process.kill()
+        doomed.process.wait(10)
+    finally:
+        doomed.stop()
+    wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children), what="the pool process to die")
+    Task.apply_async(tasks.throttled_late, (tag, 2), task_id=postponed.id, queue=QUEUE,
+                     headers={THROTTLE_HEADER: str(round(float(reservation) * 1000))})
+    # then the copy waits until the worker is known gone (its start still in the log, a period long), and runs
+    # the call again.
+    wait_until(lambda: len(events(recs, tag, "start")) == 3, timeout=30, what="the call to run again")
+    recs.rpush(f"gate:{tag}", 1)
+    assert postponed.get(timeout=20) == 2
+    assert [run["n"] for run in events(recs, tag, "start")] == [1, 2, 2]
 
 
 def tasks_signals(recs: Any, name: str) -> list[dict[str, Any]]:

@@ -672,6 +672,16 @@ def throttled_queued(tag: str, n: int) -> int:
     return n
 
 
+@app.task(base=OnceTask, throttle=(1, 3), lock_args=["tag"], queue_lock=False, acks_late=True,
+          reject_on_worker_lost=True)
+def throttled_late(tag: str, n: int) -> int:
+    """A throttled task whose message goes back to the broker if its pool process dies; the second call waits."""
+    record(tag, "start", n=n)
+    if n > 1:
+        wait_gate(tag)
+    return n
+
+
 @app.task(base=OnceTask, throttle=(3, 2), running_limit=2, running_lock_conflict="wait", queue_lock=False,
           lock_args=["tag"])
 def throttled_limited(tag: str, n: int) -> int:

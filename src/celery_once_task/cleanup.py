@@ -15,18 +15,23 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Optional
 
+from redis.exceptions import RedisError
+
 from . import call_options, debounce, replace, windows
 from .digest import well_formed_digest
-from .headers import BURST_HEADER, DIGEST_HEADER, OPTIONS_HEADER
+from .headers import BURST_HEADER, DIGEST_HEADER, OPTIONS_HEADER, THROTTLE_HEADER
 from .ids import call_id, waiting_token
-from .janitor import Cleanup, janitor
-from .keys import RUNNING, WAITING, key_space
+from .janitor import Cleanup, janitor, mark_lost, process_gone
+from .keys import RUNNING, WAITING, KeySpace, key_space
 from .limits import RESERVE_SECONDS, limit_of, limited, slots_key
-from .ownership import RunningOwner
+from .ownership import INSTANCE, RunningOwner, heartbeat_enabled
 from .protocols import TaskLike
 from .record_keys import finished_key, legacy_finished_key
 from .redelivery import call_of_headers, compact_value, result_stored, writer_instance, writer_prefix
 from .settings import resolve
+from .settings_table import Settings
+from .store import LockStore, throttles
+from .throttle import rates_of, throttle_key
 
 if TYPE_CHECKING:  # typing.TypeGuard is Python 3.10+
     from typing_extensions import TypeGuard
@@ -80,8 +85,9 @@ def release_locks(
         pid: The process that ran the execution; its running lock is released
             once that process is gone.
         unfinished: That process died before its result was stored: the
-            finished record it may have written goes too, so that a copy of
-            the message runs (see ``redelivery``).
+            finished record it may have written goes too, and a throttled
+            start it made on its reservation is marked lost, so that a copy
+            of the message runs (see ``redelivery``, ``throttle``).
         final: No copy of the message will run again: the arguments a
             debounced burst ran with, kept for such a copy, go too (see ``debounce``).
     """
@@ -102,6 +108,8 @@ def release_locks(
             if side.replacing:  # it never runs: the arguments duplicates replaced its own with go
                 janitor.add(replace.forgotten_later(settings, task, task_id, space, digest, side.holder, reason))
         if not task.running_lock:
+            if running and unfinished and pid is not None:
+                _lose_throttled_start(task, settings, space, digest, task_id, retries, headers, reason, pid)
             return
         owner = RunningOwner.for_execution(task_id, retries, space.holder_task, settings.legacy_formats)
         if limited(task, settings):
@@ -143,3 +151,33 @@ def release_locks(
                                         False, task, task_id, reason, pid, options=options))
     except Exception:
         logger.exception("%s[%s]: lock operation failed: could not release its locks (%s)", task.name, task_id, reason)
+
+
+def _lose_throttled_start(task: TaskLike, settings: Settings, space: KeySpace, digest: str, task_id: str,
+                          retries: Optional[int], headers: Optional[Mapping[str, object]], reason: str,
+                          pid: int) -> None:
+    """A throttled execution's process died: mark lost the start it made on its reservation (``throttle``).
+
+    Only a postponed call's copy carries a reservation, and only such a copy
+    is ever let go for a start another copy made: one without runs anyway.
+    The start is named by the dead process, never by another process of this
+    worker that a copy of the same message may run in. Marked now, where the
+    process is gone already (a pool process lost: Celery gives the message
+    back to the broker right after this), so that the copy finds the mark;
+    else, or where the store does not answer, by the janitor.
+    """
+    reserved = headers.get(THROTTLE_HEADER) if headers else None
+    if reserved is None or not rates_of(task) or result_stored(task, task_id):
+        return
+    starter = throttles.starter_of(INSTANCE if heartbeat_enabled() else "", pid)
+    cleanup = Cleanup(settings.redis_url, throttle_key(space, digest), call_id(task_id, int(retries or 0)), False,
+                      task, task_id, reason, pid, options=settings.redis_options, lost_start=str(reserved),
+                      starter=starter)
+    if process_gone(pid):
+        try:
+            mark_lost(LockStore.for_url(cleanup.url, cleanup.options), cleanup)
+            return
+        except RedisError as exc:
+            logger.warning("%s[%s]: lock operation failed: could not mark the start on %s lost (%s): %s; retrying "
+                           "until the lock store answers", task.name, task_id, cleanup.key, reason, exc)
+    janitor.add(cleanup)

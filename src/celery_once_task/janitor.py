@@ -29,7 +29,7 @@ from . import telemetry
 from .events import RELEASED_LATE, lock_recovered
 from .protocols import TaskLike
 from .settings_table import Settings
-from .store import FinishedRecord, LockStore, StoreUnavailable
+from .store import FinishedRecord, LockStore, StoreUnavailable, throttles
 from .store.permissions import what_failed
 from .store.scripts import Call
 from .waiting import hand_over_entries
@@ -84,6 +84,10 @@ class Cleanup:
     #: ``key`` is a key's replaced arguments (see ``replace``): forget those of the holder ``token``
     #: (its execution ended), or undo the replacement the refused duplicate ``token`` may have made.
     arguments: Literal["", "forget", "undo"] = ""
+    #: ``key`` is a throttle's log, ``token`` a call id: mark lost the start the process ``starter``
+    #: made on this reservation (ms), so that a copy of the message runs (see ``throttle``).
+    lost_start: str = ""
+    starter: str = ""
     #: A lock that a command with a lost reply may still write: once the
     #: store answers, commands it held from before run within moments, in any
     #: order with ours, so the delete is made twice, a moment apart.
@@ -222,6 +226,9 @@ def _release(store: LockStore, cleanup: Cleanup) -> tuple[bool, list[str]]:
     """Make one owner-checked delete; whether it deleted, and the waiting calls it handed a slot to."""
     if cleanup.burst:
         return store.bursts.forget(cleanup.key, cleanup.token, "closed"), []
+    if cleanup.lost_start:  # no lock: mark_lost logs what it did
+        mark_lost(store, cleanup)
+        return False, []
     if cleanup.arguments == "forget":
         return store.calls.forget_arguments(cleanup.key, cleanup.token), []
     if cleanup.arguments == "undo":
@@ -234,6 +241,16 @@ def _release(store: LockStore, cleanup: Cleanup) -> tuple[bool, list[str]]:
     if cleanup.record is not None:
         return store.locks.release_running(cleanup.key, cleanup.token, cleanup.record), []
     return store.locks.release(cleanup.key, cleanup.token, prefix=cleanup.prefix), []
+
+
+def mark_lost(store: LockStore, cleanup: Cleanup) -> bool:
+    """Mark lost a throttled start whose process died (``cleanup.lost_start``); whether there was one."""
+    (marked,), _ = store.runner.run([throttles.lost(cleanup.key, cleanup.token, cleanup.starter,
+                                                    cleanup.lost_start)])
+    if marked:
+        logger.info("%s[%s]: marked lost its start on %s (%s): a copy of its message runs again",
+                    _name(cleanup.task), cleanup.task_id, cleanup.key, cleanup.reason)
+    return bool(marked)
 
 
 def release_or_leave(

@@ -18,6 +18,23 @@ trip as its queue lock's release, whether the execution may start now:
   the end, so the limit holds whatever became of it;
 * under ``"reject"``: it fails with ``OnceTaskThrottled``, its result final.
 
+A postponed call's message can come twice (the broker hands it out again
+after a visibility timeout, a lost connection, a killed pool process or
+worker). A start stays counted whatever becomes of its execution, and a copy
+that finds its call started on the reservation is never run beside it:
+
+* the start's pool process died in its run: its worker's main process marked
+  the start lost (``cleanup``) before Celery gave the message back; the copy
+  claims the old start and runs as a new one, within the limits;
+* the start's worker is gone (its heartbeat expired): the same;
+* its worker lives: the copy waits a lease (``_copy_of_a_start``) -- a
+  worker killed a moment ago still has a heartbeat -- and then runs as a new
+  start if that worker is gone, or is let go: the execution ran, or runs.
+
+A copy that comes after the log forgot the start (older than the longest
+period) finds nothing, and runs as a new start: a throttle without a running
+lock bounds the starts, and runs a redelivered call at least once.
+
 Eager calls wait in the calling process until their reservation. Where the
 task also has a running lock (or a ``running_limit``), the log is asked
 first, in a round trip of its own, then the lock is taken as usual.
@@ -27,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from typing import NoReturn, Optional
 
@@ -37,10 +55,10 @@ from . import delays, telemetry
 from .deferral import defer, store_down
 from .errors import OnceTaskThrottled
 from .events import execution_throttled
-from .headers import DIGEST_HEADER, THROTTLE_HEADER, header
+from .headers import AFTER_HEADER, DIGEST_HEADER, THROTTLE_HEADER, header
 from .ids import call_id
 from .keys import THROTTLE, KeySpace
-from .ownership import INSTANCE, RunningOwner, heartbeat_enabled
+from .ownership import INSTANCE, Lease, RunningOwner, heartbeat_enabled
 from .protocols import TaskLike, TaskRequest
 from .rates import Rate, throttle_conflict
 from .rejection import store_rejection
@@ -82,10 +100,13 @@ def check(task: TaskLike, settings: Settings, space: KeySpace, digest: str, requ
     member = call_id(request.id, request.retries)
     reserved = header(request, THROTTLE_HEADER)
     reserved = str(reserved) if reserved is not None and not request.is_eager else ""
-    instance = INSTANCE if heartbeat_enabled() else ""
+    starter = throttles.starter_of(INSTANCE if heartbeat_enabled() else "", os.getpid())
     # With a running lock, the lock decides whether a copy of an execution runs (``redelivery``).
     copies = "count" if task.running_lock else "ignore"
-    call = throttles.take(key, member, rates, conflict, instance, reserved, copies)
+    # A copy that waited a lease on another copy's start (``_copy_of_a_start``); AFTER_HEADER is the running
+    # lock's where the task has one.
+    waited = str(header(request, AFTER_HEADER) or "") if copies == "ignore" and reserved else ""
+    call = throttles.take(key, member, rates, conflict, starter, reserved, copies, gone=waited)
     queue = side.pickup() if side is not None else None
     # Where a running lock (or slot) is taken next, its pickup records the execution's span.
     recording = telemetry.active and not task.running_lock
@@ -93,18 +114,23 @@ def check(task: TaskLike, settings: Settings, space: KeySpace, digest: str, requ
         telemetry.picking_up(task, settings, request, THROTTLE_PICKUP, digest, 1 + (queue is not None))
     try:
         store = store_for(task, settings)
+        if waited and not _starter_gone(store, throttles.instance_of(waited)):
+            _let_go(task, request, key, waited, store, recording)
         replies, maybe_applied = store.runner.run([call] if queue is None else [queue, call])
         answered = time.monotonic()
         gate = throttles.gate_of(replies[-1])
-        if gate.code == throttles.STARTED and not maybe_applied:
+        if gate.code == throttles.STARTED and maybe_applied and gate.start.endswith(f"@{starter}"):
+            pass  # its own earlier try, whose reply was lost: it starts on it
+        elif gate.code == throttles.STARTED:
             if not _starter_gone(store, gate.starter):
-                if recording:
-                    telemetry.executed(task, request, "finished_copy", client=store.client)
-                _ignore_copy(task, request, key, gate)
-            # Its worker died: the execution runs again, as a new start.
-            call = throttles.take(key, member, rates, conflict, instance)
+                _copy_of_a_start(task, settings, request, key, gate, store, recording)
+            # Its worker died: the execution runs again, as a new start, claiming the old one.
+            call = throttles.take(key, member, rates, conflict, starter, reserved, copies, gone=gate.start)
             (reply,), _ = store.runner.run([call])
             answered, gate = time.monotonic(), throttles.gate_of(reply)
+            if gate.code == throttles.STARTED and not gate.start.endswith(f"@{starter}"):
+                # Another copy claimed it first (its own claim, where a lost reply was sent again, starts).
+                _copy_of_a_start(task, settings, request, key, gate, store, recording)
     except RedisError as exc:
         owner = RunningOwner.for_execution(request.id, request.retries, space.holder_task)
         store_down(task, settings, digest, request, None, owner, exc)
@@ -155,10 +181,35 @@ def _starter_gone(store: LockStore, instance: str) -> bool:
     return bool(instance) and not store.leases.instance_alive(instance)
 
 
-def _ignore_copy(task: TaskLike, request: TaskRequest, key: str, gate: throttles.Gate) -> NoReturn:
-    """A copy of a postponed call that another copy started on its reservation: it does not run twice."""
+def _copy_of_a_start(task: TaskLike, settings: Settings, request: TaskRequest, key: str, gate: throttles.Gate,
+                     store: LockStore, recording: bool) -> NoReturn:
+    """A copy of a postponed call that another copy started on its reservation, in a living worker.
+
+    It never runs beside that start's execution. Its worker may have been
+    killed, though, and its heartbeat still runs a lease on: the copy waits a
+    lease (published again, ``AFTER_HEADER`` naming the start) and is let go
+    then if that worker lives (``check``), or runs as a new start if it is
+    gone. A pool process killed in its run is no such case: its worker's main
+    process marks its start lost before the broker has the message again.
+    """
+    if header(request, AFTER_HEADER) == gate.start:
+        _let_go(task, request, key, gate.start, store, recording)
+    if recording:
+        telemetry.executed(task, request, "postponed", holder=gate.start, client=store.client)
+    countdown = Lease(settings.heartbeat_timeout).ttl
+    logger.info("%s[%s]: execution waiting: a copy of this call started on its reservation of %s (worker %s); "
+                "deferred by %.1fs", task.name, request.id, key, gate.starter or "unknown", countdown)
+    defer(task, request, {AFTER_HEADER: gate.start}, countdown)
+    raise Ignore()
+
+
+def _let_go(task: TaskLike, request: TaskRequest, key: str, start: str, store: LockStore,
+            recording: bool) -> NoReturn:
+    """The copy's call started on its reservation in a worker that lives: it ran, or runs; this copy does not."""
+    if recording:
+        telemetry.executed(task, request, "finished_copy", client=store.client)
     logger.info("%s[%s]: execution ignored: a copy of this call started on its reservation of %s (worker %s)",
-                task.name, request.id, key, gate.starter or "unknown")
+                task.name, request.id, key, throttles.instance_of(start) or "unknown")
     raise Ignore()
 
 

@@ -41,15 +41,15 @@ from .lua.calls import ARGUMENTS_FORGET, ARGUMENTS_TAKE, ARGUMENTS_UNDO, CALL_AC
 from .lua.locks import ACQUIRE, COMPARE_AND_DELETE, COMPARE_AND_SWAP, RECORD_FINISHED, RELEASE_RUNNING, RENEW, TAKE
 from .lua.parked import PARK, PARKED_CLAIM, PARKED_FORGET, PARKED_RESCUE
 from .lua.slots import SLOT_ACQUIRE, SLOT_CLEAR, SLOT_FORGET, SLOT_RELEASE, SLOT_RENEW
-from .lua.throttles import THROTTLE_TAKE
+from .lua.throttles import THROTTLE_LOST, THROTTLE_TAKE
 from .wire import Arg, pack_args, send_packed, set_nx_get
 
 __all__ = [
     "ACQUIRE", "ARGUMENTS_FORGET", "ARGUMENTS_TAKE", "ARGUMENTS_UNDO", "BURST_CALL", "BURST_FORGET", "BURST_TAKE",
     "CALL_ACQUIRE", "COMPARE_AND_DELETE", "COMPARE_AND_SWAP", "PARK", "PARKED_CLAIM", "PARKED_FORGET",
     "PARKED_RESCUE", "QUEUE_LEASE", "RECORD_FINISHED", "RELEASE_RUNNING", "RENEW", "SCRIPTS", "SLOT_ACQUIRE",
-    "SLOT_CLEAR", "SLOT_FORGET", "SLOT_RELEASE", "SLOT_RENEW", "TAKE", "THROTTLE_TAKE", "Call", "Script",
-    "acquire_free", "forget_refusals", "refused_nx_get", "refuses_more_keys", "run", "run_in",
+    "SLOT_CLEAR", "SLOT_FORGET", "SLOT_RELEASE", "SLOT_RENEW", "TAKE", "THROTTLE_LOST", "THROTTLE_TAKE", "Call",
+    "Script", "acquire_free", "forget_refusals", "refused_nx_get", "refuses_more_keys", "run", "run_in",
 ]
 
 logger = logging.getLogger("celery_once_task")
@@ -77,7 +77,7 @@ class Call(NamedTuple):
 SCRIPTS = (COMPARE_AND_DELETE, ACQUIRE, RELEASE_RUNNING, RECORD_FINISHED, RENEW, COMPARE_AND_SWAP, TAKE,
            SLOT_ACQUIRE, SLOT_RELEASE, SLOT_RENEW, SLOT_CLEAR, SLOT_FORGET, BURST_CALL, BURST_TAKE, BURST_FORGET,
            CALL_ACQUIRE, QUEUE_LEASE, ARGUMENTS_TAKE, ARGUMENTS_FORGET, ARGUMENTS_UNDO, THROTTLE_TAKE, PARK,
-           PARKED_CLAIM, PARKED_RESCUE, PARKED_FORGET)
+           PARKED_CLAIM, PARKED_RESCUE, PARKED_FORGET, THROTTLE_LOST)
 
 
 def run(client: redis.Redis, calls: Sequence[Call]) -> list[Any]:

@@ -3,7 +3,9 @@
 The check is one ``Call`` (``lua.throttles.THROTTLE_TAKE``), so that the
 pickup sends it in the same round trip as the queue lock's release
 (``throttle``). Every try of it is safe to send again: a call finds its own
-entry and starts on it (or keeps its reservation).
+entry and starts on it (or keeps its reservation). ``lost`` is the worker's
+main process marking the start of a pool process that died
+(``lua.throttles.THROTTLE_LOST``), so that a copy of its message runs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from ..rates import Rate, spec_of
-from .lua.throttles import THROTTLE_TAKE
+from .lua.throttles import THROTTLE_LOST, THROTTLE_TAKE
 from .scripts import Call
 
 #: Added to every period, at the least (``margin_for``). Starts are measured by the task bodies some
@@ -46,8 +48,13 @@ class Gate(NamedTuple):
     at: float
     #: The store's clock when it answered.
     now: float
-    #: ``STARTED``: the worker instance that started the call on its reservation ("" if unknown).
-    starter: str = ""
+    #: ``STARTED``: the start found, a member of the log ("" otherwise).
+    start: str = ""
+
+    @property
+    def starter(self) -> str:
+        """``STARTED``: the worker instance that started the call on its reservation ("" if unknown)."""
+        return instance_of(self.start)
 
     @property
     def wait(self) -> float:
@@ -55,24 +62,39 @@ class Gate(NamedTuple):
         return max(0.0, self.at - self.now)
 
 
-def take(key: str, member: str, rates: Sequence[Rate], conflict: str, instance: str = "", reserved: str = "",
-         copies: str = "count") -> Call:
+def starter_of(instance: str, pid: int) -> str:
+    """How a start names the process that made it: ``<worker instance>/<pid>``."""
+    return f"{instance}/{pid}"
+
+
+def instance_of(start: str) -> str:
+    """The worker instance a start (a member of the log) names; "" where it names none."""
+    return start.rpartition("@")[2].partition("/")[0] if "@" in start else ""
+
+
+def take(key: str, member: str, rates: Sequence[Rate], conflict: str, starter: str = "", reserved: str = "",
+         copies: str = "count", gone: str = "") -> Call:
     """The call that starts ``member`` now on ``key``'s log, or reserves its start (``"postpone"``), or refuses it.
 
-    ``instance``: who starts it (recorded in its start); ``reserved``: the reservation a postponed copy
-    carries; ``copies``: ``"ignore"`` answers ``STARTED`` to a copy whose call already started on it.
+    ``starter``: the process that starts it (``starter_of``, recorded in its start); ``reserved``: the
+    reservation a postponed copy carries; ``copies``: ``"ignore"`` answers ``STARTED`` to a copy whose call
+    already started on it; ``gone``: such a start, whose worker is gone: this copy claims it and runs.
     """
     args: list[Any] = [member, round(margin_for(rates) * 1000), round(ON_TIME * 1000), conflict, spec_of(rates),
-                       instance, reserved, copies]
+                       starter, reserved, copies, gone]
     for rate in rates:
         args += [rate.starts, rate.period_ms]
     return Call(THROTTLE_TAKE, key, args)
 
 
+def lost(key: str, member: str, starter: str, reserved: str) -> Call:
+    """The call that marks lost the start ``starter`` made on its reservation (its process died mid-execution)."""
+    return Call(THROTTLE_LOST, key, [member, starter, reserved])
+
+
 def gate_of(reply: Any) -> Gate:
     code, at, now = (int(part) for part in reply[:3])
-    starter = ""
+    start = ""
     if len(reply) > 3:
         start = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
-        starter = start.rpartition("@")[2]
-    return Gate(code, at / 1000, now / 1000, starter)
+    return Gate(code, at / 1000, now / 1000, start)
