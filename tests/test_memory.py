@@ -23,8 +23,8 @@ from celery_once_task.ownership import INSTANCE, RunningOwner
 from celery_once_task.record_keys import finished_key
 from celery_once_task.store import LockStore
 from celery_once_task.store.lua.throttles import THROTTLE_TAKE
-from celery_once_task.store.throttles import starter_of
 from celery_once_task.store.slots import Claim
+from celery_once_task.store.throttles import starter_of
 from tests import worker_app as tasks
 from tests.support import events, lock_key_of, run_script, started, wait_until
 
