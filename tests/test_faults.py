@@ -9,6 +9,8 @@ connections killed -- and asserts the keys left and the result states.
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -342,6 +344,46 @@ def test_a_copy_whose_pickup_reply_was_lost_leaves_the_running_lock_its_twin_in_
         recs.rpush(f"gate:{tag}", 1)
         assert first.get(timeout=20) == tag
     assert len(events(recs, tag, "start")) == 1
+
+
+def test_a_pool_process_that_dies_beside_a_twin_in_the_same_worker_leaves_the_twins_running_lock(
+        lock_server: RedisServer, recs: Any) -> None:
+    # Another delivery of a running message reaches the worker's other pool process, which dies in its pickup.
+    # The worker's main process cleans up after a dead process by the owner token, which the two share: the
+    # lock that token names is the running one's, and stays.
+    tag = uuid.uuid4().hex
+    queue = f"twin-dies-{tag[:8]}"
+    locks = lock_server.client(2)
+    running = lock_key_of(tasks.gated, "running", tag)
+    # A lease longer than the stall: the running lock outlives it, renewed or not.
+    env = {"ONCE_TEST_LOCKS_URL": f"{lock_server.url}/2?socket_timeout=5&socket_connect_timeout=5",
+           "ONCE_TEST_HEARTBEAT_TIMEOUT": "30"}
+    with running_worker(tasks.PORT, f"twin-dies-{tag[:6]}", concurrency=2, queues=queue, env=env) as worker:
+        first = tasks.app.send_task(tasks.gated.name, args=[tag], queue=queue)
+        runner = started(recs, tag)[0]["pid"]
+        held = locks.get(running)
+        lock_server.pause()  # the copy's pickup waits on the store, in the other process
+        try:
+            tasks.app.send_task(tasks.gated.name, args=[tag], queue=queue, task_id=first.id)
+            [twin] = wait_until(lambda: [request["worker_pid"] for request in executing(worker, first.id)
+                                         if request["worker_pid"] != runner], what="the copy to be in its pickup")
+            os.kill(twin, signal.SIGKILL)
+            wait_until(lambda: "Worker exited prematurely" in worker.read_log(), what="the main process to see it die")
+        finally:
+            lock_server.resume()
+        wait_until(lambda: re.search(r"(locks not released|released lock \S+) \(WorkerLostError\)", worker.read_log()),
+                   what="the main process to be done with the copy")
+        assert held is not None and locks.get(running) == held
+        recs.rpush(f"gate:{tag}", 1)
+        wait_until(lambda: events(recs, tag, "end"), what="the running execution to end")
+        wait_until(lambda: locks.get(running) is None, what="the running execution to release its lock")
+    assert len(events(recs, tag, "start")) == 1
+
+
+def executing(worker: Worker, task_id: str) -> list[dict[str, Any]]:
+    """The worker's active requests of ``task_id`` (Celery's remote control)."""
+    active = tasks.app.control.inspect(destination=[worker.name], timeout=1.0).active() or {}
+    return [request for request in active.get(worker.name, []) if request["id"] == task_id]
 
 
 # -- the first calls of a process --------------------------------------------------------------

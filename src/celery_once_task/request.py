@@ -7,16 +7,28 @@ learns of each of these through this request object and releases the lock
 the child held once the child is gone (a child that was sent a signal may run
 on for a moment); the owner token is rebuilt from the message (task id,
 attempt) and this worker's identity, which the child shares.
+
+Every pool process of the worker shares that token, so a process that dies
+while another delivery of the same attempt runs in another process of this
+worker (a redelivery, a deferred copy, being put off) releases nothing: what
+the token names may be that one's, which releases it at its own end.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import Optional
+
 from celery.exceptions import Terminated, TimeLimitExceeded, WorkerLostError
+from celery.worker import state as worker_state
 from celery.worker.request import Request
 
 from .cleanup import release_locks
 from .internals import unwrap_child_exception
+from .janitor import process_gone
 from .protocols import ExceptionInfo
+
+logger = logging.getLogger("celery_once_task")
 
 # Exceptions the main process sees when the child never finished the body.
 _CHILD_GONE = (WorkerLostError, TimeLimitExceeded, Terminated, SystemExit, KeyboardInterrupt)
@@ -38,6 +50,11 @@ class OnceTaskRequest(Request):
                 written before its result was stored goes too (see ``redelivery``).
             final: The message is not delivered again.
         """
+        twin = self._twin()
+        if twin is not None:
+            logger.info("%s[%s]: locks not released (%s): another delivery of this attempt runs in process %s of "
+                        "this worker, and may hold them", self.task.name, self.id, reason, twin)
+            return
         release_locks(
             self.task,
             task_id=self.id,
@@ -52,6 +69,17 @@ class OnceTaskRequest(Request):
             unfinished=unfinished,
             final=final,
         )
+
+    def _twin(self) -> Optional[int]:
+        """The process of this worker in which another delivery of this attempt runs, if one does (else None)."""
+        retries = self.request_dict.get("retries")
+        for other in list(worker_state.active_requests):
+            if other is self or other.id != self.id or other.request_dict.get("retries") != retries:
+                continue
+            pid = other.worker_pid
+            if isinstance(pid, int) and pid != self.worker_pid and not process_gone(pid):
+                return pid
+        return None
 
     def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> object:
         exc = unwrap_child_exception(exc_info.exception)
