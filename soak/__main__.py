@@ -278,6 +278,7 @@ class Soak:
         for worker in self.workers:
             worker.start()
         self.wait_ready()
+        self.restore_unacked()
         ids = [call.result.id for call in report.accepted(calls)]
         deadline = time.time() + self.plan.drain_seconds
         next_log = 0.0
@@ -523,6 +524,25 @@ class Soak:
         queued = b"".join(_bytes(item) for key in broker.scan_iter(match="celery*", _type="list")
                           for item in broker.lrange(key, 0, -1))
         return queued, b"".join(_bytes(item) for item in broker.hvals("unacked"))
+
+    def restore_unacked(self) -> None:
+        """Give the Redis broker's unacknowledged messages older than the visibility timeout back to their queues.
+
+        What kombu's Redis transport does from a consumer's poll loop, done
+        once more here: the restarted workers' loops may not get to it before
+        the drain's deadline (a gevent worker's hub starved by computing
+        tasks), and a message a killed worker took stays unacked until one does.
+        """
+        if self.servers.rabbit is not None:
+            return  # RabbitMQ gives a closed connection's messages back itself
+        from kombu import Connection
+
+        try:
+            with Connection(self.servers.broker_url,
+                            transport_options={"visibility_timeout": VISIBILITY_TIMEOUT}) as connection:
+                connection.default_channel.qos.restore_visible(num=10_000)
+        except Exception as exc:  # the drain goes on: the workers' own restore may still come
+            self.log(f"drain: could not restore unacked messages: {exc!r}")
 
     def in_broker(self) -> Optional[set[str]]:
         """The task ids of the messages the broker still has, queued or unacked; None where it cannot be read."""
