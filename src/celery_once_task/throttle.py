@@ -119,7 +119,7 @@ def check(task: TaskLike, settings: Settings, space: KeySpace, digest: str, requ
         replies, maybe_applied = store.runner.run([call] if queue is None else [queue, call])
         answered = time.monotonic()
         gate = throttles.gate_of(replies[-1])
-        if gate.code == throttles.STARTED and maybe_applied and gate.start.endswith(f"@{starter}"):
+        if gate.code == throttles.STARTED and maybe_applied and gate.started_by(starter):
             pass  # its own earlier try, whose reply was lost: it starts on it
         elif gate.code == throttles.STARTED:
             if not _starter_gone(store, gate.starter):
@@ -128,7 +128,7 @@ def check(task: TaskLike, settings: Settings, space: KeySpace, digest: str, requ
             call = throttles.take(key, member, rates, conflict, starter, reserved, copies, gone=gate.start)
             (reply,), _ = store.runner.run([call])
             answered, gate = time.monotonic(), throttles.gate_of(reply)
-            if gate.code == throttles.STARTED and not gate.start.endswith(f"@{starter}"):
+            if gate.code == throttles.STARTED and not gate.started_by(starter):
                 # Another copy claimed it first (its own claim, where a lost reply was sent again, starts).
                 _copy_of_a_start(task, settings, request, key, gate, store, recording)
     except RedisError as exc:

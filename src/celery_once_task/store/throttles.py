@@ -56,6 +56,10 @@ class Gate(NamedTuple):
         """``STARTED``: the worker instance that started the call on its reservation ("" if unknown)."""
         return instance_of(self.start)
 
+    def started_by(self, starter: str) -> bool:
+        """``STARTED``: whether the start found is one the process ``starter`` made."""
+        return self.start.endswith(f"@{starter}")
+
     @property
     def wait(self) -> float:
         """Seconds from the store's answer to the start."""
